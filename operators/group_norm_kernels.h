@@ -1,0 +1,65 @@
+// GroupNorm kernels: raw pointers and shapes only, nothing of MXNet.
+//
+// Tensor view: x is (N, C, S) when channels_last == 0 and (N, S, C) when channels_last == 1,
+// S = product of spatial dims (1 for a 2-D input). C splits into G contiguous groups of C/G.
+// gamma/beta are per channel (C,). mean/rstd are (N, G) in the accumulation type:
+// float for float32/float16 data, double for float64 data.
+//
+// dtype codes follow MXNet's MXDType: 0 = float32, 1 = float64, 2 = float16 (IEEE binary16).
+// param_dtype is the dtype of gamma/beta/dgamma/dbeta: equal to dtype, or float32 with float16 data.
+//
+// Every entry returns 0 on success, a nonzero GN_STATUS_* code otherwise; gn_status_string names it.
+// The workspace is caller-owned scratch of at least *_workspace_bytes() bytes (may be null when 0).
+#ifndef GN_MXNET_GROUP_NORM_KERNELS_H_
+#define GN_MXNET_GROUP_NORM_KERNELS_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+  GN_STATUS_OK = 0,
+  GN_STATUS_BAD_DTYPE = 1,
+  GN_STATUS_BAD_SHAPE = 2,
+  GN_STATUS_DEVICE_ERROR = 3
+};
+
+const char* gn_status_string(int status);
+
+size_t gn_cpu_forward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G,
+                                      int channels_last);
+int gn_cpu_forward(int dtype, int param_dtype, const void* x, const void* gamma,
+                   const void* beta, void* y, void* mean, void* rstd, int64_t N, int64_t C,
+                   int64_t S, int64_t G, int channels_last, double eps, void* workspace);
+
+size_t gn_cpu_backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G,
+                                       int channels_last);
+// dx, dgamma, dbeta are written (not accumulated); any of them may be null to skip it.
+int gn_cpu_backward(int dtype, int param_dtype, const void* dy, const void* x,
+                    const void* gamma, const void* mean, const void* rstd, void* dx,
+                    void* dgamma, void* dbeta, int64_t N, int64_t C, int64_t S, int64_t G,
+                    int channels_last, void* workspace);
+
+// CUDA twins (operators/group_norm_cuda.cu): device pointers, `stream` is a cudaStream_t
+// (null = default stream), workspace is device memory. Launches are asynchronous on `stream`.
+size_t gn_cuda_forward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G,
+                                       int channels_last);
+int gn_cuda_forward(int dtype, int param_dtype, const void* x, const void* gamma,
+                    const void* beta, void* y, void* mean, void* rstd, int64_t N, int64_t C,
+                    int64_t S, int64_t G, int channels_last, double eps, void* workspace,
+                    void* stream);
+size_t gn_cuda_backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G,
+                                        int channels_last);
+int gn_cuda_backward(int dtype, int param_dtype, const void* dy, const void* x,
+                     const void* gamma, const void* mean, const void* rstd, void* dx,
+                     void* dgamma, void* dbeta, int64_t N, int64_t C, int64_t S, int64_t G,
+                     int channels_last, void* workspace, void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif  // GN_MXNET_GROUP_NORM_KERNELS_H_
