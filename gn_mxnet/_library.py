@@ -1,0 +1,40 @@
+"""Finds and loads the compiled GroupNormalization operator library into MXNet."""
+import os
+import threading
+
+import mxnet as mx
+
+LIBRARY_NAME = 'libgn_mxnet.so'
+_lock = threading.Lock()
+_loaded_path = None
+
+
+class LibraryNotBuiltError(RuntimeError):
+    pass
+
+
+def library_path() -> str:
+    """Path of the operator library inside the installed package (it may not exist)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
+
+
+def load_library() -> str:
+    """Load the operator library once; later calls return at once. Returns its path."""
+    global _loaded_path
+    with _lock:
+        if _loaded_path is not None:
+            return _loaded_path
+        path = library_path()
+        if not os.path.isfile(path):
+            raise LibraryNotBuiltError(
+                f"the GroupNormalization library is not built: {path} is missing. Build it "
+                f"with `pip install -e .` (or `python setup.py build_ext --inplace`) in the "
+                f"gn-mxnet checkout, with mxnet==1.9.1 installed; or use backend='custom' "
+                f"or backend='ops'.")
+        mx.library.load(path, verbose=False)
+        _loaded_path = path
+        return path
+
+
+def is_loaded() -> bool:
+    return _loaded_path is not None

@@ -1,0 +1,90 @@
+"""The one validator of GroupNorm attributes and shapes, shared by every front and backend.
+
+The C++ operator checks the same things in its parseAttrs/inferShape and words its errors the
+same way, so a user sees one message whichever backend runs.
+"""
+import numbers
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+
+SUPPORTED_DTYPES = ('float16', 'float32', 'float64')
+
+
+class GroupNormAttrs(NamedTuple):
+    num_groups: int
+    eps: float
+    axis: int
+
+
+class GroupNormLayout(NamedTuple):
+    """x viewed as (N, C, S) when channels-first, (N, S, C) when channels-last."""
+    batch: int
+    channels: int
+    spatial: int
+    channels_last: bool
+
+
+def parse_attrs(num_groups, eps=1e-5, axis=1) -> GroupNormAttrs:
+    """Validate attribute values (types and ranges that need no shape)."""
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
+        raise ValueError(f"num_groups must be an integer, got {num_groups!r}")
+    if num_groups <= 0:
+        raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise ValueError(f"eps must be a real number, got {eps!r}")
+    if not np.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise ValueError(f"axis must be an integer, got {axis!r}")
+    return GroupNormAttrs(int(num_groups), float(eps), int(axis))
+
+
+def channel_axis(axis: int, ndim: int) -> int:
+    """The non-negative channel axis; only the first (after N) or the last axis is allowed."""
+    if ndim < 2 or ndim > 5:
+        raise ValueError(f"data must have 2 to 5 dimensions (N, C, ...), got {ndim}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for data with {ndim} dimensions")
+    resolved = axis % ndim
+    if resolved not in (1, ndim - 1):
+        raise ValueError(f"axis must be the channel axis: 1 (channels-first) or -1 "
+                         f"(channels-last), got {axis} for data with {ndim} dimensions")
+    return resolved
+
+
+def check_dtype(dtype, what='data') -> str:
+    name = np.dtype(dtype).name
+    if name not in SUPPORTED_DTYPES:
+        raise ValueError(f"{what} dtype must be one of {', '.join(SUPPORTED_DTYPES)}, "
+                         f"got {name}")
+    return name
+
+
+def check_param_dtype(data_dtype, param_dtype, what) -> None:
+    data_name, param_name = np.dtype(data_dtype).name, check_dtype(param_dtype, what)
+    if param_name != data_name and not (data_name == 'float16' and param_name == 'float32'):
+        raise ValueError(f"{what} dtype must match data ({data_name})"
+                         f"{' or be float32' if data_name == 'float16' else ''}, "
+                         f"got {param_name}")
+
+
+def layout(attrs: GroupNormAttrs, data_shape: Sequence[int],
+           gamma_shape: Optional[Sequence[int]] = None,
+           beta_shape: Optional[Sequence[int]] = None) -> GroupNormLayout:
+    """Validate shapes against the attributes; returns the (N, C, S) view."""
+    shape = tuple(int(d) for d in data_shape)
+    axis = channel_axis(attrs.axis, len(shape))
+    if any(d <= 0 for d in shape):
+        raise ValueError(f"data must be non-empty: shape {shape} has a zero-size dimension "
+                         f"(MXNet 1.9 reads 0 as an unknown dimension)")
+    channels = shape[axis]
+    if channels % attrs.num_groups != 0:
+        raise ValueError(f"num_groups ({attrs.num_groups}) must divide the number of "
+                         f"channels ({channels})")
+    for name, param_shape in (('gamma', gamma_shape), ('beta', beta_shape)):
+        if param_shape is not None and tuple(param_shape) != (channels,):
+            raise ValueError(f"{name} must have shape ({channels},) (one per channel), "
+                             f"got {tuple(param_shape)}")
+    spatial = int(np.prod(shape[2:] if axis == 1 else shape[1:-1], dtype=np.int64))
+    return GroupNormLayout(shape[0], channels, spatial, channels_last=(axis != 1))

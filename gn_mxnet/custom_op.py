@@ -1,0 +1,127 @@
+"""The Python CustomOp backend: NumPy math on the host, registered once with MXNet.
+
+It is slow (host round trip) but independent of the C++ library, so it serves as a second
+implementation to check the native op against, and runs wherever MXNet's CustomOp does.
+"""
+import mxnet as mx
+import numpy as np
+
+from .attrs import check_dtype, check_param_dtype, layout, parse_attrs
+
+OP_TYPE = 'gn_mxnet_group_norm'
+
+
+def _accumulation_dtype(dtype):
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def _grouped(x, num_groups, channels_last):
+    """(N, G, D, S) view in channels-first order."""
+    if channels_last:
+        x = np.moveaxis(x, -1, 1)
+    return x.reshape(x.shape[0], num_groups, x.shape[1] // num_groups, -1)
+
+
+def _ungrouped(grouped, like_shape, channels_last):
+    if channels_last:
+        moved = (like_shape[0], like_shape[-1]) + tuple(like_shape[1:-1])
+        return np.moveaxis(grouped.reshape(moved), 1, -1)
+    return grouped.reshape(like_shape)
+
+
+def forward_numpy(x, gamma, beta, attrs):
+    """Returns y (x's dtype), mean and rstd of shape (N, G) in the accumulation dtype."""
+    acc = _accumulation_dtype(x.dtype)
+    channels_last = layout(attrs, x.shape).channels_last
+    xg = _grouped(x.astype(acc), attrs.num_groups, channels_last)
+    mean = xg.mean(axis=(2, 3))
+    var = np.square(xg - mean[:, :, None, None]).mean(axis=(2, 3))
+    rstd = 1.0 / np.sqrt(var + acc(attrs.eps))
+    g = gamma.astype(acc).reshape(1, attrs.num_groups, -1, 1)
+    b = beta.astype(acc).reshape(1, attrs.num_groups, -1, 1)
+    yg = (xg - mean[:, :, None, None]) * rstd[:, :, None, None] * g + b
+    return _ungrouped(yg, x.shape, channels_last).astype(x.dtype), mean, rstd
+
+
+def backward_numpy(dy, x, gamma, attrs):
+    """Returns dx, dgamma, dbeta, using the per-channel sums form of DESIGN §2."""
+    acc = _accumulation_dtype(x.dtype)
+    channels_last = layout(attrs, x.shape).channels_last
+    _, mean, rstd = forward_numpy(x, gamma, np.zeros_like(gamma), attrs)
+    G = attrs.num_groups
+    xg = _grouped(x.astype(acc), G, channels_last)
+    dyg = _grouped(dy.astype(acc), G, channels_last)
+    centered = xg - mean[:, :, None, None]
+    ds = (dyg * centered).sum(axis=3)                        # (N, G, D)
+    db = dyg.sum(axis=3)
+    g = gamma.astype(acc).reshape(G, -1)
+    count = xg.shape[2] * xg.shape[3]
+    gds = (ds * g).sum(axis=2)                               # (N, G)
+    gdb = (db * g).sum(axis=2)
+    coef_x = -rstd ** 3 * gds / count
+    coef_const = -rstd * gdb / count
+    dxg = (rstd[:, :, None, None] * g[None, :, :, None] * dyg
+           + coef_x[:, :, None, None] * centered + coef_const[:, :, None, None])
+    dgamma = (ds * rstd[:, :, None]).sum(axis=0).reshape(-1)
+    dbeta = db.sum(axis=0).reshape(-1)
+    return (_ungrouped(dxg, x.shape, channels_last).astype(x.dtype),
+            dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype))
+
+
+class _GroupNormOp(mx.operator.CustomOp):
+    def __init__(self, attrs):
+        super().__init__()
+        self.attrs = attrs
+
+    def forward(self, is_train, req, in_data, out_data, aux):
+        x, gamma, beta = (a.asnumpy() for a in in_data)
+        y, _, _ = forward_numpy(x, gamma, beta, self.attrs)
+        self.assign(out_data[0], req[0], mx.nd.array(y, dtype=y.dtype, ctx=x_ctx(in_data)))
+
+    def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
+        x, gamma = in_data[0].asnumpy(), in_data[1].asnumpy()
+        grads = backward_numpy(out_grad[0].asnumpy(), x, gamma, self.attrs)
+        for i, grad in enumerate(grads):
+            self.assign(in_grad[i], req[i], mx.nd.array(grad, dtype=grad.dtype,
+                                                        ctx=x_ctx(in_data)))
+
+
+def x_ctx(in_data):
+    return in_data[0].context
+
+
+@mx.operator.register(OP_TYPE)
+class _GroupNormProp(mx.operator.CustomOpProp):
+    def __init__(self, num_groups, eps='1e-05', axis='1'):
+        super().__init__(need_top_grad=True)
+        self.attrs = parse_attrs(int(num_groups), float(eps), int(axis))
+
+    def list_arguments(self):
+        return ['data', 'gamma', 'beta']
+
+    def list_outputs(self):
+        return ['output']
+
+    def infer_shape(self, in_shape):
+        data_shape = tuple(in_shape[0])
+        known = [tuple(s) if len(s) else None for s in in_shape[1:]]
+        channels = layout(self.attrs, data_shape, *known).channels
+        return [data_shape, (channels,), (channels,)], [data_shape], []
+
+    def infer_type(self, in_type):
+        # MXNet's CustomOp wants numpy scalar types (np.float32), not dtype objects.
+        data_type = np.dtype(check_dtype(in_type[0])).type
+        param_types = []
+        for name, given in zip(('gamma', 'beta'), in_type[1:]):
+            if given is None or given == -1:
+                param_types.append(data_type)
+            else:
+                check_param_dtype(data_type, given, name)
+                param_types.append(np.dtype(given).type)
+        return [data_type] + param_types, [data_type], []
+
+    def declare_backward_dependency(self, out_grad, in_data, out_data):
+        return [out_grad[0], in_data[0], in_data[1]]
+
+    def create_operator(self, ctx, in_shapes, in_dtypes):
+        return _GroupNormOp(self.attrs)
