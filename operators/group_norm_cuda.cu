@@ -1,0 +1,246 @@
+// GroupNorm forward on CUDA (DESIGN §2): per-(n, g) mean and rstd from Welford moments merged
+// with Chan's rule, then y = a[n,c]*x + k[n,c] with a = gamma*rstd, k = beta - mean*a.
+//
+// Kernels, in launch order on the caller's stream:
+//  1. partial moments: many blocks per group when groups are few and large (batch 2, or a
+//     diffusion-size 8x512x64x64), one per group otherwise; each writes (count, mean, m2).
+//     - channels-first: a group is one contiguous run of D*S elements, cut into `split` chunks.
+//     - channels-last: blocks walk rows of (s, c) tiles coalesced along C and keep per-channel
+//       moments of `split` row-chunks; the group merge happens in step 2.
+//  2. finalize: one block per (n, g) merges its partials in a fixed order (deterministic,
+//     no atomics), writes mean/rstd and the per-(n, c) coefficients a, k.
+//  3. the elementwise pass (group_norm_cuda_common.cuh).
+#include "group_norm_cuda_common.cuh"
+
+namespace gn_cuda {
+namespace {
+
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kThreads) moments_contiguous_kernel(
+    const T* __restrict__ x, int64_t group_size, int64_t chunk,
+    Moments<typename AccOf<T>::type>* __restrict__ partial) {
+  using Acc = typename AccOf<T>::type;
+  __shared__ Moments<Acc> scratch[32];
+  const int64_t group = blockIdx.x;
+  const int64_t begin = static_cast<int64_t>(blockIdx.y) * chunk;
+  const int64_t end = begin + chunk < group_size ? begin + chunk : group_size;
+  const T* base = x + group * group_size;
+  Moments<Acc> m{};
+#pragma unroll 4
+  for (int64_t i = begin + threadIdx.x * kVec; i < end; i += static_cast<int64_t>(blockDim.x) * kVec) {
+    const Pack<T, kVec> p = load_pack<T, kVec>(base + i);
+    // Exact two-pass moments of the pack in registers, then one Chan merge per pack.
+    Acc sum = 0;
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) sum += to_acc(p.v[v]);
+    Moments<Acc> pm;
+    pm.count = Acc(kVec);
+    pm.mean = sum / Acc(kVec);
+    pm.m2 = 0;
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) {
+      const Acc d = to_acc(p.v[v]) - pm.mean;
+      pm.m2 += d * d;
+    }
+    m = combine(m, pm);
+  }
+  m = block_reduce(m, scratch);
+  if (threadIdx.x == 0) partial[group * gridDim.y + blockIdx.y] = m;
+}
+
+// blockDim = (TX, TY), TX*TY == kThreads, both powers of two. Thread (tx, ty) owns channels
+// c0..c0+kVec-1 and rows s_begin+ty, s_begin+ty+TY, ...; all its channels share one count, so
+// the Welford update costs one division per row rather than per element.
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kThreads) moments_columns_kernel(
+    const T* __restrict__ x, int64_t N, int64_t S, int64_t C, int64_t rows_per_chunk,
+    Moments<typename AccOf<T>::type>* __restrict__ partial) {
+  using Acc = typename AccOf<T>::type;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  Moments<Acc>* smem = reinterpret_cast<Moments<Acc>*>(smem_raw);
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int TX = blockDim.x, TY = blockDim.y;
+  const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * TX + tx) * kVec;
+  const bool active = c0 < C;
+  const int64_t split = gridDim.y;
+  const int64_t s_begin = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
+  const int64_t s_end = s_begin + rows_per_chunk < S ? s_begin + rows_per_chunk : S;
+  Moments<Acc>* mine = smem + (ty * TX + tx) * kVec;
+  for (int64_t n = blockIdx.z; n < N; n += gridDim.z) {
+    Acc count = 0;
+    Acc mean[kVec];
+    Acc m2[kVec];
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) mean[v] = m2[v] = 0;
+    if (active) {
+      const T* column = x + n * S * C + c0;
+#pragma unroll 4
+      for (int64_t s = s_begin + ty; s < s_end; s += TY) {
+        const Pack<T, kVec> p = load_pack<T, kVec>(column + s * C);
+        count += 1;
+        const Acc inv = Acc(1) / count;
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) {
+          const Acc xv = to_acc(p.v[v]);
+          const Acc d = xv - mean[v];
+          mean[v] += d * inv;
+          m2[v] += d * (xv - mean[v]);
+        }
+      }
+    }
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) mine[v] = Moments<Acc>{count, mean[v], m2[v]};
+    __syncthreads();
+    for (int stride = TY / 2; stride > 0; stride >>= 1) {
+      if (ty < stride) {
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) mine[v] = combine(mine[v], mine[v + stride * TX * kVec]);
+      }
+      __syncthreads();
+    }
+    if (ty == 0 && active) {
+#pragma unroll
+      for (int v = 0; v < kVec; ++v)
+        partial[(n * split + blockIdx.y) * C + c0 + v] = mine[v];
+    }
+    __syncthreads();  // smem is reused for the next sample
+  }
+}
+
+// The partials of group (n, g) sit at base + i*stride_i + j, i < count_i, j < count_j.
+template <typename Acc, typename PT>
+__global__ void __launch_bounds__(kThreads) finalize_moments_kernel(
+    const Moments<Acc>* __restrict__ partial, int64_t stride_n, int64_t stride_g,
+    int64_t count_i, int64_t stride_i, int64_t count_j, const PT* __restrict__ gamma,
+    const PT* __restrict__ beta, int64_t C, int64_t G, Acc eps, Acc* __restrict__ mean_out,
+    Acc* __restrict__ rstd_out, Acc* __restrict__ scale, Acc* __restrict__ shift) {
+  __shared__ Moments<Acc> scratch[32];
+  __shared__ Acc stats[2];
+  const int64_t ng = blockIdx.x;
+  const int64_t n = ng / G;
+  const int64_t g = ng - n * G;
+  const int64_t D = C / G;
+  const Moments<Acc>* base = partial + n * stride_n + g * stride_g;
+  Moments<Acc> m{};
+  const int64_t total = count_i * count_j;
+  for (int64_t k = threadIdx.x; k < total; k += blockDim.x) {
+    const int64_t i = k / count_j;
+    m = combine(m, base[i * stride_i + (k - i * count_j)]);
+  }
+  m = block_reduce(m, scratch);
+  if (threadIdx.x == 0) {
+    const Acc var = (m.count > Acc(0) && m.m2 > Acc(0)) ? m.m2 / m.count : Acc(0);
+    const Acc rstd = Acc(1) / sqrt(var + eps);
+    if (mean_out) mean_out[ng] = m.mean;
+    if (rstd_out) rstd_out[ng] = rstd;
+    stats[0] = m.mean;
+    stats[1] = rstd;
+  }
+  __syncthreads();
+  const Acc mean = stats[0], rstd = stats[1];
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    const int64_t c = g * D + d;
+    const Acc a = to_acc(gamma[c]) * rstd;
+    scale[n * C + c] = a;
+    shift[n * C + c] = to_acc(beta[c]) - mean * a;
+  }
+}
+
+int threads_for(int64_t work_items) {
+  return static_cast<int>(clamp64(round_up(work_items, 32), 32, kThreads));
+}
+
+template <typename T, typename PT>
+int forward_impl(const void* x_, const void* gamma_, const void* beta_, void* y_, void* mean_,
+                 void* rstd_, int64_t N, int64_t C, int64_t S, int64_t G, int channels_last,
+                 double eps, void* workspace, cudaStream_t stream) {
+  using Acc = typename AccOf<T>::type;
+  const T* x = static_cast<const T*>(x_);
+  T* y = static_cast<T*>(y_);
+  const int64_t D = C / G;
+  const int64_t split = forward_split(N, C, S, G, channels_last);
+  constexpr int kMax = max_vec<T>();
+
+  WorkspaceCarver carve(workspace);
+  Moments<Acc>* partial = carve.take<Moments<Acc>>(forward_partial_count(N, C, S, G, channels_last));
+  Acc* scale = carve.take<Acc>(N * C);
+  Acc* shift = carve.take<Acc>(N * C);
+
+  int64_t stride_n, stride_g, count_i, stride_i, count_j;
+  if (!channels_last) {
+    const int64_t M = D * S;
+    const int64_t chunk = round_up(ceil_div(M, split), 8);  // a multiple of every pack width
+    const bool vec = M % kMax == 0 && aligned16(x);
+    const int threads = threads_for(ceil_div(chunk, vec ? kMax : 1));
+    const dim3 grid(static_cast<unsigned>(N * G), static_cast<unsigned>(split));
+    if (vec)
+      moments_contiguous_kernel<T, kMax><<<grid, threads, 0, stream>>>(x, M, chunk, partial);
+    else
+      moments_contiguous_kernel<T, 1><<<grid, threads, 0, stream>>>(x, M, chunk, partial);
+    stride_n = G * split, stride_g = split, count_i = split, stride_i = 1, count_j = 1;
+  } else {
+    const int64_t rows_per_chunk = ceil_div(S, split);
+    const bool vec = C % kMax == 0 && aligned16(x);
+    const int pack = vec ? kMax : 1;
+    const int tx = pow2_at_least(ceil_div(C, pack), 32);
+    const dim3 block(tx, kThreads / tx);
+    const dim3 grid(static_cast<unsigned>(ceil_div(C, static_cast<int64_t>(tx) * pack)),
+                    static_cast<unsigned>(split), grid_yz(N));
+    const size_t smem = static_cast<size_t>(kThreads) * pack * sizeof(Moments<Acc>);
+    if (vec)
+      moments_columns_kernel<T, kMax><<<grid, block, smem, stream>>>(x, N, S, C, rows_per_chunk, partial);
+    else
+      moments_columns_kernel<T, 1><<<grid, block, smem, stream>>>(x, N, S, C, rows_per_chunk, partial);
+    stride_n = split * C, stride_g = D, count_i = split, stride_i = C, count_j = D;
+  }
+  int status = launch_status();
+  if (status != GN_STATUS_OK) return status;
+
+  const int threads = threads_for(count_i * count_j > D ? count_i * count_j : D);
+  finalize_moments_kernel<Acc, PT><<<static_cast<unsigned>(N * G), threads, 0, stream>>>(
+      partial, stride_n, stride_g, count_i, stride_i, count_j, static_cast<const PT*>(gamma_),
+      static_cast<const PT*>(beta_), C, G, static_cast<Acc>(eps), static_cast<Acc*>(mean_),
+      static_cast<Acc*>(rstd_), scale, shift);
+  status = launch_status();
+  if (status != GN_STATUS_OK) return status;
+
+  return launch_per_channel_affine<T>(x, nullptr, scale, nullptr, shift, y, N, C, S,
+                                      channels_last, stream);
+}
+
+}  // namespace
+}  // namespace gn_cuda
+
+extern "C" size_t gn_cuda_forward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G,
+                                                  int channels_last) {
+  using namespace gn_cuda;
+  if (check_shape(N, C, S, G) != GN_STATUS_OK) return 0;
+  // Sized for the widest accumulation type (double) so one number serves every dtype.
+  return slice_bytes(forward_partial_count(N, C, S, G, channels_last), sizeof(Moments<double>)) +
+         2 * slice_bytes(N * C, sizeof(double));
+}
+
+extern "C" int gn_cuda_forward(int dtype, int param_dtype, const void* x, const void* gamma,
+                               const void* beta, void* y, void* mean, void* rstd, int64_t N,
+                               int64_t C, int64_t S, int64_t G, int channels_last, double eps,
+                               void* workspace, void* stream) {
+  using namespace gn_cuda;
+  int status = check_dtypes(dtype, param_dtype);
+  if (status != GN_STATUS_OK) return status;
+  status = check_shape(N, C, S, G);
+  if (status != GN_STATUS_OK) return status;
+  if (N * G > INT32_MAX) return GN_STATUS_BAD_SHAPE;  // one finalize block per (n, g)
+  if (N == 0) return GN_STATUS_OK;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const int cl = channels_last ? 1 : 0;
+  switch (dtype) {
+    case kFloat32:
+      return forward_impl<float, float>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
+    case kFloat64:
+      return forward_impl<double, double>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
+    default:
+      if (param_dtype == kFloat32)
+        return forward_impl<__half, float>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
+      return forward_impl<__half, __half>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
+  }
+}

@@ -1,0 +1,273 @@
+// GroupNorm backward on CUDA (DESIGN §2, the per-channel form):
+//   per (n, c):  ds = sum_s dy*(x - mean),  db = sum_s dy
+//   dgamma[c] = sum_n ds*rstd,  dbeta[c] = sum_n db
+//   per (n, g):  gds = sum_{c in g} gamma*ds,  gdb = sum_{c in g} gamma*db,  M = D*S
+//   dx = rstd*gamma*dy + B*(x - mean) + K,  B = -rstd^3*gds/M,  K = -rstd*gdb/M
+// Centering on the mean (rather than sum dy*x) keeps ds well conditioned when |mean| >> std.
+//
+// Kernels, in launch order on the caller's stream:
+//  1. partial (ds, db) per (n, chunk, c): a warp per row chunk when channels-first, coalesced
+//     column tiles when channels-last; long rows are cut into `split` chunks.
+//  2. coefficients: a block per (n, g) sums the chunks in a fixed order, keeps (ds, db) per
+//     (n, c) and folds everything into dx = a*dy + b*x + k with per-(n, c) a, b, k.
+//  3. dgamma/dbeta: a thread per channel sums over n in order (deterministic, no atomics).
+//  4. the elementwise pass (group_norm_cuda_common.cuh).
+#include "group_norm_cuda_common.cuh"
+
+namespace gn_cuda {
+namespace {
+
+constexpr int kWarpsPerBlock = kThreads / 32;
+
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kThreads) grad_sums_rows_kernel(
+    const T* __restrict__ dy, const T* __restrict__ x,
+    const typename AccOf<T>::type* __restrict__ mean, int64_t N, int64_t C, int64_t S,
+    int64_t G, int64_t split, int64_t chunk, SumPair<typename AccOf<T>::type>* __restrict__ partial) {
+  using Acc = typename AccOf<T>::type;
+  const int64_t item = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (item >= N * C * split) return;  // the whole warp shares `item`, so it leaves together
+  const int64_t row = item / split;
+  const int64_t p = item - row * split;
+  const int64_t n = row / C;
+  const int64_t c = row - n * C;
+  const Acc mu = mean[n * G + c / (C / G)];
+  const int64_t begin = p * chunk;
+  const int64_t end = begin + chunk < S ? begin + chunk : S;
+  const T* dy_row = dy + row * S;
+  const T* x_row = x + row * S;
+  SumPair<Acc> acc{};
+#pragma unroll 4
+  for (int64_t i = begin + lane * kVec; i < end; i += 32 * kVec) {
+    const Pack<T, kVec> g = load_pack<T, kVec>(dy_row + i);
+    const Pack<T, kVec> xv = load_pack<T, kVec>(x_row + i);
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) {
+      const Acc gv = to_acc(g.v[v]);
+      acc.first += gv * (to_acc(xv.v[v]) - mu);
+      acc.second += gv;
+    }
+  }
+  acc = warp_reduce(acc);
+  if (lane == 0) partial[(n * split + p) * C + c] = acc;
+}
+
+// Same tiling as moments_columns_kernel: blockDim = (TX, TY), TX*TY == kThreads.
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kThreads) grad_sums_columns_kernel(
+    const T* __restrict__ dy, const T* __restrict__ x,
+    const typename AccOf<T>::type* __restrict__ mean, int64_t N, int64_t S, int64_t C,
+    int64_t G, int64_t rows_per_chunk, SumPair<typename AccOf<T>::type>* __restrict__ partial) {
+  using Acc = typename AccOf<T>::type;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  SumPair<Acc>* smem = reinterpret_cast<SumPair<Acc>*>(smem_raw);
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int TX = blockDim.x, TY = blockDim.y;
+  const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * TX + tx) * kVec;
+  const bool active = c0 < C;
+  const int64_t D = C / G;
+  const int64_t split = gridDim.y;
+  const int64_t s_begin = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
+  const int64_t s_end = s_begin + rows_per_chunk < S ? s_begin + rows_per_chunk : S;
+  SumPair<Acc>* mine = smem + (ty * TX + tx) * kVec;
+  for (int64_t n = blockIdx.z; n < N; n += gridDim.z) {
+    SumPair<Acc> acc[kVec];
+    Acc mu[kVec];
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) {
+      acc[v] = SumPair<Acc>{0, 0};
+      mu[v] = active ? mean[n * G + (c0 + v) / D] : Acc(0);
+    }
+    if (active) {
+      const int64_t offset = n * S * C + c0;
+#pragma unroll 4
+      for (int64_t s = s_begin + ty; s < s_end; s += TY) {
+        const Pack<T, kVec> g = load_pack<T, kVec>(dy + offset + s * C);
+        const Pack<T, kVec> xv = load_pack<T, kVec>(x + offset + s * C);
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) {
+          const Acc gv = to_acc(g.v[v]);
+          acc[v].first += gv * (to_acc(xv.v[v]) - mu[v]);
+          acc[v].second += gv;
+        }
+      }
+    }
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) mine[v] = acc[v];
+    __syncthreads();
+    for (int stride = TY / 2; stride > 0; stride >>= 1) {
+      if (ty < stride) {
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) mine[v] = combine(mine[v], mine[v + stride * TX * kVec]);
+      }
+      __syncthreads();
+    }
+    if (ty == 0 && active) {
+#pragma unroll
+      for (int v = 0; v < kVec; ++v)
+        partial[(n * split + blockIdx.y) * C + c0 + v] = mine[v];
+    }
+    __syncthreads();  // smem is reused for the next sample
+  }
+}
+
+template <typename Acc, typename PT>
+__global__ void __launch_bounds__(kThreads) grad_coefficients_kernel(
+    const SumPair<Acc>* __restrict__ partial, int64_t split, const PT* __restrict__ gamma,
+    const Acc* __restrict__ mean, const Acc* __restrict__ rstd, int64_t C, int64_t G, int64_t S,
+    Acc* __restrict__ ds_total, Acc* __restrict__ db_total, Acc* __restrict__ coef_dy,
+    Acc* __restrict__ coef_x, Acc* __restrict__ coef_k) {
+  __shared__ SumPair<Acc> scratch[32];
+  __shared__ Acc folded[2];
+  const int64_t ng = blockIdx.x;
+  const int64_t n = ng / G;
+  const int64_t g = ng - n * G;
+  const int64_t D = C / G;
+  const Acc r = rstd[ng];
+  SumPair<Acc> group_sums{};  // (gds, gdb)
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    const int64_t c = g * D + d;
+    SumPair<Acc> sums{};
+    for (int64_t p = 0; p < split; ++p) sums = combine(sums, partial[(n * split + p) * C + c]);
+    ds_total[n * C + c] = sums.first;
+    db_total[n * C + c] = sums.second;
+    const Acc gam = to_acc(gamma[c]);
+    group_sums.first += gam * sums.first;
+    group_sums.second += gam * sums.second;
+    coef_dy[n * C + c] = r * gam;
+  }
+  group_sums = block_reduce(group_sums, scratch);
+  if (threadIdx.x == 0) {
+    const Acc M = Acc(D) * Acc(S);
+    const Acc b = M > Acc(0) ? -r * r * r * group_sums.first / M : Acc(0);
+    const Acc k = M > Acc(0) ? -r * group_sums.second / M : Acc(0);
+    folded[0] = b;
+    folded[1] = k - b * mean[ng];  // moves B*(x - mean) onto x alone
+  }
+  __syncthreads();
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    coef_x[n * C + g * D + d] = folded[0];
+    coef_k[n * C + g * D + d] = folded[1];
+  }
+}
+
+template <typename Acc, typename PT>
+__global__ void __launch_bounds__(kThreads) param_grads_kernel(
+    const Acc* __restrict__ ds_total, const Acc* __restrict__ db_total,
+    const Acc* __restrict__ rstd, int64_t N, int64_t C, int64_t G, PT* __restrict__ dgamma,
+    PT* __restrict__ dbeta) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const int64_t g = c / (C / G);
+  Acc dg = 0, db = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    dg += ds_total[n * C + c] * rstd[n * G + g];
+    db += db_total[n * C + c];
+  }
+  if (dgamma) dgamma[c] = FromAcc<PT>::cast(dg);
+  if (dbeta) dbeta[c] = FromAcc<PT>::cast(db);
+}
+
+template <typename T, typename PT>
+int backward_impl(const void* dy_, const void* x_, const void* gamma_, const void* mean_,
+                  const void* rstd_, void* dx_, void* dgamma_, void* dbeta_, int64_t N,
+                  int64_t C, int64_t S, int64_t G, int channels_last, void* workspace,
+                  cudaStream_t stream) {
+  using Acc = typename AccOf<T>::type;
+  const T* dy = static_cast<const T*>(dy_);
+  const T* x = static_cast<const T*>(x_);
+  const Acc* mean = static_cast<const Acc*>(mean_);
+  const Acc* rstd = static_cast<const Acc*>(rstd_);
+  const int64_t split = backward_split(N, C, S, G, channels_last);
+  constexpr int kMax = max_vec<T>();
+
+  WorkspaceCarver carve(workspace);
+  SumPair<Acc>* partial = carve.take<SumPair<Acc>>(N * split * C);
+  Acc* ds_total = carve.take<Acc>(N * C);
+  Acc* db_total = carve.take<Acc>(N * C);
+  Acc* coef_dy = carve.take<Acc>(N * C);
+  Acc* coef_x = carve.take<Acc>(N * C);
+  Acc* coef_k = carve.take<Acc>(N * C);
+
+  int status;
+  if (N > 0) {
+    if (!channels_last) {
+      const int64_t chunk = round_up(ceil_div(S, split), 8);
+      const bool vec = S % kMax == 0 && aligned16(dy) && aligned16(x);
+      const int64_t blocks = ceil_div(N * C * split, kWarpsPerBlock);
+      if (blocks > INT32_MAX) return GN_STATUS_BAD_SHAPE;
+      const unsigned grid = static_cast<unsigned>(blocks);
+      if (vec)
+        grad_sums_rows_kernel<T, kMax><<<grid, kThreads, 0, stream>>>(dy, x, mean, N, C, S, G, split, chunk, partial);
+      else
+        grad_sums_rows_kernel<T, 1><<<grid, kThreads, 0, stream>>>(dy, x, mean, N, C, S, G, split, chunk, partial);
+    } else {
+      const int64_t rows_per_chunk = ceil_div(S, split);
+      const bool vec = C % kMax == 0 && aligned16(dy) && aligned16(x);
+      const int pack = vec ? kMax : 1;
+      const int tx = pow2_at_least(ceil_div(C, pack), 32);
+      const dim3 block(tx, kThreads / tx);
+      const dim3 grid(static_cast<unsigned>(ceil_div(C, static_cast<int64_t>(tx) * pack)),
+                      static_cast<unsigned>(split), grid_yz(N));
+      const size_t smem = static_cast<size_t>(kThreads) * pack * sizeof(SumPair<Acc>);
+      if (vec)
+        grad_sums_columns_kernel<T, kMax><<<grid, block, smem, stream>>>(dy, x, mean, N, S, C, G, rows_per_chunk, partial);
+      else
+        grad_sums_columns_kernel<T, 1><<<grid, block, smem, stream>>>(dy, x, mean, N, S, C, G, rows_per_chunk, partial);
+    }
+    if ((status = launch_status()) != GN_STATUS_OK) return status;
+
+    const int threads = static_cast<int>(clamp64(round_up(C / G, 32), 32, kThreads));
+    grad_coefficients_kernel<Acc, PT><<<static_cast<unsigned>(N * G), threads, 0, stream>>>(
+        partial, split, static_cast<const PT*>(gamma_), mean, rstd, C, G, S, ds_total, db_total,
+        coef_dy, coef_x, coef_k);
+    if ((status = launch_status()) != GN_STATUS_OK) return status;
+  }
+
+  if (dgamma_ || dbeta_) {
+    param_grads_kernel<Acc, PT><<<static_cast<unsigned>(ceil_div(C, kThreads)), kThreads, 0, stream>>>(
+        ds_total, db_total, rstd, N, C, G, static_cast<PT*>(dgamma_), static_cast<PT*>(dbeta_));
+    if ((status = launch_status()) != GN_STATUS_OK) return status;
+  }
+  if (dx_ == nullptr) return GN_STATUS_OK;
+  return launch_per_channel_affine<T>(dy, x, coef_dy, coef_x, coef_k, static_cast<T*>(dx_), N,
+                                      C, S, channels_last, stream);
+}
+
+}  // namespace
+}  // namespace gn_cuda
+
+extern "C" size_t gn_cuda_backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G,
+                                                   int channels_last) {
+  using namespace gn_cuda;
+  if (check_shape(N, C, S, G) != GN_STATUS_OK) return 0;
+  const int64_t split = backward_split(N, C, S, G, channels_last);
+  // Sized for the widest accumulation type (double) so one number serves every dtype.
+  return slice_bytes(N * split * C, sizeof(SumPair<double>)) + 5 * slice_bytes(N * C, sizeof(double));
+}
+
+extern "C" int gn_cuda_backward(int dtype, int param_dtype, const void* dy, const void* x,
+                                const void* gamma, const void* mean, const void* rstd, void* dx,
+                                void* dgamma, void* dbeta, int64_t N, int64_t C, int64_t S,
+                                int64_t G, int channels_last, void* workspace, void* stream) {
+  using namespace gn_cuda;
+  int status = check_dtypes(dtype, param_dtype);
+  if (status != GN_STATUS_OK) return status;
+  status = check_shape(N, C, S, G);
+  if (status != GN_STATUS_OK) return status;
+  if (N * G > INT32_MAX) return GN_STATUS_BAD_SHAPE;  // one coefficient block per (n, g)
+  if (dx == nullptr && dgamma == nullptr && dbeta == nullptr) return GN_STATUS_OK;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const int cl = channels_last ? 1 : 0;
+  switch (dtype) {
+    case kFloat32:
+      return backward_impl<float, float>(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, N, C, S, G, cl, workspace, s);
+    case kFloat64:
+      return backward_impl<double, double>(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, N, C, S, G, cl, workspace, s);
+    default:
+      if (param_dtype == kFloat32)
+        return backward_impl<__half, float>(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, N, C, S, G, cl, workspace, s);
+      return backward_impl<__half, __half>(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, N, C, S, G, cl, workspace, s);
+  }
+}

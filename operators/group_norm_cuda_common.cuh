@@ -1,0 +1,311 @@
+// Shared pieces of the GroupNorm CUDA kernels: dtype traits, packed loads, the reduction
+// states (Welford moments, pairs of sums), deterministic warp/block reductions, and the
+// launch plans. The plans depend only on the shape so that the *_workspace_bytes entries
+// (which do not know the dtype) and the launchers agree on every size.
+#ifndef GN_MXNET_GROUP_NORM_CUDA_COMMON_CUH_
+#define GN_MXNET_GROUP_NORM_CUDA_COMMON_CUH_
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "group_norm_kernels.h"
+
+namespace gn_cuda {
+// Internal linkage: each .cu gets its own copy of the kernels and nothing but the gn_cuda_*
+// entries leaves the shared library.
+namespace {
+
+enum { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2 };
+
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+
+template <typename T> struct FromAcc;
+template <> struct FromAcc<float> {
+  static __device__ __forceinline__ float cast(float v) { return v; }
+};
+template <> struct FromAcc<double> {
+  static __device__ __forceinline__ double cast(double v) { return v; }
+};
+template <> struct FromAcc<__half> {
+  static __device__ __forceinline__ __half cast(float v) { return __float2half_rn(v); }
+};
+
+// 16-byte packs when the contiguous extent and the pointers allow it, else scalars.
+template <typename T> constexpr int max_vec() { return static_cast<int>(16 / sizeof(T)); }
+
+template <typename T, int kVec> struct alignas(sizeof(T) * kVec) Pack { T v[kVec]; };
+
+template <typename T, int kVec>
+__device__ __forceinline__ Pack<T, kVec> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T, kVec>*>(p);
+}
+template <typename T, int kVec>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T, kVec>& pack) {
+  *reinterpret_cast<Pack<T, kVec>*>(p) = pack;
+}
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// count/mean/m2 of a set of samples; merging two sets is Chan's parallel update.
+template <typename Acc> struct Moments {
+  Acc count;
+  Acc mean;
+  Acc m2;
+};
+
+template <typename Acc>
+__device__ __forceinline__ Moments<Acc> combine(const Moments<Acc>& a, const Moments<Acc>& b) {
+  const Acc n = a.count + b.count;
+  if (n == Acc(0)) return a;
+  const Acc delta = b.mean - a.mean;
+  const Acc weight_b = b.count / n;
+  Moments<Acc> r;
+  r.count = n;
+  r.mean = a.mean + delta * weight_b;
+  r.m2 = a.m2 + b.m2 + delta * delta * a.count * weight_b;
+  return r;
+}
+
+template <typename Acc> struct SumPair {
+  Acc first;
+  Acc second;
+};
+
+template <typename Acc>
+__device__ __forceinline__ SumPair<Acc> combine(const SumPair<Acc>& a, const SumPair<Acc>& b) {
+  return SumPair<Acc>{a.first + b.first, a.second + b.second};
+}
+
+template <typename Acc>
+__device__ __forceinline__ Moments<Acc> shfl_down(const Moments<Acc>& v, int offset) {
+  Moments<Acc> r;
+  r.count = __shfl_down_sync(0xffffffffu, v.count, offset);
+  r.mean = __shfl_down_sync(0xffffffffu, v.mean, offset);
+  r.m2 = __shfl_down_sync(0xffffffffu, v.m2, offset);
+  return r;
+}
+
+template <typename Acc>
+__device__ __forceinline__ SumPair<Acc> shfl_down(const SumPair<Acc>& v, int offset) {
+  return SumPair<Acc>{__shfl_down_sync(0xffffffffu, v.first, offset),
+                      __shfl_down_sync(0xffffffffu, v.second, offset)};
+}
+
+// Fixed shuffle tree: the result (valid in lane 0) does not depend on timing.
+template <typename V> __device__ __forceinline__ V warp_reduce(V v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = combine(v, shfl_down(v, offset));
+  return v;
+}
+
+// blockDim.x must be a multiple of 32 (and blockDim.y == 1). Result valid in thread 0.
+// `scratch` holds 32 values; callers that reuse it must __syncthreads() first.
+template <typename V> __device__ __forceinline__ V block_reduce(V v, V* scratch) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int num_warps = blockDim.x >> 5;
+  v = warp_reduce(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    V w = lane < num_warps ? scratch[lane] : V{};
+    v = warp_reduce(w);
+  }
+  return v;
+}
+
+// ---- launch plans (host side, shape only) ----------------------------------------------
+
+constexpr int64_t kTargetBlocks = 1024;      // ~8 resident 256-thread blocks on 132 SMs
+constexpr int64_t kTargetRowWarps = 8192;    // same budget counted in warps
+constexpr int64_t kMinChunkElements = 2048;  // below this a block's fixed cost dominates
+constexpr int64_t kMinRowsPerChunk = 32;
+constexpr int64_t kMinRowChunk = 1024;       // elements per warp in a channels-first row
+constexpr int64_t kMaxSplit = 4096;          // also keeps gridDim.y legal
+constexpr int64_t kNominalColumnsPerBlock = 128;
+constexpr int kThreads = 256;
+constexpr int64_t kMaxGridYZ = 65535;
+constexpr size_t kSliceAlign = 256;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+inline int64_t round_up(int64_t v, int64_t m) { return ceil_div(v, m) * m; }
+
+// How many blocks share one reduction. Channels-first: each (n, g) group is one contiguous
+// run of D*S elements cut into `split` chunks. Channels-last: the S rows of each sample are cut
+// into `split` chunks and every chunk yields per-channel partials.
+inline int64_t forward_split(int64_t N, int64_t C, int64_t S, int64_t G, int channels_last) {
+  if (N <= 0 || S <= 0) return 1;
+  if (!channels_last) {
+    const int64_t M = (C / G) * S;
+    return clamp64(ceil_div(kTargetBlocks, N * G), 1,
+                   clamp64(ceil_div(M, kMinChunkElements), 1, kMaxSplit));
+  }
+  const int64_t column_tiles = ceil_div(C, kNominalColumnsPerBlock);
+  return clamp64(ceil_div(kTargetBlocks, N * column_tiles), 1,
+                 clamp64(ceil_div(S, kMinRowsPerChunk), 1, kMaxSplit));
+}
+
+inline int64_t backward_split(int64_t N, int64_t C, int64_t S, int64_t G, int channels_last) {
+  if (N <= 0 || S <= 0) return 1;
+  if (!channels_last) {
+    return clamp64(ceil_div(kTargetRowWarps, N * C), 1,
+                   clamp64(ceil_div(S, kMinRowChunk), 1, kMaxSplit));
+  }
+  return forward_split(N, C, S, G, channels_last);
+}
+
+inline int64_t forward_partial_count(int64_t N, int64_t C, int64_t S, int64_t G, int cl) {
+  const int64_t split = forward_split(N, C, S, G, cl);
+  return cl ? N * split * C : N * G * split;
+}
+
+inline size_t slice_bytes(int64_t count, size_t elem) {
+  return static_cast<size_t>(round_up(static_cast<int64_t>(count * elem), kSliceAlign));
+}
+
+// Hands out kSliceAlign-aligned slices of the caller's workspace in a fixed order.
+class WorkspaceCarver {
+ public:
+  explicit WorkspaceCarver(void* base) : next_(static_cast<char*>(base)) {}
+  template <typename U> U* take(int64_t count) {
+    U* p = reinterpret_cast<U*>(next_);
+    next_ += slice_bytes(count, sizeof(U));
+    return p;
+  }
+
+ private:
+  char* next_;
+};
+
+inline int check_shape(int64_t N, int64_t C, int64_t S, int64_t G) {
+  if (N < 0 || C <= 0 || S < 0 || G <= 0 || C % G != 0) return GN_STATUS_BAD_SHAPE;
+  if (N > 0 && S > 0 && (C * S) / S != C) return GN_STATUS_BAD_SHAPE;
+  return GN_STATUS_OK;
+}
+
+inline int check_dtypes(int dtype, int param_dtype) {
+  if (dtype != kFloat32 && dtype != kFloat64 && dtype != kFloat16) return GN_STATUS_BAD_DTYPE;
+  if (param_dtype == dtype) return GN_STATUS_OK;
+  if (dtype == kFloat16 && param_dtype == kFloat32) return GN_STATUS_OK;
+  return GN_STATUS_BAD_DTYPE;
+}
+
+inline int launch_status() {
+  return cudaGetLastError() == cudaSuccess ? GN_STATUS_OK : GN_STATUS_DEVICE_ERROR;
+}
+
+// Smallest power of two >= v, capped at `cap` (a power of two).
+inline int pow2_at_least(int64_t v, int cap) {
+  int p = 1;
+  while (p < cap && p < v) p <<= 1;
+  return p;
+}
+
+inline unsigned grid_yz(int64_t n) { return static_cast<unsigned>(clamp64(n, 1, kMaxGridYZ)); }
+
+
+// ---- the one elementwise pass shared by forward and backward ---------------------------
+// Forward:  y  = a[n,c]*x + k[n,c]              (in_a = x, in_b = null)
+// Backward: dx = a[n,c]*dy + b[n,c]*x + k[n,c]  (in_a = dy, in_b = x)
+// With kVec > 1 the contiguous extent (S, or C when channels-last) is a multiple of kVec, so a
+// pack never straddles two channels (channels-first) or two samples (channels-last).
+constexpr int kApplyUnroll = 4;
+
+template <typename T, int kVec, bool kChannelsLast, bool kTwoInputs>
+__global__ void __launch_bounds__(kThreads) per_channel_affine_kernel(
+    const T* __restrict__ in_a, const T* __restrict__ in_b,
+    const typename AccOf<T>::type* __restrict__ coef_a,
+    const typename AccOf<T>::type* __restrict__ coef_b,
+    const typename AccOf<T>::type* __restrict__ coef_k, T* __restrict__ out, int64_t N,
+    int64_t C, int64_t S) {
+  using Acc = typename AccOf<T>::type;
+  const int64_t per_sample = C * S;
+  const int64_t packs = per_sample / kVec;
+  const bool index32 = per_sample <= INT32_MAX;  // 32-bit division is much cheaper
+  for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
+    const int64_t sample = n * per_sample;
+    const Acc* a_n = coef_a + n * C;
+    const Acc* b_n = kTwoInputs ? coef_b + n * C : nullptr;
+    const Acc* k_n = coef_k + n * C;
+    for (int64_t tile = blockIdx.x; tile * kThreads * kApplyUnroll < packs; tile += gridDim.x) {
+      Pack<T, kVec> pa[kApplyUnroll];
+      Pack<T, kVec> pb[kApplyUnroll];
+#pragma unroll
+      for (int u = 0; u < kApplyUnroll; ++u) {  // all loads first: several in flight per thread
+        const int64_t pk = (tile * kApplyUnroll + u) * kThreads + threadIdx.x;
+        if (pk < packs) {
+          pa[u] = load_pack<T, kVec>(in_a + sample + pk * kVec);
+          if (kTwoInputs) pb[u] = load_pack<T, kVec>(in_b + sample + pk * kVec);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kApplyUnroll; ++u) {
+        const int64_t pk = (tile * kApplyUnroll + u) * kThreads + threadIdx.x;
+        if (pk >= packs) continue;
+        const int64_t i = pk * kVec;
+        int64_t c;
+        if (kChannelsLast) {
+          c = index32 ? static_cast<int64_t>(static_cast<uint32_t>(i) % static_cast<uint32_t>(C))
+                      : i % C;
+        } else {
+          c = index32 ? static_cast<int64_t>(static_cast<uint32_t>(i) / static_cast<uint32_t>(S))
+                      : i / S;
+        }
+        Pack<T, kVec> o;
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) {
+          const int64_t cv = kChannelsLast ? c + v : c;
+          Acc r = a_n[cv] * to_acc(pa[u].v[v]) + k_n[cv];
+          if (kTwoInputs) r += b_n[cv] * to_acc(pb[u].v[v]);
+          o.v[v] = FromAcc<T>::cast(r);
+        }
+        store_pack<T, kVec>(out + sample + i, o);
+      }
+    }
+  }
+}
+
+// Returns GN_STATUS_*; a no-op when there is nothing to write.
+template <typename T>
+int launch_per_channel_affine(const T* in_a, const T* in_b, const typename AccOf<T>::type* a,
+                              const typename AccOf<T>::type* b,
+                              const typename AccOf<T>::type* k, T* out, int64_t N, int64_t C,
+                              int64_t S, int channels_last, cudaStream_t stream) {
+  if (N == 0 || S == 0) return GN_STATUS_OK;
+  constexpr int kMax = max_vec<T>();
+  const int64_t contiguous = channels_last ? C : S;
+  const bool vec = contiguous % kMax == 0 && aligned16(in_a) && aligned16(out) &&
+                   (in_b == nullptr || aligned16(in_b));
+  const int64_t packs = C * S / (vec ? kMax : 1);
+  const dim3 grid(static_cast<unsigned>(clamp64(ceil_div(packs, kThreads * kApplyUnroll), 1,
+                                                INT32_MAX)),
+                  grid_yz(N));
+#define GN_AFFINE(VEC, CL)                                                                     \
+  do {                                                                                         \
+    if (in_b)                                                                                  \
+      per_channel_affine_kernel<T, VEC, CL, true>                                              \
+          <<<grid, kThreads, 0, stream>>>(in_a, in_b, a, b, k, out, N, C, S);                  \
+    else                                                                                       \
+      per_channel_affine_kernel<T, VEC, CL, false>                                             \
+          <<<grid, kThreads, 0, stream>>>(in_a, in_b, a, b, k, out, N, C, S);                  \
+  } while (0)
+  if (vec) {
+    if (channels_last) GN_AFFINE(kMax, true); else GN_AFFINE(kMax, false);
+  } else {
+    if (channels_last) GN_AFFINE(1, true); else GN_AFFINE(1, false);
+  }
+#undef GN_AFFINE
+  return launch_status();
+}
+
+}  // namespace
+}  // namespace gn_cuda
+
+#endif  // GN_MXNET_GROUP_NORM_CUDA_COMMON_CUH_
