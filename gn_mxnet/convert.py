@@ -306,16 +306,31 @@ def main(argv=None):
     parser.add_argument('--to', dest='destination_format', choices=FORMATS,
                         help='format of DESTINATION (default: from its extension)')
     parser.add_argument('--model', help='gn_mxnet model name (default: read from the file)')
+    parser.add_argument('--num-classes', type=int,
+                        help='classes of the head (default: read from the file)')
     parser.add_argument('--norm', help="norm of the net (default: 'bn' if the file has running "
                                        "statistics, else 'gn')")
     parser.add_argument('--num-groups', type=int, default=32, help='GN groups (default 32)')
     args = parser.parse_args(argv)
 
+    try:
+        return _convert(args)
+    except (ValueError, OSError) as error:  # WeightMismatchError is a ValueError
+        print('error: %s' % error, file=sys.stderr)
+        return 2
+
+
+def _convert(args):
     from .models import get_model
     source_format = args.source_format or guess_format(args.source)
     tensors = read_tensors(args.source, source_format)
-    model, num_classes, norm = describe(tensors, source_format)
+    if args.model and args.num_classes:
+        # Given explicitly: old prefix-named .params cannot be described before a net exists.
+        model, num_classes, norm = args.model, args.num_classes, args.norm or 'gn'
+    else:
+        model, num_classes, norm = describe(tensors, source_format)
     model, norm = args.model or model, args.norm or norm
+    num_classes = args.num_classes or num_classes
     # The 'ops' backend needs no compiled library and gives the same weights.
     net = get_model(model, num_classes=num_classes, norm=norm, num_groups=args.num_groups,
                     backend='ops', last_gamma=False)

@@ -255,6 +255,12 @@ def test_gluoncv_resnet50_v1b_gn_params_load_and_agree(tmp_path):
     assert diff < 1e-5 * max(1.0, np.abs(expected).max())
     # The same file loads straight into our net with Gluon's own loader: the names agree.
     _gn50().load_parameters(path)
+    # ours -> .params -> ours is exact and writes the file's own tensors back.
+    out = str(tmp_path / 'back.params')
+    convert.save_weights(net, out)
+    original, written = convert.read_tensors(path), convert.read_tensors(out)
+    assert set(original) == set(written)
+    assert all(np.array_equal(original[k], written[k]) for k in original)
 
 
 def test_gluoncv_legacy_prefixed_params_load(tmp_path):
@@ -336,3 +342,14 @@ def test_command_line_converts_detectron_to_params(tmp_path, detectron_file):
     image = _image(6)
     reference = detectron_forward(blobs, image)
     assert np.abs(_ours(net, image) - reference).max() < 1e-5 * max(1.0, np.abs(reference).max())
+
+
+def test_command_line_refuses_a_mismatched_file_naming_the_tensor(tmp_path, capsys):
+    blobs = make_detectron_blobs(classes=10)
+    del blobs['res4_5_branch2c_w']
+    path = str(tmp_path / 'broken.pkl')
+    convert.write_tensors(blobs, path)
+    out = str(tmp_path / 'never.params')
+    assert convert.main([path, out, '--model', 'resnet50_v1b']) == 2
+    assert 'res4_5_branch2c_w' in capsys.readouterr().err
+    assert not os.path.exists(out)
