@@ -353,3 +353,15 @@ def test_command_line_refuses_a_mismatched_file_naming_the_tensor(tmp_path, caps
     assert convert.main([path, out, '--model', 'resnet50_v1b']) == 2
     assert 'res4_5_branch2c_w' in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+@pytest.mark.slow
+def test_detectron_r101_gn_reproduces_the_source_model_at_224():
+    blobs = make_detectron_blobs(R101_UNITS, classes=1000, seed=7)
+    net = get_model('resnet101_v1b', norm='gn', backend='ops', last_gamma=False)
+    convert.load_tensors(net, blobs, 'detectron')
+    image = np.random.RandomState(8).uniform(-1, 1, (1, 3, 224, 224))
+    reference = detectron_forward(blobs, image)
+    diff = np.abs(_ours(net, image) - reference).max()
+    print('Detectron R-101-GN at 224: max |ours - NumPy reference| = %.3g' % diff)
+    assert diff < 1e-5 * max(1.0, np.abs(reference).max())

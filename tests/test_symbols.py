@@ -161,3 +161,13 @@ def test_float16_symbol_infers_types():
 def test_bad_arguments_raise_clear_errors(call, words):
     with pytest.raises(ValueError, match=words):
         call()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('backend', ['ops', NATIVE])
+def test_resnet50_gn_symbol_equals_gluon_at_224(backend):
+    diff, scale = compare('resnet50_v1b', resnet, 50, (3, 224, 224), 'fc', norm='gn',
+                          backend=backend)
+    print('ResNet-50-GN (%s) at 224: max |Symbol - Gluon| = %.3g (logits up to %.3g)'
+          % (backend, diff, scale))
+    assert diff <= 1e-5
