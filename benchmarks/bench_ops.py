@@ -1,0 +1,99 @@
+"""Side-by-side GroupNorm speed on ResNet-50 shapes (DESIGN §8): ours vs MXNet's built-in
+GroupNorm vs gluoncv's GroupNorm vs MXNet BatchNorm (training mode) vs a plain copy of x.
+
+Prints ms (median after warm-up) and ratios measured in this one run; compare ratios, not
+absolute times across runs (shared machines are noisy).
+"""
+import argparse
+import time
+
+import mxnet as mx
+import numpy as np
+
+import gn_mxnet
+
+SHAPES = ((32, 64, 56, 56), (32, 256, 56, 56), (32, 1024, 14, 14), (8, 256, 64, 64))
+
+
+def median_ms(fn, repeat, warmup=2):
+    for _ in range(warmup):
+        fn()
+    mx.nd.waitall()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        mx.nd.waitall()
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times))
+
+
+def make_layers(channels, groups, dtype):
+    """name -> (forward(x) returning y, parameter NDArrays that need gradients)."""
+    import gluoncv
+    per_channel = [mx.nd.ones(channels, dtype=dtype), mx.nd.zeros(channels, dtype=dtype)]
+    per_group = [mx.nd.ones(groups, dtype=dtype), mx.nd.zeros(groups, dtype=dtype)]
+    bn_params = per_channel + [mx.nd.zeros(channels, dtype=dtype), mx.nd.ones(channels, dtype=dtype)]
+    gluoncv_gn = gluoncv.nn.GroupNorm(ngroups=groups, in_channels=channels)
+    gluoncv_gn.initialize()
+    gluoncv_gn.cast(dtype)
+    return {
+        'ours': (lambda x: gn_mxnet.group_norm(x, *per_channel, num_groups=groups), per_channel),
+        'mxnet_gn': (lambda x: mx.nd.GroupNorm(x, *per_group, num_groups=groups), per_group),
+        'gluoncv_gn': (gluoncv_gn, []),
+        'batchnorm': (lambda x: mx.nd.BatchNorm(x, *bn_params, fix_gamma=False), bn_params[:2]),
+    }
+
+
+def bench_shape(shape, groups, dtype, repeat):
+    x = mx.nd.random.normal(shape=shape, dtype=dtype)
+    dy = mx.nd.random.normal(shape=shape, dtype=dtype)
+    row = {'copy': median_ms(lambda: x.copy(), repeat)}
+    for name, (layer, params) in make_layers(shape[1], groups, dtype).items():
+        def forward():
+            with mx.autograd.train_mode():
+                layer(x)
+        row[name] = median_ms(forward, repeat)
+
+        xg = x.copy()
+        xg.attach_grad()
+        for p in params:
+            p.attach_grad()
+
+        def forward_backward():
+            with mx.autograd.record():
+                y = layer(xg)
+            y.backward(dy)
+        row[name + '_fb'] = median_ms(forward_backward, repeat)
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--groups', type=int, default=32)
+    parser.add_argument('--dtype', default='float32')
+    parser.add_argument('--repeat', type=int, default=7, help='timed runs per cell (>= 5)')
+    parser.add_argument('--shapes', default=None, help="e.g. '32x64x56x56,8x256x64x64'")
+    args = parser.parse_args()
+    shapes = SHAPES if not args.shapes else [tuple(int(d) for d in s.split('x'))
+                                             for s in args.shapes.split(',')]
+    gn_mxnet.load_library()
+    print(f"GroupNorm, {args.dtype}, G={args.groups}, median of {args.repeat} runs (ms); "
+          f"ratios are the other's time / ours")
+    header = ('shape', 'copy', 'ours', 'mxnet GN', 'gluoncv GN', 'BN', 'ours/copy',
+              'mxGN/ours', 'BN/ours', '| ours f+b', 'mxnet GN', 'gluoncv GN', 'BN',
+              'mxGN/ours', 'BN/ours')
+    print(' '.join(f'{h:>11}' for h in header))
+    for shape in shapes:
+        r = bench_shape(shape, args.groups, args.dtype, args.repeat)
+        cells = ['x'.join(map(str, shape)), r['copy'], r['ours'], r['mxnet_gn'],
+                 r['gluoncv_gn'], r['batchnorm'], r['ours'] / r['copy'],
+                 r['mxnet_gn'] / r['ours'], r['batchnorm'] / r['ours'], r['ours_fb'],
+                 r['mxnet_gn_fb'], r['gluoncv_gn_fb'], r['batchnorm_fb'],
+                 r['mxnet_gn_fb'] / r['ours_fb'], r['batchnorm_fb'] / r['ours_fb']]
+        print(' '.join(f'{c:>11.2f}' if isinstance(c, float) else f'{c:>11}' for c in cells),
+              flush=True)
+
+
+if __name__ == '__main__':
+    main()

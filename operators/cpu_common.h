@@ -1,0 +1,137 @@
+// Element types, float16 conversion and moment merging for the CPU GroupNorm kernels.
+#ifndef GN_MXNET_CPU_COMMON_H_
+#define GN_MXNET_CPU_COMMON_H_
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace gn {
+
+// IEEE binary16 as stored by MXNet; arithmetic happens in float.
+struct Half {
+  uint16_t bits;
+};
+
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu;
+  const uint32_t mantissa = h & 0x3ffu;
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24
+    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+    return sign ? -magnitude : magnitude;
+  }
+  uint32_t bits;
+  if (exponent == 31) {
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else {
+    bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+  }
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+// Round to nearest, ties to even; overflow gives infinity, NaN stays NaN.
+inline uint16_t float_to_half(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  const uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude >= 0x7f800000u) {
+    return sign | 0x7c00u | (magnitude > 0x7f800000u ? 0x200u : 0u);
+  }
+  if (magnitude >= 0x47800000u) return sign | 0x7c00u;  // >= 65536 is past the largest half
+  if (magnitude < 0x38800000u) {                        // below 2^-14: subnormal half
+    float abs_value;
+    std::memcpy(&abs_value, &magnitude, sizeof(abs_value));
+    return sign | static_cast<uint16_t>(std::nearbyint(abs_value * 16777216.0f));
+  }
+  uint32_t half = ((magnitude >> 23) - 112u) << 10 | ((magnitude & 0x7fffffu) >> 13);
+  const uint32_t rest = magnitude & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (half & 1u))) ++half;  // carry may reach inf: right
+  return sign | static_cast<uint16_t>(half);
+}
+
+template <typename T>
+struct Element {
+  using Acc = T;
+  static inline T load(T v) { return v; }
+  static inline T store(T v) { return v; }
+};
+
+template <>
+struct Element<Half> {
+  using Acc = float;
+  static inline float load(Half v) { return half_to_float(v.bits); }
+  static inline Half store(float v) { return Half{float_to_half(v)}; }
+};
+
+template <typename T>
+using AccOf = typename Element<T>::Acc;
+
+// Count, mean and sum of squared deviations of a set; merged with Chan et al.'s formula so
+// no E[x^2] - E[x]^2 cancellation happens at any level.
+struct Moments {
+  double count = 0.0, mean = 0.0, m2 = 0.0;
+
+  inline void merge(double other_count, double other_mean, double other_m2) {
+    if (other_count == 0.0) return;
+    const double total = count + other_count;
+    const double delta = other_mean - mean;
+    mean += delta * (other_count / total);
+    m2 += other_m2 + delta * delta * (count * other_count / total);
+    count = total;
+  }
+};
+
+// Independent accumulators per reduction: one vector accumulator would make every add wait
+// for the previous one (latency-bound); this many keep the FMA/add pipes busy.
+template <typename Acc>
+constexpr int kLanes = 64 / static_cast<int>(sizeof(Acc)) * 2;
+
+template <typename Acc, int L>
+inline Acc sum_lanes(const Acc (&lanes)[L]) {
+  Acc total = 0;
+  for (int j = 0; j < L; ++j) total += lanes[j];
+  return total;
+}
+
+// Sums f(i) over [0, length) with kLanes independent accumulators.
+template <typename Acc, typename F>
+inline Acc lane_reduce(int64_t length, F&& f) {
+  constexpr int L = kLanes<Acc>;
+  Acc lanes[L] = {};
+  int64_t i = 0;
+  for (; i + L <= length; i += L) {
+    for (int j = 0; j < L; ++j) lanes[j] += f(i + j);
+  }
+  for (int j = 0; i < length; ++i, ++j) lanes[j] += f(i);
+  return sum_lanes(lanes);
+}
+
+// Mean and M2 of a contiguous run, two passes over a cache-resident chunk.
+template <typename T>
+inline void run_moments(const T* x, int64_t length, double* mean_out, double* m2_out) {
+  using Acc = AccOf<T>;
+  const Acc sum = lane_reduce<Acc>(length, [x](int64_t i) { return Element<T>::load(x[i]); });
+  const Acc mean = sum / static_cast<Acc>(length);
+  const Acc m2 = lane_reduce<Acc>(length, [x, mean](int64_t i) {
+    const Acc d = Element<T>::load(x[i]) - mean;
+    return d * d;
+  });
+  *mean_out = static_cast<double>(mean);
+  *m2_out = static_cast<double>(m2);
+}
+
+// Elements per statistics chunk: small enough for L1, large enough to amortize the merge.
+constexpr int64_t kChunk = 4096;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Channels-last rows (of C elements) per block.
+inline int64_t rows_per_block(int64_t C) { return C >= kChunk ? 1 : kChunk / C; }
+
+}  // namespace gn
+
+#endif  // GN_MXNET_CPU_COMMON_H_

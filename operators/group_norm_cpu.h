@@ -1,0 +1,27 @@
+// Typed CPU GroupNorm kernels; group_norm_cpu.cc dispatches the C ABI onto them.
+#ifndef GN_MXNET_GROUP_NORM_CPU_H_
+#define GN_MXNET_GROUP_NORM_CPU_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cpu_common.h"
+
+namespace gn {
+
+size_t forward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G, int channels_last);
+size_t backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G, int channels_last);
+
+template <typename T, typename P>
+void forward(const T* x, const P* gamma, const P* beta, T* y, AccOf<T>* mean, AccOf<T>* rstd,
+             int64_t N, int64_t C, int64_t S, int64_t G, int channels_last, double eps,
+             void* workspace);
+
+template <typename T, typename P>
+void backward(const T* dy, const T* x, const P* gamma, const AccOf<T>* mean,
+              const AccOf<T>* rstd, T* dx, P* dgamma, P* dbeta, int64_t N, int64_t C,
+              int64_t S, int64_t G, int channels_last, void* workspace);
+
+}  // namespace gn
+
+#endif  // GN_MXNET_GROUP_NORM_CPU_H_

@@ -1,0 +1,240 @@
+// CPU GroupNorm backward (DESIGN §2): per (n, c) sums ds = Σ dy·(x-mean) and db = Σ dy, per
+// (n, g) coefficients, then one elementwise pass dx = A[c]·dy + B[g]·(x-mean) + K[g].
+// Centering on the forward mean avoids cancellation when |mean| >> std.
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu_common.h"
+#include "group_norm_cpu.h"
+
+namespace gn {
+namespace {
+
+struct GroupCoefficients {
+  double x_coef, constant;  // dx = rstd·gamma[c]·dy + x_coef·(x - mean) + constant
+};
+
+inline GroupCoefficients group_coefficients(double gamma_ds, double gamma_db, double rstd,
+                                            int64_t count) {
+  const double inv_count = 1.0 / static_cast<double>(count);
+  return {-rstd * rstd * rstd * gamma_ds * inv_count, -rstd * gamma_db * inv_count};
+}
+
+template <typename T>
+inline void row_sums(const T* dy, const T* x, int64_t length, AccOf<T> mean, double* ds,
+                     double* db) {
+  using Acc = AccOf<T>;
+  *ds = static_cast<double>(lane_reduce<Acc>(length, [dy, x, mean](int64_t i) {
+    return Element<T>::load(dy[i]) * (Element<T>::load(x[i]) - mean);
+  }));
+  *db = static_cast<double>(
+      lane_reduce<Acc>(length, [dy](int64_t i) { return Element<T>::load(dy[i]); }));
+}
+
+template <typename T>
+inline void input_grad_run(const T* dy, const T* x, T* dx, int64_t length, AccOf<T> dy_coef,
+                           AccOf<T> x_coef, AccOf<T> mean, AccOf<T> constant) {
+#pragma omp simd
+  for (int64_t i = 0; i < length; ++i) {
+    dx[i] = Element<T>::store(dy_coef * Element<T>::load(dy[i]) +
+                              x_coef * (Element<T>::load(x[i]) - mean) + constant);
+  }
+}
+
+// dgamma[c] = Σ_n ds[n,c]·rstd[n,g], dbeta[c] = Σ_n db[n,c].
+template <typename P, typename A>
+void param_grads(const double* ds, const double* db, const A* rstd, P* dgamma, P* dbeta,
+                 int64_t N, int64_t C, int64_t G) {
+  const int64_t D = C / G;
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    double gamma_grad = 0.0, beta_grad = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      gamma_grad += ds[n * C + c] * static_cast<double>(rstd[n * G + c / D]);
+      beta_grad += db[n * C + c];
+    }
+    if (dgamma) dgamma[c] = Element<P>::store(static_cast<AccOf<P>>(gamma_grad));
+    if (dbeta) dbeta[c] = Element<P>::store(static_cast<AccOf<P>>(beta_grad));
+  }
+}
+
+template <typename T, typename P>
+void backward_channels_first(const T* dy, const T* x, const P* gamma, const AccOf<T>* mean,
+                             const AccOf<T>* rstd, T* dx, double* ds, double* db,
+                             GroupCoefficients* coefs, int64_t N, int64_t C, int64_t S,
+                             int64_t G) {
+  using Acc = AccOf<T>;
+  const int64_t D = C / G, M = D * S, tasks = N * G;
+  if (tasks >= omp_get_max_threads()) {
+    // One task per group: its dy and x stay in cache between the sums and the dx pass.
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t first_channel = (t % G) * D, offset = t * M;
+      double gamma_ds = 0.0, gamma_db = 0.0;
+      for (int64_t d = 0; d < D; ++d) {
+        const int64_t row = t * D + d;
+        row_sums(dy + offset + d * S, x + offset + d * S, S, mean[t], ds + row, db + row);
+        const double gamma_c = static_cast<double>(Element<P>::load(gamma[first_channel + d]));
+        gamma_ds += gamma_c * ds[row];
+        gamma_db += gamma_c * db[row];
+      }
+      if (!dx) continue;
+      const GroupCoefficients k = group_coefficients(gamma_ds, gamma_db, rstd[t], M);
+      for (int64_t d = 0; d < D; ++d) {
+        const Acc dy_coef = rstd[t] * static_cast<Acc>(Element<P>::load(gamma[first_channel + d]));
+        input_grad_run(dy + offset + d * S, x + offset + d * S, dx + offset + d * S, S, dy_coef,
+                       static_cast<Acc>(k.x_coef), mean[t], static_cast<Acc>(k.constant));
+      }
+    }
+    return;
+  }
+  // Fewer groups than threads: parallelize over channel rows instead.
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < N * C; ++row) {
+    row_sums(dy + row * S, x + row * S, S, mean[row / D], ds + row, db + row);
+  }
+  if (!dx) return;
+  for (int64_t t = 0; t < tasks; ++t) {
+    double gamma_ds = 0.0, gamma_db = 0.0;
+    for (int64_t d = 0; d < D; ++d) {
+      const double gamma_c = static_cast<double>(Element<P>::load(gamma[(t % G) * D + d]));
+      gamma_ds += gamma_c * ds[t * D + d];
+      gamma_db += gamma_c * db[t * D + d];
+    }
+    coefs[t] = group_coefficients(gamma_ds, gamma_db, rstd[t], M);
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < N * C; ++row) {
+    const int64_t t = row / D;
+    const Acc dy_coef = rstd[t] * static_cast<Acc>(Element<P>::load(gamma[row % C]));
+    input_grad_run(dy + row * S, x + row * S, dx + row * S, S, dy_coef,
+                   static_cast<Acc>(coefs[t].x_coef), mean[t], static_cast<Acc>(coefs[t].constant));
+  }
+}
+
+// Channels-last (N, S, C): per-channel partial sums per block of rows, reduced per (n, c).
+template <typename T, typename P>
+void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf<T>* mean,
+                            const AccOf<T>* rstd, T* dx, double* ds, double* db,
+                            double* partials, AccOf<T>* channel_coefs, int64_t N, int64_t C,
+                            int64_t S, int64_t G) {
+  using Acc = AccOf<T>;
+  const int64_t D = C / G, rows = rows_per_block(C), blocks = ceil_div(S, rows);
+#pragma omp parallel
+  {
+    std::vector<Acc> sum_dy_centered(C), sum_dy(C), channel_mean(C);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < N * blocks; ++i) {
+      const int64_t n = i / blocks, s0 = (i % blocks) * rows, s1 = std::min(S, s0 + rows);
+      for (int64_t c = 0; c < C; ++c) channel_mean[c] = mean[n * G + c / D];
+      std::fill(sum_dy_centered.begin(), sum_dy_centered.end(), Acc(0));
+      std::fill(sum_dy.begin(), sum_dy.end(), Acc(0));
+      for (int64_t s = s0; s < s1; ++s) {
+        const T* dyr = dy + (n * S + s) * C;
+        const T* xr = x + (n * S + s) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const Acc g = Element<T>::load(dyr[c]);
+          sum_dy_centered[c] += g * (Element<T>::load(xr[c]) - channel_mean[c]);
+          sum_dy[c] += g;
+        }
+      }
+      double* out = partials + i * 2 * C;
+      for (int64_t c = 0; c < C; ++c) {
+        out[c] = static_cast<double>(sum_dy_centered[c]);
+        out[C + c] = static_cast<double>(sum_dy[c]);
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < N * C; ++nc) {
+      const int64_t n = nc / C, c = nc % C;
+      double total_ds = 0.0, total_db = 0.0;
+      for (int64_t b = 0; b < blocks; ++b) {
+        total_ds += partials[(n * blocks + b) * 2 * C + c];
+        total_db += partials[(n * blocks + b) * 2 * C + C + c];
+      }
+      ds[nc] = total_ds;
+      db[nc] = total_db;
+    }
+    if (dx) {
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < N * G; ++t) {
+        const int64_t n = t / G, g = t % G;
+        double gamma_ds = 0.0, gamma_db = 0.0;
+        for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+          const double gamma_c = static_cast<double>(Element<P>::load(gamma[c]));
+          gamma_ds += gamma_c * ds[n * C + c];
+          gamma_db += gamma_c * db[n * C + c];
+        }
+        const GroupCoefficients k = group_coefficients(gamma_ds, gamma_db, rstd[t], D * S);
+        Acc* coef = channel_coefs + n * 4 * C;  // rows: dy coef, x coef, mean, constant
+        for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+          coef[c] = rstd[t] * static_cast<Acc>(Element<P>::load(gamma[c]));
+          coef[C + c] = static_cast<Acc>(k.x_coef);
+          coef[2 * C + c] = mean[t];
+          coef[3 * C + c] = static_cast<Acc>(k.constant);
+        }
+      }
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < N * blocks; ++i) {
+        const int64_t n = i / blocks, s0 = (i % blocks) * rows, s1 = std::min(S, s0 + rows);
+        const Acc* coef = channel_coefs + n * 4 * C;
+        for (int64_t s = s0; s < s1; ++s) {
+          const int64_t base = (n * S + s) * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            dx[base + c] = Element<T>::store(
+                coef[c] * Element<T>::load(dy[base + c]) +
+                coef[C + c] * (Element<T>::load(x[base + c]) - coef[2 * C + c]) + coef[3 * C + c]);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+size_t backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G, int channels_last) {
+  int64_t doubles = 2 * N * C;  // ds, db
+  if (channels_last) {
+    doubles += N * ceil_div(S, rows_per_block(C)) * 2 * C + N * 4 * C;
+  } else {
+    doubles += N * G * 2;
+  }
+  return sizeof(double) * static_cast<size_t>(doubles);
+}
+
+template <typename T, typename P>
+void backward(const T* dy, const T* x, const P* gamma, const AccOf<T>* mean,
+              const AccOf<T>* rstd, T* dx, P* dgamma, P* dbeta, int64_t N, int64_t C,
+              int64_t S, int64_t G, int channels_last, void* workspace) {
+  double* ds = static_cast<double*>(workspace);
+  double* db = ds + N * C;
+  double* rest = db + N * C;
+  if (channels_last) {
+    double* partials = rest;
+    AccOf<T>* channel_coefs =
+        reinterpret_cast<AccOf<T>*>(partials + N * ceil_div(S, rows_per_block(C)) * 2 * C);
+    backward_channels_last(dy, x, gamma, mean, rstd, dx, ds, db, partials, channel_coefs, N, C,
+                           S, G);
+  } else {
+    backward_channels_first(dy, x, gamma, mean, rstd, dx, ds, db,
+                            reinterpret_cast<GroupCoefficients*>(rest), N, C, S, G);
+  }
+  if (dgamma || dbeta) param_grads(ds, db, rstd, dgamma, dbeta, N, C, G);
+}
+
+#define GN_INSTANTIATE_BACKWARD(T, P)                                                        \
+  template void backward<T, P>(const T*, const T*, const P*, const AccOf<T>*,               \
+                               const AccOf<T>*, T*, P*, P*, int64_t, int64_t, int64_t,       \
+                               int64_t, int, void*);
+GN_INSTANTIATE_BACKWARD(float, float)
+GN_INSTANTIATE_BACKWARD(double, double)
+GN_INSTANTIATE_BACKWARD(Half, Half)
+GN_INSTANTIATE_BACKWARD(Half, float)
+#undef GN_INSTANTIATE_BACKWARD
+
+}  // namespace gn

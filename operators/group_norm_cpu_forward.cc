@@ -1,0 +1,200 @@
+// CPU GroupNorm forward: statistics per (n, g) and the affine normalization, fused so a group is
+// read from memory once (it stays in cache between the statistics and the normalize pass).
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu_common.h"
+#include "group_norm_cpu.h"
+
+namespace gn {
+namespace {
+
+template <typename A>
+inline void finalize(const Moments& moments, double eps, A* mean, A* rstd) {
+  const double var = std::max(moments.m2 / moments.count, 0.0);
+  *mean = static_cast<A>(moments.mean);
+  *rstd = static_cast<A>(1.0 / std::sqrt(var + eps));
+}
+
+// y = x * a + b over one contiguous run, a and b folding gamma, beta, mean and rstd.
+template <typename T>
+inline void affine_run(const T* x, T* y, int64_t length, AccOf<T> a, AccOf<T> b) {
+#pragma omp simd
+  for (int64_t i = 0; i < length; ++i) {
+    y[i] = Element<T>::store(Element<T>::load(x[i]) * a + b);
+  }
+}
+
+// Channels-first rows of one group: D rows of S elements, channel c = first_channel + d.
+template <typename T, typename P>
+inline void normalize_group(const T* x, T* y, const P* gamma, const P* beta, int64_t D,
+                            int64_t S, AccOf<T> mean, AccOf<T> rstd) {
+  using Acc = AccOf<T>;
+  for (int64_t d = 0; d < D; ++d) {
+    const Acc a = static_cast<Acc>(Element<P>::load(gamma[d])) * rstd;
+    const Acc b = static_cast<Acc>(Element<P>::load(beta[d])) - mean * a;
+    affine_run(x + d * S, y + d * S, S, a, b);
+  }
+}
+
+template <typename T, typename P>
+void forward_channels_first(const T* x, const P* gamma, const P* beta, T* y, AccOf<T>* mean,
+                            AccOf<T>* rstd, int64_t N, int64_t C, int64_t S, int64_t G,
+                            double eps, double* workspace) {
+  const int64_t D = C / G, M = D * S, tasks = N * G;
+  const int64_t chunks = ceil_div(M, kChunk);
+  if (tasks >= omp_get_max_threads() || chunks == 1) {
+    // Group (n, g) is the contiguous run [t*M, (t+1)*M): statistics, then normalize in cache.
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const T* xg = x + t * M;
+      Moments moments;
+      for (int64_t offset = 0; offset < M; offset += kChunk) {
+        const int64_t length = std::min(kChunk, M - offset);
+        double chunk_mean, chunk_m2;
+        run_moments(xg + offset, length, &chunk_mean, &chunk_m2);
+        moments.merge(static_cast<double>(length), chunk_mean, chunk_m2);
+      }
+      finalize(moments, eps, mean + t, rstd + t);
+      const int64_t first_channel = (t % G) * D;
+      normalize_group(xg, y + t * M, gamma + first_channel, beta + first_channel, D, S,
+                      mean[t], rstd[t]);
+    }
+    return;
+  }
+  // Fewer groups than threads: split each group's statistics across threads.
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < tasks * chunks; ++i) {
+    const int64_t t = i / chunks, offset = (i % chunks) * kChunk;
+    run_moments(x + t * M + offset, std::min(kChunk, M - offset), workspace + 2 * i,
+                workspace + 2 * i + 1);
+  }
+  for (int64_t t = 0; t < tasks; ++t) {
+    Moments moments;
+    for (int64_t k = 0; k < chunks; ++k) {
+      const double length = static_cast<double>(std::min(kChunk, M - k * kChunk));
+      moments.merge(length, workspace[2 * (t * chunks + k)], workspace[2 * (t * chunks + k) + 1]);
+    }
+    finalize(moments, eps, mean + t, rstd + t);
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < N * C; ++row) {
+    const int64_t t = row / D, c = row % C;
+    using Acc = AccOf<T>;
+    const Acc a = static_cast<Acc>(Element<P>::load(gamma[c])) * rstd[t];
+    const Acc b = static_cast<Acc>(Element<P>::load(beta[c])) - mean[t] * a;
+    affine_run(x + row * S, y + row * S, S, a, b);
+  }
+}
+
+// Channels-last: x is (N, S, C). Work is split into blocks of rows; each block yields moments
+// per group (two passes over the cache-resident block), merged per (n, g) afterwards.
+template <typename T, typename P>
+void forward_channels_last(const T* x, const P* gamma, const P* beta, T* y, AccOf<T>* mean,
+                           AccOf<T>* rstd, int64_t N, int64_t C, int64_t S, int64_t G,
+                           double eps, double* workspace) {
+  using Acc = AccOf<T>;
+  const int64_t D = C / G, rows = rows_per_block(C), blocks = ceil_div(S, rows);
+  double* block_moments = workspace;                         // (N, blocks, G, 2)
+  Acc* scale_shift = reinterpret_cast<Acc*>(block_moments + N * blocks * G * 2);  // (N, 2, C)
+#pragma omp parallel
+  {
+    std::vector<Acc> channel_sum(C), channel_mean(C);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < N * blocks; ++i) {
+      const int64_t n = i / blocks, s0 = (i % blocks) * rows, s1 = std::min(S, s0 + rows);
+      const T* xb = x + (n * S + s0) * C;
+      const int64_t block_rows = s1 - s0;
+      std::fill(channel_sum.begin(), channel_sum.end(), Acc(0));
+      for (int64_t r = 0; r < block_rows; ++r) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) channel_sum[c] += Element<T>::load(xb[r * C + c]);
+      }
+      double* out = block_moments + i * G * 2;
+      const Acc count = static_cast<Acc>(block_rows * D);
+      for (int64_t g = 0; g < G; ++g) {
+        Acc group_sum = 0;
+        for (int64_t d = 0; d < D; ++d) group_sum += channel_sum[g * D + d];
+        const Acc group_mean = group_sum / count;
+        for (int64_t d = 0; d < D; ++d) channel_mean[g * D + d] = group_mean;
+        out[2 * g] = static_cast<double>(group_mean);
+      }
+      std::fill(channel_sum.begin(), channel_sum.end(), Acc(0));
+      for (int64_t r = 0; r < block_rows; ++r) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const Acc dev = Element<T>::load(xb[r * C + c]) - channel_mean[c];
+          channel_sum[c] += dev * dev;
+        }
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        Acc group_m2 = 0;
+        for (int64_t d = 0; d < D; ++d) group_m2 += channel_sum[g * D + d];
+        out[2 * g + 1] = static_cast<double>(group_m2);
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < N * G; ++t) {
+      const int64_t n = t / G, g = t % G;
+      Moments moments;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const double* in = block_moments + ((n * blocks + b) * G + g) * 2;
+        const int64_t block_rows = std::min(S, (b + 1) * rows) - b * rows;
+        moments.merge(static_cast<double>(block_rows * D), in[0], in[1]);
+      }
+      finalize(moments, eps, mean + t, rstd + t);
+      for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+        const Acc a = static_cast<Acc>(Element<P>::load(gamma[c])) * rstd[t];
+        scale_shift[n * 2 * C + c] = a;
+        scale_shift[n * 2 * C + C + c] = static_cast<Acc>(Element<P>::load(beta[c])) - mean[t] * a;
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < N * blocks; ++i) {
+      const int64_t n = i / blocks, s0 = (i % blocks) * rows, s1 = std::min(S, s0 + rows);
+      const Acc* a = scale_shift + n * 2 * C;
+      const Acc* b = a + C;
+      for (int64_t s = s0; s < s1; ++s) {
+        const T* xr = x + (n * S + s) * C;
+        T* yr = y + (n * S + s) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) yr[c] = Element<T>::store(Element<T>::load(xr[c]) * a[c] + b[c]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+size_t forward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G, int channels_last) {
+  if (channels_last) {
+    const int64_t blocks = ceil_div(S, rows_per_block(C));
+    return sizeof(double) * static_cast<size_t>(N * blocks * G * 2 + N * 2 * C);
+  }
+  return sizeof(double) * static_cast<size_t>(N * G * ceil_div((C / G) * S, kChunk) * 2);
+}
+
+template <typename T, typename P>
+void forward(const T* x, const P* gamma, const P* beta, T* y, AccOf<T>* mean, AccOf<T>* rstd,
+             int64_t N, int64_t C, int64_t S, int64_t G, int channels_last, double eps,
+             void* workspace) {
+  double* ws = static_cast<double*>(workspace);
+  if (channels_last) {
+    forward_channels_last(x, gamma, beta, y, mean, rstd, N, C, S, G, eps, ws);
+  } else {
+    forward_channels_first(x, gamma, beta, y, mean, rstd, N, C, S, G, eps, ws);
+  }
+}
+
+#define GN_INSTANTIATE_FORWARD(T, P)                                                         \
+  template void forward<T, P>(const T*, const P*, const P*, T*, AccOf<T>*, AccOf<T>*,       \
+                              int64_t, int64_t, int64_t, int64_t, int, double, void*);
+GN_INSTANTIATE_FORWARD(float, float)
+GN_INSTANTIATE_FORWARD(double, double)
+GN_INSTANTIATE_FORWARD(Half, Half)
+GN_INSTANTIATE_FORWARD(Half, float)
+#undef GN_INSTANTIATE_FORWARD
+
+}  // namespace gn

@@ -1,0 +1,284 @@
+// Registers the kernels with MXNet's lib_api as the operator `GroupNormalization`
+// (never `GroupNorm`: that name belongs to MXNet's built-in op). Inputs: data, gamma, beta.
+// Outputs: y, mean (N, G), rstd (N, G); the Python front returns y only.
+// Messages match gn_mxnet/attrs.py word for word where the check is the same.
+#include <cerrno>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "group_norm_kernels.h"
+#include "mxnet/lib_api.h"
+
+using namespace mxnet::ext;  // lib_api's registration macros and MX_SUCCESS/MX_FAIL expect it
+using AttrMap = std::unordered_map<std::string, std::string>;
+
+namespace {
+
+constexpr char kOp[] = "GroupNormalization: ";
+
+struct Attrs {
+  int64_t num_groups;
+  double eps;
+  int64_t axis;
+};
+
+bool parse_integer(const std::string& text, int64_t* out) {
+  char* end = nullptr;
+  errno = 0;
+  const long long value = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || errno != 0 || *end != '\0') return false;
+  *out = value;
+  return true;
+}
+
+bool parse_attrs(const AttrMap& attrs, Attrs* out) {
+  *out = Attrs{0, 1e-5, 1};
+  const auto groups = attrs.find("num_groups");
+  if (groups == attrs.end()) {
+    MX_ERROR_MSG << kOp << "num_groups is required";
+    return false;
+  }
+  if (!parse_integer(groups->second, &out->num_groups)) {
+    MX_ERROR_MSG << kOp << "num_groups must be an integer, got '" << groups->second << "'";
+    return false;
+  }
+  if (out->num_groups <= 0) {
+    MX_ERROR_MSG << kOp << "num_groups must be >= 1, got " << out->num_groups;
+    return false;
+  }
+  const auto eps = attrs.find("eps");
+  if (eps != attrs.end()) {
+    char* end = nullptr;
+    out->eps = std::strtod(eps->second.c_str(), &end);
+    if (eps->second.empty() || *end != '\0') {
+      MX_ERROR_MSG << kOp << "eps must be a real number, got '" << eps->second << "'";
+      return false;
+    }
+  }
+  if (!std::isfinite(out->eps) || out->eps < 0) {
+    MX_ERROR_MSG << kOp << "eps must be finite and >= 0, got " << out->eps;
+    return false;
+  }
+  const auto axis = attrs.find("axis");
+  if (axis != attrs.end() && !parse_integer(axis->second, &out->axis)) {
+    MX_ERROR_MSG << kOp << "axis must be an integer, got '" << axis->second << "'";
+    return false;
+  }
+  return true;
+}
+
+struct Layout {
+  int64_t N, C, S;
+  int channels_last;
+};
+
+template <typename Dim>
+bool resolve_layout(const Attrs& attrs, const std::vector<Dim>& shape, Layout* out) {
+  const int64_t ndim = static_cast<int64_t>(shape.size());
+  if (ndim < 2 || ndim > 5) {
+    MX_ERROR_MSG << kOp << "data must have 2 to 5 dimensions (N, C, ...), got " << ndim;
+    return false;
+  }
+  if (attrs.axis < -ndim || attrs.axis >= ndim) {
+    MX_ERROR_MSG << kOp << "axis " << attrs.axis << " is out of range for data with " << ndim
+                 << " dimensions";
+    return false;
+  }
+  const int64_t axis = (attrs.axis + ndim) % ndim;
+  if (axis != 1 && axis != ndim - 1) {
+    MX_ERROR_MSG << kOp << "axis must be the channel axis: 1 (channels-first) or -1 "
+                 << "(channels-last), got " << attrs.axis << " for data with " << ndim
+                 << " dimensions";
+    return false;
+  }
+  for (const Dim d : shape) {
+    if (static_cast<int64_t>(d) <= 0) {
+      MX_ERROR_MSG << kOp << "data must be non-empty: its shape has a zero-size or unknown "
+                   << "dimension (MXNet 1.9 reads 0 as an unknown dimension)";
+      return false;
+    }
+  }
+  out->N = static_cast<int64_t>(shape[0]);
+  out->C = static_cast<int64_t>(shape[axis]);
+  out->S = 1;
+  for (int64_t i = 1; i < ndim; ++i) {
+    if (i != axis) out->S *= static_cast<int64_t>(shape[i]);
+  }
+  out->channels_last = axis != 1;
+  if (out->C % attrs.num_groups != 0) {
+    MX_ERROR_MSG << kOp << "num_groups (" << attrs.num_groups
+                 << ") must divide the number of channels (" << out->C << ")";
+    return false;
+  }
+  return true;
+}
+
+MXReturnValue parseAttrs(const AttrMap& attrs, int* num_in, int* num_out) {
+  Attrs parsed;
+  if (!parse_attrs(attrs, &parsed)) return MX_FAIL;
+  *num_in = 3;
+  *num_out = 3;
+  return MX_SUCCESS;
+}
+
+constexpr int kFloat32 = 0, kFloat64 = 1, kFloat16 = 2;
+
+const char* dtype_name(int dtype) {
+  switch (dtype) {
+    case kFloat32: return "float32";
+    case kFloat64: return "float64";
+    case kFloat16: return "float16";
+    default: return "a non-float type";
+  }
+}
+
+MXReturnValue inferType(const AttrMap& attrs, std::vector<int>* in_types,
+                        std::vector<int>* out_types) {
+  const int data = (*in_types)[0];
+  if (data != kFloat32 && data != kFloat64 && data != kFloat16) {
+    MX_ERROR_MSG << kOp << "data dtype must be one of float16, float32, float64, got "
+                 << dtype_name(data);
+    return MX_FAIL;
+  }
+  const char* names[] = {"gamma", "beta"};
+  for (int i = 1; i <= 2; ++i) {
+    int& param = (*in_types)[i];
+    if (param == -1) param = data;
+    if (param != data && !(data == kFloat16 && param == kFloat32)) {
+      MX_ERROR_MSG << kOp << names[i - 1] << " dtype must match data (" << dtype_name(data)
+                   << (data == kFloat16 ? ") or be float32" : ")") << ", got "
+                   << dtype_name(param);
+      return MX_FAIL;
+    }
+  }
+  if ((*in_types)[1] != (*in_types)[2]) {
+    MX_ERROR_MSG << kOp << "gamma and beta must have the same dtype";
+    return MX_FAIL;
+  }
+  const int accumulation = data == kFloat64 ? kFloat64 : kFloat32;
+  *out_types = {data, accumulation, accumulation};
+  return MX_SUCCESS;
+}
+
+MXReturnValue inferShape(const AttrMap& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
+                         std::vector<std::vector<unsigned int>>* out_shapes) {
+  Attrs parsed;
+  Layout layout;
+  if (!parse_attrs(attrs, &parsed) || !resolve_layout(parsed, (*in_shapes)[0], &layout)) {
+    return MX_FAIL;
+  }
+  const std::vector<unsigned int> per_channel{static_cast<unsigned int>(layout.C)};
+  const char* names[] = {"gamma", "beta"};
+  for (int i = 1; i <= 2; ++i) {
+    std::vector<unsigned int>& shape = (*in_shapes)[i];
+    if (shape.empty()) shape = per_channel;  // unknown: deferred initialization
+    if (shape != per_channel) {
+      MX_ERROR_MSG << kOp << names[i - 1] << " must have shape (" << layout.C
+                   << ",) (one per channel), got a shape of " << shape.size() << " dims"
+                   << (shape.size() == 1 ? " (" + std::to_string(shape[0]) + ",)" : "");
+      return MX_FAIL;
+    }
+  }
+  const std::vector<unsigned int> stats{static_cast<unsigned int>(layout.N),
+                                        static_cast<unsigned int>(parsed.num_groups)};
+  *out_shapes = {(*in_shapes)[0], stats, stats};
+  return MX_SUCCESS;
+}
+
+bool tensor_layout(const AttrMap& attrs, const MXTensor& data, Attrs* parsed, Layout* layout) {
+  return parse_attrs(attrs, parsed) && resolve_layout(*parsed, data.shape, layout);
+}
+
+MXReturnValue report(int status) {
+  if (status == GN_STATUS_OK) return MX_SUCCESS;
+  MX_ERROR_MSG << kOp << gn_status_string(status);
+  return MX_FAIL;
+}
+
+// Workspace through MXNet's allocator; it takes an int, so refuse what does not fit.
+bool workspace(const OpResource& res, size_t bytes, bool gpu, void** out) {
+  *out = nullptr;
+  if (bytes == 0) return true;
+  if (bytes > static_cast<size_t>(INT_MAX)) {
+    MX_ERROR_MSG << kOp << "workspace of " << bytes << " bytes exceeds lib_api's 2 GiB limit";
+    return false;
+  }
+  *out = gpu ? res.alloc_gpu(static_cast<int>(bytes)) : res.alloc_cpu(static_cast<int>(bytes));
+  if (*out == nullptr) MX_ERROR_MSG << kOp << "could not allocate " << bytes << " bytes";
+  return *out != nullptr;
+}
+
+template <bool kGpu>
+MXReturnValue forward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
+                      std::vector<MXTensor>* outputs, const OpResource& res) {
+  Attrs a;
+  Layout l;
+  if (!tensor_layout(attrs, (*inputs)[0], &a, &l)) return MX_FAIL;
+  const MXTensor &x = (*inputs)[0], &gamma = (*inputs)[1], &beta = (*inputs)[2];
+  void* ws;
+#ifdef GN_MXNET_WITH_CUDA
+  if (kGpu) {
+    if (!workspace(res, gn_cuda_forward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), true, &ws)) return MX_FAIL;
+    return report(gn_cuda_forward(x.dtype, gamma.dtype, x.data_ptr, gamma.data_ptr, beta.data_ptr,
+                                  (*outputs)[0].data_ptr, (*outputs)[1].data_ptr, (*outputs)[2].data_ptr,
+                                  l.N, l.C, l.S, a.num_groups, l.channels_last, a.eps, ws,
+                                  res.get_cuda_stream()));
+  }
+#endif
+  if (!workspace(res, gn_cpu_forward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), false, &ws)) return MX_FAIL;
+  return report(gn_cpu_forward(x.dtype, gamma.dtype, x.data_ptr, gamma.data_ptr, beta.data_ptr,
+                               (*outputs)[0].data_ptr, (*outputs)[1].data_ptr, (*outputs)[2].data_ptr,
+                               l.N, l.C, l.S, a.num_groups, l.channels_last, a.eps, ws));
+}
+
+// inputs: [dy, dmean, drstd, data, gamma, beta, y, mean, rstd]; outputs: [ddata, dgamma, dbeta].
+// The mean/rstd outputs are statistics, not part of the function users differentiate, so their
+// incoming gradients are ignored.
+template <bool kGpu>
+MXReturnValue backward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
+                       std::vector<MXTensor>* outputs, const OpResource& res) {
+  Attrs a;
+  Layout l;
+  const MXTensor &dy = (*inputs)[0], &x = (*inputs)[3], &gamma = (*inputs)[4];
+  const MXTensor &mean = (*inputs)[7], &rstd = (*inputs)[8];
+  if (!tensor_layout(attrs, x, &a, &l)) return MX_FAIL;
+  void* ws;
+#ifdef GN_MXNET_WITH_CUDA
+  if (kGpu) {
+    if (!workspace(res, gn_cuda_backward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), true, &ws)) return MX_FAIL;
+    return report(gn_cuda_backward(x.dtype, gamma.dtype, dy.data_ptr, x.data_ptr, gamma.data_ptr,
+                                   mean.data_ptr, rstd.data_ptr, (*outputs)[0].data_ptr,
+                                   (*outputs)[1].data_ptr, (*outputs)[2].data_ptr, l.N, l.C, l.S,
+                                   a.num_groups, l.channels_last, ws, res.get_cuda_stream()));
+  }
+#endif
+  if (!workspace(res, gn_cpu_backward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), false, &ws)) return MX_FAIL;
+  return report(gn_cpu_backward(x.dtype, gamma.dtype, dy.data_ptr, x.data_ptr, gamma.data_ptr,
+                                mean.data_ptr, rstd.data_ptr, (*outputs)[0].data_ptr,
+                                (*outputs)[1].data_ptr, (*outputs)[2].data_ptr, l.N, l.C, l.S,
+                                a.num_groups, l.channels_last, ws));
+}
+
+}  // namespace
+
+REGISTER_OP(GroupNormalization)
+    .setParseAttrs(parseAttrs)
+    .setInferType(inferType)
+    .setInferShape(inferShape)
+    .setForward(forward<false>, "cpu")
+    .setBackward(backward<false>, "cpu")
+#ifdef GN_MXNET_WITH_CUDA
+    .setForward(forward<true>, "gpu")
+    .setBackward(backward<true>, "gpu")
+#endif
+    ;
+
+MXReturnValue initialize(int version) {
+  if (version >= 10700) return MX_SUCCESS;
+  MX_ERROR_MSG << kOp << "needs MXNet >= 1.7 (lib_api version 11), found " << version;
+  return MX_FAIL;
+}

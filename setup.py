@@ -1,0 +1,154 @@
+"""Builds the GroupNormalization operator library into the gn_mxnet package.
+
+The library compiles operators/*.cc (and operators/*.cu when CUDA is enabled) together with the
+*installed* mxnet's src/lib_api.cc against its include/mxnet/lib_api.h.
+
+Environment:
+  GN_MXNET_CUDA=1 / 0     force the CUDA build on / off (default: on when nvcc is found)
+  GN_MXNET_CUDA_ARCHS     e.g. "75;80;90" (default: 70 75 80 86 89 90, those nvcc supports)
+  GN_MXNET_MXNET_DIST     the mxnet requirement to declare, e.g. "mxnet-cu112==1.9.1"
+  GN_MXNET_CXXFLAGS       extra g++ flags, e.g. "-march=native" for a build that stays on this CPU
+"""
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+OPERATORS = os.path.join(ROOT, 'operators')
+LIBRARY = 'libgn_mxnet.so'
+WANTED_CUDA_ARCHS = ('70', '75', '80', '86', '89', '90')
+CXX_FLAGS = ['-std=c++17', '-O3', '-fPIC', '-fopenmp', '-Wall', '-Wextra', '-DNDEBUG',
+             *os.environ.get('GN_MXNET_CXXFLAGS', '').split()]
+
+
+def mxnet_sources():
+    """(include dir, lib_api.cc) of the mxnet that is installed (or in the build env)."""
+    spec = importlib.util.find_spec('mxnet')
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("gn-mxnet: mxnet is not installed; install mxnet==1.9.1 (or mxnet-cuXXX==1.9.1) "
+                 "first, or let pip's build isolation provide it")
+    package_dir = list(spec.submodule_search_locations)[0]
+    include = os.path.join(package_dir, 'include')
+    lib_api = os.path.join(package_dir, 'src', 'lib_api.cc')
+    for path in (os.path.join(include, 'mxnet', 'lib_api.h'), lib_api):
+        if not os.path.isfile(path):
+            sys.exit(f"gn-mxnet: {path} is missing from the installed mxnet; need mxnet 1.9.1")
+    return include, lib_api
+
+
+def find_nvcc():
+    nvcc = shutil.which('nvcc')
+    if nvcc is None and os.path.isfile('/usr/local/cuda/bin/nvcc'):
+        nvcc = '/usr/local/cuda/bin/nvcc'
+    return nvcc
+
+
+def cuda_archs(nvcc):
+    wanted = os.environ.get('GN_MXNET_CUDA_ARCHS')
+    wanted = wanted.replace(',', ';').split(';') if wanted else WANTED_CUDA_ARCHS
+    listed = subprocess.run([nvcc, '--list-gpu-arch'], capture_output=True, text=True).stdout
+    supported = {line.strip().split('_')[-1] for line in listed.split()}
+    archs = [a for a in wanted if a in supported]
+    if not archs:
+        sys.exit(f"gn-mxnet: nvcc supports none of the CUDA archs {wanted}")
+    return archs
+
+
+class BuildOperatorLibrary(build_ext):
+    """Compiles the operator library with g++ (and nvcc) instead of a Python extension."""
+
+    def get_ext_filename(self, ext_name):
+        return os.path.join(*ext_name.split('.')[:-1], LIBRARY)
+
+    def build_extension(self, ext):
+        include, lib_api = mxnet_sources()
+        use_cuda = os.environ.get('GN_MXNET_CUDA')
+        nvcc = find_nvcc()
+        cu_sources = sorted(f for f in os.listdir(OPERATORS) if f.endswith('.cu'))
+        cuda = (use_cuda == '1') or (use_cuda is None and nvcc is not None and bool(cu_sources))
+        if cuda and nvcc is None:
+            sys.exit("gn-mxnet: GN_MXNET_CUDA=1 but nvcc was not found")
+        build_dir = os.path.join(self.build_temp, 'operators')
+        os.makedirs(build_dir, exist_ok=True)
+        defines = ['-DGN_MXNET_WITH_CUDA'] if cuda else []
+        jobs = []
+        for source in sorted(f for f in os.listdir(OPERATORS) if f.endswith('.cc')):
+            jobs.append(['g++', *CXX_FLAGS, *defines, '-isystem', include, f'-I{OPERATORS}', '-c',
+                         os.path.join(OPERATORS, source),
+                         '-o', os.path.join(build_dir, source + '.o')])
+        jobs.append(['g++', *CXX_FLAGS, '-w', f'-I{include}', '-c', lib_api,
+                     '-o', os.path.join(build_dir, 'lib_api.cc.o')])
+        link_extra = []
+        if cuda:
+            gencode = []
+            archs = cuda_archs(nvcc)
+            for arch in archs:
+                gencode += ['-gencode', f'arch=compute_{arch},code=sm_{arch}']
+            gencode += ['-gencode', f'arch=compute_{archs[-1]},code=compute_{archs[-1]}']
+            for source in cu_sources:
+                jobs.append([nvcc, '-O3', '-std=c++17', '-Xcompiler', '-fPIC', *gencode,
+                             f'-I{OPERATORS}', '-c', os.path.join(OPERATORS, source),
+                             '-o', os.path.join(build_dir, source + '.o')])
+            cuda_lib = os.path.join(os.path.dirname(os.path.dirname(nvcc)), 'lib64')
+            link_extra = [f'-L{cuda_lib}', '-lcudart_static', '-lrt', '-ldl', '-lpthread']
+        print(f"gn-mxnet: building {LIBRARY} ({'CPU + CUDA' if cuda else 'CPU only'})",
+              flush=True)
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for job, result in zip(jobs, pool.map(self._compile, jobs)):
+                if result.returncode != 0:
+                    sys.stderr.write(result.stdout + result.stderr)
+                    sys.exit(f"gn-mxnet: compile failed: {' '.join(job)}")
+        objects = [job[job.index('-o') + 1] for job in jobs]
+        output = self.get_ext_fullpath(ext.name)
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+        self._run(['g++', '-shared', '-fopenmp', '-o', output, *objects, *link_extra])
+
+    @staticmethod
+    def _compile(command):
+        return subprocess.run(command, capture_output=True, text=True)
+
+    def _run(self, command):
+        result = self._compile(command)
+        if result.returncode != 0:
+            sys.stderr.write(result.stdout + result.stderr)
+            sys.exit(f"gn-mxnet: link failed: {' '.join(command)}")
+
+
+def mxnet_requirement():
+    """mxnet==1.9.1, or the installed CUDA build of it (mxnet-cuXXX satisfies the pin too)."""
+    if os.environ.get('GN_MXNET_MXNET_DIST'):
+        return os.environ['GN_MXNET_MXNET_DIST']
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata['Name'] or '').lower()
+        if name.startswith('mxnet-cu') and dist.version == '1.9.1':
+            return f'{name}==1.9.1'
+    return 'mxnet==1.9.1'
+
+
+setup(
+    name='gn-mxnet',
+    version='0.1.0',
+    description='Paper-exact, fused Group Normalization for Apache MXNet 1.9',
+    python_requires='>=3.8,<3.12',
+    packages=find_packages(include=['gn_mxnet', 'gn_mxnet.*']),
+    ext_modules=[Extension('gn_mxnet.libgn_mxnet', sources=[])],
+    cmdclass={'build_ext': BuildOperatorLibrary},
+    install_requires=[
+        mxnet_requirement(),
+        'numpy<1.24',
+        'gluoncv==0.10.5.post0',
+        'mlxtend==0.23.1',
+        'tqdm',
+        'matplotlib',
+        'pycocotools',
+    ],
+    extras_require={'test': ['pytest', 'hypothesis']},
+    zip_safe=False,
+)
