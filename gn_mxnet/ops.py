@@ -1,4 +1,6 @@
 """`group_norm`: one entry for NDArray and Symbol, three interchangeable backends."""
+import os
+
 import mxnet as mx
 import numpy as np
 
@@ -52,12 +54,39 @@ def _group_norm(F, data, gamma, beta, attrs, backend):
     return _stock_ops(F, data, gamma, beta, attrs)
 
 
+def _may_accumulate(F, value):
+    """Whether MXNet may ask for value's gradient to be added rather than written: a leaf
+    NDArray with a gradient buffer, a Symbol variable, or anything under
+    MXNET_EXEC_ENABLE_ADDTO=1 (whose executor adds into shared gradient buffers)."""
+    if os.environ.get('MXNET_EXEC_ENABLE_ADDTO', '0') == '1':
+        return True
+    if F is mx.nd:
+        return value.grad is not None
+    return value.get_children() is None
+
+
 def _native(F, data, gamma, beta, attrs):
     load_library()
+    # lib_api does not tell an op whether to write or add its gradients, so the library
+    # always writes. Where an 'add' is possible, an identity in front of the input turns it
+    # into a write into a temporary, which the identity's backward then adds as asked.
+    gamma, beta, data = (F.identity(v) if _may_accumulate(F, v) else v
+                         for v in (gamma, beta, data))
     outputs = F.GroupNormalization(data, gamma, beta, num_groups=attrs.num_groups,
                                    eps=repr(attrs.eps), axis=attrs.axis)
     # The op also returns mean and rstd (lib_api cannot hide outputs); users get y only.
     return outputs[0]
+
+
+def _per_channel_like(F, param, data, channels_last):
+    """param (C,) tied by an elementwise add of zeros to a (C,) slice of data, so symbolic
+    shape inference can size param from data (deferred init in a hybridized parent)."""
+    if channels_last:
+        rows = F.reshape(data, shape=(-1, 0), reverse=True)                 # (N*S, C)
+    else:
+        rows = F.slice_axis(F.reshape(data, shape=(0, 0, -1)), axis=2, begin=0, end=1)
+    first = F.reshape(F.slice_axis(rows, axis=0, begin=0, end=1), shape=(-1,))
+    return param + F.zeros_like(first)
 
 
 def _stock_ops(F, data, gamma, beta, attrs):
@@ -68,6 +97,9 @@ def _stock_ops(F, data, gamma, beta, attrs):
     work = F.cast(data, 'float32') if half else data
     if half:
         gamma, beta = F.cast(gamma, 'float32'), F.cast(beta, 'float32')
+    if F is mx.sym:
+        gamma = _per_channel_like(F, gamma, work, attrs.axis != 1)
+        beta = _per_channel_like(F, beta, work, attrs.axis != 1)
     if attrs.axis == 1:
         grouped = F.reshape(work, shape=(0, -4, G, -1, -2))        # (N, G, D, *S)
         kept_axes = (0, 1)

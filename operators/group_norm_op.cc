@@ -164,18 +164,31 @@ MXReturnValue inferType(const AttrMap& attrs, std::vector<int>* in_types,
   return MX_SUCCESS;
 }
 
+// MXNet hands an unknown dimension to lib_api as (unsigned)-1 (or 0 in legacy shape mode).
+bool known(const std::vector<unsigned int>& shape) {
+  if (shape.empty()) return false;
+  for (const unsigned int d : shape) {
+    if (d == 0u || d == static_cast<unsigned int>(-1)) return false;
+  }
+  return true;
+}
+
 MXReturnValue inferShape(const AttrMap& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
                          std::vector<std::vector<unsigned int>>* out_shapes) {
   Attrs parsed;
   Layout layout;
-  if (!parse_attrs(attrs, &parsed) || !resolve_layout(parsed, (*in_shapes)[0], &layout)) {
+  if (!parse_attrs(attrs, &parsed)) return MX_FAIL;
+  if (!known((*in_shapes)[0])) {
+    MX_ERROR_MSG << kOp << "the shape of data is not known (it has an unknown or zero-size "
+                 << "dimension); GroupNormalization needs it to infer gamma and beta";
     return MX_FAIL;
   }
+  if (!resolve_layout(parsed, (*in_shapes)[0], &layout)) return MX_FAIL;
   const std::vector<unsigned int> per_channel{static_cast<unsigned int>(layout.C)};
   const char* names[] = {"gamma", "beta"};
   for (int i = 1; i <= 2; ++i) {
     std::vector<unsigned int>& shape = (*in_shapes)[i];
-    if (shape.empty()) shape = per_channel;  // unknown: deferred initialization
+    if (!known(shape)) shape = per_channel;  // unknown: deferred initialization
     if (shape != per_channel) {
       MX_ERROR_MSG << kOp << names[i - 1] << " must have shape (" << layout.C
                    << ",) (one per channel), got a shape of " << shape.size() << " dims"
