@@ -62,15 +62,9 @@ def compare(model, builder, depth, image_shape, logits_name, **kwargs):
     return np.abs(gluon_out - symbol_out).max(), np.abs(gluon_out).max()
 
 
-# Found by this test: in imperative (non-hybridized) Gluon the CustomOp reads Conv2D outputs
-# that are in MKLDNN's blocked layout as if they were plain NCHW (a .copy() of the input
-# fixes it). The bug is in gn_mxnet/custom_op.py; strict, so the fix turns this red: then
-# drop the mark.
-CUSTOM = pytest.param('custom', marks=pytest.mark.xfail(
-    strict=True, reason='CustomOp misreads MKLDNN-layout inputs in imperative mode'))
-
-
-@pytest.mark.parametrize('backend', ['ops', CUSTOM, NATIVE])
+# 'custom' once read Conv2D outputs in MKLDNN's blocked layout as plain NCHW in imperative
+# Gluon; this test found it, and keeps it fixed.
+@pytest.mark.parametrize('backend', ['ops', 'custom', NATIVE])
 def test_resnet50_gn_symbol_equals_gluon(backend):
     diff, scale = compare('resnet50_v1b', resnet, 50, (3, 64, 64), 'fc', norm='gn',
                           backend=backend)
