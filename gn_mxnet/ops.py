@@ -51,8 +51,9 @@ def _group_norm(F, data, gamma, beta, attrs, backend):
         from .custom_op import OP_TYPE  # registers the CustomOp on first use
         if F is mx.nd:
             # A Conv2D output may sit in MKLDNN's blocked layout, which imperative CustomOps
-            # read as if it were NCHW; a copy is in the default layout (a reshape is not always).
-            data = data.copy()
+            # read as if it were NCHW. identity's output is in the default layout (a reshape
+            # is not always) and, unlike NDArray.copy(), autograd records it with its grad_req.
+            data = F.identity(data)
         return F.Custom(data, gamma, beta, op_type=OP_TYPE, num_groups=attrs.num_groups,
                         eps=repr(attrs.eps), axis=attrs.axis)
     return _stock_ops(F, data, gamma, beta, attrs)

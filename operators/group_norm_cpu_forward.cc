@@ -18,12 +18,14 @@ inline void finalize(const Moments& moments, double eps, A* mean, A* rstd) {
   *rstd = static_cast<A>(1.0 / std::sqrt(var + eps));
 }
 
-// y = x * a + b over one contiguous run, a and b folding gamma, beta, mean and rstd.
+// y = (x - mean) * a + beta over one contiguous run, a = gamma * rstd. Folding mean into the
+// shift instead (x * a + b) would cancel badly when rstd is large (near-constant groups).
 template <typename T>
-inline void affine_run(const T* x, T* y, int64_t length, AccOf<T> a, AccOf<T> b) {
+inline void affine_run(const T* x, T* y, int64_t length, AccOf<T> mean, AccOf<T> a,
+                       AccOf<T> beta) {
 #pragma omp simd
   for (int64_t i = 0; i < length; ++i) {
-    y[i] = Element<T>::store(Element<T>::load(x[i]) * a + b);
+    y[i] = Element<T>::store((Element<T>::load(x[i]) - mean) * a + beta);
   }
 }
 
@@ -34,8 +36,7 @@ inline void normalize_group(const T* x, T* y, const P* gamma, const P* beta, int
   using Acc = AccOf<T>;
   for (int64_t d = 0; d < D; ++d) {
     const Acc a = static_cast<Acc>(Element<P>::load(gamma[d])) * rstd;
-    const Acc b = static_cast<Acc>(Element<P>::load(beta[d])) - mean * a;
-    affine_run(x + d * S, y + d * S, S, a, b);
+    affine_run(x + d * S, y + d * S, S, mean, a, static_cast<Acc>(Element<P>::load(beta[d])));
   }
 }
 
@@ -84,8 +85,8 @@ void forward_channels_first(const T* x, const P* gamma, const P* beta, T* y, Acc
     const int64_t t = row / D, c = row % C;
     using Acc = AccOf<T>;
     const Acc a = static_cast<Acc>(Element<P>::load(gamma[c])) * rstd[t];
-    const Acc b = static_cast<Acc>(Element<P>::load(beta[c])) - mean[t] * a;
-    affine_run(x + row * S, y + row * S, S, a, b);
+    affine_run(x + row * S, y + row * S, S, mean[t], a,
+               static_cast<Acc>(Element<P>::load(beta[c])));
   }
 }
 
@@ -98,7 +99,7 @@ void forward_channels_last(const T* x, const P* gamma, const P* beta, T* y, AccO
   using Acc = AccOf<T>;
   const int64_t D = C / G, rows = rows_per_block(C), blocks = ceil_div(S, rows);
   double* block_moments = workspace;                         // (N, blocks, G, 2)
-  Acc* scale_shift = reinterpret_cast<Acc*>(block_moments + N * blocks * G * 2);  // (N, 2, C)
+  Acc* affine = reinterpret_cast<Acc*>(block_moments + N * blocks * G * 2);  // (N, 3, C)
 #pragma omp parallel
   {
     std::vector<Acc> channel_sum(C), channel_mean(C);
@@ -145,22 +146,26 @@ void forward_channels_last(const T* x, const P* gamma, const P* beta, T* y, AccO
         moments.merge(static_cast<double>(block_rows * D), in[0], in[1]);
       }
       finalize(moments, eps, mean + t, rstd + t);
+      Acc* rows_of_n = affine + n * 3 * C;  // rows: mean, gamma * rstd, beta
       for (int64_t c = g * D; c < (g + 1) * D; ++c) {
-        const Acc a = static_cast<Acc>(Element<P>::load(gamma[c])) * rstd[t];
-        scale_shift[n * 2 * C + c] = a;
-        scale_shift[n * 2 * C + C + c] = static_cast<Acc>(Element<P>::load(beta[c])) - mean[t] * a;
+        rows_of_n[c] = mean[t];
+        rows_of_n[C + c] = static_cast<Acc>(Element<P>::load(gamma[c])) * rstd[t];
+        rows_of_n[2 * C + c] = static_cast<Acc>(Element<P>::load(beta[c]));
       }
     }
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < N * blocks; ++i) {
       const int64_t n = i / blocks, s0 = (i % blocks) * rows, s1 = std::min(S, s0 + rows);
-      const Acc* a = scale_shift + n * 2 * C;
-      const Acc* b = a + C;
+      const Acc* m = affine + n * 3 * C;
+      const Acc* a = m + C;
+      const Acc* b = m + 2 * C;
       for (int64_t s = s0; s < s1; ++s) {
         const T* xr = x + (n * S + s) * C;
         T* yr = y + (n * S + s) * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) yr[c] = Element<T>::store(Element<T>::load(xr[c]) * a[c] + b[c]);
+        for (int64_t c = 0; c < C; ++c) {
+          yr[c] = Element<T>::store((Element<T>::load(xr[c]) - m[c]) * a[c] + b[c]);
+        }
       }
     }
   }
@@ -171,7 +176,7 @@ void forward_channels_last(const T* x, const P* gamma, const P* beta, T* y, AccO
 size_t forward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G, int channels_last) {
   if (channels_last) {
     const int64_t blocks = ceil_div(S, rows_per_block(C));
-    return sizeof(double) * static_cast<size_t>(N * blocks * G * 2 + N * 2 * C);
+    return sizeof(double) * static_cast<size_t>(N * blocks * G * 2 + N * 3 * C);
   }
   return sizeof(double) * static_cast<size_t>(N * G * ceil_div((C / G) * S, kChunk) * 2);
 }

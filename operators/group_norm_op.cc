@@ -6,6 +6,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdlib>
+#include <sstream>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -19,6 +20,26 @@ using AttrMap = std::unordered_map<std::string, std::string>;
 namespace {
 
 constexpr char kOp[] = "GroupNormalization: ";
+
+// lib_api keeps every error message ever added and MXNet prints them all, so without this an
+// error would also list all earlier ones. MXerrorMsgs has no clear(); its message list is
+// reached through the explicit-instantiation access idiom (standard C++, no layout guessing).
+using MessageList = std::vector<std::stringstream*> mxnet::ext::MXerrorMsgs::*;
+struct MessageListTag {
+  friend MessageList message_list(MessageListTag);
+};
+template <MessageList member>
+struct ExposeMessageList {
+  friend MessageList message_list(MessageListTag) { return member; }
+};
+template struct ExposeMessageList<&mxnet::ext::MXerrorMsgs::messages>;
+
+void clear_error_messages() {
+  std::vector<std::stringstream*>& messages =
+      mxnet::ext::MXerrorMsgs::get()->*message_list(MessageListTag{});
+  for (std::stringstream* message : messages) delete message;
+  messages.clear();
+}
 
 struct Attrs {
   int64_t num_groups;
@@ -118,6 +139,7 @@ bool resolve_layout(const Attrs& attrs, const std::vector<Dim>& shape, Layout* o
 }
 
 MXReturnValue parseAttrs(const AttrMap& attrs, int* num_in, int* num_out) {
+  clear_error_messages();
   Attrs parsed;
   if (!parse_attrs(attrs, &parsed)) return MX_FAIL;
   *num_in = 3;
@@ -138,6 +160,7 @@ const char* dtype_name(int dtype) {
 
 MXReturnValue inferType(const AttrMap& attrs, std::vector<int>* in_types,
                         std::vector<int>* out_types) {
+  clear_error_messages();
   const int data = (*in_types)[0];
   if (data != kFloat32 && data != kFloat64 && data != kFloat16) {
     MX_ERROR_MSG << kOp << "data dtype must be one of float16, float32, float64, got "
@@ -175,6 +198,7 @@ bool known(const std::vector<unsigned int>& shape) {
 
 MXReturnValue inferShape(const AttrMap& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
                          std::vector<std::vector<unsigned int>>* out_shapes) {
+  clear_error_messages();
   Attrs parsed;
   Layout layout;
   if (!parse_attrs(attrs, &parsed)) return MX_FAIL;
@@ -228,6 +252,7 @@ bool workspace(const OpResource& res, size_t bytes, bool gpu, void** out) {
 template <bool kGpu>
 MXReturnValue forward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
                       std::vector<MXTensor>* outputs, const OpResource& res) {
+  clear_error_messages();
   Attrs a;
   Layout l;
   if (!tensor_layout(attrs, (*inputs)[0], &a, &l)) return MX_FAIL;
@@ -254,6 +279,7 @@ MXReturnValue forward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
 template <bool kGpu>
 MXReturnValue backward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
                        std::vector<MXTensor>* outputs, const OpResource& res) {
+  clear_error_messages();
   Attrs a;
   Layout l;
   const MXTensor &dy = (*inputs)[0], &x = (*inputs)[3], &gamma = (*inputs)[4];

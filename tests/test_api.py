@@ -1,0 +1,181 @@
+"""The fronts around the op: errors, Gluon layer, export/import, gluoncv drop-in, loading."""
+import mxnet as mx
+import numpy as np
+import pytest
+
+import gn_mxnet
+from gn_mxnet import _library
+from gn_mxnet.gluon import GroupNorm
+
+BACKENDS = ('native', 'custom', 'ops')
+
+
+def nd(shape, dtype='float32'):
+    return mx.nd.array(np.random.RandomState(0).randn(*shape), dtype=dtype)
+
+
+BAD_CALLS = [
+    # (data shape, gamma shape, kwargs, words the message must contain)
+    ((2, 6, 4), (6,), dict(num_groups=4), 'must divide the number of channels (6)'),
+    ((2, 6, 4), (6,), dict(num_groups=0), 'num_groups must be >= 1'),
+    ((2, 6, 4), (6,), dict(num_groups=-2), 'num_groups must be >= 1'),
+    ((2, 6, 4), (3,), dict(num_groups=3), 'gamma must have shape (6,)'),
+    ((6,), (6,), dict(num_groups=3), 'data must have 2 to 5 dimensions'),
+    ((2, 6, 1, 1, 1, 1), (6,), dict(num_groups=3), 'data must have 2 to 5 dimensions'),
+    ((2, 6, 4), (6,), dict(num_groups=3, eps=-1e-5), 'eps must be finite and >= 0'),
+    ((2, 6, 4), (6,), dict(num_groups=3, axis=3), 'axis 3 is out of range'),
+    ((2, 6, 4, 4), (6,), dict(num_groups=3, axis=2), 'axis must be the channel axis'),
+]
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('data_shape, gamma_shape, kwargs, words', BAD_CALLS)
+def test_bad_input_raises_value_error(backend, data_shape, gamma_shape, kwargs, words):
+    with pytest.raises(ValueError) as info:
+        gn_mxnet.group_norm(nd(data_shape), nd(gamma_shape), nd(gamma_shape),
+                            backend=backend, **kwargs)
+    assert words in str(info.value)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_integer_dtype_and_empty_batch_are_refused(backend):
+    with pytest.raises(ValueError, match='data dtype must be one of float16, float32, float64'):
+        gn_mxnet.group_norm(nd((2, 4, 3), 'int32'), nd((4,), 'int32'), nd((4,), 'int32'), 2,
+                            backend=backend)
+    with pytest.raises(ValueError, match='gamma dtype must match data'):
+        gn_mxnet.group_norm(nd((2, 4, 3)), nd((4,), 'float64'), nd((4,)), 2, backend=backend)
+    # N = 0 is refused: MXNet 1.9 cannot even hold an empty NDArray in its default shape mode,
+    # so the validator names the problem for any shape that reaches it with a zero dimension.
+    from gn_mxnet.attrs import layout, parse_attrs
+    with pytest.raises(ValueError, match='data must be non-empty'):
+        layout(parse_attrs(2), (0, 4, 3))
+
+
+def test_bad_attribute_types_and_backend():
+    with pytest.raises(ValueError, match='num_groups must be an integer'):
+        gn_mxnet.group_norm(nd((2, 4)), nd((4,)), nd((4,)), 2.5)
+    with pytest.raises(ValueError, match='backend must be one of'):
+        gn_mxnet.group_norm(nd((2, 4)), nd((4,)), nd((4,)), 2, backend='cuda')
+    with pytest.raises(TypeError, match='data must be an mxnet NDArray or Symbol'):
+        gn_mxnet.group_norm(np.zeros((2, 4)), nd((4,)), nd((4,)), 2)
+    with pytest.raises(ValueError, match='must divide the number of channels'):
+        GroupNorm(num_groups=4, in_channels=6)
+
+
+@pytest.mark.parametrize('kwargs, words', [
+    (dict(num_groups=4), 'num_groups (4) must divide the number of channels (6)'),
+    (dict(num_groups=0), 'num_groups must be >= 1'),
+    (dict(num_groups=3, eps=-1.0), 'eps must be finite and >= 0'),
+    (dict(num_groups=3, axis=5), 'axis 5 is out of range'),
+    (dict(num_groups='x'), "num_groups must be an integer, got 'x'"),
+    (dict(), 'num_groups is required'),
+])
+def test_native_op_errors_become_mxnet_errors(native_library, kwargs, words):
+    """The library validates too: bad attributes reaching it directly raise MXNetError."""
+    with pytest.raises(mx.base.MXNetError) as info:
+        mx.nd.GroupNormalization(nd((2, 6, 4)), nd((6,)), nd((6,)), **kwargs)
+    assert words in str(info.value)
+    with pytest.raises(mx.base.MXNetError) as info:  # at creation or at shape inference
+        symbol = mx.sym.GroupNormalization(mx.sym.var('data'), mx.sym.var('gamma'),
+                                           mx.sym.var('beta'), **kwargs)
+        symbol.infer_shape(data=(2, 6, 4))
+    assert words in str(info.value)
+
+
+def test_native_op_shape_and_dtype_errors(native_library):
+    with pytest.raises(mx.base.MXNetError, match=r'gamma must have shape \(6,\)'):
+        mx.nd.GroupNormalization(nd((2, 6, 4)), nd((3,)), nd((6,)), num_groups=3)
+    with pytest.raises(mx.base.MXNetError, match='data dtype must be one of'):
+        mx.nd.GroupNormalization(nd((2, 6, 4), 'int32'), nd((6,), 'int32'),
+                                 nd((6,), 'int32'), num_groups=3)
+    with pytest.raises(mx.base.MXNetError, match='data must have 2 to 5 dimensions'):
+        mx.nd.GroupNormalization(nd((6,)), nd((6,)), nd((6,)), num_groups=3)
+
+
+def test_native_op_returns_statistics(native_library):
+    x = nd((2, 6, 5))
+    y, mean, rstd = mx.nd.GroupNormalization(x, mx.nd.ones(6), mx.nd.zeros(6), num_groups=3)
+    grouped = x.asnumpy().reshape(2, 3, -1)
+    np.testing.assert_allclose(mean.asnumpy(), grouped.mean(axis=2), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rstd.asnumpy(), 1 / np.sqrt(grouped.var(axis=2) + 1e-5),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_gluon_layer_deferred_init_and_hybridize(native_library, backend):
+    x = nd((2, 3, 6, 6))
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.Conv2D(8, 3, padding=1), GroupNorm(4, backend=backend))
+    net.initialize()
+    imperative = net(x).asnumpy()
+    assert net[1].gamma.shape == (8,) and net[1].beta.shape == (8,)
+    net.hybridize()
+    np.testing.assert_allclose(net(x).asnumpy(), imperative, rtol=1e-5, atol=1e-5)
+
+
+def test_gluon_center_scale_false_freezes_parameters(native_library):
+    layer = GroupNorm(2, in_channels=4, center=False, scale=False)
+    layer.initialize()
+    assert layer.gamma.grad_req == 'null' and layer.beta.grad_req == 'null'
+    x = nd((2, 4, 3))
+    x.attach_grad()
+    with mx.autograd.record():
+        y = layer(x)
+    y.backward()
+    grouped = x.asnumpy().reshape(2, 2, -1)
+    expected = (grouped - grouped.mean(2, keepdims=True)) / np.sqrt(grouped.var(2, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y.asnumpy().reshape(2, 2, -1), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(layer.gamma.data().asnumpy(), np.ones(4))
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_export_and_symbolblock_imports_round_trip(native_library, backend, tmp_path):
+    x = nd((2, 3, 6, 6))
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.Conv2D(8, 3, padding=1), GroupNorm(4, backend=backend),
+            mx.gluon.nn.Activation('relu'))
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    expected = net(x).asnumpy()
+    prefix = str(tmp_path / 'gn')
+    net.export(prefix, epoch=3)
+    loaded = mx.gluon.SymbolBlock.imports(prefix + '-symbol.json', ['data'],
+                                          prefix + '-0003.params')
+    np.testing.assert_allclose(loaded(x).asnumpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_gluoncv_resnet50_drop_in(native_library):
+    from gluoncv.model_zoo import get_model
+    net = get_model('resnet50_v1b', norm_layer=GroupNorm, norm_kwargs={'num_groups': 32},
+                    last_gamma=True, classes=10)
+    net.initialize(mx.init.Xavier())
+    assert net.layer1[0].bn3.gamma.data().asnumpy().max() == 0  # last_gamma: zero-init
+    x, label = nd((2, 3, 64, 64)), mx.nd.array([1, 7])
+    trainer = mx.gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1})
+    loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()
+    # With last_gamma the branches start as identity, so the first step moves the stem's norm
+    # and each block's last (zero) gamma, not the norms inside the branch.
+    watched = (net.bn1.gamma, net.layer1[0].bn3.gamma)
+    before = [p.data().asnumpy().copy() for p in watched]
+    with mx.autograd.record():
+        loss = loss_fn(net(x), label)
+    loss.backward()
+    trainer.step(2)
+    assert np.isfinite(loss.asnumpy()).all()
+    for param, old_value in zip(watched, before):
+        assert not np.array_equal(old_value, param.data().asnumpy()), param.name
+    imperative = net(x).asnumpy()
+    net.hybridize()
+    np.testing.assert_allclose(net(x).asnumpy(), imperative, rtol=1e-4, atol=1e-4)
+
+
+def test_load_library_is_idempotent(native_library):
+    assert gn_mxnet.load_library() == native_library == gn_mxnet.load_library()
+    assert _library.is_loaded()
+
+
+def test_missing_library_says_how_to_build(monkeypatch, tmp_path):
+    monkeypatch.setattr(_library, '_loaded_path', None)
+    monkeypatch.setattr(_library, 'library_path', lambda: str(tmp_path / 'libgn_mxnet.so'))
+    with pytest.raises(gn_mxnet.LibraryNotBuiltError, match='pip install -e .'):
+        gn_mxnet.load_library()

@@ -1,0 +1,212 @@
+"""All three backends against the float64 reference: forward and the three gradients."""
+import itertools
+
+import mxnet as mx
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import gn_mxnet
+import gn_reference as ref
+
+BACKENDS = ('native', 'custom', 'ops')
+# Tolerance relative to the largest reference magnitude of each compared tensor.
+TOLERANCE = {'float64': 1e-10, 'float32': 1e-5, 'float16': 1e-2, 'mean_far_from_zero': 1e-4}
+
+# (shape channels-first, groups other than 1 and C)
+SHAPES = [((3, 8), 2), ((2, 8, 5), 4), ((2, 6, 4, 3), 3), ((2, 4, 3, 2, 2), 2)]
+
+
+def to_channels_last(shape):
+    return (shape[0],) + tuple(shape[2:]) + (shape[1],)
+
+
+def run(backend, x, gamma, beta, dy, groups, axis, eps=1e-5):
+    """Forward + backward through gn_mxnet.group_norm under autograd; returns NumPy arrays."""
+    arrays = [mx.nd.array(a, dtype=a.dtype) for a in (x, gamma, beta)]
+    for a in arrays:
+        a.attach_grad()
+    with mx.autograd.record():
+        y = gn_mxnet.group_norm(*arrays, num_groups=groups, eps=eps, axis=axis, backend=backend)
+    y.backward(mx.nd.array(dy, dtype=dy.dtype))
+    return [y.asnumpy()] + [a.grad.asnumpy() for a in arrays]
+
+
+def assert_close(actual, expected, dtype, what, scale=None):
+    """Error relative to `scale`: by default the largest expected magnitude; for results that
+    cancel (dx of a one-element group is exactly 0), the size of the terms they come from."""
+    scale = max(np.abs(expected).max() if scale is None else scale, 1e-12)
+    err = np.abs(actual.astype(np.float64) - expected).max() / scale
+    assert err <= TOLERANCE[dtype], f"{what}: relative error {err:.3g} > {TOLERANCE[dtype]}"
+
+
+def dx_term_scale(dy, x, gamma, groups, axis, eps=1e-5):
+    """max of rstd * |gamma * dy|: the size of the terms dx is summed from."""
+    xf = np.moveaxis(x.astype(np.float64), axis, 1)
+    grouped = xf.reshape(xf.shape[0], groups, -1)
+    rstd = 1.0 / np.sqrt(grouped.var(axis=2) + eps)                   # (N, G)
+    per_channel = np.repeat(rstd, xf.shape[1] // groups, axis=1)     # (N, C)
+    weighted = np.abs(np.moveaxis(dy.astype(np.float64), axis, 1)).reshape(xf.shape[0], xf.shape[1], -1)
+    return (weighted.max(axis=2) * per_channel * np.abs(gamma.astype(np.float64))).max()
+
+
+def check_against_reference(backend, shape, groups, axis, dtype, param_dtype=None, seed=0,
+                            offset=0.0, tolerance=None):
+    rng = np.random.RandomState(seed)
+    channels = shape[axis]
+    x = (rng.randn(*shape) * 2 + offset).astype(dtype)
+    dy = rng.randn(*shape).astype(dtype)
+    gamma = rng.randn(channels).astype(param_dtype or dtype)
+    beta = rng.randn(channels).astype(param_dtype or dtype)
+    y, dx, dgamma, dbeta = run(backend, x, gamma, beta, dy, groups, axis)
+    assert y.dtype == np.dtype(dtype) and dx.dtype == np.dtype(dtype)
+    assert dgamma.dtype == np.dtype(param_dtype or dtype)
+    expected_dx, expected_dgamma, expected_dbeta = ref.backward(dy, x, gamma, groups, axis=axis)
+    check = dtype if tolerance is None else tolerance
+    assert_close(y, ref.forward(x, gamma, beta, groups, axis=axis), check, 'y')
+    assert_close(dx, expected_dx, check, 'dx',
+                 scale=max(np.abs(expected_dx).max(), dx_term_scale(dy, x, gamma, groups, axis)))
+    assert_close(dgamma, expected_dgamma, check, 'dgamma')
+    assert_close(dbeta, expected_dbeta, check, 'dbeta')
+
+
+GRID = [(backend, shape if axis == 1 else to_channels_last(shape), groups, axis, dtype)
+        for backend, (shape, mid), axis, dtype in itertools.product(
+            BACKENDS, SHAPES, (1, -1), ('float32', 'float64', 'float16'))
+        for groups in (1, mid, shape[1])]
+
+
+@pytest.mark.parametrize('backend, shape, groups, axis, dtype', GRID)
+def test_grid_matches_reference(native_library, backend, shape, groups, axis, dtype):
+    check_against_reference(backend, shape, groups, axis, dtype)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('shape, groups, axis', [
+    ((4, 16, 32, 32), 2, 1),     # groups of 8192 elements: several statistics chunks each
+    ((1, 8, 64, 64), 1, 1),      # fewer groups than threads: statistics split across threads
+    ((2, 40, 40, 64), 4, -1),    # channels-last, many row blocks per sample
+    ((2, 3, 2048), 1, -1),       # channels-last with C > one block's elements
+])
+def test_large_shapes_match_reference(native_library, backend, shape, groups, axis):
+    check_against_reference(backend, shape, groups, axis, 'float32')
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_mean_far_from_zero_keeps_precision(native_library, backend):
+    """|mean| >> std: no catastrophic cancellation in float32. The bound is 1e-4, not 1e-5:
+    the float32 mean itself is off by up to ulp(1000)/2 = 3e-5, against a std of 2."""
+    check_against_reference(backend, (2, 8, 16, 16), 2, 1, 'float32', offset=1000.0,
+                            tolerance='mean_far_from_zero')
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_float16_data_with_float32_params(native_library, backend):
+    check_against_reference(backend, (2, 8, 6, 6), 4, 1, 'float16', param_dtype='float32')
+
+
+def grouped_symbol(backend, groups, axis):
+    data, gamma, beta = (mx.sym.var(n) for n in ('data', 'gamma', 'beta'))
+    return gn_mxnet.group_norm(data, gamma, beta, groups, axis=axis, backend=backend)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('shape, groups, axis', [((2, 4, 3), 2, 1), ((2, 3, 2, 4), 2, -1),
+                                                 ((3, 6), 3, 1)])
+def test_numeric_gradient(native_library, backend, shape, groups, axis):
+    rng = np.random.RandomState(1)
+    channels = shape[axis]
+    location = {'data': rng.randn(*shape), 'gamma': rng.randn(channels),
+                'beta': rng.randn(channels)}
+    mx.test_utils.check_numeric_gradient(grouped_symbol(backend, groups, axis), location,
+                                         numeric_eps=1e-6, rtol=1e-4, atol=1e-6,
+                                         dtype=np.float64)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_symbolic_equals_imperative(native_library, backend):
+    rng = np.random.RandomState(2)
+    shape, groups = (2, 6, 5, 5), 3
+    x, dy = rng.randn(*shape).astype('f4'), rng.randn(*shape).astype('f4')
+    gamma, beta = rng.randn(6).astype('f4'), rng.randn(6).astype('f4')
+    imperative = run(backend, x, gamma, beta, dy, groups, 1)
+    executor = grouped_symbol(backend, groups, 1).simple_bind(mx.cpu(), data=shape)
+    executor.forward(is_train=True, data=x, gamma=gamma, beta=beta)
+    executor.backward(mx.nd.array(dy))
+    symbolic = [executor.outputs[0]] + [executor.grad_dict[n] for n in ('data', 'gamma', 'beta')]
+    for a, b in zip(imperative, symbolic):
+        np.testing.assert_allclose(a, b.asnumpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_grad_req_add_accumulates(native_library, backend):
+    """lib_api never tells the op to add; the front must still honour grad_req='add'."""
+    rng = np.random.RandomState(3)
+    x = mx.nd.array(rng.randn(2, 4, 3, 3))
+    gamma, beta = mx.nd.array(rng.randn(4)), mx.nd.array(rng.randn(4))
+    weights = mx.nd.array(rng.randn(2, 4, 3, 3))
+    grads = {}
+    for req in ('write', 'add'):
+        arrays = [a.copy() for a in (x, gamma, beta)]
+        for a in arrays:
+            a.attach_grad(grad_req=req)
+        for _ in range(2):
+            with mx.autograd.record():
+                loss = (gn_mxnet.group_norm(*arrays, 2, backend=backend) * weights).sum()
+            loss.backward()
+        grads[req] = [a.grad.asnumpy() for a in arrays]
+    for written, added in zip(grads['write'], grads['add']):
+        np.testing.assert_allclose(added, 2 * written, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_after_convolution_in_mkldnn_layout(native_library, backend):
+    """Conv2D outputs may be in MKLDNN's blocked layout; every backend must read them right."""
+    rng = np.random.RandomState(4)
+    x = mx.nd.array(rng.randn(2, 3, 8, 8))
+    weight = mx.nd.array(rng.randn(16, 3, 3, 3))
+    gamma, beta = mx.nd.array(rng.randn(16)), mx.nd.array(rng.randn(16))
+    hidden = mx.nd.Convolution(x, weight, num_filter=16, kernel=(3, 3), pad=(1, 1), no_bias=True)
+    y = gn_mxnet.group_norm(hidden, gamma, beta, 4, backend=backend).asnumpy()
+    expected = ref.forward(hidden.asnumpy(), gamma.asnumpy(), beta.asnumpy(), 4)
+    assert_close(y, expected, 'float32', 'y after conv')
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_nan_and_inf_propagate_without_crash(native_library, backend):
+    x = np.random.RandomState(5).randn(2, 4, 3, 3).astype('f4')
+    x[0, 0, 1, 1] = np.nan
+    x[1, 3, 0, 0] = np.inf
+    y = gn_mxnet.group_norm(mx.nd.array(x), mx.nd.ones(4), mx.nd.zeros(4), 2,
+                            backend=backend).asnumpy()
+    assert np.isnan(y[0, :2]).all()              # the NaN's group
+    assert not np.isfinite(y[1, 2:]).any()       # the Inf's group
+    assert np.isfinite(y[0, 2:]).all() and np.isfinite(y[1, :2]).all()  # the other groups
+
+
+def test_backends_agree_on_a_resnet_stage_shape(native_library):
+    rng = np.random.RandomState(6)
+    x = rng.randn(2, 64, 14, 14).astype('f4')
+    gamma, beta = rng.randn(64).astype('f4'), rng.randn(64).astype('f4')
+    outputs = [gn_mxnet.group_norm(mx.nd.array(x), mx.nd.array(gamma), mx.nd.array(beta), 32,
+                                   backend=b).asnumpy() for b in BACKENDS]
+    for other in outputs[1:]:
+        np.testing.assert_allclose(outputs[0], other, rtol=1e-5, atol=1e-5)
+
+
+@st.composite
+def problems(draw):
+    groups, per_group = draw(st.integers(1, 6)), draw(st.integers(1, 4))
+    spatial = draw(st.lists(st.integers(1, 5), min_size=0, max_size=3))
+    shape = (draw(st.integers(1, 3)), groups * per_group) + tuple(spatial)
+    axis = draw(st.sampled_from((1, -1)))
+    if axis == -1:
+        shape = to_channels_last(shape)
+    return shape, groups, axis, draw(st.sampled_from(('float32', 'float64'))), draw(st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(problems())
+def test_hypothesis_native_matches_reference(native_library, problem):
+    shape, groups, axis, dtype, seed = problem
+    check_against_reference('native', shape, groups, axis, dtype, seed=seed)
