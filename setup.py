@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import Extension, find_packages, setup
@@ -48,6 +49,25 @@ def find_nvcc():
     if nvcc is None and os.path.isfile('/usr/local/cuda/bin/nvcc'):
         nvcc = '/usr/local/cuda/bin/nvcc'
     return nvcc
+
+
+def cuda_library_dir(nvcc):
+    """Where libcudart_static.a is: $CUDA_HOME, else the -L dirs nvcc itself links with (nvcc
+    may be a wrapper script outside its toolkit)."""
+    candidates = [os.path.join(os.environ[v], sub) for v in ('CUDA_HOME', 'CUDA_PATH')
+                  if os.environ.get(v) for sub in ('lib64', 'lib')]
+    with tempfile.TemporaryDirectory() as scratch:
+        probe = os.path.join(scratch, 'probe.cu')
+        open(probe, 'w').close()
+        dryrun = subprocess.run([nvcc, '-dryrun', '-c', probe, '-o', probe + '.o'],
+                                capture_output=True, text=True)
+    for line in (dryrun.stdout + dryrun.stderr).splitlines():
+        if 'LIBRARIES=' in line:
+            candidates += [flag.strip('"')[2:] for flag in line.split() if flag.strip('"').startswith('-L')]
+    for directory in candidates:
+        if os.path.isfile(os.path.join(directory, 'libcudart_static.a')):
+            return os.path.normpath(directory)
+    sys.exit(f"gn-mxnet: libcudart_static.a not found in {candidates}; set CUDA_HOME")
 
 
 def cuda_archs(nvcc):
@@ -96,8 +116,8 @@ class BuildOperatorLibrary(build_ext):
                 jobs.append([nvcc, '-O3', '-std=c++17', '-Xcompiler', '-fPIC', *gencode,
                              f'-I{OPERATORS}', '-c', os.path.join(OPERATORS, source),
                              '-o', os.path.join(build_dir, source + '.o')])
-            cuda_lib = os.path.join(os.path.dirname(os.path.dirname(nvcc)), 'lib64')
-            link_extra = [f'-L{cuda_lib}', '-lcudart_static', '-lrt', '-ldl', '-lpthread']
+            link_extra = [f'-L{cuda_library_dir(nvcc)}', '-lcudart_static', '-lrt', '-ldl',
+                          '-lpthread']
         print(f"gn-mxnet: building {LIBRARY} ({'CPU + CUDA' if cuda else 'CPU only'})",
               flush=True)
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
