@@ -214,9 +214,10 @@ int forward_impl(const void* x_, const void* gamma_, const void* beta_, void* y_
 extern "C" size_t gn_cuda_forward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G,
                                                   int channels_last) {
   using namespace gn_cuda;
-  if (check_shape(N, C, S, G) != GN_STATUS_OK) return 0;
+  if (check_shape(N, C, S, G) != GN_STATUS_OK || N == 0) return 0;
   // Sized for the widest accumulation type (double) so one number serves every dtype.
-  return slice_bytes(forward_partial_count(N, C, S, G, channels_last), sizeof(Moments<double>)) +
+  return kSliceAlign +
+         slice_bytes(forward_partial_count(N, C, S, G, channels_last), sizeof(Moments<double>)) +
          2 * slice_bytes(N * C, sizeof(double));
 }
 

@@ -241,10 +241,11 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
 extern "C" size_t gn_cuda_backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G,
                                                    int channels_last) {
   using namespace gn_cuda;
-  if (check_shape(N, C, S, G) != GN_STATUS_OK) return 0;
+  if (check_shape(N, C, S, G) != GN_STATUS_OK || N == 0) return 0;
   const int64_t split = backward_split(N, C, S, G, channels_last);
   // Sized for the widest accumulation type (double) so one number serves every dtype.
-  return slice_bytes(N * split * C, sizeof(SumPair<double>)) + 5 * slice_bytes(N * C, sizeof(double));
+  return kSliceAlign + slice_bytes(N * split * C, sizeof(SumPair<double>)) +
+         5 * slice_bytes(N * C, sizeof(double));
 }
 
 extern "C" int gn_cuda_backward(int dtype, int param_dtype, const void* dy, const void* x,

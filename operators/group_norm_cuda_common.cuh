@@ -170,10 +170,14 @@ inline size_t slice_bytes(int64_t count, size_t elem) {
   return static_cast<size_t>(round_up(static_cast<int64_t>(count * elem), kSliceAlign));
 }
 
-// Hands out kSliceAlign-aligned slices of the caller's workspace in a fixed order.
+// Hands out kSliceAlign-aligned slices of the caller's workspace in a fixed order. The base is
+// rounded up first (the *_workspace_bytes entries include that slack), so packed loads of the
+// slices are legal whatever alignment the caller's allocator gives.
 class WorkspaceCarver {
  public:
-  explicit WorkspaceCarver(void* base) : next_(static_cast<char*>(base)) {}
+  explicit WorkspaceCarver(void* base)
+      : next_(reinterpret_cast<char*>(
+            (reinterpret_cast<uintptr_t>(base) + kSliceAlign - 1) & ~uintptr_t(kSliceAlign - 1))) {}
   template <typename U> U* take(int64_t count) {
     U* p = reinterpret_cast<U*>(next_);
     next_ += slice_bytes(count, sizeof(U));
@@ -258,12 +262,26 @@ __global__ void __launch_bounds__(kThreads) per_channel_affine_kernel(
           c = index32 ? static_cast<int64_t>(static_cast<uint32_t>(i) / static_cast<uint32_t>(S))
                       : i / S;
         }
+        // Channels-last packs span kVec channels: their coefficients are one aligned pack too
+        // (n*C + c is a multiple of kVec and the slices are kSliceAlign-aligned).
+        Pack<Acc, kVec> ca, cb, ck;
+        if (kChannelsLast) {
+          ca = load_pack<Acc, kVec>(a_n + c);
+          ck = load_pack<Acc, kVec>(k_n + c);
+          if (kTwoInputs) cb = load_pack<Acc, kVec>(b_n + c);
+        } else {
+#pragma unroll
+          for (int v = 0; v < kVec; ++v) {
+            ca.v[v] = a_n[c];
+            ck.v[v] = k_n[c];
+            if (kTwoInputs) cb.v[v] = b_n[c];
+          }
+        }
         Pack<T, kVec> o;
 #pragma unroll
         for (int v = 0; v < kVec; ++v) {
-          const int64_t cv = kChannelsLast ? c + v : c;
-          Acc r = a_n[cv] * to_acc(pa[u].v[v]) + k_n[cv];
-          if (kTwoInputs) r += b_n[cv] * to_acc(pb[u].v[v]);
+          Acc r = ca.v[v] * to_acc(pa[u].v[v]) + ck.v[v];
+          if (kTwoInputs) r += cb.v[v] * to_acc(pb[u].v[v]);
           o.v[v] = FromAcc<T>::cast(r);
         }
         store_pack<T, kVec>(out + sample + i, o);
