@@ -152,21 +152,34 @@ __global__ void __launch_bounds__(kThreads) grad_coefficients_kernel(
   }
 }
 
+// blockDim = (kParamColumns, kParamRows): a column of threads shares a channel and strides over
+// n, then adds its kParamRows partial sums in a fixed order, so large batches keep many loads
+// in flight and the result stays deterministic.
+constexpr int kParamColumns = 32;
+constexpr int kParamRows = kThreads / kParamColumns;
+
 template <typename Acc, typename PT>
 __global__ void __launch_bounds__(kThreads) param_grads_kernel(
     const Acc* __restrict__ ds_total, const Acc* __restrict__ db_total,
     const Acc* __restrict__ rstd, int64_t N, int64_t C, int64_t G, PT* __restrict__ dgamma,
     PT* __restrict__ dbeta) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  const int64_t g = c / (C / G);
-  Acc dg = 0, db = 0;
-  for (int64_t n = 0; n < N; ++n) {
-    dg += ds_total[n * C + c] * rstd[n * G + g];
-    db += db_total[n * C + c];
+  __shared__ SumPair<Acc> partial[kParamRows][kParamColumns];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kParamColumns + threadIdx.x;
+  SumPair<Acc> sums{};  // (dgamma, dbeta)
+  if (c < C) {
+    const int64_t g = c / (C / G);
+#pragma unroll 4
+    for (int64_t n = threadIdx.y; n < N; n += kParamRows) {
+      sums.first += ds_total[n * C + c] * rstd[n * G + g];
+      sums.second += db_total[n * C + c];
+    }
   }
-  if (dgamma) dgamma[c] = FromAcc<PT>::cast(dg);
-  if (dbeta) dbeta[c] = FromAcc<PT>::cast(db);
+  partial[threadIdx.y][threadIdx.x] = sums;
+  __syncthreads();
+  if (threadIdx.y != 0 || c >= C) return;
+  for (int r = 1; r < kParamRows; ++r) sums = combine(sums, partial[r][threadIdx.x]);
+  if (dgamma) dgamma[c] = FromAcc<PT>::cast(sums.first);
+  if (dbeta) dbeta[c] = FromAcc<PT>::cast(sums.second);
 }
 
 template <typename T, typename PT>
@@ -226,7 +239,8 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
   }
 
   if (dgamma_ || dbeta_) {
-    param_grads_kernel<Acc, PT><<<static_cast<unsigned>(ceil_div(C, kThreads)), kThreads, 0, stream>>>(
+    const dim3 block(kParamColumns, kParamRows);
+    param_grads_kernel<Acc, PT><<<static_cast<unsigned>(ceil_div(C, kParamColumns)), block, 0, stream>>>(
         ds_total, db_total, rstd, N, C, G, static_cast<PT*>(dgamma_), static_cast<PT*>(dbeta_));
     if ((status = launch_status()) != GN_STATUS_OK) return status;
   }

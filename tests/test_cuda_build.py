@@ -268,6 +268,7 @@ def _array(values, dtype, misaligned):
     (3, 16, 1, 4),     # 2-D (N, C)
     (2, 8, 1, 8),      # one element per group
     (1, 8, 5000, 2),   # few long groups: reductions split over many blocks
+    (19, 8, 3, 2),     # a batch that is not a multiple of the parameter-gradient rows
 ])
 def test_emulated_kernels_match_reference(emulated, N, C, S, G, cl, dtypes, misaligned):
     dtype, param_dtype = dtypes
