@@ -21,6 +21,7 @@ import ctypes
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,18 +42,8 @@ DEVICE = "cuda"  # a CPU dry run of the harness logic swaps this and the kernels
 
 def find_nvcc():
     for candidate in (os.environ.get("NVCC"), "nvcc", "/usr/local/cuda/bin/nvcc"):
-        if not candidate:
-            continue
-        path = candidate if os.path.isabs(candidate) else _which(candidate)
-        if path and os.access(path, os.X_OK):
-            return path
-    return None
-
-
-def _which(name):
-    for folder in os.environ.get("PATH", "").split(os.pathsep):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
+        path = shutil.which(candidate) if candidate else None
+        if path:
             return path
     return None
 
@@ -398,10 +389,17 @@ def main(argv=None):
     major, minor = torch.cuda.get_device_capability()
     lib_path = args.lib
     if lib_path is None:
+        nvcc = find_nvcc()
+        if nvcc is None:
+            raise SystemExit("gpu_check: nvcc not found (PATH, $NVCC, /usr/local/cuda/bin)")
         arch = args.arch or major * 10 + minor
+        ptx = None
+        if arch not in supported_archs(nvcc):  # a GPU newer than this nvcc: JIT from PTX
+            arch = max(a for a in supported_archs(nvcc) if a <= arch)
+            ptx = arch
         lib_path = os.path.join(tempfile.mkdtemp(prefix="gn_cuda_"), "libgn_cuda.so")
-        print("building %s for sm_%d ..." % (lib_path, arch), flush=True)
-        build_library(lib_path, [arch])
+        print("building %s: %s" % (lib_path, " ".join(gencode_flags([arch], ptx))), flush=True)
+        build_library(lib_path, [arch], ptx, nvcc=nvcc)
     kernels = Kernels(load_library(lib_path), torch)
     print("device: %s (sm_%d%d), torch %s" % (torch.cuda.get_device_name(), major, minor,
                                              torch.__version__))
