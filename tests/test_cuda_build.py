@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -204,9 +205,14 @@ def _host_source(text):
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
     gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not found")
+    if gxx is None or not sys.platform.startswith("linux"):
+        pytest.skip("the emulation needs g++ and glibc's ucontext")
     work = tmp_path_factory.mktemp("gn_cuda_emulated")
+    probe = work / "probe.cc"
+    probe.write_text("_Float16 h = 1; int main() { return static_cast<int>(h) - 1; }\n")
+    if subprocess.run([gxx, "-std=c++17", "-c", str(probe), "-o", str(work / "probe.o")],
+                      capture_output=True).returncode != 0:
+        pytest.skip("this g++ has no _Float16 (GCC >= 12 on x86-64 / aarch64 has it)")
     shim = work / "shim"
     shim.mkdir()
     for name in ("cuda_runtime.h", "cuda_fp16.h"):
