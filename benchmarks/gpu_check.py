@@ -14,6 +14,7 @@ Exits non-zero when any check fails.
 
     python benchmarks/gpu_check.py                 # full grid
     python benchmarks/gpu_check.py --quick --out results.csv
+    python benchmarks/gpu_check.py --graphs --out results_graphs.csv   # no launch overhead
 """
 import argparse
 import csv
@@ -318,7 +319,28 @@ def time_ms(torch, fn, repeats, warmup):
     return statistics.median(samples)
 
 
-def time_case(torch, kernels, shape, G, layout, dtype, repeats, warmup):
+def graphed(torch, fn):
+    """fn captured in a CUDA graph, so that timings leave out host launch overhead; None when
+    capture fails (then the caller times fn eagerly)."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        torch.cuda.synchronize()
+        return graph.replay
+    except Exception as exc:  # noqa: BLE001 - any capture problem means: time it eagerly
+        print("  (CUDA graph capture failed, timing eagerly: %s)" % exc, flush=True)
+        torch.cuda.synchronize()
+        return None
+
+
+def time_case(torch, kernels, shape, G, layout, dtype, repeats, warmup, graphs=False):
     F = torch.nn.functional
     x, dy, gamma, beta = make_inputs(torch, shape, layout, dtype, dtype)
     dims = dims_of(shape, layout, G)
@@ -350,9 +372,13 @@ def time_case(torch, kernels, shape, G, layout, dtype, repeats, warmup):
         out = F.group_norm(xt, G, gt, bt, EPS)
         torch.autograd.grad(out, (xt, gt, bt), dyt)
 
-    t = {name: time_ms(torch, fn, repeats, warmup) for name, fn in (
-        ("ours_fwd", ours_fwd), ("ours_fwd_bwd", ours_fwd_bwd), ("torch_fwd", torch_fwd),
-        ("torch_fwd_bwd", torch_fwd_bwd), ("copy", lambda: copy_dst.copy_(x)))}
+    t = {"graphs": graphs}
+    for name, fn in (("ours_fwd", ours_fwd), ("ours_fwd_bwd", ours_fwd_bwd),
+                     ("torch_fwd", torch_fwd), ("torch_fwd_bwd", torch_fwd_bwd),
+                     ("copy", lambda: copy_dst.copy_(x))):
+        replay = graphed(torch, fn) if graphs else None
+        t["graphs"] = t["graphs"] and replay is not None  # True only if every column was
+        t[name] = time_ms(torch, replay or fn, repeats, warmup)
     moved = 2 * x.numel() * x.element_size()  # forward reads x and writes y at least once
     t["fwd_vs_torch"] = t["ours_fwd"] / t["torch_fwd"]
     t["fwd_bwd_vs_torch"] = t["ours_fwd_bwd"] / t["torch_fwd_bwd"]
@@ -377,6 +403,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=25, help="timed samples (>= 20)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--graphs", action="store_true",
+                        help="time CUDA-graph replays (no host launch overhead) for every column")
     args = parser.parse_args(argv)
     if args.repeats < 20:
         parser.error("--repeats must be >= 20")
@@ -432,7 +460,8 @@ def main(argv=None):
                                      **{"err_" + k: v for k, v in errs.items()}))
 
     if not args.no_timing:
-        print("\nms = median of %d CUDA-event samples; ratios < 1 mean ours is faster" % args.repeats)
+        print("\nms = median of %d CUDA-event samples%s; ratios < 1 mean ours is faster" % (
+            args.repeats, " of CUDA-graph replays" if args.graphs else ""))
         print("%-18s %-5s %-8s %8s %8s %6s %8s %8s %6s %8s %6s %7s %6s" % (
             "shape", "lay", "dtype", "fwd", "torch", "ratio", "fwd+bwd", "torch", "ratio",
             "copy", "/copy", "GB/s", "%copy"))
@@ -440,7 +469,7 @@ def main(argv=None):
             for layout in ("nchw", "nhwc"):
                 for dtype in ("float32", "float16"):
                     t = time_case(torch, kernels, shape, G, layout, dtype, args.repeats,
-                                  args.warmup)
+                                  args.warmup, args.graphs)
                     print("%-18s %-5s %-8s %8.4f %8.4f %6.2f %8.4f %8.4f %6.2f %8.4f %6.2f %7.0f %6.1f" % (
                         fmt_shape(shape), layout, dtype, t["ours_fwd"], t["torch_fwd"],
                         t["fwd_vs_torch"], t["ours_fwd_bwd"], t["torch_fwd_bwd"],
