@@ -462,6 +462,8 @@ def main(argv=None):
     if not args.no_timing:
         print("\nms = median of %d CUDA-event samples%s; ratios < 1 mean ours is faster" % (
             args.repeats, " of CUDA-graph replays" if args.graphs else ""))
+        print("GB/s and %copy count the least traffic a forward needs (read x, write y once) and"
+              " compare it with the copy's")
         print("%-18s %-5s %-8s %8s %8s %6s %8s %8s %6s %8s %6s %7s %6s" % (
             "shape", "lay", "dtype", "fwd", "torch", "ratio", "fwd+bwd", "torch", "ratio",
             "copy", "/copy", "GB/s", "%copy"))
