@@ -160,6 +160,9 @@ def _gn50():
 
 
 def _snapshot(net):
+    # MKLDNN reorders conv weights asynchronously after a forward pass; reading one before that
+    # finishes can return a half-reordered array, so wait first.
+    mx.nd.waitall()
     return {k: p.data().asnumpy().copy() for k, p in net._collect_params_with_prefix().items()}
 
 
