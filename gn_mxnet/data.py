@@ -214,9 +214,9 @@ class RecordSource(DataSource):
         colour = self.data_shape[0] == 3
         it = mx.io.ImageRecordIter(
             path_imgrec=self.train_rec, data_shape=self.data_shape, batch_size=self.batch_size,
-            label_width=1, shuffle=True, seed=self.seed + epoch, round_batch=False,
+            label_width=1, shuffle=True, seed=self.seed + epoch, round_batch=True,
             num_parts=self.num_parts, part_index=self.part_index,
-            preprocess_threads=self.threads, rand_crop=True, random_resized_crop=True,
+            preprocess_threads=self.threads, random_resized_crop=True,
             min_random_area=0.08, max_aspect_ratio=4.0 / 3.0, min_aspect_ratio=3.0 / 4.0,
             rand_mirror=True, brightness=0.4 if colour else 0, contrast=0.4 if colour else 0,
             saturation=0.4 if colour else 0, pca_noise=0.1 if colour else 0,
@@ -232,10 +232,11 @@ class RecordSource(DataSource):
             yield batch.data[0], batch.label[0]
 
     def val_batches(self):
+        # round_batch=True: ImageRecordIter reports `pad` only then (1.9 sets pad=0 otherwise).
         short_side = int(round(self.data_shape[1] / 0.875))
         it = mx.io.ImageRecordIter(
             path_imgrec=self.val_rec, data_shape=self.data_shape, batch_size=self.batch_size,
-            label_width=1, shuffle=False, round_batch=False, resize=short_side,
+            label_width=1, shuffle=False, round_batch=True, resize=short_side,
             preprocess_threads=self.threads, **self._normalization())
         for batch in it:
             real = self.batch_size - batch.pad

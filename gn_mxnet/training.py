@@ -23,6 +23,10 @@ from .train_config import TrainConfig, decay_epochs, parse_gpus
 
 BEST_PARAMS, LAST_PARAMS = 'best.params', 'last.params'
 NO_WD_SUFFIXES = ('gamma', 'beta', 'bias')
+# What Gluon's own layers initialise these to (Module-style names of Symbol variables).
+SYMBOL_PARAM_INITS = (('gamma', 'ones'), ('beta', 'zeros'), ('bias', 'zeros'),
+                      ('moving_mean', 'zeros'), ('moving_var', 'ones'),
+                      ('running_mean', 'zeros'), ('running_var', 'ones'))
 
 
 def learning_rate(iteration, iters_per_epoch, cfg, total_lr):
@@ -91,6 +95,11 @@ def symbol_to_block(symbol):
         init = attrs.get(name, {}).get('__init__')
         if init:
             param.init = mx.init.create(init)
+        else:  # Gluon applies the global initializer to every parameter without an init
+            for suffix, value in SYMBOL_PARAM_INITS:
+                if name.endswith(suffix):
+                    param.init = value
+                    break
     return block
 
 

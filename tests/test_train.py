@@ -1,0 +1,248 @@
+"""The training job: schedule, validation, outputs, resume after a stop or a SIGKILL, the .rec,
+image-folder and Symbol paths, and (slow) the default run's accuracy and time budget."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from gn_mxnet import checkpoint as ckpt
+from gn_mxnet.train_config import TrainConfig
+from gn_mxnet.training import learning_rate, train
+from test_data import digit_subset, write_digit_folder, write_digit_rec
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, 'train', 'train_imagenet.py')
+# Small and quick: 512 training digits, 3 epochs of 16 steps.
+QUICK = dict(train_subset=512, val_subset=200, epochs=3, progress=False)
+
+
+def load_params(path):
+    return {k: v.asnumpy() for k, v in mx.nd.load(path).items()}
+
+
+def assert_same_params(path_a, path_b):
+    a, b = load_params(path_a), load_params(path_b)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('uninterrupted'))
+    return train(TrainConfig(out_dir=out, **QUICK)), out
+
+
+def test_schedule_warmup_step_and_cosine():
+    cfg = TrainConfig(epochs=100, warmup_epochs=5, lr_mode='step', lr_decay_epochs='30,60,90')
+    assert learning_rate(0, 100, cfg, 0.4) == 0.0
+    assert learning_rate(250, 100, cfg, 0.4) == pytest.approx(0.2)      # half-way warm-up
+    assert learning_rate(500, 100, cfg, 0.4) == pytest.approx(0.4)
+    assert learning_rate(2999, 100, cfg, 0.4) == pytest.approx(0.4)
+    assert learning_rate(3000, 100, cfg, 0.4) == pytest.approx(0.04)
+    assert learning_rate(6000, 100, cfg, 0.4) == pytest.approx(0.004)
+    assert learning_rate(9500, 100, cfg, 0.4) == pytest.approx(0.0004)
+    cos = TrainConfig(epochs=10, warmup_epochs=2, lr_mode='cosine')
+    assert learning_rate(200, 100, cos, 1.0) == pytest.approx(1.0)
+    assert learning_rate(600, 100, cos, 1.0) == pytest.approx(0.5)        # middle of cosine
+    assert learning_rate(999, 100, cos, 1.0) < 1e-4
+
+
+@pytest.mark.parametrize('change, error, words', [
+    (dict(norm='group'), ValueError, 'unknown norm'),
+    (dict(kv_store='nccl'), ValueError, 'unknown kv-store'),
+    (dict(gn_backend='cuda'), ValueError, 'unknown gn-backend'),
+    (dict(lr_mode='step', lr_decay_epochs='60,30'), ValueError, 'lr-decay-epochs'),
+    (dict(batch_size=0), ValueError, 'batch-size'),
+    (dict(rec_train='a.rec'), ValueError, 'rec-val'),
+    (dict(warmup_epochs=99), ValueError, 'warmup-epochs'),
+    (dict(data_shape='3,224'), ValueError, 'data-shape'),
+])
+def test_bad_config_is_named(change, error, words):
+    with pytest.raises(error, match=words):
+        TrainConfig(**change).resolved()
+
+
+def test_bad_input_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match='num_groups=5 does not divide'):
+        train(TrainConfig(num_groups=5, out_dir=str(tmp_path), **QUICK))
+    with pytest.raises(FileNotFoundError, match='training .rec file not found'):
+        train(TrainConfig(rec_train=str(tmp_path / 'no.rec'), rec_val=str(tmp_path / 'no.rec'),
+                          out_dir=str(tmp_path), progress=False))
+    with pytest.raises(FileNotFoundError, match='train/<class>'):
+        train(TrainConfig(data_dir=str(tmp_path / 'missing'), out_dir=str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match='no checkpoint'):
+        train(TrainConfig(resume=True, out_dir=str(tmp_path / 'fresh'), **QUICK))
+    with pytest.raises(ValueError, match='unknown model'):
+        train(TrainConfig(network='resnet7_tiny', out_dir=str(tmp_path), **QUICK))
+
+
+def test_outputs_written_and_consistent(uninterrupted):
+    summary, out = uninterrupted
+    for name in ('log.csv', 'summary.json', 'curves.png', 'best.params', 'last.params',
+                 'checkpoint.pkl'):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    with open(os.path.join(out, 'log.csv')) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r['epoch']) for r in rows] == [1, 2, 3]
+    for key in ('train_loss', 'train_top1', 'train_top5', 'val_top1', 'val_top5', 'lr',
+                'img_per_sec'):
+        assert all(np.isfinite(float(r[key])) for r in rows), key
+    assert float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])
+    assert all(float(r['val_top5']) >= float(r['val_top1']) for r in rows)
+    with open(os.path.join(out, 'summary.json')) as f:
+        saved = json.load(f)
+    assert saved['finished'] and saved['epochs_done'] == 3
+    assert saved['final']['val_top1'] == pytest.approx(float(rows[-1]['val_top1']))
+    assert saved['best_val_top1'] == pytest.approx(max(float(r['val_top1']) for r in rows))
+    with open(os.path.join(out, 'curves.png'), 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    assert not [n for n in os.listdir(out) if n.endswith('.tmp')]
+
+
+def test_resume_after_stop_equals_uninterrupted(uninterrupted, tmp_path):
+    summary, out = uninterrupted
+    stopped = train(TrainConfig(out_dir=str(tmp_path), stop_after_epochs=1, **QUICK))
+    assert not stopped['finished'] and stopped['epochs_done'] == 1
+    resumed = train(TrainConfig(out_dir=str(tmp_path), resume=True, **QUICK))
+    assert resumed['finished'] and resumed['epochs_done'] == 3
+    assert_same_params(os.path.join(out, 'last.params'), str(tmp_path / 'last.params'))
+    assert resumed['final']['val_loss'] == summary['final']['val_loss']
+    with pytest.raises(ValueError, match='different configuration'):
+        train(TrainConfig(out_dir=str(tmp_path), resume=True, **{**QUICK, 'seed': 5}))
+
+
+def test_resume_after_sigkill_equals_uninterrupted(uninterrupted, tmp_path):
+    _, out = uninterrupted
+    killed = str(tmp_path / 'killed')
+    args = [sys.executable, SCRIPT, '--out-dir', killed, '--epochs', '3', '--train-subset',
+            '512', '--val-subset', '200', '--no-progress']
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:  # kill it as soon as the first epoch's checkpoint exists, i.e. during epoch 2
+        deadline = time.time() + 120
+        while not os.path.exists(os.path.join(killed, 'checkpoint.pkl')):
+            assert process.poll() is None, 'training ended before it could be killed'
+            assert time.time() < deadline, 'no checkpoint after 120 s'
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    state = ckpt.load_checkpoint(killed)
+    assert 1 <= state['epoch'] < 3
+    subprocess.run(args + ['--resume'], cwd=REPO, check=True, timeout=300,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert_same_params(os.path.join(out, 'last.params'), os.path.join(killed, 'last.params'))
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    path = str(tmp_path / 'file.txt')
+    ckpt.atomic_write_text(path, 'old')
+    with pytest.raises(RuntimeError):
+        with ckpt.atomic_path(path) as tmp:
+            with open(tmp, 'w') as f:
+                f.write('half')
+            raise RuntimeError('killed mid-write')
+    with open(path) as f:
+        assert f.read() == 'old'
+    assert os.listdir(tmp_path) == ['file.txt']
+
+
+def test_recipe_options_run(tmp_path):
+    """NAG, step schedule, label smoothing, mixup, no-wd, last-gamma and the ops backend."""
+    cfg = TrainConfig(out_dir=str(tmp_path), optimizer='nag', lr_mode='step',
+                      lr_decay_epochs='1', warmup_epochs=0.5, label_smoothing=0.1, mixup=True,
+                      mixup_off_epoch=1, no_wd=True, last_gamma=True, gn_backend='ops',
+                      **{**QUICK, 'epochs': 2, 'train_subset': 256})
+    summary = train(cfg)
+    assert summary['finished']
+    assert all(np.isfinite(summary['final'][k]) for k in ('train_loss', 'val_loss'))
+
+
+def test_no_wd_zeroes_weight_decay_of_norm_and_bias():
+    from gn_mxnet import models
+    from gn_mxnet.training import prepare_network
+    net = models.get_model('resnet8_small', num_classes=10, num_groups=8)
+    cfg = TrainConfig(no_wd=True, hybridize=False).resolved()
+    prepare_network(cfg, net, (1, 28, 28), [mx.cpu()])
+    mults = {name: p.wd_mult for name, p in net.collect_params().items()}
+    assert all(m == 0.0 for n, m in mults.items() if n.endswith(('gamma', 'beta', 'bias')))
+    assert all(m == 1.0 for n, m in mults.items() if n.endswith('weight'))
+
+
+def test_rec_path_trains(tmp_path):
+    (x_train, y_train), (x_val, y_val) = digit_subset(128, 60)
+    train_rec = write_digit_rec(str(tmp_path), 'train', x_train, y_train)
+    val_rec = write_digit_rec(str(tmp_path), 'val', x_val, y_val)
+    summary = train(TrainConfig(rec_train=train_rec, rec_val=val_rec, num_classes=10,
+                                data_shape=(1, 28, 28), network='resnet8_small', num_groups=8,
+                                epochs=1, batch_size=32, warmup_epochs=0, data_threads=1,
+                                out_dir=str(tmp_path / 'out'), progress=False))
+    assert summary['finished'] and 'RecordIO' in summary['data']
+    assert 0.0 <= summary['final']['val_top1'] <= 1.0
+
+
+def test_image_folder_path_trains(tmp_path):
+    (x_train, y_train), (x_val, y_val) = digit_subset(64, 30)
+    write_digit_folder(str(tmp_path / 'digits'), 'train', x_train, y_train)
+    write_digit_folder(str(tmp_path / 'digits'), 'val', x_val, y_val)
+    summary = train(TrainConfig(data_dir=str(tmp_path / 'digits'), data_shape=(1, 28, 28),
+                                network='resnet8_small', num_groups=8, epochs=1, batch_size=16,
+                                warmup_epochs=0, out_dir=str(tmp_path / 'out'),
+                                progress=False))
+    assert summary['finished'] and 'image folder' in summary['data']
+
+
+def test_symbolic_network_trains_from_the_script(tmp_path):
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    try:
+        import train_imagenet
+    finally:
+        sys.path.remove(os.path.dirname(SCRIPT))
+    summary = train_imagenet.main(['--symbolic', '--network', 'resnet8_small', '--epochs', '1',
+                                   '--train-subset', '256', '--val-subset', '100',
+                                   '--no-progress', '--last-gamma',
+                                   '--out-dir', str(tmp_path)])
+    assert summary['finished']
+    params = load_params(str(tmp_path / 'last.params'))
+    assert any(name.endswith('_gamma') for name in params)   # Symbol variable names
+
+
+@pytest.mark.slow
+def test_default_run_reaches_97_percent_within_5_minutes(tmp_path):
+    start = time.time()
+    subprocess.run([sys.executable, SCRIPT, '--out-dir', str(tmp_path), '--no-progress'],
+                   cwd=REPO, check=True, timeout=900)
+    seconds = time.time() - start
+    with open(tmp_path / 'summary.json') as f:
+        summary = json.load(f)
+    print(f"default run: {seconds:.0f} s, val top-1 {summary['final']['val_top1']:.4f}")
+    assert summary['final']['val_top1'] >= 0.97
+    assert seconds <= 300
+
+
+def test_symbol_block_keeps_gluon_initialisation_and_zero_last_gamma():
+    from symbols import resnet as symbol_resnet
+    from gn_mxnet.training import symbol_to_block
+    symbol = symbol_resnet.get_symbol(10, 8, '1,28,28', norm='gn', num_groups=8,
+                                      last_gamma=True, backend='ops')
+    block = symbol_to_block(symbol)
+    block.initialize(mx.init.Xavier(rnd_type='gaussian', factor_type='in', magnitude=2))
+    assert block(mx.nd.ones((2, 1, 28, 28))).shape == (2, 10)   # logits, not softmax
+    gammas = {n: p.data().asnumpy() for n, p in block.collect_params().items()
+              if n.endswith('_gamma')}
+    zero = [n for n, g in gammas.items() if not g.any()]
+    assert zero and len(zero) < len(gammas)
+    assert all((g == 1).all() for n, g in gammas.items() if n not in zero)
+    assert all(not p.data().asnumpy().any() for n, p in block.collect_params().items()
+               if n.endswith(('_beta', '_bias')))
