@@ -246,3 +246,10 @@ def test_symbol_block_keeps_gluon_initialisation_and_zero_last_gamma():
     assert all((g == 1).all() for n, g in gammas.items() if n not in zero)
     assert all(not p.data().asnumpy().any() for n, p in block.collect_params().items()
                if n.endswith(('_beta', '_bias')))
+
+
+def test_throughput_comparison_measures_both_norms():
+    from gn_mxnet.throughput import compare_norms
+    rates = compare_norms('resnet8_small', ('bn', 'gn'), batch_size=8, steps=2, warmup=1,
+                          rounds=1)
+    assert set(rates) == {'bn', 'gn'} and all(r > 0 for r in rates.values())

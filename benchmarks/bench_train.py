@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Training img/s of one network with BatchNorm vs GroupNorm, measured in one run.
+
+  python benchmarks/bench_train.py                                   # the default MNIST net
+  python benchmarks/bench_train.py --network resnet50_v1b --data-shape 3,224,224 \
+      --num-classes 1000 --num-groups 32 --gpus 0 --batch-size 32
+"""
+import argparse
+import os
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.append(REPO_ROOT)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--network', default='resnet8_small')
+    p.add_argument('--batch-size', type=int, default=32, help='per device')
+    p.add_argument('--data-shape', default='1,28,28')
+    p.add_argument('--num-classes', type=int, default=10)
+    p.add_argument('--num-groups', type=int, default=8)
+    p.add_argument('--gn-backend', default='native')
+    p.add_argument('--gpus', default='')
+    p.add_argument('--steps', type=int, default=20, help='steps per timed round')
+    p.add_argument('--rounds', type=int, default=5, help='timed rounds per norm (median)')
+    p.add_argument('--warmup', type=int, default=5)
+    args = p.parse_args(argv)
+    from gn_mxnet.throughput import compare_norms
+    from gn_mxnet.train_config import parse_shape
+    rates = compare_norms(args.network, ('bn', 'gn'), args.batch_size,
+                          parse_shape(args.data_shape), args.num_classes, args.num_groups,
+                          args.gn_backend, args.gpus, args.steps, args.warmup, args.rounds)
+    where = f"GPU {args.gpus}" if args.gpus else 'CPU'
+    print(f"{args.network}, batch {args.batch_size}/device, input {args.data_shape}, {where}, "
+          f"GN backend {args.gn_backend}, G={args.num_groups}")
+    print(f"{'norm':<6}{'img/s':>10}")
+    for norm, rate in rates.items():
+        print(f"{norm:<6}{rate:>10.1f}")
+    ratio = rates['gn'] / rates['bn']
+    print(f"GN / BN img/s ratio: {ratio:.3f}")
+    return rates
+
+
+if __name__ == '__main__':
+    main()

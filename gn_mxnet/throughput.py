@@ -1,0 +1,63 @@
+"""Training throughput (img/s) of one network under different norms, measured side by side.
+
+Rounds alternate between the norms so that load from other processes on a shared machine hits
+all of them alike; each norm's figure is the median over its rounds.
+"""
+import time
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from .train_config import TrainConfig
+from .training import make_contexts, prepare_network
+
+
+def build_step(network, norm, batch_size, data_shape, num_classes, num_groups, backend,
+               contexts, seed=0):
+    """A function running one SGD step of `network` with `norm` on a fixed synthetic batch."""
+    from . import models
+    mx.random.seed(seed)
+    cfg = TrainConfig(norm=norm, num_groups=num_groups, gn_backend=backend).resolved()
+    net = models.get_model(network, num_classes=num_classes, norm=norm, num_groups=num_groups,
+                           backend=backend, last_gamma=False)
+    prepare_network(cfg, net, data_shape, contexts)
+    trainer = gluon.Trainer(net.collect_params(), 'sgd',
+                            {'learning_rate': 0.01, 'momentum': 0.9, 'wd': 1e-4},
+                            update_on_kvstore=False)
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    rng = np.random.RandomState(seed)
+    total = batch_size * len(contexts)
+    xs = gluon.utils.split_and_load(
+        mx.nd.array(rng.standard_normal((total,) + tuple(data_shape))), contexts)
+    ys = gluon.utils.split_and_load(
+        mx.nd.array(rng.randint(0, num_classes, total)), contexts)
+
+    def step():
+        with autograd.record():
+            losses = [loss_fn(net(x), y) for x, y in zip(xs, ys)]
+        autograd.backward(losses)
+        trainer.step(total)
+    return step, total
+
+
+def compare_norms(network='resnet8_small', norms=('bn', 'gn'), batch_size=32,
+                  data_shape=(1, 28, 28), num_classes=10, num_groups=8, backend='native',
+                  gpus='', steps=20, warmup=5, rounds=5):
+    """{norm: median img/s over `rounds` timed blocks of `steps` steps each}."""
+    contexts = make_contexts(gpus)
+    runners = {norm: build_step(network, norm, batch_size, data_shape, num_classes,
+                                num_groups, backend, contexts) for norm in norms}
+    for step, _ in runners.values():
+        for _ in range(warmup):
+            step()
+        mx.nd.waitall()
+    rates = {norm: [] for norm in norms}
+    for _ in range(rounds):
+        for norm, (step, images) in runners.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            mx.nd.waitall()
+            rates[norm].append(images * steps / (time.perf_counter() - start))
+    return {norm: float(np.median(values)) for norm, values in rates.items()}
