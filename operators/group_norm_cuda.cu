@@ -1,5 +1,5 @@
 // GroupNorm forward on CUDA (DESIGN §2): per-(n, g) mean and rstd from Welford moments merged
-// with Chan's rule, then y = a[n,c]*x + k[n,c] with a = gamma*rstd, k = beta - mean*a.
+// with Chan's rule, then y = a[n,c]*(x - mean) + beta[c] with a = gamma*rstd.
 //
 // Kernels, in launch order on the caller's stream:
 //  1. partial moments: many blocks per group when groups are few and large (batch 2, or a
@@ -8,7 +8,7 @@
 //     - channels-last: blocks walk rows of (s, c) tiles coalesced along C and keep per-channel
 //       moments of `split` row-chunks; the group merge happens in step 2.
 //  2. finalize: one block per (n, g) merges its partials in a fixed order (deterministic,
-//     no atomics), writes mean/rstd and the per-(n, c) coefficients a, k.
+//     no atomics), writes mean/rstd and the per-(n, c) coefficients (a, mean, beta).
 //  3. the elementwise pass (group_norm_cuda_common.cuh).
 #include "group_norm_cuda_common.cuh"
 
@@ -113,7 +113,8 @@ __global__ void __launch_bounds__(kThreads) finalize_moments_kernel(
     const Moments<Acc>* __restrict__ partial, int64_t stride_n, int64_t stride_g,
     int64_t count_i, int64_t stride_i, int64_t count_j, const PT* __restrict__ gamma,
     const PT* __restrict__ beta, int64_t C, int64_t G, Acc eps, Acc* __restrict__ mean_out,
-    Acc* __restrict__ rstd_out, Acc* __restrict__ scale, Acc* __restrict__ shift) {
+    Acc* __restrict__ rstd_out, Acc* __restrict__ scale, Acc* __restrict__ centre,
+    Acc* __restrict__ shift) {
   __shared__ Moments<Acc> scratch[32];
   __shared__ Acc stats[2];
   const int64_t ng = blockIdx.x;
@@ -140,9 +141,9 @@ __global__ void __launch_bounds__(kThreads) finalize_moments_kernel(
   const Acc mean = stats[0], rstd = stats[1];
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     const int64_t c = g * D + d;
-    const Acc a = to_acc(gamma[c]) * rstd;
-    scale[n * C + c] = a;
-    shift[n * C + c] = to_acc(beta[c]) - mean * a;
+    scale[n * C + c] = to_acc(gamma[c]) * rstd;
+    centre[n * C + c] = mean;
+    shift[n * C + c] = to_acc(beta[c]);
   }
 }
 
@@ -164,6 +165,7 @@ int forward_impl(const void* x_, const void* gamma_, const void* beta_, void* y_
   WorkspaceCarver carve(workspace);
   Moments<Acc>* partial = carve.take<Moments<Acc>>(forward_partial_count(N, C, S, G, channels_last));
   Acc* scale = carve.take<Acc>(N * C);
+  Acc* centre = carve.take<Acc>(N * C);
   Acc* shift = carve.take<Acc>(N * C);
 
   int64_t stride_n, stride_g, count_i, stride_i, count_j;
@@ -200,12 +202,12 @@ int forward_impl(const void* x_, const void* gamma_, const void* beta_, void* y_
   finalize_moments_kernel<Acc, PT><<<static_cast<unsigned>(N * G), threads, 0, stream>>>(
       partial, stride_n, stride_g, count_i, stride_i, count_j, static_cast<const PT*>(gamma_),
       static_cast<const PT*>(beta_), C, G, static_cast<Acc>(eps), static_cast<Acc*>(mean_),
-      static_cast<Acc*>(rstd_), scale, shift);
+      static_cast<Acc*>(rstd_), scale, centre, shift);
   status = launch_status();
   if (status != GN_STATUS_OK) return status;
 
-  return launch_per_channel_affine<T>(x, nullptr, scale, nullptr, shift, y, N, C, S,
-                                      channels_last, stream);
+  const ChannelCoefficients<Acc> coef{scale, nullptr, centre, shift};
+  return launch_per_channel_affine<T>(x, nullptr, coef, y, N, C, S, channels_last, stream);
 }
 
 }  // namespace
@@ -218,7 +220,7 @@ extern "C" size_t gn_cuda_forward_workspace_bytes(int64_t N, int64_t C, int64_t 
   // Sized for the widest accumulation type (double) so one number serves every dtype.
   return kSliceAlign +
          slice_bytes(forward_partial_count(N, C, S, G, channels_last), sizeof(Moments<double>)) +
-         2 * slice_bytes(N * C, sizeof(double));
+         3 * slice_bytes(N * C, sizeof(double));
 }
 
 extern "C" int gn_cuda_forward(int dtype, int param_dtype, const void* x, const void* gamma,

@@ -9,7 +9,7 @@
 //  1. partial (ds, db) per (n, chunk, c): a warp per row chunk when channels-first, coalesced
 //     column tiles when channels-last; long rows are cut into `split` chunks.
 //  2. coefficients: a block per (n, g) sums the chunks in a fixed order, keeps (ds, db) per
-//     (n, c) and folds everything into dx = a*dy + b*x + k with per-(n, c) a, b, k.
+//     (n, c) and writes per-(n, c) coefficients of dx = a*dy + B*(x - mean) + K.
 //  3. dgamma/dbeta: per channel, 8 threads stride over n and merge in a fixed order (no atomics).
 //  4. the elementwise pass (group_norm_cuda_common.cuh).
 #include "group_norm_cuda_common.cuh"
@@ -117,9 +117,9 @@ __global__ void __launch_bounds__(kThreads) grad_coefficients_kernel(
     const SumPair<Acc>* __restrict__ partial, int64_t split, const PT* __restrict__ gamma,
     const Acc* __restrict__ mean, const Acc* __restrict__ rstd, int64_t C, int64_t G, int64_t S,
     Acc* __restrict__ ds_total, Acc* __restrict__ db_total, Acc* __restrict__ coef_dy,
-    Acc* __restrict__ coef_x, Acc* __restrict__ coef_k) {
+    Acc* __restrict__ coef_x, Acc* __restrict__ centre, Acc* __restrict__ coef_k) {
   __shared__ SumPair<Acc> scratch[32];
-  __shared__ Acc folded[2];
+  __shared__ Acc group_coefs[2];  // B and K of this (n, g)
   const int64_t ng = blockIdx.x;
   const int64_t n = ng / G;
   const int64_t g = ng - n * G;
@@ -142,13 +142,15 @@ __global__ void __launch_bounds__(kThreads) grad_coefficients_kernel(
     const Acc M = Acc(D) * Acc(S);
     const Acc b = M > Acc(0) ? -r * r * r * group_sums.first / M : Acc(0);
     const Acc k = M > Acc(0) ? -r * group_sums.second / M : Acc(0);
-    folded[0] = b;
-    folded[1] = k - b * mean[ng];  // moves B*(x - mean) onto x alone
+    group_coefs[0] = b;
+    group_coefs[1] = k;
   }
   __syncthreads();
+  const Acc mu = mean[ng];
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    coef_x[n * C + g * D + d] = folded[0];
-    coef_k[n * C + g * D + d] = folded[1];
+    coef_x[n * C + g * D + d] = group_coefs[0];
+    centre[n * C + g * D + d] = mu;
+    coef_k[n * C + g * D + d] = group_coefs[1];
   }
 }
 
@@ -201,6 +203,7 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
   Acc* db_total = carve.take<Acc>(N * C);
   Acc* coef_dy = carve.take<Acc>(N * C);
   Acc* coef_x = carve.take<Acc>(N * C);
+  Acc* centre = carve.take<Acc>(N * C);
   Acc* coef_k = carve.take<Acc>(N * C);
 
   int status;
@@ -234,7 +237,7 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
     const int threads = static_cast<int>(clamp64(round_up(C / G, 32), 32, kThreads));
     grad_coefficients_kernel<Acc, PT><<<static_cast<unsigned>(N * G), threads, 0, stream>>>(
         partial, split, static_cast<const PT*>(gamma_), mean, rstd, C, G, S, ds_total, db_total,
-        coef_dy, coef_x, coef_k);
+        coef_dy, coef_x, centre, coef_k);
     if ((status = launch_status()) != GN_STATUS_OK) return status;
   }
 
@@ -245,8 +248,9 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
     if ((status = launch_status()) != GN_STATUS_OK) return status;
   }
   if (dx_ == nullptr) return GN_STATUS_OK;
-  return launch_per_channel_affine<T>(dy, x, coef_dy, coef_x, coef_k, static_cast<T*>(dx_), N,
-                                      C, S, channels_last, stream);
+  const ChannelCoefficients<Acc> coef{coef_dy, coef_x, centre, coef_k};
+  return launch_per_channel_affine<T>(dy, x, coef, static_cast<T*>(dx_), N, C, S, channels_last,
+                                      stream);
 }
 
 }  // namespace
@@ -259,7 +263,7 @@ extern "C" size_t gn_cuda_backward_workspace_bytes(int64_t N, int64_t C, int64_t
   const int64_t split = backward_split(N, C, S, G, channels_last);
   // Sized for the widest accumulation type (double) so one number serves every dtype.
   return kSliceAlign + slice_bytes(N * split * C, sizeof(SumPair<double>)) +
-         5 * slice_bytes(N * C, sizeof(double));
+         6 * slice_bytes(N * C, sizeof(double));
 }
 
 extern "C" int gn_cuda_backward(int dtype, int param_dtype, const void* dy, const void* x,

@@ -216,28 +216,48 @@ inline unsigned grid_yz(int64_t n) { return static_cast<unsigned>(clamp64(n, 1, 
 
 
 // ---- the one elementwise pass shared by forward and backward ---------------------------
-// Forward:  y  = a[n,c]*x + k[n,c]              (in_a = x, in_b = null)
-// Backward: dx = a[n,c]*dy + b[n,c]*x + k[n,c]  (in_a = dy, in_b = x)
+// Per-(n, c) coefficients; centring on the mean before scaling keeps the result accurate when
+// |mean| >> std (a*x + (beta - mean*a) would cancel two large terms).
+//   forward:  y  = scale*(x - centre) + shift              scale = gamma*rstd, shift = beta
+//   backward: dx = scale*dy + x_scale*(x - centre) + shift  scale = rstd*gamma, x_scale = B, shift = K
+template <typename Acc> struct ChannelCoefficients {
+  const Acc* scale;
+  const Acc* x_scale;  // backward only
+  const Acc* centre;
+  const Acc* shift;
+};
+
 // With kVec > 1 the contiguous extent (S, or C when channels-last) is a multiple of kVec, so a
 // pack never straddles two channels (channels-first) or two samples (channels-last).
 constexpr int kApplyUnroll = 4;
 
-template <typename T, int kVec, bool kChannelsLast, bool kTwoInputs>
+template <typename Acc, int kVec, bool kChannelsLast>
+__device__ __forceinline__ Pack<Acc, kVec> channel_pack(const Acc* __restrict__ coef, int64_t c) {
+  Pack<Acc, kVec> p;
+  if (kChannelsLast) {
+    // kVec channels: one aligned pack (n*C + c is a multiple of kVec, slices are 256-aligned).
+    p = load_pack<Acc, kVec>(coef + c);
+  } else {
+    const Acc v = coef[c];
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) p.v[i] = v;
+  }
+  return p;
+}
+
+// in_a = x (forward) or dy (backward); in_b = x in backward, null in forward.
+template <typename T, int kVec, bool kChannelsLast, bool kBackward>
 __global__ void __launch_bounds__(kThreads) per_channel_affine_kernel(
     const T* __restrict__ in_a, const T* __restrict__ in_b,
-    const typename AccOf<T>::type* __restrict__ coef_a,
-    const typename AccOf<T>::type* __restrict__ coef_b,
-    const typename AccOf<T>::type* __restrict__ coef_k, T* __restrict__ out, int64_t N,
-    int64_t C, int64_t S) {
+    ChannelCoefficients<typename AccOf<T>::type> coef, T* __restrict__ out, int64_t N, int64_t C,
+    int64_t S) {
   using Acc = typename AccOf<T>::type;
   const int64_t per_sample = C * S;
   const int64_t packs = per_sample / kVec;
   const bool index32 = per_sample <= INT32_MAX;  // 32-bit division is much cheaper
   for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
     const int64_t sample = n * per_sample;
-    const Acc* a_n = coef_a + n * C;
-    const Acc* b_n = kTwoInputs ? coef_b + n * C : nullptr;
-    const Acc* k_n = coef_k + n * C;
+    const int64_t row = n * C;
     for (int64_t tile = blockIdx.x; tile * kThreads * kApplyUnroll < packs; tile += gridDim.x) {
       Pack<T, kVec> pa[kApplyUnroll];
       Pack<T, kVec> pb[kApplyUnroll];
@@ -246,7 +266,7 @@ __global__ void __launch_bounds__(kThreads) per_channel_affine_kernel(
         const int64_t pk = (tile * kApplyUnroll + u) * kThreads + threadIdx.x;
         if (pk < packs) {
           pa[u] = load_pack<T, kVec>(in_a + sample + pk * kVec);
-          if (kTwoInputs) pb[u] = load_pack<T, kVec>(in_b + sample + pk * kVec);
+          if (kBackward) pb[u] = load_pack<T, kVec>(in_b + sample + pk * kVec);
         }
       }
 #pragma unroll
@@ -262,26 +282,21 @@ __global__ void __launch_bounds__(kThreads) per_channel_affine_kernel(
           c = index32 ? static_cast<int64_t>(static_cast<uint32_t>(i) / static_cast<uint32_t>(S))
                       : i / S;
         }
-        // Channels-last packs span kVec channels: their coefficients are one aligned pack too
-        // (n*C + c is a multiple of kVec and the slices are kSliceAlign-aligned).
-        Pack<Acc, kVec> ca, cb, ck;
-        if (kChannelsLast) {
-          ca = load_pack<Acc, kVec>(a_n + c);
-          ck = load_pack<Acc, kVec>(k_n + c);
-          if (kTwoInputs) cb = load_pack<Acc, kVec>(b_n + c);
-        } else {
-#pragma unroll
-          for (int v = 0; v < kVec; ++v) {
-            ca.v[v] = a_n[c];
-            ck.v[v] = k_n[c];
-            if (kTwoInputs) cb.v[v] = b_n[c];
-          }
-        }
+        const Pack<Acc, kVec> scale = channel_pack<Acc, kVec, kChannelsLast>(coef.scale, row + c);
+        const Pack<Acc, kVec> centre = channel_pack<Acc, kVec, kChannelsLast>(coef.centre, row + c);
+        const Pack<Acc, kVec> shift = channel_pack<Acc, kVec, kChannelsLast>(coef.shift, row + c);
+        Pack<Acc, kVec> x_scale;
+        if (kBackward) x_scale = channel_pack<Acc, kVec, kChannelsLast>(coef.x_scale, row + c);
         Pack<T, kVec> o;
 #pragma unroll
         for (int v = 0; v < kVec; ++v) {
-          Acc r = ca.v[v] * to_acc(pa[u].v[v]) + ck.v[v];
-          if (kTwoInputs) r += cb.v[v] * to_acc(pb[u].v[v]);
+          Acc r;
+          if (kBackward) {
+            r = scale.v[v] * to_acc(pa[u].v[v]) +
+                x_scale.v[v] * (to_acc(pb[u].v[v]) - centre.v[v]) + shift.v[v];
+          } else {
+            r = scale.v[v] * (to_acc(pa[u].v[v]) - centre.v[v]) + shift.v[v];
+          }
           o.v[v] = FromAcc<T>::cast(r);
         }
         store_pack<T, kVec>(out + sample + i, o);
@@ -292,10 +307,10 @@ __global__ void __launch_bounds__(kThreads) per_channel_affine_kernel(
 
 // Returns GN_STATUS_*; a no-op when there is nothing to write.
 template <typename T>
-int launch_per_channel_affine(const T* in_a, const T* in_b, const typename AccOf<T>::type* a,
-                              const typename AccOf<T>::type* b,
-                              const typename AccOf<T>::type* k, T* out, int64_t N, int64_t C,
-                              int64_t S, int channels_last, cudaStream_t stream) {
+int launch_per_channel_affine(const T* in_a, const T* in_b,
+                              const ChannelCoefficients<typename AccOf<T>::type>& coef, T* out,
+                              int64_t N, int64_t C, int64_t S, int channels_last,
+                              cudaStream_t stream) {
   if (N == 0 || S == 0) return GN_STATUS_OK;
   constexpr int kMax = max_vec<T>();
   const int64_t contiguous = channels_last ? C : S;
@@ -309,10 +324,10 @@ int launch_per_channel_affine(const T* in_a, const T* in_b, const typename AccOf
   do {                                                                                         \
     if (in_b)                                                                                  \
       per_channel_affine_kernel<T, VEC, CL, true>                                              \
-          <<<grid, kThreads, 0, stream>>>(in_a, in_b, a, b, k, out, N, C, S);                  \
+          <<<grid, kThreads, 0, stream>>>(in_a, in_b, coef, out, N, C, S);                     \
     else                                                                                       \
       per_channel_affine_kernel<T, VEC, CL, false>                                             \
-          <<<grid, kThreads, 0, stream>>>(in_a, in_b, a, b, k, out, N, C, S);                  \
+          <<<grid, kThreads, 0, stream>>>(in_a, in_b, coef, out, N, C, S);                     \
   } while (0)
   if (vec) {
     if (channels_last) GN_AFFINE(kMax, true); else GN_AFFINE(kMax, false);

@@ -99,7 +99,7 @@ def test_workspace_bytes_are_sane(lib, shape, cl):
     fwd = lib.gn_cuda_forward_workspace_bytes(N, C, S, G, cl)
     bwd = lib.gn_cuda_backward_workspace_bytes(N, C, S, G, cl)
     # At least the per-(n, c) coefficients in double; far below the tensor for real shapes.
-    assert fwd >= 2 * N * C * 8 and bwd >= 5 * N * C * 8
+    assert fwd >= 3 * N * C * 8 and bwd >= 6 * N * C * 8
     assert fwd % 256 == 0 and bwd % 256 == 0
     bound = 64 * 1024 * 1024 + 40 * N * C * S
     assert fwd < bound and bwd < bound
