@@ -1,13 +1,13 @@
 """The CUDA sources compile with nvcc wherever nvcc exists, so they never rot.
 
-Uses the exact compile line of benchmarks/gpu_check.py (one arch here to keep CI fast; the
+Uses the exact compile line of benchmarks/cuda_build.py (one arch here to keep CI fast; the
 all-arch build is marked slow). Without a GPU it still checks the exported C ABI: symbols,
 workspace sizes, status codes, and that a launch reports GN_STATUS_DEVICE_ERROR, not a crash.
 The nvcc tests skip only when nvcc is absent; a compile failure fails.
 
 It also runs the kernels' own source on the CPU through tests/cuda_host_emulation.h (g++ only)
 and compares them with a float64 NumPy reference of DESIGN §2. That checks indexing,
-reductions and barriers, not the GPU compiler or hardware: benchmarks/gpu_check.py does that.
+reductions and barriers, not the GPU compiler or hardware: benchmarks/cuda_build.py does that.
 """
 import ctypes
 import importlib.util
@@ -23,16 +23,16 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_gpu_check():
+def _load_cuda_build():
     spec = importlib.util.spec_from_file_location(
-        "gpu_check", os.path.join(REPO, "benchmarks", "gpu_check.py"))
+        "cuda_build", os.path.join(REPO, "benchmarks", "cuda_build.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-gpu_check = _load_gpu_check()
-NVCC = gpu_check.find_nvcc()
+cuda_build = _load_cuda_build()  # the compile line benchmarks/cuda_build.py uses
+NVCC = cuda_build.find_nvcc()
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found (PATH, /usr/local/cuda/bin)")
 
 GN_STATUS_OK, GN_STATUS_BAD_DTYPE, GN_STATUS_BAD_SHAPE, GN_STATUS_DEVICE_ERROR = 0, 1, 2, 3
@@ -40,7 +40,7 @@ FLOAT32, FLOAT64, FLOAT16 = 0, 1, 2
 
 
 def _ci_arch():
-    archs, _ = gpu_check.build_archs(NVCC)
+    archs, _ = cuda_build.build_archs(NVCC)
     return 80 if 80 in archs else archs[0]
 
 
@@ -56,12 +56,12 @@ def _exported_symbols(path):
 def _assert_exports(path):
     symbols = _exported_symbols(path)
     if symbols is not None:
-        missing = [name for name in gpu_check.ENTRY_POINTS if name not in symbols]
+        missing = [name for name in cuda_build.ENTRY_POINTS if name not in symbols]
         assert not missing, "not exported: %s" % missing
-        extra = sorted(s for s in symbols if s.startswith("gn_") and s not in gpu_check.ENTRY_POINTS)
+        extra = sorted(s for s in symbols if s.startswith("gn_") and s not in cuda_build.ENTRY_POINTS)
         assert not extra, "unexpected gn_* exports: %s" % extra
     lib = ctypes.CDLL(path)  # loads without a driver: cudart is static and binds lazily
-    for name in gpu_check.ENTRY_POINTS:
+    for name in cuda_build.ENTRY_POINTS:
         assert hasattr(lib, name)
 
 
@@ -70,13 +70,13 @@ def built(tmp_path_factory):
     if NVCC is None:
         pytest.skip("nvcc not found (PATH, /usr/local/cuda/bin)")
     path = str(tmp_path_factory.mktemp("gn_cuda") / "libgn_cuda.so")
-    log = gpu_check.build_library(path, [_ci_arch()], nvcc=NVCC)
+    log = cuda_build.build_library(path, [_ci_arch()], nvcc=NVCC)
     return path, log
 
 
 @pytest.fixture(scope="module")
 def lib(built):
-    return gpu_check.load_library(built[0])
+    return cuda_build.load_library(built[0])
 
 
 def _has_gpu():
@@ -155,9 +155,9 @@ def test_launch_without_gpu_reports_device_error(lib, call, dtypes, cl):
 @pytest.mark.slow
 @needs_nvcc
 def test_full_arch_build(tmp_path):
-    archs, ptx = gpu_check.build_archs(NVCC)
+    archs, ptx = cuda_build.build_archs(NVCC)
     path = str(tmp_path / "libgn_cuda_all.so")
-    gpu_check.build_library(path, archs, ptx, nvcc=NVCC)
+    cuda_build.build_library(path, archs, ptx, nvcc=NVCC)
     _assert_exports(path)
     cuobjdump = shutil.which("cuobjdump") or "/usr/local/cuda/bin/cuobjdump"
     if os.access(cuobjdump, os.X_OK):
@@ -218,10 +218,10 @@ def emulated(tmp_path_factory):
     for name in ("cuda_runtime.h", "cuda_fp16.h"):
         (shim / name).write_text('#include "%s"\n' % EMULATION_HEADER)
     units, launches = [], 0
-    for name in sorted(os.listdir(gpu_check.OPERATORS)):
+    for name in sorted(os.listdir(cuda_build.OPERATORS)):
         if not name.endswith((".cu", ".cuh", ".h")):
             continue
-        with open(os.path.join(gpu_check.OPERATORS, name)) as f:
+        with open(os.path.join(cuda_build.OPERATORS, name)) as f:
             text, count = _host_source(f.read())
         launches += count
         target = work / (name[:-3] + ".cc" if name.endswith(".cu") else name)
@@ -234,7 +234,7 @@ def emulated(tmp_path_factory):
            "-I", str(shim), "-I", str(work)] + units + ["-o", path]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
-    return gpu_check.load_library(path)
+    return cuda_build.load_library(path)
 
 
 NP_DTYPES = {FLOAT32: np.float32, FLOAT64: np.float64, FLOAT16: np.float16}
