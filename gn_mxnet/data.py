@@ -214,7 +214,8 @@ class RecordSource(DataSource):
         colour = self.data_shape[0] == 3
         it = mx.io.ImageRecordIter(
             path_imgrec=self.train_rec, data_shape=self.data_shape, batch_size=self.batch_size,
-            label_width=1, shuffle=True, seed=self.seed + epoch, round_batch=True,
+            label_width=1, shuffle=True, seed=self.seed + epoch, seed_aug=self.seed + epoch,
+            round_batch=True,
             num_parts=self.num_parts, part_index=self.part_index,
             preprocess_threads=self.threads, random_resized_crop=True,
             min_random_area=0.08, max_aspect_ratio=4.0 / 3.0, min_aspect_ratio=3.0 / 4.0,

@@ -171,8 +171,9 @@ class EpochMeter:
 def evaluate(net, data, contexts, dtype):
     meter, loss_fn = EpochMeter(), gluon.loss.SoftmaxCrossEntropyLoss()
     for x, y in data.val_batches():
-        xs = gluon.utils.split_and_load(x, contexts, even_split=False)
-        ys = gluon.utils.split_and_load(y, contexts, even_split=False)
+        devices = contexts[:min(len(contexts), x.shape[0])]  # a short last batch
+        xs = gluon.utils.split_and_load(x, devices, even_split=False)
+        ys = gluon.utils.split_and_load(y, devices, even_split=False)
         for xi, yi in zip(xs, ys):
             logits = net(xi.astype(dtype)).astype('float32')
             meter.update(logits, yi, loss_fn(logits, yi))

@@ -108,6 +108,10 @@ def test_tiny_rec_reads_back_the_packed_digits(tmp_path):
     assert len(train) == 3 and train[0][0].shape == (32, 1, 28, 28)
     train_labels = np.concatenate([y.asnumpy() for _, y in train])
     assert sorted(train_labels.astype(int)) == sorted(y_train)
+    again = list(source.train_batches(epoch=0))   # the order is a function of (seed, epoch)
+    for (xa, ya), (xb, yb) in zip(train, again):
+        np.testing.assert_array_equal(ya.asnumpy(), yb.asnumpy())
+        np.testing.assert_array_equal(xa.asnumpy(), xb.asnumpy())
     val = list(source.val_batches())
     val_labels = np.concatenate([y.asnumpy() for _, y in val]).astype(int)
     np.testing.assert_array_equal(val_labels, y_val)  # unshuffled, in packing order
