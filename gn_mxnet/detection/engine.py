@@ -1,0 +1,210 @@
+"""Mask R-CNN training and evaluation: ``run(DetectionConfig(...)) -> summary dict``.
+
+Per epoch: SGD over the training images (Detectron's losses, as gluoncv computes them), then
+COCOeval bbox + segm on the validation images, one CSV row, PNG curves and an atomic checkpoint.
+The untrained model is evaluated first (row epoch 0), so every log shows where training started.
+A run resumed with ``resume=True`` continues after the last completed epoch; the image order of
+epoch e depends only on (seed, e).
+"""
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+from gluoncv.data.batchify import MaskRCNNTrainBatchify
+from gluoncv.data.transforms.presets.rcnn import MaskRCNNDefaultTrainTransform
+
+from .. import checkpoint as ckpt
+from .. import reporting
+from ..training import epoch_seed, make_contexts, seed_everything
+from . import coco_data, evaluation, report
+from .losses import MaskRCNNLoss
+from .model import build_mask_rcnn, trainable_parameters
+
+
+@dataclass
+class DetectionConfig:
+    coco_root: str = ''          # '' = the embedded MNIST-COCO set
+    cache_dir: str = ''          # embedded set's cache ('' = ~/.cache/gn_mxnet/mnist_coco)
+    num_train: int = 400         # embedded set size
+    num_val: int = 60
+    depth: int = 50
+    norm: str = 'gn'             # 'gn' (Detectron GN recipe) or 'bn' (frozen BN*)
+    num_groups: int = 32
+    backend: str = 'native'
+    pretrained_backbone: str = ''
+    image_short: int = 128
+    image_max_size: int = 128
+    small: bool = True           # reduced proposal/RoI budgets (CPU runs)
+    gpus: str = ''
+    kv_store: str = 'device'
+    batch_size: int = 2          # images per device
+    epochs: int = 3
+    lr: float = 0.0              # 0 = 0.00125 x total batch (Detectron: 0.02 at 16 images)
+    lr_decay: float = 0.1
+    lr_decay_epochs: tuple = ()
+    warmup_iters: int = 50
+    warmup_factor: float = 1.0 / 3
+    momentum: float = 0.9
+    wd: float = 1e-4
+    train_limit: int = 0         # 0 = every training image
+    val_limit: int = 0           # 0 = every validation image
+    seed: int = 0
+    out_dir: str = 'runs/coco'
+    resume: bool = False
+    progress: bool = True
+    hybridize: bool = True
+
+
+def load_datasets(cfg):
+    if cfg.coco_root:
+        return coco_data.real_coco(cfg.coco_root)
+    spec = coco_data.EmbeddedSpec(num_train=cfg.num_train, num_val=cfg.num_val,
+                                  canvas=max(cfg.image_short, 32), seed=0)
+    return coco_data.embedded_coco(cfg.cache_dir or None, spec)
+
+
+def base_lr(cfg, num_devices):
+    return cfg.lr if cfg.lr > 0 else 0.00125 * cfg.batch_size * num_devices
+
+
+def lr_at(cfg, lr0, epoch, iteration):
+    """Linear warm-up from warmup_factor * lr0, then x lr_decay at each decay epoch."""
+    lr = lr0 * cfg.lr_decay ** sum(1 for e in cfg.lr_decay_epochs if epoch >= e)
+    if iteration < cfg.warmup_iters:
+        alpha = iteration / float(cfg.warmup_iters)
+        lr *= cfg.warmup_factor * (1 - alpha) + alpha
+    return lr
+
+
+def epoch_batches(num_images, images_per_batch, seed, epoch, limit=0):
+    """Index lists of one epoch; the order is a function of (seed, epoch) only."""
+    count = min(limit, num_images) if limit else num_images
+    order = np.random.RandomState([seed, epoch]).permutation(num_images)[:count]
+    usable = count // images_per_batch * images_per_batch
+    if usable == 0:
+        raise ValueError('%d training image(s) cannot fill a batch of %d'
+                         % (count, images_per_batch))
+    return [order[i:i + images_per_batch].tolist() for i in range(0, usable, images_per_batch)]
+
+
+def _progress(cfg, iterable, **kwargs):
+    if not cfg.progress:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, dynamic_ncols=True, **kwargs)
+
+
+def _make_trainer(cfg, net, lr0):
+    params = trainable_parameters(net)
+    for param in net.collect_params().values():
+        if param.name not in params:
+            param.grad_req = 'null'
+    kv = cfg.kv_store if mx.context.num_gpus() or 'dist' in cfg.kv_store else None
+    return gluon.Trainer(params, 'sgd', {'learning_rate': lr0, 'wd': cfg.wd,
+                                         'momentum': cfg.momentum}, kvstore=kv)
+
+
+def train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn, lr0, epoch):
+    sums, steps = {}, 0
+    iteration = (epoch - 1) * len(batches)
+    for batch in _progress(cfg, loader, total=len(batches), desc='epoch %d' % epoch):
+        trainer.set_learning_rate(lr_at(cfg, lr0, epoch, iteration))
+        # The batchify gives each field as a list of per-device shards (a bare NDArray for 1).
+        fields = [f if isinstance(f, (list, tuple)) else [f] for f in batch]
+        shards = [[part.as_in_context(ctx) for part in parts]
+                  for parts, ctx in zip(zip(*fields), contexts)]
+        with autograd.record():
+            losses = [loss_fn(net, *shard) for shard in shards]
+        autograd.backward([parts['total'] for parts in losses])
+        trainer.step(1)  # losses are already means per device; Trainer sums devices
+        for parts in losses:
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + float(value.asscalar()) / len(contexts)
+        steps += 1
+        iteration += 1
+        if not np.isfinite(sums['total']):
+            raise FloatingPointError('the loss became %r at epoch %d step %d; lower --lr'
+                                     % (sums['total'], epoch, steps))
+    return {key: value / steps for key, value in sums.items()}, iteration
+
+
+def _rehybridize(cfg, net):
+    """A cached graph has one call signature; training (3 inputs) and inference (1) each
+    rebuild it, as gluoncv's scripts do."""
+    if cfg.hybridize:
+        net.hybridize(static_alloc=True)
+
+
+def _evaluate(cfg, net, val_set, contexts, epoch):
+    _rehybridize(cfg, net)
+    tic = time.time()
+    result = evaluation.evaluate(net, val_set, contexts, cfg.image_short, cfg.image_max_size,
+                                 limit=cfg.val_limit or None,
+                                 progress=lambda it: _progress(cfg, it, desc='eval %d' % epoch))
+    result['seconds'] = time.time() - tic
+    return result
+
+
+def run(cfg: DetectionConfig) -> dict:
+    wall_start = time.time()
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    contexts = make_contexts(cfg.gpus)
+    seed_everything(cfg.seed)
+    train_set, val_set = load_datasets(cfg)
+    classes = list(train_set.classes)
+    net = build_mask_rcnn(classes, depth=cfg.depth, norm=cfg.norm, num_groups=cfg.num_groups,
+                          backend=cfg.backend, pretrained_backbone=cfg.pretrained_backbone,
+                          per_device_batch_size=cfg.batch_size, image_short=cfg.image_short,
+                          image_max_size=cfg.image_max_size, small=cfg.small)
+    lr0 = base_lr(cfg, len(contexts))
+    trainer = _make_trainer(cfg, net, lr0)
+    history, start_epoch, best = [], 0, {'bbox_AP': -1.0, 'epoch': 0}
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    if cfg.resume:
+        state = ckpt.load_checkpoint(cfg.out_dir)
+        start_epoch = ckpt.restore_checkpoint(state, net=net, trainer=trainer)
+        history, best = state['history'], state['best']
+    net.collect_params().reset_ctx(contexts)
+    # Both deep-copy parts of the net (anchor generator, features): before hybridize.
+    transform = MaskRCNNDefaultTrainTransform(net.short, net.max_size, net, ashape=net.ashape,
+                                              multi_stage=True)
+    batchify = MaskRCNNTrainBatchify(net, len(contexts))
+
+    if start_epoch == 0:  # the untrained model's figures
+        result = _evaluate(cfg, net, val_set, contexts, 0)
+        history.append(report.epoch_row(0, 0.0, {}, result, 0.0))
+        print(result['report'])
+    loss_fn = MaskRCNNLoss()
+    images_per_batch = cfg.batch_size * len(contexts)
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        _rehybridize(cfg, net)
+        tic = time.time()
+        seed_everything(epoch_seed(cfg.seed, epoch))  # the flips of epoch e, on resume too
+        batches = epoch_batches(len(train_set), images_per_batch, cfg.seed, epoch,
+                                cfg.train_limit)
+        loader = gluon.data.DataLoader(train_set.transform(transform), batch_sampler=batches,
+                                       batchify_fn=batchify, num_workers=0)
+        losses, iteration = train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn,
+                                        lr0, epoch)
+        train_seconds = time.time() - tic
+        result = _evaluate(cfg, net, val_set, contexts, epoch)
+        print(result['report'])
+        history.append(report.epoch_row(epoch, lr_at(cfg, lr0, epoch, iteration - 1), losses,
+                                        result, train_seconds))
+        if result['bbox']['AP'] > best['bbox_AP']:
+            best = {'bbox_AP': result['bbox']['AP'], 'epoch': epoch}
+            ckpt.save_parameters(net, os.path.join(cfg.out_dir, 'best.params'))
+        ckpt.save_parameters(net, os.path.join(cfg.out_dir, 'last.params'))
+        report.write_log(cfg.out_dir, history)
+        ckpt.save_checkpoint(cfg.out_dir, net=net, trainer=trainer, epoch=epoch, best=best,
+                             history=history, config=config)
+    report.write_log(cfg.out_dir, history)
+    report.plot(cfg.out_dir, history, title='Mask R-CNN R-%d-FPN, %s' % (cfg.depth, cfg.norm))
+    summary = report.summary(cfg, history, best, len(train_set), len(val_set), contexts,
+                             time.time() - wall_start)
+    summary['config'] = config
+    reporting.write_summary(cfg.out_dir, summary)
+    return summary

@@ -1,0 +1,192 @@
+"""Mask R-CNN with GroupNorm (train/train_coco.py, gn_mxnet.detection)."""
+import csv
+import json
+import os
+import pickle
+import time
+import warnings
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from gn_mxnet.detection import coco_data, evaluation
+from gn_mxnet.detection.engine import DetectionConfig, run
+from gn_mxnet.detection.model import build_mask_rcnn
+from gn_mxnet.convert import load_weights
+from gn_mxnet.gluon import GroupNorm
+from gn_mxnet.models.resnet import resnet_v1b
+
+warnings.filterwarnings('ignore', message='.*already initialized.*')
+
+SMALL_SPEC = coco_data.EmbeddedSpec(num_train=8, num_val=4)
+
+
+@pytest.fixture(scope='module')
+def embedded(tmp_path_factory):
+    cache = str(tmp_path_factory.mktemp('mnist_coco'))
+    train, val = coco_data.embedded_coco(cache, SMALL_SPEC)
+    return cache, train, val
+
+
+def _gn_layers(block):
+    found = []
+
+    def visit(b):
+        if isinstance(b, GroupNorm):
+            found.append(b)
+        for child in b._children.values():
+            visit(child)
+    visit(block)
+    return found
+
+
+# --- data -----------------------------------------------------------------------------------
+def test_polygons_rasterize_to_exactly_the_pixel_mask():
+    from pycocotools import mask as mask_util
+    rng = np.random.RandomState(3)
+    mask = np.zeros((40, 50), bool)
+    mask[5:30, 7:40] = rng.rand(25, 33) > 0.4   # ragged shape with holes
+    polygons = coco_data.mask_to_polygons(mask)
+    rles = mask_util.frPyObjects(polygons, 40, 50)
+    decoded = mask_util.decode(mask_util.merge(rles)).astype(bool)
+    np.testing.assert_array_equal(decoded, mask)
+
+
+def test_embedded_set_is_real_digits_written_once(embedded):
+    cache, train, val = embedded
+    assert train.classes == list('0123456789') and len(train) == 8 and len(val) == 4
+    root = os.path.join(cache, SMALL_SPEC.folder_name())
+    ann = os.path.join(root, 'annotations', 'instances_train.json')
+    with open(ann) as f:
+        doc = json.load(f)
+    assert {c['name'] for c in doc['categories']} == set('0123456789')
+    assert all(a['area'] > 20 for a in doc['annotations'])
+    coco = train.coco
+    for a in doc['annotations']:
+        mask = coco.annToMask(a)
+        assert mask.sum() == a['area']
+        x, y, w, h = a['bbox']
+        assert mask[:, :int(x)].sum() == 0 and mask[:int(y)].sum() == 0
+        assert mask[int(y + h):].sum() == 0 and mask[:, int(x + w):].sum() == 0
+    img, label, segm = train[0]
+    assert img.shape == (SMALL_SPEC.canvas, SMALL_SPEC.canvas, 3)
+    assert label.shape[1] == 5 and len(segm) == len(label)
+    stamp = os.path.getmtime(ann)
+    coco_data.embedded_coco(cache, SMALL_SPEC)  # a second call reads the cache
+    assert os.path.getmtime(ann) == stamp
+
+
+def test_missing_coco_root_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match='--coco-root'):
+        coco_data.real_coco(str(tmp_path / 'nowhere'))
+    (tmp_path / 'annotations').mkdir()
+    with pytest.raises(FileNotFoundError, match='instances_train2017.json'):
+        coco_data.real_coco(str(tmp_path))
+
+
+def test_cocoeval_gives_ap_1_for_the_ground_truth_and_0_for_nothing(embedded):
+    from pycocotools import mask as mask_util
+    _, _, val = embedded
+    coco = val.coco
+    results = []
+    for a in coco.loadAnns(coco.getAnnIds()):
+        rle = mask_util.encode(np.asfortranarray(coco.annToMask(a)))
+        rle['counts'] = rle['counts'].decode('ascii')
+        results.append({'image_id': a['image_id'], 'category_id': a['category_id'],
+                        'score': 0.9, 'bbox': a['bbox'], 'segmentation': rle})
+    ids = coco_data.image_ids(val)
+    for kind in ('bbox', 'segm'):
+        stats, _ = evaluation.coco_eval(coco, results, ids, kind)
+        assert stats['AP'] == pytest.approx(1.0)
+        assert evaluation.coco_eval(coco, [], ids, kind)[0]['AP'] == 0.0
+
+
+# --- model ----------------------------------------------------------------------------------
+def test_gn_recipe_puts_group_norm_in_backbone_fpn_box_and_mask_heads(native_library):
+    net = build_mask_rcnn(list('0123456789'), small=True, image_short=128, image_max_size=128)
+    params = net.collect_params()
+    fpn_gn = [n for n in params.keys() if n.startswith('P_gn') and n.endswith('_gamma')]
+    # lateral 1x1 + output 3x3 on P2..P5, and P6's conv
+    assert len(fpn_gn) == 9 and all(params[n].shape == (256,) for n in fpn_gn)
+    assert len([n for n in params.keys() if 'resnetv1b_' in n and 'groupnorm' in n
+                and n.endswith('_gamma')]) == 53   # ResNet-50: stem + 16 blocks x 3 + 4 shortcuts
+    assert len(_gn_layers(net.box_features)) == 4
+    assert len(_gn_layers(net.mask)) == 4
+    for name, p in params.items():
+        if name.endswith(('_gamma', '_beta', '_bias')):
+            assert p.wd_mult == 0.0, name
+    with pytest.raises(ValueError, match='unknown --norm'):
+        build_mask_rcnn(['a'], norm='sync')
+
+
+def test_bn_star_freezes_the_backbone_norm_and_uses_no_head_norm():
+    net = build_mask_rcnn(['a', 'b'], norm='bn', small=True)
+    assert not _gn_layers(net)
+    train = set(net.collect_train_params().keys())
+    bn = [n for n in net.collect_params().keys() if 'batchnorm' in n]
+    assert bn and not train.intersection(bn)
+
+
+def test_pretrained_backbone_file_lands_in_the_detector(tmp_path, native_library):
+    from test_convert import make_detectron_blobs
+    blobs = make_detectron_blobs(classes=10)
+    path = str(tmp_path / 'R-50-GN.pkl')
+    with open(path, 'wb') as f:
+        pickle.dump({'blobs': blobs}, f, protocol=2)
+    net = build_mask_rcnn(['a'], pretrained_backbone=path, small=True)
+    detector = net.collect_params()
+    reference = resnet_v1b(50, norm='gn', last_gamma=False)
+    reference.initialize()
+    load_weights(reference, path, skip=('fc.',))
+    compared = 0
+    for name, param in reference.collect_params().items():
+        if '_dense' not in name:   # the classifier is not part of the detector
+            np.testing.assert_array_equal(detector[name].data().asnumpy(),
+                                          param.data().asnumpy(), err_msg=name)
+            compared += 1
+    assert compared == 3 * 53   # 53 convs, each with GN gamma and beta
+    np.testing.assert_array_equal(detector['resnetv1b_conv0_weight'].data().asnumpy(),
+                                  blobs['conv1_w'])
+
+
+# --- training + evaluation ------------------------------------------------------------------
+def test_a_few_iterations_evaluate_checkpoint_and_resume(embedded, tmp_path, native_library):
+    cache, _, _ = embedded
+    out = str(tmp_path / 'run')
+    cfg = DetectionConfig(cache_dir=cache, num_train=SMALL_SPEC.num_train,
+                          num_val=SMALL_SPEC.num_val, epochs=1, train_limit=4, val_limit=2,
+                          out_dir=out, progress=False, lr=0.01, warmup_iters=2)
+    first = run(cfg)
+    assert first['final_epoch'] == 1
+    for name in ('checkpoint.pkl', 'last.params', 'coco_log.csv', 'coco_curves.png',
+                 'summary.json'):
+        assert os.path.isfile(os.path.join(out, name)), name
+    cfg.epochs, cfg.resume = 2, True
+    second = run(cfg)
+    with open(os.path.join(out, 'coco_log.csv')) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r['epoch']) for r in rows] == [0, 1, 2]
+    for row in rows[1:]:
+        assert np.isfinite(float(row['loss_total'])) and float(row['loss_mask']) > 0
+    for row in rows:
+        for key in ('bbox_AP', 'segm_AP', 'bbox_AP50'):
+            assert 0.0 <= float(row[key]) <= 1.0
+    assert second['untrained'] == first['untrained']   # epoch 0 was not re-run
+
+
+# --- the default command --------------------------------------------------------------------
+@pytest.mark.slow
+def test_default_command_learns_within_15_minutes(tmp_path, native_library):
+    import importlib.util
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          'train', 'train_coco.py')
+    spec = importlib.util.spec_from_file_location('train_coco', script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tic = time.time()
+    summary = module.main(['--out-dir', str(tmp_path / 'run'), '--cache-dir',
+                           str(tmp_path / 'cache'), '--no-progress'])
+    assert time.time() - tic < 15 * 60
+    assert summary['final']['bbox_AP'] > summary['untrained']['bbox_AP'] + 0.05
+    assert summary['final']['segm_AP'] > summary['untrained']['segm_AP']
