@@ -11,14 +11,17 @@ CSV_COLUMNS = ('epoch', 'lr', 'train_loss', 'train_top1', 'train_top5', 'val_los
 LOG_NAME, SUMMARY_NAME, CURVES_NAME = 'log.csv', 'summary.json', 'curves.png'
 
 
-def write_csv(out_dir, history):
-    """The whole history is rewritten each epoch, so a resumed run's log has no duplicate rows."""
+def write_csv(out_dir, history, columns=CSV_COLUMNS, name=LOG_NAME):
+    """The whole history is rewritten each epoch, so a resumed run's log has no duplicate rows.
+
+    ``columns``/``name`` let other jobs (the detector's AP log) write their own table.
+    """
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator='\n')
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator='\n')
     writer.writeheader()
     for row in history:
-        writer.writerow({key: row[key] for key in CSV_COLUMNS})
-    path = os.path.join(out_dir, LOG_NAME)
+        writer.writerow({key: row[key] for key in columns})
+    path = os.path.join(out_dir, name)
     atomic_write_text(path, buffer.getvalue())
     return path
 
