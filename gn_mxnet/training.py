@@ -125,8 +125,16 @@ def prepare_network(cfg, net, data_shape, contexts):
         load_library()
     init = mx.init.Xavier(rnd_type='gaussian', factor_type='in', magnitude=2)
     net.collect_params().initialize(init, ctx=contexts)
-    for ctx in contexts:  # a forward pass outside autograd finishes deferred initialisation
-        net(mx.nd.zeros((1,) + tuple(data_shape), ctx=ctx))
+    if any(p._deferred_init for p in net.collect_params().values()):
+        # Shapes from symbolic inference, not from a forward pass: an inference pass lets
+        # MKLDNN re-lay weights out in place, and a kvstore then sends or receives the raw
+        # bytes of that layout (dist workers started from different weights).
+        sample = mx.nd.zeros((1,) + tuple(data_shape), ctx=contexts[0])
+        if isinstance(net, gluon.HybridBlock):
+            net.infer_shape(sample)
+            net.collect_params().initialize(init, ctx=contexts, force_reinit=True)
+        else:
+            net(sample)
     if cfg.dtype != 'float32':
         net.cast(cfg.dtype)
     if cfg.no_wd:
@@ -136,6 +144,36 @@ def prepare_network(cfg, net, data_shape, contexts):
     if cfg.hybridize:
         net.hybridize(static_alloc=True, static_shape=True)
     return net
+
+
+class DistributedGradients:
+    """Gradient all-reduce over a dist kvstore, with the weight updates kept on the workers.
+
+    Gluon's Trainer can do this itself (update_on_kvstore=False), but it broadcasts the initial
+    weights lazily inside the first step(), after a forward pass; on MKLDNN CPUs that pull was
+    seen to race with the weights' re-layout, and two workers started from different weights.
+    Here rank 0's weights are broadcast up front, before any forward pass, and the Trainer
+    (created without a kvstore) only applies the summed gradients, so its optimizer states stay
+    local and go into checkpoints.
+    """
+
+    def __init__(self, kv, params):
+        self.kv = kv
+        self.params = [p for p in params.values() if p.grad_req != 'null']
+
+    def broadcast_parameters(self):
+        for key, param in enumerate(self.params):
+            self.kv.init(key, param.list_data()[0])
+        mx.nd.waitall()
+        self.kv._barrier()   # every worker has seen rank 0's values stored before pulling
+        for key, param in enumerate(self.params):
+            self.kv.pull(key, out=param.list_data(), priority=-key)
+        mx.nd.waitall()
+
+    def allreduce(self):
+        """Sum every gradient over devices and workers, in place."""
+        for key, param in enumerate(self.params):
+            self.kv.pushpull(key, param.list_grad(), out=param.list_grad(), priority=-key)
 
 
 def soft_targets(labels, num_classes, smoothing):
@@ -187,7 +225,8 @@ def _progress(iterable, cfg, **kwargs):
     return tqdm(iterable, dynamic_ncols=True, **kwargs)
 
 
-def train_one_epoch(net, trainer, data, epoch, cfg, contexts, num_workers, total_lr):
+def train_one_epoch(net, trainer, data, epoch, cfg, contexts, num_workers, total_lr,
+                    dist_sync=None):
     """One pass over this worker's data; returns the epoch's train metrics and timing."""
     smoothing = cfg.label_smoothing
     use_mixup = cfg.mixup and epoch < cfg.epochs - cfg.mixup_off_epoch
@@ -214,6 +253,8 @@ def train_one_epoch(net, trainer, data, epoch, cfg, contexts, num_workers, total
             outputs = [net(xi.astype(cfg.dtype)).astype('float32') for xi in xs]
             losses = [loss_fn(out, ti) for out, ti in zip(outputs, ts)]
         autograd.backward(losses)
+        if dist_sync is not None:
+            dist_sync.allreduce()
         trainer.step(global_batch)
         for out, yi, li in zip(outputs, ys, losses):
             meter.update(out, yi, li)
@@ -248,8 +289,10 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
     optimizer_params = {'learning_rate': total_lr, 'wd': cfg.wd, 'momentum': cfg.momentum,
                         'multi_precision': cfg.dtype == 'float16'}
     # update_on_kvstore=False keeps optimizer states on the workers, so they can be checkpointed
-    trainer = gluon.Trainer(net.collect_params(), cfg.optimizer, optimizer_params, kvstore=kv,
-                            update_on_kvstore=False)
+    distributed = 'dist' in cfg.kv_store
+    trainer = gluon.Trainer(net.collect_params(), cfg.optimizer, optimizer_params,
+                            kvstore=None if distributed else kv, update_on_kvstore=False)
+    dist_sync = DistributedGradients(kv, net.collect_params()) if distributed else None
 
     history, best, start_epoch = [], {'val_top1': -1.0, 'epoch': 0}, 0
     if cfg.resume:
@@ -262,6 +305,8 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
         start_epoch = ckpt.restore_checkpoint(state, net=net, trainer=trainer)
         history, best = state['history'], state['best']
 
+    if dist_sync is not None:
+        dist_sync.broadcast_parameters()
     last_epoch = cfg.epochs if cfg.stop_after_epochs is None else min(cfg.epochs,
                                                                       cfg.stop_after_epochs)
     epochs_bar = _progress(range(start_epoch, last_epoch), cfg, desc='epochs', unit='epoch',
@@ -270,7 +315,7 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
         seed_everything(epoch_seed(cfg.seed, epoch))
         row = {'epoch': epoch + 1}
         row.update(train_one_epoch(net, trainer, data, epoch, cfg, contexts, num_workers,
-                                   total_lr))
+                                   total_lr, dist_sync))
         row.update(evaluate(net, data, contexts, cfg.dtype))
         history.append(row)
         ckpt.save_parameters(net, os.path.join(out_dir, LAST_PARAMS))
