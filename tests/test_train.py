@@ -253,3 +253,19 @@ def test_throughput_comparison_measures_both_norms():
     rates = compare_norms('resnet8_small', ('bn', 'gn'), batch_size=8, steps=2, warmup=1,
                           rounds=1)
     assert set(rates) == {'bn', 'gn'} and all(r > 0 for r in rates.values())
+
+
+def test_default_network_runs_the_native_operator_when_hybridized(tmp_path):
+    """The default run must train with the C++ op, not silently with stock-op fallbacks
+    (which are ~6x slower on CPU: the time budget of the default run depends on it)."""
+    from gn_mxnet import models
+    from gn_mxnet.training import prepare_network
+    cfg = TrainConfig().resolved()
+    net = models.get_model(cfg.network, num_classes=10, norm=cfg.norm,
+                           num_groups=cfg.num_groups, backend=cfg.gn_backend)
+    prepare_network(cfg, net, cfg.data_shape, [mx.cpu()])
+    net(mx.nd.zeros((2,) + cfg.data_shape))
+    net.export(str(tmp_path / 'net'))
+    with open(tmp_path / 'net-symbol.json') as f:
+        ops = {node['op'] for node in json.load(f)['nodes']}
+    assert 'GroupNormalization' in ops, sorted(ops)
