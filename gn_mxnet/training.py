@@ -276,6 +276,9 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
     cfg = config.resolved()
     seed_everything(cfg.seed)
     contexts = make_contexts(cfg.gpus)
+    if cfg.dtype == 'float16' and contexts[0].device_type == 'cpu':
+        raise ValueError("--dtype float16 needs --gpus: MXNet 1.9 has no float16 GEMM or "
+                         "convolution on CPU")
     kv = mx.kv.create(cfg.kv_store) if 'dist' in cfg.kv_store else cfg.kv_store
     rank, num_workers = (kv.rank, kv.num_workers) if 'dist' in cfg.kv_store else (0, 1)
     out_dir = cfg.out_dir if num_workers == 1 else os.path.join(cfg.out_dir, f'worker{rank}')

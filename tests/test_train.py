@@ -80,6 +80,8 @@ def test_bad_input_fails_before_training(tmp_path):
         train(TrainConfig(data_dir=str(tmp_path / 'missing'), out_dir=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match='no checkpoint'):
         train(TrainConfig(resume=True, out_dir=str(tmp_path / 'fresh'), **QUICK))
+    with pytest.raises(ValueError, match='float16 needs --gpus'):
+        train(TrainConfig(dtype='float16', out_dir=str(tmp_path), **QUICK))
     with pytest.raises(ValueError, match='unknown model'):
         train(TrainConfig(network='resnet7_tiny', out_dir=str(tmp_path), **QUICK))
 

@@ -49,7 +49,7 @@ def parse_args(argv=None):
                    help="zero-initialise each residual block's last norm gamma")
     o = p.add_argument_group('optimisation')
     o.add_argument('--num-epochs', '--epochs', dest='epochs', type=int)
-    o.add_argument('--batch-size', type=int, help='per device (default 32; 32 for MNIST-5k)')
+    o.add_argument('--batch-size', type=int, help='per device (default 32)')
     o.add_argument('--optimizer', default='sgd', help='sgd | nag')
     o.add_argument('--base-lr', type=float, help='lr for a total batch of 256 (default 0.1)')
     o.add_argument('--lr', type=float, help='absolute lr, overrides base-lr·B/256')
