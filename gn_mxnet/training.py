@@ -73,8 +73,11 @@ def make_data(cfg, num_devices, rank, num_workers):
                                     cfg.data_shape, seed=cfg.seed, threads=cfg.data_threads,
                                     **parts)
     if cfg.data_dir:
+        # Decoding processes trade the bit-exact augmentation order for speed; one thread
+        # decodes in this process and stays deterministic.
+        workers = cfg.data_threads if cfg.data_threads > 1 else 0
         return gn_data.ImageFolderSource(cfg.data_dir, batch, cfg.data_shape, seed=cfg.seed,
-                                         num_workers=0, **parts)
+                                         num_workers=workers, **parts)
     return gn_data.MNIST5kSource(batch, seed=cfg.seed, train_subset=cfg.train_subset,
                                  val_subset=cfg.val_subset, **parts)
 

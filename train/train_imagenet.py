@@ -31,7 +31,8 @@ def parse_args(argv=None):
     d.add_argument('--data-dir', help='image folder with train/<class>/ and val/<class>/')
     d.add_argument('--num-classes', type=int, help='classes of .rec data (default 1000)')
     d.add_argument('--data-shape', help='C,H,W of the network input (default 3,224,224)')
-    d.add_argument('-j', '--data-threads', type=int, default=4, help='decoding threads')
+    d.add_argument('-j', '--data-threads', type=int, default=4,
+                   help='decoding threads (.rec) or processes (image folder; 1 = in process)')
     d.add_argument('--train-subset', type=int,
                    help='MNIST-5k: a fixed random n of the train samples')
     d.add_argument('--val-subset', type=int,
