@@ -17,7 +17,8 @@ class GroupNorm(HybridBlock):
                  gamma_initializer='ones', **kwargs):
         super().__init__(**kwargs)
         self._attrs = parse_attrs(num_groups, epsilon, axis)
-        self._backend = check_backend(backend)
+        # Not `_backend`: HybridBlock uses that name for its graph-partitioning backend.
+        self._gn_backend = check_backend(backend)
         if in_channels and in_channels % num_groups != 0:
             raise ValueError(f"num_groups ({num_groups}) must divide the number of "
                              f"channels ({in_channels})")
@@ -35,7 +36,7 @@ class GroupNorm(HybridBlock):
 
     @property
     def backend(self):
-        return self._backend
+        return self._gn_backend
 
     def infer_shape(self, x, *args):
         # Shape comes straight from x, so deferred init works for every backend.
@@ -44,10 +45,10 @@ class GroupNorm(HybridBlock):
         self.beta.shape = (channels,)
 
     def hybrid_forward(self, F, x, gamma, beta):
-        return _group_norm(F, x, gamma, beta, self._attrs, self._backend)
+        return _group_norm(F, x, gamma, beta, self._attrs, self._gn_backend)
 
     def __repr__(self):
         channels = self.gamma.shape[0] if self.gamma.shape else 0
         return (f"{self.__class__.__name__}(num_groups={self._attrs.num_groups}, "
                 f"in_channels={channels or None}, eps={self._attrs.eps}, "
-                f"axis={self._attrs.axis}, backend={self._backend!r})")
+                f"axis={self._attrs.axis}, backend={self._gn_backend!r})")
