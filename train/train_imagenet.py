@@ -55,7 +55,7 @@ def parse_args(argv=None):
     o.add_argument('--base-lr', type=float, help='lr for a total batch of 256 (default 0.1)')
     o.add_argument('--lr', type=float, help='absolute lr, overrides base-lr·B/256')
     o.add_argument('--momentum', type=float, default=0.9)
-    o.add_argument('--wd', type=float, default=1e-4)
+    o.add_argument('--wd', type=float, help='weight decay (default 1e-4; 5e-4 for MNIST-5k)')
     o.add_argument('--no-wd', action='store_true', help='no weight decay on gamma/beta/bias')
     o.add_argument('--lr-mode', help='step | cosine')
     o.add_argument('--lr-decay', type=float, default=0.1)
