@@ -63,7 +63,7 @@ def parse_args(argv=None):
                      help='images per device (1 or 2 in Detectron)')
     opt.add_argument('--epochs', type=int, default=d.epochs)
     opt.add_argument('--lr', type=float, default=d.lr,
-                     help='base learning rate (0 = 0.00125 x total batch, Detectron linear rule)')
+                     help='base learning rate (default 0.02, Detectron\'s for 16 images; 0 = 0.00125 x total batch)')
     opt.add_argument('--lr-decay', type=float, default=d.lr_decay)
     opt.add_argument('--lr-decay-epochs', default='',
                      help='comma-separated epochs where lr is multiplied by --lr-decay')

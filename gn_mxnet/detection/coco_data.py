@@ -34,8 +34,8 @@ def default_cache_dir():
 @dataclass(frozen=True)
 class EmbeddedSpec:
     """What the embedded set holds; the cache folder's name is derived from all of it."""
-    num_train: int = 400
-    num_val: int = 60
+    num_train: int = 160
+    num_val: int = 40
     canvas: int = 128
     min_digits: int = 1
     max_digits: int = 3

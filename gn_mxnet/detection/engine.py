@@ -28,8 +28,8 @@ from .model import build_mask_rcnn, trainable_parameters
 class DetectionConfig:
     coco_root: str = ''          # '' = the embedded MNIST-COCO set
     cache_dir: str = ''          # embedded set's cache ('' = ~/.cache/gn_mxnet/mnist_coco)
-    num_train: int = 400         # embedded set size
-    num_val: int = 60
+    num_train: int = 160         # embedded set size
+    num_val: int = 40
     depth: int = 50
     norm: str = 'gn'             # 'gn' (Detectron GN recipe) or 'bn' (frozen BN*)
     num_groups: int = 32
@@ -41,11 +41,11 @@ class DetectionConfig:
     gpus: str = ''
     kv_store: str = 'device'
     batch_size: int = 2          # images per device
-    epochs: int = 3
-    lr: float = 0.0              # 0 = 0.00125 x total batch (Detectron: 0.02 at 16 images)
+    epochs: int = 2
+    lr: float = 0.02             # Detectron's (at 16 images); 0 = 0.00125 x total batch
     lr_decay: float = 0.1
     lr_decay_epochs: tuple = ()
-    warmup_iters: int = 50
+    warmup_iters: int = 20
     warmup_factor: float = 1.0 / 3
     momentum: float = 0.9
     wd: float = 1e-4
@@ -67,6 +67,7 @@ def load_datasets(cfg):
 
 
 def base_lr(cfg, num_devices):
+    """Detectron's linear rule (0.02 for 16 images) unless --lr is given; set every step."""
     return cfg.lr if cfg.lr > 0 else 0.00125 * cfg.batch_size * num_devices
 
 
@@ -79,15 +80,21 @@ def lr_at(cfg, lr0, epoch, iteration):
     return lr
 
 
-def epoch_batches(num_images, images_per_batch, seed, epoch, limit=0):
-    """Index lists of one epoch; the order is a function of (seed, epoch) only."""
+def epoch_batches(num_images, images_per_batch, seed, epoch, limit=0, num_workers=1, rank=0):
+    """This worker's index lists of one epoch; the order is a function of (seed, epoch) only.
+
+    With several workers (dist kvstore) each takes every num_workers-th batch, and all take the
+    same number of batches (dist_sync waits for every worker at each step).
+    """
     count = min(limit, num_images) if limit else num_images
     order = np.random.RandomState([seed, epoch]).permutation(num_images)[:count]
-    usable = count // images_per_batch * images_per_batch
-    if usable == 0:
-        raise ValueError('%d training image(s) cannot fill a batch of %d'
-                         % (count, images_per_batch))
-    return [order[i:i + images_per_batch].tolist() for i in range(0, usable, images_per_batch)]
+    steps = count // (images_per_batch * num_workers)
+    if steps == 0:
+        raise ValueError('%d training image(s) cannot fill a batch of %d on each of %d worker(s)'
+                         % (count, images_per_batch, num_workers))
+    batches = [order[i:i + images_per_batch].tolist()
+               for i in range(0, count - images_per_batch + 1, images_per_batch)]
+    return batches[rank::num_workers][:steps]
 
 
 def _progress(cfg, iterable, **kwargs):
@@ -97,14 +104,16 @@ def _progress(cfg, iterable, **kwargs):
     return tqdm(iterable, dynamic_ncols=True, **kwargs)
 
 
-def _make_trainer(cfg, net, lr0):
+def _make_trainer(cfg, net):
     params = trainable_parameters(net)
     for param in net.collect_params().values():
         if param.name not in params:
             param.grad_req = 'null'
-    kv = cfg.kv_store if mx.context.num_gpus() or 'dist' in cfg.kv_store else None
-    return gluon.Trainer(params, 'sgd', {'learning_rate': lr0, 'wd': cfg.wd,
-                                         'momentum': cfg.momentum}, kvstore=kv)
+    # On one CPU a kvstore only adds copies; GPUs and multi-machine runs use the one asked for.
+    kv = (mx.kv.create(cfg.kv_store) if mx.context.num_gpus() or 'dist' in cfg.kv_store
+          else None)
+    return gluon.Trainer(params, 'sgd', {'learning_rate': 0.0, 'wd': cfg.wd,
+                                         'momentum': cfg.momentum}, kvstore=kv), kv
 
 
 def train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn, lr0, epoch):
@@ -119,7 +128,8 @@ def train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn, lr0, epoc
         with autograd.record():
             losses = [loss_fn(net, *shard) for shard in shards]
         autograd.backward([parts['total'] for parts in losses])
-        trainer.step(1)  # losses are already means per device; Trainer sums devices
+        # Each device's loss is already a mean over its samples; average the devices.
+        trainer.step(len(contexts))
         for parts in losses:
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + float(value.asscalar()) / len(contexts)
@@ -159,8 +169,9 @@ def run(cfg: DetectionConfig) -> dict:
                           backend=cfg.backend, pretrained_backbone=cfg.pretrained_backbone,
                           per_device_batch_size=cfg.batch_size, image_short=cfg.image_short,
                           image_max_size=cfg.image_max_size, small=cfg.small)
-    lr0 = base_lr(cfg, len(contexts))
-    trainer = _make_trainer(cfg, net, lr0)
+    trainer, kv = _make_trainer(cfg, net)
+    rank, num_workers = (kv.rank, kv.num_workers) if kv is not None else (0, 1)
+    lr0 = base_lr(cfg, len(contexts) * num_workers)
     history, start_epoch, best = [], 0, {'bbox_AP': -1.0, 'epoch': 0}
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     if cfg.resume:
@@ -184,7 +195,7 @@ def run(cfg: DetectionConfig) -> dict:
         tic = time.time()
         seed_everything(epoch_seed(cfg.seed, epoch))  # the flips of epoch e, on resume too
         batches = epoch_batches(len(train_set), images_per_batch, cfg.seed, epoch,
-                                cfg.train_limit)
+                                cfg.train_limit, num_workers, rank)
         loader = gluon.data.DataLoader(train_set.transform(transform), batch_sampler=batches,
                                        batchify_fn=batchify, num_workers=0)
         losses, iteration = train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn,

@@ -3,7 +3,8 @@
 RPN: sigmoid cross-entropy on sampled anchors + smooth-L1 (beta 1/9) on positive anchors.
 R-CNN: softmax cross-entropy on sampled RoIs + smooth-L1 (beta 1) on the positive RoIs' class
 boxes. Mask: per-pixel sigmoid cross-entropy on the positive RoIs' class masks. Each term is
-averaged over the samples that define it, as Detectron does.
+averaged over the samples that define it across the shard's images (Detectron's per-GPU
+normalization); the trainer then averages the devices' gradients.
 """
 import mxnet as mx
 from mxnet import gluon
@@ -27,17 +28,19 @@ class MaskRCNNLoss:
         rpn_score = rpn_score.squeeze(axis=-1)
         valid_anchors = rpn_cls_targets >= 0
         num_anchors = mx.nd.maximum(valid_anchors.sum(), 1)
-        # gluon losses average over the last axes; x size / count turns that into a sum / count.
+        # gluon losses give each image's mean over its elements; x (elements per image) / count
+        # and a sum over images turn that into the shard's sum / count.
+        per_image = lambda x: x.size / x.shape[0]
         rpn_cls = (self.rpn_cls(rpn_score, rpn_cls_targets, valid_anchors)
-                   * rpn_cls_targets.size / num_anchors).sum()
+                   * per_image(rpn_cls_targets) / num_anchors).sum()
         rpn_box = (self.rpn_box(rpn_box, rpn_box_targets, rpn_box_masks)
-                   * rpn_box.size / num_anchors).sum()
+                   * per_image(rpn_box) / num_anchors).sum()
 
         num_rois = mx.nd.maximum((cls_targets >= 0).sum(), 1)
         rcnn_cls = (self.rcnn_cls(cls_pred, cls_targets, cls_targets.expand_dims(-1) >= 0)
-                    * cls_targets.size / num_rois).sum()
+                    * per_image(cls_targets) / num_rois).sum()
         rcnn_box = (self.rcnn_box(box_pred, box_targets, box_masks)
-                    * box_pred.size / num_rois).sum()
+                    * per_image(box_pred) / num_rois).sum()
 
         # Mask targets for the positive RoIs the network kept (``indices`` per image).
         batch = indices.shape[0]
@@ -47,7 +50,7 @@ class MaskRCNNLoss:
         pos_cls = pick(cls_targets).reshape((batch, -1))
         pos_matches = pick(matches).reshape((batch, -1))
         mask_targets, mask_weights = net.mask_target(pos_rois, gt_mask, pos_matches, pos_cls)
-        mask = (self.mask(mask_pred, mask_targets, mask_weights) * mask_targets.size
+        mask = (self.mask(mask_pred, mask_targets, mask_weights) * per_image(mask_targets)
                 / mx.nd.maximum(mask_weights.sum(), 1)).sum()
 
         total = rpn_cls + rpn_box + rcnn_cls + rcnn_box + mask

@@ -113,7 +113,7 @@ def detector_settings(image_short, image_max_size, small=False):
         mask_channels=HEAD_CHANNELS, rcnn_max_dets=100, max_num_gt=100)
     if small:
         settings.update(rpn_train_pre_nms=1000, rpn_train_post_nms=200, rpn_test_pre_nms=300,
-                        rpn_test_post_nms=50, num_sample=64, rcnn_max_dets=20,
+                        rpn_test_post_nms=50, num_sample=32, rcnn_max_dets=20,
                         alloc_size=(128, 128), max_num_gt=10)
     return settings
 
@@ -173,6 +173,9 @@ def build_mask_rcnn(classes, depth=50, norm='gn', num_groups=32, backend='native
     # Gluon infers the remaining shapes (FPN GN, head convs) at the first forward pass; do it
     # now on a tiny image so that checkpoints and weight files can be loaded before training.
     net(mx.nd.zeros((1, 3, 64, 64)))
+    # The R-CNN target generator (box-encoder constants, no learnable weights) is made on first
+    # use in training; make it now so checkpoints of trained and fresh nets list the same arrays.
+    net.target_generator  # noqa: B018 (property with a side effect)
     configure_weight_decay(net)
     return net
 
