@@ -177,6 +177,11 @@ class StudyMNIST5k(gn_data.MNIST5kSource):
 def run_one(cell, seed, s, work_dir):
     """Train one (cell, seed); returns its CSV row. A run stopped midway resumes from its
     checkpoint in ``work_dir``; the directory is removed when the run is done."""
+    return train_cell(cell, seed, s, work_dir)[0]
+
+
+def train_cell(cell, seed, s, work_dir):
+    """run_one's work: returns (CSV row, the trained net, its data source)."""
     from . import models
     from .train_config import TrainConfig
     from .training import train
@@ -206,7 +211,7 @@ def run_one(cell, seed, s, work_dir):
                steps=s.epochs * (data.num_train // cell.batch_size),
                seconds=round(time.time() - start, 2))
     shutil.rmtree(work_dir, ignore_errors=True)
-    return row
+    return row, net, data
 
 
 def _run_job(args):

@@ -177,7 +177,9 @@ def plot_groups(s, stats):
     by_g.set(xscale='log', title=f'GN groups G (batch {b})', xlabel='groups G',
              ylabel='val error (%)')
     by_g.set_xscale('log', base=2)
-    by_g.legend(loc='upper left', fontsize=8)
+    by_g.set_xticks(paper_g)
+    by_g.set_xticklabels([str(n) for n in paper_g])
+    by_g.legend(loc='lower left', fontsize=8)
     twin.legend(loc='upper right', fontsize=8)
     have = [(n, stats[study.Cell('gn', b, group_size=n).key]) for n in s.group_sizes
             if study.Cell('gn', b, group_size=n).key in stats]
@@ -188,6 +190,8 @@ def plot_groups(s, stats):
     by_d.set(title=f'channels per group D (batch {b})', xlabel='channels per group D',
              ylabel='val error (%)')
     by_d.set_xscale('log', base=2)
+    by_d.set_xticks(sorted(s.group_sizes))
+    by_d.set_xticklabels([str(n) for n in sorted(s.group_sizes)])
     for ax in (by_g, by_d):
         ax.grid(alpha=0.3)
     path = os.path.join(s.out_dir, GROUPS_PLOT)

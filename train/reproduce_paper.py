@@ -44,12 +44,16 @@ def parse_args(argv=None):
     p.add_argument('--quick', action='store_true',
                    help='smoke version: 1 seed, 1 epoch on 256 images, batches 32 and 4, '
                         'G 8 and 1, D 4 and 1')
+    p.add_argument('--no-bn-statistics', dest='bn_statistics', action='store_false',
+                   help='skip the BN diagnostic (BN at batch 32 and 2: moving vs re-estimated '
+                        'vs per-batch statistics; bn_statistics.md)')
     p.add_argument('--no-resume', dest='resume', action='store_false',
                    help='ignore (and overwrite) the runs already in <out>/runs.csv')
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.train_subset = (0,), 1, 256
         args.batch_sizes, args.groups, args.group_sizes = (32, 4), (8, 1), (4, 1)
+        args.bn_statistics = False
     return args
 
 
@@ -64,6 +68,15 @@ def main(argv=None):
                              resume=args.resume)
     start = time.time()
     run_study(settings)
+    if args.bn_statistics and 2 in args.tables:
+        from gn_mxnet import study_bn
+        path = os.path.join(args.out, study_bn.CSV_NAME)
+        if args.resume and os.path.exists(path):
+            print(f"BN diagnostic already in {path}")
+        else:
+            study_bn.check(settings, train_batches=(max(args.batch_sizes),
+                                                    min(args.batch_sizes)),
+                           seeds=args.seeds)
     print(f"study done in {time.time() - start:.0f} s; tables in "
           f"{os.path.join(args.out, 'tables.md')}")
 
