@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument('--groups', type=int_list, default=(16, 8, 4, 2, 1))
     p.add_argument('--group-sizes', type=int_list, default=(16, 8, 4, 2, 1),
                    help='channels per group of the Table 3 variants')
+    p.add_argument('--network', default='resnet8_small',
+                   help='a gn_mxnet.models small-image ResNet (16/32/64 wide)')
     p.add_argument('--image-size', type=int, default=14,
                    help='MNIST average-pooled to this size (28: the original digits)')
     p.add_argument('-j', '--jobs', type=int, default=2, help='runs trained in parallel')
@@ -63,6 +65,7 @@ def main(argv=None):
     settings = StudySettings(out_dir=args.out, tables=args.tables, seeds=args.seeds,
                              epochs=args.epochs, train_subset=args.train_subset or None,
                              base_lr=args.base_lr, image_size=args.image_size,
+                             network=args.network,
                              batch_sizes=args.batch_sizes,
                              groups=args.groups, group_sizes=args.group_sizes, jobs=args.jobs,
                              resume=args.resume)
