@@ -6,9 +6,9 @@ With no arguments it trains offline on the embedded MNIST-COCO set (real MNIST-5
 untrained and the trained model. Real COCO 2017, 8 GPUs, Detectron's 2x schedule:
 
     python train/train_coco.py --coco-root ~/datasets/coco --gpus 0,1,2,3,4,5,6,7 \\
-        --batch-size 2 --epochs 24 --lr-decay-epochs 16,22 --image-short 800 \\
-        --image-max-size 1333 --full-budgets --warmup-iters 1000 \\
-        --pretrained-backbone R-50-GN.pkl --out-dir runs/mask_rcnn_R50_FPN_gn_2x
+        --kv-store nccl --num-workers 8 --batch-size 2 --lr 0.02 --epochs 24 \\
+        --lr-decay-epochs 16,22 --warmup-iters 1000 --image-short 800 --image-max-size 1333 \\
+        --full-budgets --pretrained-backbone R-50-GN.pkl --out-dir runs/mask_rcnn_R50_FPN_gn_2x
 """
 import argparse
 import os
@@ -59,6 +59,8 @@ def parse_args(argv=None):
     opt.add_argument('--gpus', default=d.gpus, help="e.g. 0,1,2,3; '' = CPU")
     opt.add_argument('--kv-store', default=d.kv_store,
                      help='local, device, nccl, dist_sync, dist_device_sync')
+    opt.add_argument('--num-workers', type=int, default=d.num_workers,
+                     help='data-loading processes (real COCO: 4 or more)')
     opt.add_argument('--batch-size', type=int, default=d.batch_size,
                      help='images per device (1 or 2 in Detectron)')
     opt.add_argument('--epochs', type=int, default=d.epochs)
@@ -92,7 +94,7 @@ def config_from_args(args):
         num_val=args.num_val, depth=args.depth, norm=args.norm, num_groups=args.num_groups,
         backend=args.backend, pretrained_backbone=args.pretrained_backbone,
         image_short=args.image_short, image_max_size=args.image_max_size,
-        small=not args.full_budgets, gpus=args.gpus, kv_store=args.kv_store,
+        small=not args.full_budgets, gpus=args.gpus, kv_store=args.kv_store, num_workers=args.num_workers,
         batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, lr_decay=args.lr_decay,
         lr_decay_epochs=decay_epochs, warmup_iters=args.warmup_iters, momentum=args.momentum,
         wd=args.wd, train_limit=args.train_limit, val_limit=args.val_limit, seed=args.seed,

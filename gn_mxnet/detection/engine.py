@@ -40,6 +40,7 @@ class DetectionConfig:
     small: bool = True           # reduced proposal/RoI budgets (CPU runs)
     gpus: str = ''
     kv_store: str = 'device'
+    num_workers: int = 0         # data-loading processes (0 = in the training process)
     batch_size: int = 2          # images per device
     epochs: int = 2
     lr: float = 0.02             # Detectron's (at 16 images); 0 = 0.00125 x total batch
@@ -197,7 +198,7 @@ def run(cfg: DetectionConfig) -> dict:
         batches = epoch_batches(len(train_set), images_per_batch, cfg.seed, epoch,
                                 cfg.train_limit, num_workers, rank)
         loader = gluon.data.DataLoader(train_set.transform(transform), batch_sampler=batches,
-                                       batchify_fn=batchify, num_workers=0)
+                                       batchify_fn=batchify, num_workers=cfg.num_workers)
         losses, iteration = train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn,
                                         lr0, epoch)
         train_seconds = time.time() - tic
