@@ -120,6 +120,15 @@ def test_gn_recipe_puts_group_norm_in_backbone_fpn_box_and_mask_heads(native_lib
         build_mask_rcnn(['a'], norm='sync')
 
 
+def test_r101_fpn_takes_its_stage_outputs_from_the_deeper_third_stage(native_library):
+    net = build_mask_rcnn(['a', 'b'], depth=101, small=True)
+    backbone_gn = [n for n in net.collect_params().keys()
+                   if n.startswith('resnetv1b_') and 'groupnorm' in n and n.endswith('_gamma')]
+    assert len(backbone_gn) == 1 + 33 * 3 + 4
+    with pytest.raises(ValueError, match='ResNet-50 or ResNet-101'):
+        build_mask_rcnn(['a'], depth=34)
+
+
 def test_bn_star_freezes_the_backbone_norm_and_uses_no_head_norm():
     net = build_mask_rcnn(['a', 'b'], norm='bn', small=True)
     assert not _gn_layers(net)
