@@ -284,7 +284,7 @@ def run_study(s, log=print):
     mine = [r for r in read_runs(s.out_dir) if r['network'] == s.network
             and r['epochs'] == str(s.epochs) and r['base_lr'] == str(s.base_lr)
             and r['train_subset'] == str(s.train_subset or '')
-            and r['image_size'] == str(s.image_size)]
+            and r['image_size'] == str(s.image_size) and int(r['seed']) in s.seeds]
     from .study_report import write_report
     write_report(s, mine)
     return mine
