@@ -3,12 +3,28 @@
 It is slow (host round trip) but independent of the C++ library, so it serves as a second
 implementation to check the native op against, and runs wherever MXNet's CustomOp does.
 """
+import os
+import warnings
+
 import mxnet as mx
 import numpy as np
 
 from .attrs import check_dtype, check_param_dtype, layout, parse_attrs
 
 OP_TYPE = 'gn_mxnet_group_norm'
+
+MKLDNN_WARNING = (
+    "gn_mxnet backend='custom' in hybridized graphs or imported SymbolBlocks: MXNet 1.9 with "
+    "MKLDNN can hand a CustomOp a convolution output in its blocked layout, which gives wrong, "
+    "varying results. Use backend='native' or 'ops' there, or start Python with "
+    "MXNET_MKLDNN_ENABLED=0. (Imperative NDArray/autograd use is not affected.)")
+
+
+def _warn_if_mkldnn():
+    if os.environ.get('MXNET_MKLDNN_ENABLED') != '0' and \
+            mx.runtime.Features().is_enabled('MKLDNN'):
+        warnings.warn(MKLDNN_WARNING, RuntimeWarning, stacklevel=3)
+
 
 
 def _accumulation_dtype(dtype):
@@ -104,7 +120,10 @@ class _GroupNormProp(mx.operator.CustomOpProp):
 
     def infer_shape(self, in_shape):
         data_shape = tuple(in_shape[0])
-        known = [tuple(s) if len(s) else None for s in in_shape[1:]]
+        # MXNet marks unknown dims with 0 or -1; data not known yet: it will ask again.
+        if not data_shape or min(data_shape) <= 0:
+            return in_shape, [data_shape], []
+        known = [tuple(s) if len(s) and min(s) > 0 else None for s in in_shape[1:]]
         channels = layout(self.attrs, data_shape, *known).channels
         return [data_shape, (channels,), (channels,)], [data_shape], []
 
@@ -125,3 +144,6 @@ class _GroupNormProp(mx.operator.CustomOpProp):
 
     def create_operator(self, ctx, in_shapes, in_dtypes):
         return _GroupNormOp(self.attrs)
+
+
+_warn_if_mkldnn()

@@ -53,6 +53,7 @@ def _group_norm(F, data, gamma, beta, attrs, backend):
             # A Conv2D output may sit in MKLDNN's blocked layout, which imperative CustomOps
             # read as if it were NCHW. identity's output is in the default layout (a reshape
             # is not always) and, unlike NDArray.copy(), autograd records it with its grad_req.
+            # Inside hybridized graphs no such fix holds: see custom_op.MKLDNN_WARNING.
             data = F.identity(data)
         return F.Custom(data, gamma, beta, op_type=OP_TYPE, num_groups=attrs.num_groups,
                         eps=repr(attrs.eps), axis=attrs.axis)

@@ -4,21 +4,12 @@ import numpy as np
 import pytest
 from mxnet.gluon import nn
 
-import gn_mxnet
 from gn_mxnet.models import get_model, list_models
 from gn_mxnet.norms import Identity, make_norm
 
 
-def _native_available():
-    try:
-        gn_mxnet.load_library()
-        return True
-    except Exception:  # the library is optional: not built on this machine
-        return False
-
-
-NATIVE = pytest.param('native', marks=pytest.mark.skipif(
-    not _native_available(), reason='GroupNormalization library not built'))
+# The library is part of the install: a missing one fails these tests rather than skipping them.
+NATIVE = 'native'
 
 
 def _count(net, skip=()):
@@ -172,7 +163,9 @@ def test_one_training_step_moves_every_parameter():
 
 
 # --- export: -symbol.json + .params, back through SymbolBlock and Module ---------------------
-@pytest.mark.parametrize('backend', ['ops', 'custom', NATIVE])
+# 'custom' is not reliable in MKLDNN graphs (gn_mxnet/custom_op.py, MKLDNN_WARNING); its
+# export round trip is tested without MKLDNN in tests/test_api.py.
+@pytest.mark.parametrize('backend', ['ops', NATIVE])
 def test_hybridized_gn_resnet50_exports_and_imports(tmp_path, backend):
     net = get_model('resnet50_v1b', norm='gn', backend=backend)
     net.initialize(mx.init.Xavier(magnitude=2))
@@ -188,7 +181,8 @@ def test_hybridized_gn_resnet50_exports_and_imports(tmp_path, backend):
 
     imported = nn.SymbolBlock.imports(prefix + '-symbol.json', ['data'],
                                       prefix + '-0000.params')
-    np.testing.assert_allclose(imported(x).asnumpy(), expected, rtol=1e-5, atol=1e-6)
+    for _ in range(3):  # a race in a backend would show from the second call on
+        np.testing.assert_allclose(imported(x).asnumpy(), expected, rtol=1e-5, atol=1e-6)
 
     symbol, arg_params, aux_params = mx.model.load_checkpoint(prefix, 0)
     module = mx.mod.Module(symbol, data_names=['data'], label_names=None)
