@@ -146,17 +146,20 @@ def test_bn_statistics_check(tmp_path, native_library):
 
 @pytest.mark.slow
 def test_full_study(tmp_path):
-    """The full study (default settings, ~15 min on 2 shared CPU cores) completes every cell
-    with 3 seeds; GN's error stays flat from batch 32 to 2 (the paper's claim that holds
-    here), and BN nets trained at batch 32 see much noisier normalization from batches of 2
-    val images than from their moving averages (the diagnostic of results/bn_statistics.md)."""
+    """The full study (default settings; 6.5 min on an idle 2-core machine, ~16 min shared)
+    completes every cell with 3 seeds, and its findings hold: GN is no worse at batch 2 than
+    at batch 32 (the paper's claim), BN does not break at batch 2 on MNIST-5k either (where
+    we disagree with the paper), and BN nets trained at batch 32 see much noisier
+    normalization from batches of 2 val images than from their moving averages (the
+    diagnostic of results/bn_statistics.md)."""
     subprocess.run([sys.executable, SCRIPT, '--out', str(tmp_path)], check=True)
     rows = read_rows(tmp_path)
     s = study.StudySettings()
     assert len(rows) == len(study.planned_runs(s))
     stats = study.aggregate(rows)
     assert all(stats[c.key][2] == 3 for c, _ in study.planned_runs(s))
-    assert abs(stats['gn_g8_b2'][0] - stats['gn_g8_b32'][0]) < 1.5
+    assert stats['gn_g8_b2'][0] - stats['gn_g8_b32'][0] < 1.0
+    assert abs(stats['bn_b2'][0] - stats['bn_b32'][0]) < 1.5
     with open(tmp_path / study_bn.CSV_NAME, newline='') as f:
         bn = [r for r in csv.DictReader(f) if r['train_batch'] == '32']
     assert len(bn) == 3
