@@ -2,7 +2,10 @@
 #ifndef GN_MXNET_CPU_COMMON_H_
 #define GN_MXNET_CPU_COMMON_H_
 
+#include <omp.h>
+
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 
@@ -122,6 +125,18 @@ inline void run_moments(const T* x, int64_t length, double* mean_out, double* m2
   });
   *mean_out = static_cast<double>(mean);
   *m2_out = static_cast<double>(m2);
+}
+
+// Threads for every parallel region. Not the calling thread's OpenMP default: MXNet sets that to
+// 1 on its threads and passes its own count to its kernels, so inheriting it would run this
+// library on one core. OMP_NUM_THREADS when set, else every processor.
+inline int kernel_threads() {
+  static const int threads = [] {
+    const char* env = std::getenv("OMP_NUM_THREADS");
+    const int requested = env ? std::atoi(env) : 0;
+    return requested > 0 ? requested : omp_get_num_procs();
+  }();
+  return threads;
 }
 
 // Elements per statistics chunk: small enough for L1, large enough to amortize the merge.

@@ -48,7 +48,7 @@ template <typename P, typename A>
 void param_grads(const double* ds, const double* db, const A* rstd, P* dgamma, P* dbeta,
                  int64_t N, int64_t C, int64_t G) {
   const int64_t D = C / G;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(kernel_threads())
   for (int64_t c = 0; c < C; ++c) {
     double gamma_grad = 0.0, beta_grad = 0.0;
     for (int64_t n = 0; n < N; ++n) {
@@ -67,9 +67,9 @@ void backward_channels_first(const T* dy, const T* x, const P* gamma, const AccO
                              int64_t G) {
   using Acc = AccOf<T>;
   const int64_t D = C / G, M = D * S, tasks = N * G;
-  if (tasks >= omp_get_max_threads()) {
+  if (tasks >= kernel_threads()) {
     // One task per group: its dy and x stay in cache between the sums and the dx pass.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(kernel_threads())
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t first_channel = (t % G) * D, offset = t * M;
       double gamma_ds = 0.0, gamma_db = 0.0;
@@ -91,7 +91,7 @@ void backward_channels_first(const T* dy, const T* x, const P* gamma, const AccO
     return;
   }
   // Fewer groups than threads: parallelize over channel rows instead.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(kernel_threads())
   for (int64_t row = 0; row < N * C; ++row) {
     row_sums(dy + row * S, x + row * S, S, mean[row / D], ds + row, db + row);
   }
@@ -105,7 +105,7 @@ void backward_channels_first(const T* dy, const T* x, const P* gamma, const AccO
     }
     coefs[t] = group_coefficients(gamma_ds, gamma_db, rstd[t], M);
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(kernel_threads())
   for (int64_t row = 0; row < N * C; ++row) {
     const int64_t t = row / D;
     const Acc dy_coef = rstd[t] * static_cast<Acc>(Element<P>::load(gamma[row % C]));
@@ -122,7 +122,7 @@ void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf
                             int64_t S, int64_t G) {
   using Acc = AccOf<T>;
   const int64_t D = C / G, rows = rows_per_block(C), blocks = ceil_div(S, rows);
-#pragma omp parallel
+#pragma omp parallel num_threads(kernel_threads())
   {
     std::vector<Acc> sum_dy_centered(C), sum_dy(C), channel_mean(C);
 #pragma omp for schedule(static)

@@ -46,9 +46,9 @@ void forward_channels_first(const T* x, const P* gamma, const P* beta, T* y, Acc
                             double eps, double* workspace) {
   const int64_t D = C / G, M = D * S, tasks = N * G;
   const int64_t chunks = ceil_div(M, kChunk);
-  if (tasks >= omp_get_max_threads() || chunks == 1) {
+  if (tasks >= kernel_threads() || chunks == 1) {
     // Group (n, g) is the contiguous run [t*M, (t+1)*M): statistics, then normalize in cache.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(kernel_threads())
     for (int64_t t = 0; t < tasks; ++t) {
       const T* xg = x + t * M;
       Moments moments;
@@ -66,7 +66,7 @@ void forward_channels_first(const T* x, const P* gamma, const P* beta, T* y, Acc
     return;
   }
   // Fewer groups than threads: split each group's statistics across threads.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(kernel_threads())
   for (int64_t i = 0; i < tasks * chunks; ++i) {
     const int64_t t = i / chunks, offset = (i % chunks) * kChunk;
     run_moments(x + t * M + offset, std::min(kChunk, M - offset), workspace + 2 * i,
@@ -80,7 +80,7 @@ void forward_channels_first(const T* x, const P* gamma, const P* beta, T* y, Acc
     }
     finalize(moments, eps, mean + t, rstd + t);
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(kernel_threads())
   for (int64_t row = 0; row < N * C; ++row) {
     const int64_t t = row / D, c = row % C;
     using Acc = AccOf<T>;
@@ -100,7 +100,7 @@ void forward_channels_last(const T* x, const P* gamma, const P* beta, T* y, AccO
   const int64_t D = C / G, rows = rows_per_block(C), blocks = ceil_div(S, rows);
   double* block_moments = workspace;                         // (N, blocks, G, 2)
   Acc* affine = reinterpret_cast<Acc*>(block_moments + N * blocks * G * 2);  // (N, 3, C)
-#pragma omp parallel
+#pragma omp parallel num_threads(kernel_threads())
   {
     std::vector<Acc> channel_sum(C), channel_mean(C);
 #pragma omp for schedule(static)

@@ -1,0 +1,92 @@
+"""The CPU kernels alone, through their C ABI, on preallocated buffers: forward, backward and
+forward+backward against a plain copy of x (numpy.copyto), on the ResNet-50 shapes of
+DESIGN §8. Without MXNet's per-call allocations, which on these machines page-fault
+unpredictably, this isolates the kernels' own cost. Prints medians and ratios of one run.
+"""
+import argparse
+import ctypes
+import time
+
+import numpy as np
+
+import gn_mxnet
+
+SHAPES = ((32, 64, 56, 56), (32, 256, 56, 56), (32, 1024, 14, 14), (8, 256, 64, 64))
+FLOAT32 = 0
+
+
+def load_kernels():
+    lib = ctypes.CDLL(gn_mxnet.library_path())
+    p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.gn_cpu_forward.argtypes = [c_int, c_int, p, p, p, p, p, p, i64, i64, i64, i64, c_int,
+                                   ctypes.c_double, p]
+    lib.gn_cpu_backward.argtypes = [c_int, c_int, p, p, p, p, p, p, p, p, i64, i64, i64, i64,
+                                    c_int, p]
+    for name in ('gn_cpu_forward_workspace_bytes', 'gn_cpu_backward_workspace_bytes'):
+        getattr(lib, name).argtypes = [i64, i64, i64, i64, c_int]
+        getattr(lib, name).restype = ctypes.c_size_t
+    return lib
+
+
+def median_ms(fn, repeat):
+    fn()
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times))
+
+
+def bench(lib, shape, groups, channels_last, repeat):
+    rng = np.random.RandomState(0)
+    N, C, S = shape[0], shape[1], int(np.prod(shape[2:]))
+    x, dy = rng.randn(N * C * S).astype(np.float32), rng.randn(N * C * S).astype(np.float32)
+    y, dx = np.empty_like(x), np.empty_like(x)
+    gamma, beta = rng.randn(C).astype(np.float32), rng.randn(C).astype(np.float32)
+    dgamma, dbeta = np.empty_like(gamma), np.empty_like(beta)
+    mean, rstd = np.empty((N, groups), np.float32), np.empty((N, groups), np.float32)
+    fwd_ws = np.empty(max(1, lib.gn_cpu_forward_workspace_bytes(N, C, S, groups, channels_last)), np.uint8)
+    bwd_ws = np.empty(max(1, lib.gn_cpu_backward_workspace_bytes(N, C, S, groups, channels_last)), np.uint8)
+    ptr = lambda a: a.ctypes.data
+
+    def forward():
+        status = lib.gn_cpu_forward(FLOAT32, FLOAT32, ptr(x), ptr(gamma), ptr(beta), ptr(y),
+                                    ptr(mean), ptr(rstd), N, C, S, groups, channels_last, 1e-5,
+                                    ptr(fwd_ws))
+        assert status == 0, status
+
+    def backward():
+        status = lib.gn_cpu_backward(FLOAT32, FLOAT32, ptr(dy), ptr(x), ptr(gamma), ptr(mean),
+                                     ptr(rstd), ptr(dx), ptr(dgamma), ptr(dbeta), N, C, S,
+                                     groups, channels_last, ptr(bwd_ws))
+        assert status == 0, status
+
+    copy = median_ms(lambda: np.copyto(y, x), repeat)
+    fwd = median_ms(forward, repeat)
+    bwd = median_ms(backward, repeat)
+    both = median_ms(lambda: (forward(), backward()), repeat)
+    return copy, fwd, bwd, both
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--groups', type=int, default=32)
+    parser.add_argument('--repeat', type=int, default=15, help='timed runs per cell (>= 5)')
+    parser.add_argument('--channels-last', action='store_true')
+    args = parser.parse_args()
+    lib = load_kernels()
+    layout = 'NHWC' if args.channels_last else 'NCHW'
+    print(f"CPU kernels, float32, {layout}, G={args.groups}, median of {args.repeat} (ms)")
+    print(' '.join(f'{h:>13}' for h in ('shape', 'copy', 'fwd', 'bwd', 'fwd+bwd', 'fwd/copy',
+                                         '(fwd+bwd)/copy')))
+    for shape in SHAPES:
+        copy, fwd, bwd, both = bench(lib, shape, args.groups, int(args.channels_last), args.repeat)
+        cells = ['x'.join(map(str, shape)), copy, fwd, bwd, both, fwd / copy, both / copy]
+        print(' '.join(f'{c:>13.2f}' if isinstance(c, float) else f'{c:>13}' for c in cells),
+              flush=True)
+
+
+if __name__ == '__main__':
+    main()
