@@ -38,11 +38,28 @@ def write_summary(out_dir, summary):
     return path
 
 
-def plot_curves(out_dir, history, title=''):
-    """Loss, top-1 error and learning rate against epoch."""
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path, title='', dpi=100):
+    """Writes fig as a PNG atomically (a kill mid-write keeps the old file) and closes it."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png', dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
+def plot_curves(out_dir, history, title=''):
+    """Loss, top-1 error and learning rate against epoch."""
+    plt = pyplot()
     epochs = [row['epoch'] for row in history]
     fig, (ax_loss, ax_err, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.8))
     ax_loss.plot(epochs, [r['train_loss'] for r in history], 'o-', label='train')
@@ -57,11 +74,4 @@ def plot_curves(out_dir, history, title=''):
         ax.legend()
     for ax in (ax_loss, ax_err, ax_lr):
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = os.path.join(out_dir, CURVES_NAME)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format='png', dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, os.path.join(out_dir, CURVES_NAME), title)

@@ -2,7 +2,8 @@
 import math
 import os
 
-from .checkpoint import atomic_path, atomic_write_text
+from .checkpoint import atomic_write_text
+from .reporting import pyplot, save_figure
 from . import study
 
 TABLES_NAME = 'tables.md'
@@ -116,21 +117,8 @@ def write_tables(s, stats, rows):
     return path
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path):
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format='png', dpi=72)
-
-
 def plot_batch(s, stats):
-    plt = _plt()
+    plt = pyplot()
     fig, (ours, paper) = plt.subplots(1, 2, figsize=(9, 3.4))
     sizes = list(s.batch_sizes)
     for norm, marker in (('BN', 'o-'), ('GN', 's-')):
@@ -154,13 +142,12 @@ def plot_batch(s, stats):
         ax.grid(alpha=0.3)
         ax.legend()
     path = os.path.join(s.out_dir, BATCH_PLOT)
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=72)
     return path
 
 
 def plot_groups(s, stats):
-    plt = _plt()
+    plt = pyplot()
     fig, (by_g, by_d) = plt.subplots(1, 2, figsize=(9, 3.4))
     b = s.table_batch
     have = [(n, stats[study.Cell('gn', b, num_groups=n).key]) for n in s.groups
@@ -195,8 +182,7 @@ def plot_groups(s, stats):
     for ax in (by_g, by_d):
         ax.grid(alpha=0.3)
     path = os.path.join(s.out_dir, GROUPS_PLOT)
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=72)
     return path
 
 

@@ -2,7 +2,6 @@
 import os
 
 from .. import reporting
-from ..checkpoint import atomic_path
 
 LOSS_KEYS = ('total', 'rpn_cls', 'rpn_box', 'rcnn_cls', 'rcnn_box', 'mask')
 AP_KEYS = ('bbox_AP', 'bbox_AP50', 'bbox_AP75', 'segm_AP', 'segm_AP50', 'segm_AP75')
@@ -30,9 +29,7 @@ def write_log(out_dir, history):
 
 def plot(out_dir, history, title=''):
     """Training losses and bbox/segm AP against epoch."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = reporting.pyplot()
     fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(11, 3.8))
     trained = [r for r in history if r['epoch'] > 0]
     for key in LOSS_KEYS:
@@ -46,14 +43,7 @@ def plot(out_dir, history, title=''):
     for ax in (ax_loss, ax_ap):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = os.path.join(out_dir, CURVES_NAME)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format='png', dpi=100)
-    plt.close(fig)
-    return path
+    return reporting.save_figure(fig, os.path.join(out_dir, CURVES_NAME), title)
 
 
 def summary(cfg, history, best, num_train, num_val, contexts, wall_seconds):
