@@ -105,7 +105,9 @@ def test_native_op_returns_statistics(native_library):
                                rtol=1e-5)
 
 
-@pytest.mark.parametrize('backend', BACKENDS)
+# Not 'custom': hybridized after a Conv2D it meets MKLDNN's blocked layouts (custom_op.
+# MKLDNN_WARNING); its deferred init in a hybridized graph is in the no-MKLDNN round trip below.
+@pytest.mark.parametrize('backend', ('native', 'ops'))
 def test_gluon_layer_deferred_init_and_hybridize(native_library, backend):
     x = nd((2, 3, 6, 6))
     net = mx.gluon.nn.HybridSequential()
