@@ -90,20 +90,7 @@ __global__ void __launch_bounds__(kThreads) moments_columns_kernel(
     }
 #pragma unroll
     for (int v = 0; v < kVec; ++v) mine[v] = Moments<Acc>{count, mean[v], m2[v]};
-    __syncthreads();
-    for (int stride = TY / 2; stride > 0; stride >>= 1) {
-      if (ty < stride) {
-#pragma unroll
-        for (int v = 0; v < kVec; ++v) mine[v] = combine(mine[v], mine[v + stride * TX * kVec]);
-      }
-      __syncthreads();
-    }
-    if (ty == 0 && active) {
-#pragma unroll
-      for (int v = 0; v < kVec; ++v)
-        partial[(n * split + blockIdx.y) * C + c0 + v] = mine[v];
-    }
-    __syncthreads();  // smem is reused for the next sample
+    fold_rows_and_store<kVec>(mine, active, partial, (n * split + blockIdx.y) * C + c0);
   }
 }
 

@@ -97,6 +97,28 @@ __device__ __forceinline__ SumPair<Acc> shfl_down(const SumPair<Acc>& v, int off
                       __shfl_down_sync(0xffffffffu, v.second, offset)};
 }
 
+// Folds the blockDim.y rows of per-thread values in shared memory (kVec each, row pitch
+// blockDim.x * kVec) into row 0 with a fixed tree, so the result does not depend on timing; row 0
+// then stores its kVec values at out[index + v] when `store`. Starts and ends with a barrier, so
+// callers may refill `mine` right after.
+template <int kVec, typename V>
+__device__ __forceinline__ void fold_rows_and_store(V* mine, bool store, V* out, int64_t index) {
+  const int ty = threadIdx.y, pitch = blockDim.x * kVec;
+  __syncthreads();
+  for (int stride = blockDim.y / 2; stride > 0; stride >>= 1) {
+    if (ty < stride) {
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) mine[v] = combine(mine[v], mine[v + stride * pitch]);
+    }
+    __syncthreads();
+  }
+  if (ty == 0 && store) {
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) out[index + v] = mine[v];
+  }
+  __syncthreads();
+}
+
 // Fixed shuffle tree: the result (valid in lane 0) does not depend on timing.
 template <typename V> __device__ __forceinline__ V warp_reduce(V v) {
 #pragma unroll
