@@ -45,27 +45,30 @@ def _ungrouped(grouped, like_shape, channels_last):
     return grouped.reshape(like_shape)
 
 
-def forward_numpy(x, gamma, beta, attrs):
-    """Returns y (x's dtype), mean and rstd of shape (N, G) in the accumulation dtype."""
+def _grouped_statistics(x, attrs):
+    """x as (N, G, D, S) in the accumulation dtype, with mean and rstd of shape (N, G)."""
     acc = _accumulation_dtype(x.dtype)
     channels_last = layout(attrs, x.shape).channels_last
     xg = _grouped(x.astype(acc), attrs.num_groups, channels_last)
     mean = xg.mean(axis=(2, 3))
     var = np.square(xg - mean[:, :, None, None]).mean(axis=(2, 3))
-    rstd = 1.0 / np.sqrt(var + acc(attrs.eps))
-    g = gamma.astype(acc).reshape(1, attrs.num_groups, -1, 1)
-    b = beta.astype(acc).reshape(1, attrs.num_groups, -1, 1)
+    return xg, mean, 1.0 / np.sqrt(var + acc(attrs.eps)), channels_last
+
+
+def forward_numpy(x, gamma, beta, attrs):
+    """Returns y (x's dtype), mean and rstd of shape (N, G) in the accumulation dtype."""
+    xg, mean, rstd, channels_last = _grouped_statistics(x, attrs)
+    g = gamma.astype(xg.dtype).reshape(1, attrs.num_groups, -1, 1)
+    b = beta.astype(xg.dtype).reshape(1, attrs.num_groups, -1, 1)
     yg = (xg - mean[:, :, None, None]) * rstd[:, :, None, None] * g + b
     return _ungrouped(yg, x.shape, channels_last).astype(x.dtype), mean, rstd
 
 
 def backward_numpy(dy, x, gamma, attrs):
     """Returns dx, dgamma, dbeta, using the per-channel sums form of DESIGN §2."""
-    acc = _accumulation_dtype(x.dtype)
-    channels_last = layout(attrs, x.shape).channels_last
-    _, mean, rstd = forward_numpy(x, gamma, np.zeros_like(gamma), attrs)
+    xg, mean, rstd, channels_last = _grouped_statistics(x, attrs)
+    acc = xg.dtype
     G = attrs.num_groups
-    xg = _grouped(x.astype(acc), G, channels_last)
     dyg = _grouped(dy.astype(acc), G, channels_last)
     centered = xg - mean[:, :, None, None]
     ds = (dyg * centered).sum(axis=3)                        # (N, G, D)
