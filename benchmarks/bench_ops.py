@@ -1,8 +1,17 @@
 """Side-by-side GroupNorm speed on ResNet-50 shapes (DESIGN §8): ours vs MXNet's built-in
 GroupNorm vs gluoncv's GroupNorm vs MXNet BatchNorm (training mode) vs a plain copy of x.
 
-Prints ms (median after warm-up) and ratios measured in this one run; compare ratios, not
-absolute times across runs (shared machines are noisy).
+Two tables, both measured in this one run:
+- imperative: NDArray calls (autograd for fwd+bwd). MXNet 1.9's CPU storage has no memory
+  pool, so every output is a fresh allocation that page-faults on first write; for cheap
+  layers (ours, the copy) that, not the arithmetic, sets the time.
+- bound graph: each layer in a Symbol executor (simple_bind), whose memory is planned once
+  and reused, as in Module and in Gluon's hybridize(static_alloc=True) that train/ uses.
+  The input is a graph argument, so our front's guard against grad_req='add' (an identity
+  copy of x, see ops._native) is inside our time.
+
+Prints ms (median after warm-up) and ratios; compare ratios, not absolute times across runs
+(shared machines are noisy).
 """
 import argparse
 import time
@@ -70,24 +79,58 @@ def bench_shape(shape, groups, dtype, repeat):
     return row
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--groups', type=int, default=32)
-    parser.add_argument('--dtype', default='float32')
-    parser.add_argument('--repeat', type=int, default=7, help='timed runs per cell (>= 5)')
-    parser.add_argument('--shapes', default=None, help="e.g. '32x64x56x56,8x256x64x64'")
-    args = parser.parse_args()
-    shapes = SHAPES if not args.shapes else [tuple(int(d) for d in s.split('x'))
-                                             for s in args.shapes.split(',')]
-    gn_mxnet.load_library()
-    print(f"GroupNorm, {args.dtype}, G={args.groups}, median of {args.repeat} runs (ms); "
-          f"ratios are the other's time / ours")
+def gluoncv_symbol(x, channels, groups):
+    """gluoncv's GroupNorm as a Symbol, or None: its hybrid_forward calls reshape with
+    positional arguments, which mxnet.sym rejects, so it cannot be hybridized or bound."""
+    import gluoncv
+    try:
+        return gluoncv.nn.GroupNorm(ngroups=groups, in_channels=channels, prefix='gcv_')(x)
+    except mx.MXNetError:
+        return None
+
+
+def graph_layers(channels, groups):
+    """name -> Symbol of the layer applied to the argument 'x' (None: cannot be built)."""
+    x, gamma, beta = mx.sym.var('x'), mx.sym.var('gamma'), mx.sym.var('beta')
+    return {
+        'copy': mx.sym.identity(x),
+        'ours': gn_mxnet.group_norm(x, gamma, beta, num_groups=groups),
+        'mxnet_gn': mx.sym.GroupNorm(x, gamma, beta, num_groups=groups),
+        'gluoncv_gn': gluoncv_symbol(x, channels, groups),
+        'batchnorm': mx.sym.BatchNorm(x, gamma, beta, fix_gamma=False),
+    }
+
+
+def bench_shape_graph(shape, groups, dtype, repeat):
+    x = mx.nd.random.normal(shape=shape, dtype=dtype)
+    dy = mx.nd.random.normal(shape=shape, dtype=dtype)
+    row = {}
+    for name, symbol in graph_layers(shape[1], groups).items():
+        if symbol is None:
+            row[name] = row[name + '_fb'] = float('nan')
+            continue
+        exe = symbol.simple_bind(mx.cpu(), grad_req='write', x=shape, type_dict={'x': dtype})
+        for arg, array in list(exe.arg_dict.items()) + list(exe.aux_dict.items()):
+            array[:] = 1.0 if arg.endswith(('gamma', 'var')) else 0.0
+        x.copyto(exe.arg_dict['x'])
+        row[name] = median_ms(lambda: exe.forward(is_train=True), repeat)
+
+        def forward_backward():
+            exe.forward(is_train=True)
+            exe.backward(dy)
+        row[name + '_fb'] = median_ms(forward_backward, repeat)
+        del exe
+    return row
+
+
+def print_table(title, shapes, bench, groups, dtype, repeat):
+    print(title)
     header = ('shape', 'copy', 'ours', 'mxnet GN', 'gluoncv GN', 'BN', 'ours/copy',
               'mxGN/ours', 'BN/ours', '| ours f+b', 'mxnet GN', 'gluoncv GN', 'BN',
               'mxGN/ours', 'BN/ours')
     print(' '.join(f'{h:>11}' for h in header))
     for shape in shapes:
-        r = bench_shape(shape, args.groups, args.dtype, args.repeat)
+        r = bench(shape, groups, dtype, repeat)
         cells = ['x'.join(map(str, shape)), r['copy'], r['ours'], r['mxnet_gn'],
                  r['gluoncv_gn'], r['batchnorm'], r['ours'] / r['copy'],
                  r['mxnet_gn'] / r['ours'], r['batchnorm'] / r['ours'], r['ours_fb'],
@@ -95,6 +138,29 @@ def main():
                  r['mxnet_gn_fb'] / r['ours_fb'], r['batchnorm_fb'] / r['ours_fb']]
         print(' '.join(f'{c:>11.2f}' if isinstance(c, float) else f'{c:>11}' for c in cells),
               flush=True)
+    if np.isnan(r['gluoncv_gn']):
+        print("gluoncv GN nan: it cannot be bound (Symbol.reshape rejects its positional args)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--groups', type=int, default=32)
+    parser.add_argument('--dtype', default='float32')
+    parser.add_argument('--repeat', type=int, default=7, help='timed runs per cell (>= 5)')
+    parser.add_argument('--shapes', default=None, help="e.g. '32x64x56x56,8x256x64x64'")
+    parser.add_argument('--tables', choices=('both', 'imperative', 'graph'), default='both')
+    args = parser.parse_args()
+    shapes = SHAPES if not args.shapes else [tuple(int(d) for d in s.split('x'))
+                                             for s in args.shapes.split(',')]
+    gn_mxnet.load_library()
+    print(f"GroupNorm, {args.dtype}, G={args.groups}, median of {args.repeat} runs (ms); "
+          f"ratios are the other's time / ours")
+    if args.tables in ('both', 'imperative'):
+        print_table('imperative (NDArray calls; each output freshly allocated by MXNet):',
+                    shapes, bench_shape, args.groups, args.dtype, args.repeat)
+    if args.tables in ('both', 'graph'):
+        print_table('bound graph (simple_bind executor; memory planned once and reused):',
+                    shapes, bench_shape_graph, args.groups, args.dtype, args.repeat)
 
 
 if __name__ == '__main__':

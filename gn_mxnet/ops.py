@@ -117,6 +117,10 @@ def _stock_ops(F, data, gamma, beta, attrs):
         kept_axes = (0, -2)
     mean = F.mean(grouped, axis=kept_axes, exclude=True, keepdims=True)
     centered = F.broadcast_sub(grouped, mean)
+    # mean is rounded to float32; deviations from it are exact for a near-constant group, so
+    # their mean is that rounding. Left in, it would reach y times rstd ~ 1/sqrt(eps).
+    rounding = F.mean(centered, axis=kept_axes, exclude=True, keepdims=True)
+    centered = F.broadcast_sub(centered, rounding)
     var = F.mean(F.square(centered), axis=kept_axes, exclude=True, keepdims=True)
     normalized = F.reshape_like(F.broadcast_mul(centered, F.rsqrt(var + eps)), work)
     if attrs.axis == 1:

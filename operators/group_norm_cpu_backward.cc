@@ -1,6 +1,9 @@
 // CPU GroupNorm backward (DESIGN §2): per (n, c) sums ds = Σ dy·(x-mean) and db = Σ dy, per
 // (n, g) coefficients, then one elementwise pass dx = A[c]·dy + B[g]·(x-mean) + K[g].
-// Centering on the forward mean avoids cancellation when |mean| >> std.
+// Centering on the forward mean avoids cancellation when |mean| >> std. That mean arrives
+// rounded to Acc, so the sums also take dev = Σ (x-mean), whose group total gives the exact
+// mean's offset r; ds and K are re-centred by it (a float32 mean's rounding times rstd^2
+// would otherwise show in dx when var << eps).
 #include <omp.h>
 
 #include <algorithm>
@@ -16,21 +19,39 @@ struct GroupCoefficients {
   double x_coef, constant;  // dx = rstd·gamma[c]·dy + x_coef·(x - mean) + constant
 };
 
+// offset: the exact mean minus the mean the sums were centred on.
 inline GroupCoefficients group_coefficients(double gamma_ds, double gamma_db, double rstd,
-                                            int64_t count) {
+                                            int64_t count, double offset) {
   const double inv_count = 1.0 / static_cast<double>(count);
-  return {-rstd * rstd * rstd * gamma_ds * inv_count, -rstd * gamma_db * inv_count};
+  const double x_coef = -rstd * rstd * rstd * gamma_ds * inv_count;
+  return {x_coef, -rstd * gamma_db * inv_count - x_coef * offset};
+}
+
+// Re-centres one group's D channel sums ds on the exact mean: Σdy·(x-m-r) = ds - r·db,
+// r = Σdev / count. Returns r.
+inline double recentre_group(double* ds, const double* db, const double* dev, int64_t D,
+                             int64_t count) {
+  double total = 0.0;
+  for (int64_t d = 0; d < D; ++d) total += dev[d];
+  const double offset = total / static_cast<double>(count);
+  for (int64_t d = 0; d < D; ++d) ds[d] -= offset * db[d];
+  return offset;
 }
 
 template <typename T>
 inline void row_sums(const T* dy, const T* x, int64_t length, AccOf<T> mean, double* ds,
-                     double* db) {
+                     double* db, double* dev) {
   using Acc = AccOf<T>;
-  *ds = static_cast<double>(lane_reduce<Acc>(length, [dy, x, mean](int64_t i) {
-    return Element<T>::load(dy[i]) * (Element<T>::load(x[i]) - mean);
-  }));
-  *db = static_cast<double>(
-      lane_reduce<Acc>(length, [dy](int64_t i) { return Element<T>::load(dy[i]); }));
+  Acc sums[3];
+  lane_reduce_many<Acc, 3>(length, [dy, x, mean](int64_t i, Acc* t) {
+    const Acc g = Element<T>::load(dy[i]), centred = Element<T>::load(x[i]) - mean;
+    t[0] = g * centred;
+    t[1] = g;
+    t[2] = centred;
+  }, sums);
+  *ds = static_cast<double>(sums[0]);
+  *db = static_cast<double>(sums[1]);
+  *dev = static_cast<double>(sums[2]);
 }
 
 template <typename T>
@@ -48,7 +69,8 @@ template <typename P, typename A>
 void param_grads(const double* ds, const double* db, const A* rstd, P* dgamma, P* dbeta,
                  int64_t N, int64_t C, int64_t G) {
   const int64_t D = C / G;
-#pragma omp parallel for schedule(static) num_threads(kernel_threads())
+  const int threads = threads_for(N * C);
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t c = 0; c < C; ++c) {
     double gamma_grad = 0.0, beta_grad = 0.0;
     for (int64_t n = 0; n < N; ++n) {
@@ -63,25 +85,30 @@ void param_grads(const double* ds, const double* db, const A* rstd, P* dgamma, P
 template <typename T, typename P>
 void backward_channels_first(const T* dy, const T* x, const P* gamma, const AccOf<T>* mean,
                              const AccOf<T>* rstd, T* dx, double* ds, double* db,
-                             GroupCoefficients* coefs, int64_t N, int64_t C, int64_t S,
-                             int64_t G) {
+                             double* dev, GroupCoefficients* coefs, int64_t N, int64_t C,
+                             int64_t S, int64_t G) {
   using Acc = AccOf<T>;
   const int64_t D = C / G, M = D * S, tasks = N * G;
-  if (tasks >= kernel_threads()) {
+  const int threads = threads_for(N * C * S);
+  if (tasks >= threads) {
     // One task per group: its dy and x stay in cache between the sums and the dx pass.
-#pragma omp parallel for schedule(static) num_threads(kernel_threads())
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t first_channel = (t % G) * D, offset = t * M;
-      double gamma_ds = 0.0, gamma_db = 0.0;
       for (int64_t d = 0; d < D; ++d) {
         const int64_t row = t * D + d;
-        row_sums(dy + offset + d * S, x + offset + d * S, S, mean[t], ds + row, db + row);
-        const double gamma_c = static_cast<double>(Element<P>::load(gamma[first_channel + d]));
-        gamma_ds += gamma_c * ds[row];
-        gamma_db += gamma_c * db[row];
+        row_sums(dy + offset + d * S, x + offset + d * S, S, mean[t], ds + row, db + row,
+                 dev + row);
       }
+      const double mean_offset = recentre_group(ds + t * D, db + t * D, dev + t * D, D, M);
       if (!dx) continue;
-      const GroupCoefficients k = group_coefficients(gamma_ds, gamma_db, rstd[t], M);
+      double gamma_ds = 0.0, gamma_db = 0.0;
+      for (int64_t d = 0; d < D; ++d) {
+        const double gamma_c = static_cast<double>(Element<P>::load(gamma[first_channel + d]));
+        gamma_ds += gamma_c * ds[t * D + d];
+        gamma_db += gamma_c * db[t * D + d];
+      }
+      const GroupCoefficients k = group_coefficients(gamma_ds, gamma_db, rstd[t], M, mean_offset);
       for (int64_t d = 0; d < D; ++d) {
         const Acc dy_coef = rstd[t] * static_cast<Acc>(Element<P>::load(gamma[first_channel + d]));
         input_grad_run(dy + offset + d * S, x + offset + d * S, dx + offset + d * S, S, dy_coef,
@@ -91,21 +118,23 @@ void backward_channels_first(const T* dy, const T* x, const P* gamma, const AccO
     return;
   }
   // Fewer groups than threads: parallelize over channel rows instead.
-#pragma omp parallel for schedule(static) num_threads(kernel_threads())
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t row = 0; row < N * C; ++row) {
-    row_sums(dy + row * S, x + row * S, S, mean[row / D], ds + row, db + row);
+    row_sums(dy + row * S, x + row * S, S, mean[row / D], ds + row, db + row, dev + row);
   }
-  if (!dx) return;
   for (int64_t t = 0; t < tasks; ++t) {
+    const double mean_offset = recentre_group(ds + t * D, db + t * D, dev + t * D, D, M);
+    if (!dx) continue;
     double gamma_ds = 0.0, gamma_db = 0.0;
     for (int64_t d = 0; d < D; ++d) {
       const double gamma_c = static_cast<double>(Element<P>::load(gamma[(t % G) * D + d]));
       gamma_ds += gamma_c * ds[t * D + d];
       gamma_db += gamma_c * db[t * D + d];
     }
-    coefs[t] = group_coefficients(gamma_ds, gamma_db, rstd[t], M);
+    coefs[t] = group_coefficients(gamma_ds, gamma_db, rstd[t], M, mean_offset);
   }
-#pragma omp parallel for schedule(static) num_threads(kernel_threads())
+  if (!dx) return;
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t row = 0; row < N * C; ++row) {
     const int64_t t = row / D;
     const Acc dy_coef = rstd[t] * static_cast<Acc>(Element<P>::load(gamma[row % C]));
@@ -118,57 +147,67 @@ void backward_channels_first(const T* dy, const T* x, const P* gamma, const AccO
 template <typename T, typename P>
 void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf<T>* mean,
                             const AccOf<T>* rstd, T* dx, double* ds, double* db,
-                            double* partials, AccOf<T>* channel_coefs, int64_t N, int64_t C,
-                            int64_t S, int64_t G) {
+                            double* dev, double* partials, AccOf<T>* channel_coefs, int64_t N,
+                            int64_t C, int64_t S, int64_t G) {
   using Acc = AccOf<T>;
   const int64_t D = C / G, rows = rows_per_block(C), blocks = ceil_div(S, rows);
-#pragma omp parallel num_threads(kernel_threads())
+  const int threads = threads_for(N * C * S);
+#pragma omp parallel num_threads(threads)
   {
-    std::vector<Acc> sum_dy_centered(C), sum_dy(C), channel_mean(C);
+    std::vector<Acc> sum_dy_centered(C), sum_dy(C), sum_centred(C), channel_mean(C);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < N * blocks; ++i) {
       const int64_t n = i / blocks, s0 = (i % blocks) * rows, s1 = std::min(S, s0 + rows);
       for (int64_t c = 0; c < C; ++c) channel_mean[c] = mean[n * G + c / D];
       std::fill(sum_dy_centered.begin(), sum_dy_centered.end(), Acc(0));
       std::fill(sum_dy.begin(), sum_dy.end(), Acc(0));
+      std::fill(sum_centred.begin(), sum_centred.end(), Acc(0));
       for (int64_t s = s0; s < s1; ++s) {
         const T* dyr = dy + (n * S + s) * C;
         const T* xr = x + (n * S + s) * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
           const Acc g = Element<T>::load(dyr[c]);
-          sum_dy_centered[c] += g * (Element<T>::load(xr[c]) - channel_mean[c]);
+          const Acc centred = Element<T>::load(xr[c]) - channel_mean[c];
+          sum_dy_centered[c] += g * centred;
           sum_dy[c] += g;
+          sum_centred[c] += centred;
         }
       }
-      double* out = partials + i * 2 * C;
+      double* out = partials + i * 3 * C;
       for (int64_t c = 0; c < C; ++c) {
         out[c] = static_cast<double>(sum_dy_centered[c]);
         out[C + c] = static_cast<double>(sum_dy[c]);
+        out[2 * C + c] = static_cast<double>(sum_centred[c]);
       }
     }
 #pragma omp for schedule(static)
     for (int64_t nc = 0; nc < N * C; ++nc) {
       const int64_t n = nc / C, c = nc % C;
-      double total_ds = 0.0, total_db = 0.0;
+      double total_ds = 0.0, total_db = 0.0, total_dev = 0.0;
       for (int64_t b = 0; b < blocks; ++b) {
-        total_ds += partials[(n * blocks + b) * 2 * C + c];
-        total_db += partials[(n * blocks + b) * 2 * C + C + c];
+        const double* in = partials + (n * blocks + b) * 3 * C;
+        total_ds += in[c];
+        total_db += in[C + c];
+        total_dev += in[2 * C + c];
       }
       ds[nc] = total_ds;
       db[nc] = total_db;
+      dev[nc] = total_dev;
     }
-    if (dx) {
 #pragma omp for schedule(static)
-      for (int64_t t = 0; t < N * G; ++t) {
-        const int64_t n = t / G, g = t % G;
+    for (int64_t t = 0; t < N * G; ++t) {
+      const int64_t n = t / G, g = t % G, first = n * C + g * D;
+      const double mean_offset = recentre_group(ds + first, db + first, dev + first, D, D * S);
+      if (dx) {
         double gamma_ds = 0.0, gamma_db = 0.0;
         for (int64_t c = g * D; c < (g + 1) * D; ++c) {
           const double gamma_c = static_cast<double>(Element<P>::load(gamma[c]));
           gamma_ds += gamma_c * ds[n * C + c];
           gamma_db += gamma_c * db[n * C + c];
         }
-        const GroupCoefficients k = group_coefficients(gamma_ds, gamma_db, rstd[t], D * S);
+        const GroupCoefficients k =
+            group_coefficients(gamma_ds, gamma_db, rstd[t], D * S, mean_offset);
         Acc* coef = channel_coefs + n * 4 * C;  // rows: dy coef, x coef, mean, constant
         for (int64_t c = g * D; c < (g + 1) * D; ++c) {
           coef[c] = rstd[t] * static_cast<Acc>(Element<P>::load(gamma[c]));
@@ -177,6 +216,8 @@ void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf
           coef[3 * C + c] = static_cast<Acc>(k.constant);
         }
       }
+    }
+    if (dx) {
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < N * blocks; ++i) {
         const int64_t n = i / blocks, s0 = (i % blocks) * rows, s1 = std::min(S, s0 + rows);
@@ -198,9 +239,9 @@ void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf
 }  // namespace
 
 size_t backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G, int channels_last) {
-  int64_t doubles = 2 * N * C;  // ds, db
+  int64_t doubles = 3 * N * C;  // ds, db, dev
   if (channels_last) {
-    doubles += N * ceil_div(S, rows_per_block(C)) * 2 * C + N * 4 * C;
+    doubles += N * ceil_div(S, rows_per_block(C)) * 3 * C + N * 4 * C;
   } else {
     doubles += N * G * 2;
   }
@@ -213,15 +254,16 @@ void backward(const T* dy, const T* x, const P* gamma, const AccOf<T>* mean,
               int64_t S, int64_t G, int channels_last, void* workspace) {
   double* ds = static_cast<double*>(workspace);
   double* db = ds + N * C;
-  double* rest = db + N * C;
+  double* dev = db + N * C;
+  double* rest = dev + N * C;
   if (channels_last) {
     double* partials = rest;
     AccOf<T>* channel_coefs =
-        reinterpret_cast<AccOf<T>*>(partials + N * ceil_div(S, rows_per_block(C)) * 2 * C);
-    backward_channels_last(dy, x, gamma, mean, rstd, dx, ds, db, partials, channel_coefs, N, C,
-                           S, G);
+        reinterpret_cast<AccOf<T>*>(partials + N * ceil_div(S, rows_per_block(C)) * 3 * C);
+    backward_channels_last(dy, x, gamma, mean, rstd, dx, ds, db, dev, partials, channel_coefs,
+                           N, C, S, G);
   } else {
-    backward_channels_first(dy, x, gamma, mean, rstd, dx, ds, db,
+    backward_channels_first(dy, x, gamma, mean, rstd, dx, ds, db, dev,
                             reinterpret_cast<GroupCoefficients*>(rest), N, C, S, G);
   }
   if (dgamma || dbeta) param_grads(ds, db, rstd, dgamma, dbeta, N, C, G);

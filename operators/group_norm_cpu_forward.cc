@@ -11,14 +11,23 @@
 namespace gn {
 namespace {
 
+// Writes the outputs mean (its Acc rounding) and rstd; returns the mean split for normalizing.
 template <typename A>
-inline void finalize(const Moments& moments, double eps, A* mean, A* rstd) {
+inline SplitMean<A> finalize(const Moments& moments, double eps, A* mean, A* rstd) {
   const double var = std::max(moments.m2 / moments.count, 0.0);
-  *mean = static_cast<A>(moments.mean);
+  const SplitMean<A> split(moments.mean);
+  *mean = split.hi;
   *rstd = static_cast<A>(1.0 / std::sqrt(var + eps));
+  return split;
 }
 
-// y = (x - mean) * a + beta over one contiguous run, a = gamma * rstd. Folding mean into the
+// The per-channel shift once the mean's low part is folded in: (x - hi) * a + shift.
+template <typename A>
+inline A shift_of(double beta, const SplitMean<A>& mean, A a) {
+  return static_cast<A>(beta - mean.lo * static_cast<double>(a));
+}
+
+// y = (x - mean) * a + shift over one contiguous run, a = gamma * rstd. Folding mean into the
 // shift instead (x * a + b) would cancel badly when rstd is large (near-constant groups).
 template <typename T>
 inline void affine_run(const T* x, T* y, int64_t length, AccOf<T> mean, AccOf<T> a,
@@ -32,11 +41,12 @@ inline void affine_run(const T* x, T* y, int64_t length, AccOf<T> mean, AccOf<T>
 // Channels-first rows of one group: D rows of S elements, channel c = first_channel + d.
 template <typename T, typename P>
 inline void normalize_group(const T* x, T* y, const P* gamma, const P* beta, int64_t D,
-                            int64_t S, AccOf<T> mean, AccOf<T> rstd) {
+                            int64_t S, const SplitMean<AccOf<T>>& mean, AccOf<T> rstd) {
   using Acc = AccOf<T>;
   for (int64_t d = 0; d < D; ++d) {
     const Acc a = static_cast<Acc>(Element<P>::load(gamma[d])) * rstd;
-    affine_run(x + d * S, y + d * S, S, mean, a, static_cast<Acc>(Element<P>::load(beta[d])));
+    const double b = static_cast<double>(Element<P>::load(beta[d]));
+    affine_run(x + d * S, y + d * S, S, mean.hi, a, shift_of(b, mean, a));
   }
 }
 
@@ -45,10 +55,11 @@ void forward_channels_first(const T* x, const P* gamma, const P* beta, T* y, Acc
                             AccOf<T>* rstd, int64_t N, int64_t C, int64_t S, int64_t G,
                             double eps, double* workspace) {
   const int64_t D = C / G, M = D * S, tasks = N * G;
+  const int threads = threads_for(N * C * S);
   const int64_t chunks = ceil_div(M, kChunk);
-  if (tasks >= kernel_threads() || chunks == 1) {
+  if (tasks >= threads || chunks == 1) {
     // Group (n, g) is the contiguous run [t*M, (t+1)*M): statistics, then normalize in cache.
-#pragma omp parallel for schedule(static) num_threads(kernel_threads())
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t t = 0; t < tasks; ++t) {
       const T* xg = x + t * M;
       Moments moments;
@@ -58,35 +69,37 @@ void forward_channels_first(const T* x, const P* gamma, const P* beta, T* y, Acc
         run_moments(xg + offset, length, &chunk_mean, &chunk_m2);
         moments.merge(static_cast<double>(length), chunk_mean, chunk_m2);
       }
-      finalize(moments, eps, mean + t, rstd + t);
+      const SplitMean<AccOf<T>> split = finalize(moments, eps, mean + t, rstd + t);
       const int64_t first_channel = (t % G) * D;
-      normalize_group(xg, y + t * M, gamma + first_channel, beta + first_channel, D, S,
-                      mean[t], rstd[t]);
+      normalize_group(xg, y + t * M, gamma + first_channel, beta + first_channel, D, S, split,
+                      rstd[t]);
     }
     return;
   }
   // Fewer groups than threads: split each group's statistics across threads.
-#pragma omp parallel for schedule(static) num_threads(kernel_threads())
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t i = 0; i < tasks * chunks; ++i) {
     const int64_t t = i / chunks, offset = (i % chunks) * kChunk;
     run_moments(x + t * M + offset, std::min(kChunk, M - offset), workspace + 2 * i,
                 workspace + 2 * i + 1);
   }
+  double* mean_lo = workspace + 2 * tasks * chunks;  // (N, G)
   for (int64_t t = 0; t < tasks; ++t) {
     Moments moments;
     for (int64_t k = 0; k < chunks; ++k) {
       const double length = static_cast<double>(std::min(kChunk, M - k * kChunk));
       moments.merge(length, workspace[2 * (t * chunks + k)], workspace[2 * (t * chunks + k) + 1]);
     }
-    finalize(moments, eps, mean + t, rstd + t);
+    mean_lo[t] = finalize(moments, eps, mean + t, rstd + t).lo;
   }
-#pragma omp parallel for schedule(static) num_threads(kernel_threads())
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t row = 0; row < N * C; ++row) {
     const int64_t t = row / D, c = row % C;
     using Acc = AccOf<T>;
     const Acc a = static_cast<Acc>(Element<P>::load(gamma[c])) * rstd[t];
+    const double b = static_cast<double>(Element<P>::load(beta[c]));
     affine_run(x + row * S, y + row * S, S, mean[t], a,
-               static_cast<Acc>(Element<P>::load(beta[c])));
+               static_cast<Acc>(b - mean_lo[t] * static_cast<double>(a)));
   }
 }
 
@@ -98,11 +111,12 @@ void forward_channels_last(const T* x, const P* gamma, const P* beta, T* y, AccO
                            double eps, double* workspace) {
   using Acc = AccOf<T>;
   const int64_t D = C / G, rows = rows_per_block(C), blocks = ceil_div(S, rows);
+  const int threads = threads_for(N * C * S);
   double* block_moments = workspace;                         // (N, blocks, G, 2)
   Acc* affine = reinterpret_cast<Acc*>(block_moments + N * blocks * G * 2);  // (N, 3, C)
-#pragma omp parallel num_threads(kernel_threads())
+#pragma omp parallel num_threads(threads)
   {
-    std::vector<Acc> channel_sum(C), channel_mean(C);
+    std::vector<Acc> channel_sum(C), channel_mean(C), channel_dev(C);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < N * blocks; ++i) {
       const int64_t n = i / blocks, s0 = (i % blocks) * rows, s1 = std::min(S, s0 + rows);
@@ -123,17 +137,24 @@ void forward_channels_last(const T* x, const P* gamma, const P* beta, T* y, AccO
         out[2 * g] = static_cast<double>(group_mean);
       }
       std::fill(channel_sum.begin(), channel_sum.end(), Acc(0));
+      std::fill(channel_dev.begin(), channel_dev.end(), Acc(0));
       for (int64_t r = 0; r < block_rows; ++r) {
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
           const Acc dev = Element<T>::load(xb[r * C + c]) - channel_mean[c];
+          channel_dev[c] += dev;
           channel_sum[c] += dev * dev;
         }
       }
-      for (int64_t g = 0; g < G; ++g) {
-        Acc group_m2 = 0;
-        for (int64_t d = 0; d < D; ++d) group_m2 += channel_sum[g * D + d];
-        out[2 * g + 1] = static_cast<double>(group_m2);
+      for (int64_t g = 0; g < G; ++g) {  // the deviations' sum corrects the rounded mean
+        double group_dev = 0.0, group_m2 = 0.0;
+        for (int64_t d = 0; d < D; ++d) {
+          group_dev += static_cast<double>(channel_dev[g * D + d]);
+          group_m2 += static_cast<double>(channel_sum[g * D + d]);
+        }
+        const double correction = group_dev / static_cast<double>(count);
+        out[2 * g] += correction;
+        out[2 * g + 1] = group_m2 - group_dev * correction;
       }
     }
 #pragma omp for schedule(static)
@@ -145,12 +166,13 @@ void forward_channels_last(const T* x, const P* gamma, const P* beta, T* y, AccO
         const int64_t block_rows = std::min(S, (b + 1) * rows) - b * rows;
         moments.merge(static_cast<double>(block_rows * D), in[0], in[1]);
       }
-      finalize(moments, eps, mean + t, rstd + t);
-      Acc* rows_of_n = affine + n * 3 * C;  // rows: mean, gamma * rstd, beta
+      const SplitMean<Acc> split = finalize(moments, eps, mean + t, rstd + t);
+      Acc* rows_of_n = affine + n * 3 * C;  // rows: mean, gamma * rstd, shift
       for (int64_t c = g * D; c < (g + 1) * D; ++c) {
-        rows_of_n[c] = mean[t];
-        rows_of_n[C + c] = static_cast<Acc>(Element<P>::load(gamma[c])) * rstd[t];
-        rows_of_n[2 * C + c] = static_cast<Acc>(Element<P>::load(beta[c]));
+        const Acc a = static_cast<Acc>(Element<P>::load(gamma[c])) * rstd[t];
+        rows_of_n[c] = split.hi;
+        rows_of_n[C + c] = a;
+        rows_of_n[2 * C + c] = shift_of(static_cast<double>(Element<P>::load(beta[c])), split, a);
       }
     }
 #pragma omp for schedule(static)
@@ -178,7 +200,8 @@ size_t forward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G, int c
     const int64_t blocks = ceil_div(S, rows_per_block(C));
     return sizeof(double) * static_cast<size_t>(N * blocks * G * 2 + N * 3 * C);
   }
-  return sizeof(double) * static_cast<size_t>(N * G * ceil_div((C / G) * S, kChunk) * 2);
+  // chunk moments (N, G, chunks, 2), then the means' low parts (N, G)
+  return sizeof(double) * static_cast<size_t>(N * G * (ceil_div((C / G) * S, kChunk) * 2 + 1));
 }
 
 template <typename T, typename P>

@@ -11,7 +11,7 @@ import gn_reference as ref
 
 BACKENDS = ('native', 'custom', 'ops')
 # Tolerance relative to the largest reference magnitude of each compared tensor.
-TOLERANCE = {'float64': 1e-10, 'float32': 1e-5, 'float16': 1e-2, 'mean_far_from_zero': 1e-4}
+TOLERANCE = {'float64': 1e-10, 'float32': 1e-5, 'float16': 1e-2}
 
 # (shape channels-first, groups other than 1 and C)
 SHAPES = [((3, 8), 2), ((2, 8, 5), 4), ((2, 6, 4, 3), 3), ((2, 4, 3, 2, 2), 2)]
@@ -40,21 +40,29 @@ def assert_close(actual, expected, dtype, what, scale=None):
     assert err <= TOLERANCE[dtype], f"{what}: relative error {err:.3g} > {TOLERANCE[dtype]}"
 
 
-def dx_term_scale(dy, x, gamma, groups, axis, eps=1e-5):
-    """max of rstd * |gamma * dy|: the size of the terms dx is summed from."""
+def term_scales(dy, x, gamma, groups, axis, eps=1e-5):
+    """The size of the terms each gradient is summed from. A sum whose terms cancel (dx of a
+    one-element group is exactly 0; dgamma = Σ dy·x_hat over terms of both signs) is only
+    as accurate as its terms' magnitude times the working precision, whatever the kernel."""
     xf = np.moveaxis(x.astype(np.float64), axis, 1)
-    grouped = xf.reshape(xf.shape[0], groups, -1)
-    rstd = 1.0 / np.sqrt(grouped.var(axis=2) + eps)                   # (N, G)
-    per_channel = np.repeat(rstd, xf.shape[1] // groups, axis=1)     # (N, C)
-    weighted = np.abs(np.moveaxis(dy.astype(np.float64), axis, 1)).reshape(xf.shape[0], xf.shape[1], -1)
-    return (weighted.max(axis=2) * per_channel * np.abs(gamma.astype(np.float64))).max()
+    N, C = xf.shape[:2]
+    grouped = xf.reshape(N, groups, -1)
+    mean, rstd = grouped.mean(axis=2, keepdims=True), 1.0 / np.sqrt(grouped.var(axis=2) + eps)
+    x_hat = ((grouped - mean) * rstd[:, :, None]).reshape(N, C, -1)
+    per_channel = np.repeat(rstd, C // groups, axis=1)                       # (N, C)
+    abs_dy = np.abs(np.moveaxis(dy.astype(np.float64), axis, 1)).reshape(N, C, -1)
+    return {
+        'dx': (abs_dy.max(axis=2) * per_channel * np.abs(gamma.astype(np.float64))).max(),
+        'dgamma': (abs_dy * np.abs(x_hat)).sum(axis=(0, 2)).max(),
+        'dbeta': abs_dy.sum(axis=(0, 2)).max(),
+    }
 
 
 def check_against_reference(backend, shape, groups, axis, dtype, param_dtype=None, seed=0,
-                            offset=0.0, tolerance=None):
+                            offset=0.0, spread=2.0):
     rng = np.random.RandomState(seed)
     channels = shape[axis]
-    x = (rng.randn(*shape) * 2 + offset).astype(dtype)
+    x = (rng.randn(*shape) * spread + offset).astype(dtype)
     dy = rng.randn(*shape).astype(dtype)
     gamma = rng.randn(channels).astype(param_dtype or dtype)
     beta = rng.randn(channels).astype(param_dtype or dtype)
@@ -62,12 +70,12 @@ def check_against_reference(backend, shape, groups, axis, dtype, param_dtype=Non
     assert y.dtype == np.dtype(dtype) and dx.dtype == np.dtype(dtype)
     assert dgamma.dtype == np.dtype(param_dtype or dtype)
     expected_dx, expected_dgamma, expected_dbeta = ref.backward(dy, x, gamma, groups, axis=axis)
-    check = dtype if tolerance is None else tolerance
-    assert_close(y, ref.forward(x, gamma, beta, groups, axis=axis), check, 'y')
-    assert_close(dx, expected_dx, check, 'dx',
-                 scale=max(np.abs(expected_dx).max(), dx_term_scale(dy, x, gamma, groups, axis)))
-    assert_close(dgamma, expected_dgamma, check, 'dgamma')
-    assert_close(dbeta, expected_dbeta, check, 'dbeta')
+    assert_close(y, ref.forward(x, gamma, beta, groups, axis=axis), dtype, 'y')
+    terms = term_scales(dy, x, gamma, groups, axis)
+    for what, actual, expected in (('dx', dx, expected_dx), ('dgamma', dgamma, expected_dgamma),
+                                   ('dbeta', dbeta, expected_dbeta)):
+        assert_close(actual, expected, dtype, what,
+                     scale=max(np.abs(expected).max(), terms[what]))
 
 
 GRID = [(backend, shape if axis == 1 else to_channels_last(shape), groups, axis, dtype)
@@ -84,7 +92,7 @@ def test_grid_matches_reference(native_library, backend, shape, groups, axis, dt
 @pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('shape, groups, axis', [
     ((4, 16, 32, 32), 2, 1),     # groups of 8192 elements: several statistics chunks each
-    ((1, 8, 64, 64), 1, 1),      # fewer groups than threads: statistics split across threads
+    ((1, 8, 96, 96), 1, 1),      # fewer groups than threads (2 x kGrain elements): split
     ((2, 40, 40, 64), 4, -1),    # channels-last, many row blocks per sample
     ((2, 3, 2048), 1, -1),       # channels-last with C > one block's elements
 ])
@@ -92,12 +100,25 @@ def test_large_shapes_match_reference(native_library, backend, shape, groups, ax
     check_against_reference(backend, shape, groups, axis, 'float32')
 
 
+# float32 rounds a mean of 1000 by up to 3e-5 and one of 3 by 1.2e-7; against a std of 2, or
+# a std of 1e-3 << sqrt(eps) where rstd ~ 1/sqrt(eps), that rounding alone would break 1e-5
+# in y, dx and dgamma. Every backend must recover it (DESIGN §2 precision).
+PRECISION_CASES = [
+    ((2, 8, 16, 16), 2, 1, 1000.0, 2.0),    # |mean| >> std
+    ((3, 2), 1, 1, 3.0, 1e-3),              # near-constant groups of two
+    ((4, 16, 30), 2, 1, 3.0, 1e-3),         # near-constant, one task per group
+    ((1, 4, 20000), 1, 1, 3.0, 1e-3),       # near-constant, statistics split across threads
+    ((2, 50, 8), 2, -1, 3.0, 1e-3),         # channels-last
+    ((2, 40, 40, 64), 4, -1, 1000.0, 2.0),  # channels-last, many row blocks
+]
+
+
 @pytest.mark.parametrize('backend', BACKENDS)
-def test_mean_far_from_zero_keeps_precision(native_library, backend):
-    """|mean| >> std: no catastrophic cancellation in float32. The bound is 1e-4, not 1e-5:
-    the float32 mean itself is off by up to ulp(1000)/2 = 3e-5, against a std of 2."""
-    check_against_reference(backend, (2, 8, 16, 16), 2, 1, 'float32', offset=1000.0,
-                            tolerance='mean_far_from_zero')
+@pytest.mark.parametrize('shape, groups, axis, offset, spread', PRECISION_CASES)
+def test_float32_mean_rounding_is_recovered(native_library, backend, shape, groups, axis,
+                                            offset, spread):
+    check_against_reference(backend, shape, groups, axis, 'float32', offset=offset,
+                            spread=spread)
 
 
 @pytest.mark.parametrize('backend', BACKENDS)
@@ -202,14 +223,16 @@ def problems(draw):
     axis = draw(st.sampled_from((1, -1)))
     if axis == -1:
         shape = to_channels_last(shape)
-    return shape, groups, axis, draw(st.sampled_from(('float32', 'float64'))), draw(st.integers(0, 2**31 - 1))
+    dtype = draw(st.sampled_from(('float32', 'float64')))
+    offset, spread = draw(st.sampled_from(((0.0, 2.0), (3.0, 1e-3), (1000.0, 2.0))))
+    return shape, groups, axis, dtype, offset, spread, draw(st.integers(0, 2**31 - 1))
 
 
-# Fixed examples: random search can land on a one-group, near-constant input where float32's
-# rounding of the mean times rstd ~ 1/sqrt(eps) exceeds 1e-5 of |y| (an open precision item),
-# which would make CI pass or fail by chance.
+# derandomize: the same 200 examples on every run, so CI is reproducible. A random search of
+# 20,000 examples found no failure (see the README's precision note).
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(problems())
 def test_hypothesis_native_matches_reference(native_library, problem):
-    shape, groups, axis, dtype, seed = problem
-    check_against_reference('native', shape, groups, axis, dtype, seed=seed)
+    shape, groups, axis, dtype, offset, spread, seed = problem
+    check_against_reference('native', shape, groups, axis, dtype, seed=seed, offset=offset,
+                            spread=spread)
