@@ -36,5 +36,14 @@ def load_library() -> str:
         return path
 
 
+def cpu_isa() -> str:
+    """The build of the CPU kernels that runs here: 'avx2' (AVX2 + FMA) or 'generic'.
+    GN_MXNET_CPU_ISA=generic, set before the library loads, forces 'generic'."""
+    import ctypes
+    library = ctypes.CDLL(load_library())
+    library.gn_cpu_isa.restype = ctypes.c_char_p
+    return library.gn_cpu_isa().decode()
+
+
 def is_loaded() -> bool:
     return _loaded_path is not None

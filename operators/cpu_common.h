@@ -9,7 +9,14 @@
 #include <cstdint>
 #include <cstring>
 
+// The kernels are compiled once per instruction set (setup.py); each build lives in its own
+// namespace, gn::generic or gn::avx2, so their inline functions never mix at link time.
+#ifndef GN_KERNEL_ISA
+#define GN_KERNEL_ISA generic
+#endif
+
 namespace gn {
+namespace GN_KERNEL_ISA {
 
 // IEEE binary16 as stored by MXNet; arithmetic happens in float.
 struct Half {
@@ -192,6 +199,7 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // Channels-last rows (of C elements) per block.
 inline int64_t rows_per_block(int64_t C) { return C >= kChunk ? 1 : kChunk / C; }
 
+}  // namespace GN_KERNEL_ISA
 }  // namespace gn
 
 #endif  // GN_MXNET_CPU_COMMON_H_

@@ -1,4 +1,4 @@
-// Typed CPU GroupNorm kernels; group_norm_cpu.cc dispatches the C ABI onto them.
+// Typed CPU GroupNorm kernels; group_norm_cpu_entry.cc dispatches dtypes onto them.
 #ifndef GN_MXNET_GROUP_NORM_CPU_H_
 #define GN_MXNET_GROUP_NORM_CPU_H_
 
@@ -8,6 +8,7 @@
 #include "cpu_common.h"
 
 namespace gn {
+namespace GN_KERNEL_ISA {
 
 size_t forward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G, int channels_last);
 size_t backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G, int channels_last);
@@ -22,6 +23,7 @@ void backward(const T* dy, const T* x, const P* gamma, const AccOf<T>* mean,
               const AccOf<T>* rstd, T* dx, P* dgamma, P* dbeta, int64_t N, int64_t C,
               int64_t S, int64_t G, int channels_last, void* workspace);
 
+}  // namespace GN_KERNEL_ISA
 }  // namespace gn
 
 #endif  // GN_MXNET_GROUP_NORM_CPU_H_

@@ -13,6 +13,7 @@
 #include "group_norm_cpu.h"
 
 namespace gn {
+namespace GN_KERNEL_ISA {
 namespace {
 
 struct GroupCoefficients {
@@ -143,7 +144,19 @@ void backward_channels_first(const T* dy, const T* x, const P* gamma, const AccO
   }
 }
 
-// Channels-last (N, S, C): per-channel partial sums per block of rows, reduced per (n, c).
+// Channels-last pieces per sample: enough for every thread to have work, and no more, since
+// each piece writes 3·C partial sums (per block of rows, for C = 1024, that was more memory
+// traffic than x itself).
+inline int64_t channels_last_pieces(int64_t N, int threads) {
+  return N >= threads ? 1 : ceil_div(threads, N);
+}
+
+inline int64_t channels_last_partials(int64_t N, int64_t C, int64_t S) {
+  return N * channels_last_pieces(N, threads_for(N * C * S)) * 3 * C;
+}
+
+// Channels-last (N, S, C): each piece of a sample sums its blocks of rows per channel (float
+// within a cache-resident block, double across blocks); the pieces are reduced per (n, c).
 template <typename T, typename P>
 void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf<T>* mean,
                             const AccOf<T>* rstd, T* dx, double* ds, double* db,
@@ -152,41 +165,46 @@ void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf
   using Acc = AccOf<T>;
   const int64_t D = C / G, rows = rows_per_block(C), blocks = ceil_div(S, rows);
   const int threads = threads_for(N * C * S);
+  const int64_t pieces = channels_last_pieces(N, threads);
+  const int64_t blocks_per_piece = ceil_div(blocks, pieces);
 #pragma omp parallel num_threads(threads)
   {
     std::vector<Acc> sum_dy_centered(C), sum_dy(C), sum_centred(C), channel_mean(C);
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < N * blocks; ++i) {
-      const int64_t n = i / blocks, s0 = (i % blocks) * rows, s1 = std::min(S, s0 + rows);
+    for (int64_t i = 0; i < N * pieces; ++i) {
+      const int64_t n = i / pieces, first_block = (i % pieces) * blocks_per_piece;
       for (int64_t c = 0; c < C; ++c) channel_mean[c] = mean[n * G + c / D];
-      std::fill(sum_dy_centered.begin(), sum_dy_centered.end(), Acc(0));
-      std::fill(sum_dy.begin(), sum_dy.end(), Acc(0));
-      std::fill(sum_centred.begin(), sum_centred.end(), Acc(0));
-      for (int64_t s = s0; s < s1; ++s) {
-        const T* dyr = dy + (n * S + s) * C;
-        const T* xr = x + (n * S + s) * C;
+      double* out = partials + i * 3 * C;  // rows: Σ dy·(x-mean), Σ dy, Σ (x-mean)
+      std::fill(out, out + 3 * C, 0.0);
+      for (int64_t b = first_block; b < std::min(blocks, first_block + blocks_per_piece); ++b) {
+        std::fill(sum_dy_centered.begin(), sum_dy_centered.end(), Acc(0));
+        std::fill(sum_dy.begin(), sum_dy.end(), Acc(0));
+        std::fill(sum_centred.begin(), sum_centred.end(), Acc(0));
+        for (int64_t s = b * rows; s < std::min(S, (b + 1) * rows); ++s) {
+          const T* dyr = dy + (n * S + s) * C;
+          const T* xr = x + (n * S + s) * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          const Acc g = Element<T>::load(dyr[c]);
-          const Acc centred = Element<T>::load(xr[c]) - channel_mean[c];
-          sum_dy_centered[c] += g * centred;
-          sum_dy[c] += g;
-          sum_centred[c] += centred;
+          for (int64_t c = 0; c < C; ++c) {
+            const Acc g = Element<T>::load(dyr[c]);
+            const Acc centred = Element<T>::load(xr[c]) - channel_mean[c];
+            sum_dy_centered[c] += g * centred;
+            sum_dy[c] += g;
+            sum_centred[c] += centred;
+          }
         }
-      }
-      double* out = partials + i * 3 * C;
-      for (int64_t c = 0; c < C; ++c) {
-        out[c] = static_cast<double>(sum_dy_centered[c]);
-        out[C + c] = static_cast<double>(sum_dy[c]);
-        out[2 * C + c] = static_cast<double>(sum_centred[c]);
+        for (int64_t c = 0; c < C; ++c) {
+          out[c] += static_cast<double>(sum_dy_centered[c]);
+          out[C + c] += static_cast<double>(sum_dy[c]);
+          out[2 * C + c] += static_cast<double>(sum_centred[c]);
+        }
       }
     }
 #pragma omp for schedule(static)
     for (int64_t nc = 0; nc < N * C; ++nc) {
       const int64_t n = nc / C, c = nc % C;
       double total_ds = 0.0, total_db = 0.0, total_dev = 0.0;
-      for (int64_t b = 0; b < blocks; ++b) {
-        const double* in = partials + (n * blocks + b) * 3 * C;
+      for (int64_t p = 0; p < pieces; ++p) {
+        const double* in = partials + (n * pieces + p) * 3 * C;
         total_ds += in[c];
         total_db += in[C + c];
         total_dev += in[2 * C + c];
@@ -241,7 +259,7 @@ void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf
 size_t backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G, int channels_last) {
   int64_t doubles = 3 * N * C;  // ds, db, dev
   if (channels_last) {
-    doubles += N * ceil_div(S, rows_per_block(C)) * 3 * C + N * 4 * C;
+    doubles += channels_last_partials(N, C, S) + N * 4 * C;
   } else {
     doubles += N * G * 2;
   }
@@ -259,7 +277,7 @@ void backward(const T* dy, const T* x, const P* gamma, const AccOf<T>* mean,
   if (channels_last) {
     double* partials = rest;
     AccOf<T>* channel_coefs =
-        reinterpret_cast<AccOf<T>*>(partials + N * ceil_div(S, rows_per_block(C)) * 3 * C);
+        reinterpret_cast<AccOf<T>*>(partials + channels_last_partials(N, C, S));
     backward_channels_last(dy, x, gamma, mean, rstd, dx, ds, db, dev, partials, channel_coefs,
                            N, C, S, G);
   } else {
@@ -279,4 +297,5 @@ GN_INSTANTIATE_BACKWARD(Half, Half)
 GN_INSTANTIATE_BACKWARD(Half, float)
 #undef GN_INSTANTIATE_BACKWARD
 
+}  // namespace GN_KERNEL_ISA
 }  // namespace gn

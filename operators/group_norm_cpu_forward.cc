@@ -9,6 +9,7 @@
 #include "group_norm_cpu.h"
 
 namespace gn {
+namespace GN_KERNEL_ISA {
 namespace {
 
 // Writes the outputs mean (its Acc rounding) and rstd; returns the mean split for normalizing.
@@ -225,4 +226,5 @@ GN_INSTANTIATE_FORWARD(Half, Half)
 GN_INSTANTIATE_FORWARD(Half, float)
 #undef GN_INSTANTIATE_FORWARD
 
+}  // namespace GN_KERNEL_ISA
 }  // namespace gn

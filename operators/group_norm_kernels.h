@@ -29,6 +29,10 @@ enum {
 
 const char* gn_status_string(int status);
 
+// Which build of the CPU kernels runs: "avx2" (AVX2 + FMA, chosen when the CPU has them) or
+// "generic". GN_MXNET_CPU_ISA=generic in the environment forces "generic".
+const char* gn_cpu_isa(void);
+
 size_t gn_cpu_forward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G,
                                       int channels_last);
 int gn_cpu_forward(int dtype, int param_dtype, const void* x, const void* gamma,
