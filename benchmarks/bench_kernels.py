@@ -78,7 +78,8 @@ def main():
     args = parser.parse_args()
     lib = load_kernels()
     layout = 'NHWC' if args.channels_last else 'NCHW'
-    print(f"CPU kernels, float32, {layout}, G={args.groups}, median of {args.repeat} (ms)")
+    print(f"CPU kernels ({gn_mxnet.cpu_isa()} build), float32, {layout}, G={args.groups}, "
+          f"median of {args.repeat} (ms)")
     print(' '.join(f'{h:>13}' for h in ('shape', 'copy', 'fwd', 'bwd', 'fwd+bwd', 'fwd/copy',
                                          '(fwd+bwd)/copy')))
     for shape in SHAPES:

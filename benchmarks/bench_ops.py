@@ -3,8 +3,11 @@ GroupNorm vs gluoncv's GroupNorm vs MXNet BatchNorm (training mode) vs a plain c
 
 Two tables, both measured in this one run:
 - imperative: NDArray calls (autograd for fwd+bwd). MXNet 1.9's CPU storage has no memory
-  pool, so every output is a fresh allocation that page-faults on first write; for cheap
-  layers (ours, the copy) that, not the arithmetic, sets the time.
+  pool: outputs are malloc'd and freed on its engine threads, and glibc's per-thread arenas
+  hand large blocks back to the OS on free, so each output page-faults on first write. For
+  cheap layers (ours, the copy) that, not the arithmetic, sets the time. Running with
+  GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296
+  keeps freed memory for reuse (README, "Speed").
 - bound graph: each layer in a Symbol executor (simple_bind), whose memory is planned once
   and reused, as in Module and in Gluon's hybridize(static_alloc=True) that train/ uses.
   The input is a graph argument, so our front's guard against grad_req='add' (an identity
@@ -14,6 +17,7 @@ Prints ms (median after warm-up) and ratios; compare ratios, not absolute times 
 (shared machines are noisy).
 """
 import argparse
+import os
 import time
 
 import mxnet as mx
@@ -154,9 +158,10 @@ def main():
                                              for s in args.shapes.split(',')]
     gn_mxnet.load_library()
     print(f"GroupNorm, {args.dtype}, G={args.groups}, median of {args.repeat} runs (ms); "
-          f"ratios are the other's time / ours")
+          f"ratios are the other's time / ours; kernels: {gn_mxnet.cpu_isa()} build; "
+          f"allocator: {os.environ.get('GLIBC_TUNABLES') or 'glibc defaults'}")
     if args.tables in ('both', 'imperative'):
-        print_table('imperative (NDArray calls; each output freshly allocated by MXNet):',
+        print_table('imperative (NDArray calls; MXNet allocates every output per call):',
                     shapes, bench_shape, args.groups, args.dtype, args.repeat)
     if args.tables in ('both', 'graph'):
         print_table('bound graph (simple_bind executor; memory planned once and reused):',

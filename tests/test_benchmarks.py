@@ -1,0 +1,22 @@
+"""The benchmark scripts run and print their tables (timings themselves are not asserted)."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_ops_prints_both_tables(native_library):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'bench_ops.py'),
+         '--shapes', '2x64x8x8', '--repeat', '5'],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert any(line.startswith('imperative') for line in lines)
+    assert any(line.startswith('bound graph') for line in lines)
+    rows = [line.split() for line in lines if line.split()[:1] == ['2x64x8x8']]
+    assert len(rows) == 2
+    for row in rows:
+        ours, mxnet_gn, ours_fb = float(row[2]), float(row[3]), float(row[9])
+        assert ours > 0 and mxnet_gn > 0 and ours_fb > 0
