@@ -3,28 +3,12 @@
 It is slow (host round trip) but independent of the C++ library, so it serves as a second
 implementation to check the native op against, and runs wherever MXNet's CustomOp does.
 """
-import os
-import warnings
-
 import mxnet as mx
 import numpy as np
 
 from .attrs import check_dtype, check_param_dtype, layout, parse_attrs
 
 OP_TYPE = 'gn_mxnet_group_norm'
-
-MKLDNN_WARNING = (
-    "gn_mxnet backend='custom' in hybridized graphs or imported SymbolBlocks: MXNet 1.9 with "
-    "MKLDNN can hand a CustomOp a convolution output in its blocked layout, which gives wrong, "
-    "varying results. Use backend='native' or 'ops' there, or start Python with "
-    "MXNET_MKLDNN_ENABLED=0. (Imperative NDArray/autograd use is not affected.)")
-
-
-def _warn_if_mkldnn():
-    if os.environ.get('MXNET_MKLDNN_ENABLED') != '0' and \
-            mx.runtime.Features().is_enabled('MKLDNN'):
-        warnings.warn(MKLDNN_WARNING, RuntimeWarning, stacklevel=3)
-
 
 
 def _grouped(x, num_groups, channels_last):
@@ -148,4 +132,3 @@ class _GroupNormProp(mx.operator.CustomOpProp):
         return _GroupNormOp(self.attrs)
 
 
-_warn_if_mkldnn()

@@ -49,15 +49,22 @@ def _group_norm(F, data, gamma, beta, attrs, backend):
         return _native(F, data, gamma, beta, attrs)
     if backend == 'custom':
         from .custom_op import OP_TYPE  # registers the CustomOp on first use
-        if F is mx.nd:
-            # A Conv2D output may sit in MKLDNN's blocked layout, which imperative CustomOps
-            # read as if it were NCHW. identity's output is in the default layout (a reshape
-            # is not always) and, unlike NDArray.copy(), autograd records it with its grad_req.
-            # Inside hybridized graphs no such fix holds: see custom_op.MKLDNN_WARNING.
-            data = F.identity(data)
-        return F.Custom(data, gamma, beta, op_type=OP_TYPE, num_groups=attrs.num_groups,
-                        eps=repr(attrs.eps), axis=attrs.axis)
+        # Both ways: the data it reads, and the gradient its backward reads (which the next
+        # layer's MKLDNN backward may leave blocked).
+        out = F.Custom(_in_default_layout(F, data), gamma, beta, op_type=OP_TYPE,
+                       num_groups=attrs.num_groups, eps=repr(attrs.eps), axis=attrs.axis)
+        return _in_default_layout(F, out)
     return _stock_ops(F, data, gamma, beta, attrs)
+
+
+def _in_default_layout(F, data):
+    """data in MXNet's default row-major layout, for the CustomOp. A Conv2D output may sit in
+    MKLDNN's blocked layout, which MXNet 1.9 hands a CustomOp as if it were plain NCHW (wrong
+    results that vary from call to call). expand_dims and squeeze have no MKLDNN kernels, so
+    MXNet reorders their input to the default layout, imperatively and in graphs alike, and
+    autograd records them like any op. (identity does not do it in graphs: its MKLDNN copy
+    keeps the blocked layout.)"""
+    return F.squeeze(F.expand_dims(data, axis=0), axis=0)
 
 
 def _may_accumulate(F, value):

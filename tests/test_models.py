@@ -163,9 +163,7 @@ def test_one_training_step_moves_every_parameter():
 
 
 # --- export: -symbol.json + .params, back through SymbolBlock and Module ---------------------
-# 'custom' is not reliable in MKLDNN graphs (gn_mxnet/custom_op.py, MKLDNN_WARNING); its
-# export round trip is tested without MKLDNN in tests/test_api.py.
-@pytest.mark.parametrize('backend', ['ops', NATIVE])
+@pytest.mark.parametrize('backend', ['ops', 'custom', NATIVE])
 def test_hybridized_gn_resnet50_exports_and_imports(tmp_path, backend):
     net = get_model('resnet50_v1b', norm='gn', backend=backend)
     net.initialize(mx.init.Xavier(magnitude=2))

@@ -53,10 +53,7 @@ def compare(model, builder, depth, image_shape, logits_name, **kwargs):
     return np.abs(gluon_out - symbol_out).max(), np.abs(gluon_out).max()
 
 
-# 'custom' is left out: the Symbol side runs in an MKLDNN graph, where MXNet 1.9 can hand a
-# CustomOp blocked layouts (gn_mxnet/custom_op.py, MKLDNN_WARNING). Its imperative use after a
-# convolution is tested in tests/test_group_norm.py, its graphs without MKLDNN in test_api.py.
-@pytest.mark.parametrize('backend', ['ops', NATIVE])
+@pytest.mark.parametrize('backend', ['ops', 'custom', NATIVE])
 def test_resnet50_gn_symbol_equals_gluon(backend):
     diff, scale = compare('resnet50_v1b', resnet, 50, (3, 64, 64), 'fc', norm='gn',
                           backend=backend)
