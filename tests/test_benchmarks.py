@@ -20,3 +20,11 @@ def test_bench_ops_prints_both_tables(native_library):
     for row in rows:
         ours, mxnet_gn, ours_fb = float(row[2]), float(row[3]), float(row[9])
         assert ours > 0 and mxnet_gn > 0 and ours_fb > 0
+
+
+def test_bench_torch_without_torch_says_how_to_get_it(native_library):
+    env = {k: v for k, v in os.environ.items() if k != 'GN_MXNET_TORCH_PYTHON'}
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'bench_torch.py')],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2
+    assert '--torch-python must name the python of an environment with torch' in result.stderr
