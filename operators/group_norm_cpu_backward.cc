@@ -144,9 +144,8 @@ void backward_channels_first(const T* dy, const T* x, const P* gamma, const AccO
   }
 }
 
-// Channels-last pieces per sample: enough for every thread to have work, and no more, since
-// each piece writes 3·C partial sums (per block of rows, for C = 1024, that was more memory
-// traffic than x itself).
+// Channels-last pieces per sample when samples are fewer than threads: enough for every
+// thread to have work and no more, since each piece writes 3·C partial sums.
 inline int64_t channels_last_pieces(int64_t N, int threads) {
   return N >= threads ? 1 : ceil_div(threads, N);
 }
@@ -155,8 +154,89 @@ inline int64_t channels_last_partials(int64_t N, int64_t C, int64_t S) {
   return N * channels_last_pieces(N, threads_for(N * C * S)) * 3 * C;
 }
 
-// Channels-last (N, S, C): each piece of a sample sums its blocks of rows per channel (float
-// within a cache-resident block, double across blocks); the pieces are reduced per (n, c).
+template <typename Acc>
+struct SumScratch {
+  std::vector<Acc> dy_centred, dy, centred, mean;
+  explicit SumScratch(int64_t C) : dy_centred(C), dy(C), centred(C), mean(C) {}
+};
+
+// Adds Σ dy·(x-mean), Σ dy and Σ (x-mean) per channel over rows [s0, s1) of one sample (dy, x
+// at its first row) into the rows of out (3, C): float within a cache-resident block of rows,
+// double across blocks.
+template <typename T>
+void add_channel_sums(const T* dy, const T* x, const AccOf<T>* sample_mean, int64_t s0,
+                      int64_t s1, int64_t C, int64_t G, SumScratch<AccOf<T>>& scratch,
+                      double* out) {
+  using Acc = AccOf<T>;
+  const int64_t D = C / G, rows = rows_per_block(C);
+  Acc* centre = scratch.mean.data();
+  for (int64_t c = 0; c < C; ++c) centre[c] = sample_mean[c / D];
+  for (int64_t b0 = s0; b0 < s1; b0 += rows) {
+    Acc* dy_centred = scratch.dy_centred.data();
+    Acc* dy_sum = scratch.dy.data();
+    Acc* centred_sum = scratch.centred.data();
+    std::fill(dy_centred, dy_centred + C, Acc(0));
+    std::fill(dy_sum, dy_sum + C, Acc(0));
+    std::fill(centred_sum, centred_sum + C, Acc(0));
+    for (int64_t s = b0; s < std::min(s1, b0 + rows); ++s) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const Acc g = Element<T>::load(dy[s * C + c]);
+        const Acc centred = Element<T>::load(x[s * C + c]) - centre[c];
+        dy_centred[c] += g * centred;
+        dy_sum[c] += g;
+        centred_sum[c] += centred;
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      out[c] += static_cast<double>(dy_centred[c]);
+      out[C + c] += static_cast<double>(dy_sum[c]);
+      out[2 * C + c] += static_cast<double>(centred_sum[c]);
+    }
+  }
+}
+
+// Re-centres group g's sums of one sample (ds, db, dev at its first channel) and, when coef is
+// given, writes its channels' dx coefficient rows (4, C): dy coef, x coef, mean, constant.
+template <typename P, typename Acc>
+void group_input_grad_coefs(double* ds, const double* db, const double* dev, const P* gamma,
+                            Acc mean, Acc rstd, int64_t g, int64_t D, int64_t S, int64_t C,
+                            Acc* coef) {
+  const int64_t first = g * D;
+  const double offset = recentre_group(ds + first, db + first, dev + first, D, D * S);
+  if (!coef) return;
+  double gamma_ds = 0.0, gamma_db = 0.0;
+  for (int64_t c = first; c < first + D; ++c) {
+    const double gamma_c = static_cast<double>(Element<P>::load(gamma[c]));
+    gamma_ds += gamma_c * ds[c];
+    gamma_db += gamma_c * db[c];
+  }
+  const GroupCoefficients k = group_coefficients(gamma_ds, gamma_db, rstd, D * S, offset);
+  for (int64_t c = first; c < first + D; ++c) {
+    coef[c] = rstd * static_cast<Acc>(Element<P>::load(gamma[c]));
+    coef[C + c] = static_cast<Acc>(k.x_coef);
+    coef[2 * C + c] = mean;
+    coef[3 * C + c] = static_cast<Acc>(k.constant);
+  }
+}
+
+template <typename T>
+void input_grad_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,
+                     const AccOf<T>* coef) {
+  for (int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = r * C + c;
+      dx[i] = Element<T>::store(coef[c] * Element<T>::load(dy[i]) +
+                                coef[C + c] * (Element<T>::load(x[i]) - coef[2 * C + c]) +
+                                coef[3 * C + c]);
+    }
+  }
+}
+
+// Channels-last (N, S, C). With a sample per thread, each task sums its sample, then writes its
+// dx while the sample's x and dy are still in L2/L3. With fewer samples than threads, pieces of
+// samples are summed in parallel and reduced per (n, c), and dx is a separate pass.
 template <typename T, typename P>
 void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf<T>* mean,
                             const AccOf<T>* rstd, T* dx, double* ds, double* db,
@@ -165,39 +245,42 @@ void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf
   using Acc = AccOf<T>;
   const int64_t D = C / G, rows = rows_per_block(C), blocks = ceil_div(S, rows);
   const int threads = threads_for(N * C * S);
+  if (N >= threads) {
+#pragma omp parallel num_threads(threads)
+    {
+      SumScratch<Acc> scratch(C);
+      std::vector<double> sums(3 * C);
+      std::vector<Acc> coef(4 * C);
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t offset = n * S * C;
+        std::fill(sums.begin(), sums.end(), 0.0);
+        add_channel_sums(dy + offset, x + offset, mean + n * G, 0, S, C, G, scratch,
+                         sums.data());
+        std::copy(sums.begin(), sums.begin() + C, ds + n * C);
+        std::copy(sums.begin() + C, sums.begin() + 2 * C, db + n * C);
+        std::copy(sums.begin() + 2 * C, sums.end(), dev + n * C);
+        for (int64_t g = 0; g < G; ++g) {
+          group_input_grad_coefs(ds + n * C, db + n * C, dev + n * C, gamma, mean[n * G + g],
+                                 rstd[n * G + g], g, D, S, C, dx ? coef.data() : nullptr);
+        }
+        if (dx) input_grad_rows(dy + offset, x + offset, dx + offset, S, C, coef.data());
+      }
+    }
+    return;
+  }
   const int64_t pieces = channels_last_pieces(N, threads);
-  const int64_t blocks_per_piece = ceil_div(blocks, pieces);
+  const int64_t rows_per_piece = ceil_div(blocks, pieces) * rows;
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<Acc> sum_dy_centered(C), sum_dy(C), sum_centred(C), channel_mean(C);
+    SumScratch<Acc> scratch(C);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < N * pieces; ++i) {
-      const int64_t n = i / pieces, first_block = (i % pieces) * blocks_per_piece;
-      for (int64_t c = 0; c < C; ++c) channel_mean[c] = mean[n * G + c / D];
-      double* out = partials + i * 3 * C;  // rows: Σ dy·(x-mean), Σ dy, Σ (x-mean)
+      const int64_t n = i / pieces, s0 = std::min(S, (i % pieces) * rows_per_piece);
+      double* out = partials + i * 3 * C;
       std::fill(out, out + 3 * C, 0.0);
-      for (int64_t b = first_block; b < std::min(blocks, first_block + blocks_per_piece); ++b) {
-        std::fill(sum_dy_centered.begin(), sum_dy_centered.end(), Acc(0));
-        std::fill(sum_dy.begin(), sum_dy.end(), Acc(0));
-        std::fill(sum_centred.begin(), sum_centred.end(), Acc(0));
-        for (int64_t s = b * rows; s < std::min(S, (b + 1) * rows); ++s) {
-          const T* dyr = dy + (n * S + s) * C;
-          const T* xr = x + (n * S + s) * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            const Acc g = Element<T>::load(dyr[c]);
-            const Acc centred = Element<T>::load(xr[c]) - channel_mean[c];
-            sum_dy_centered[c] += g * centred;
-            sum_dy[c] += g;
-            sum_centred[c] += centred;
-          }
-        }
-        for (int64_t c = 0; c < C; ++c) {
-          out[c] += static_cast<double>(sum_dy_centered[c]);
-          out[C + c] += static_cast<double>(sum_dy[c]);
-          out[2 * C + c] += static_cast<double>(sum_centred[c]);
-        }
-      }
+      add_channel_sums(dy + n * S * C, x + n * S * C, mean + n * G, s0,
+                       std::min(S, s0 + rows_per_piece), C, G, scratch, out);
     }
 #pragma omp for schedule(static)
     for (int64_t nc = 0; nc < N * C; ++nc) {
@@ -215,40 +298,16 @@ void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf
     }
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < N * G; ++t) {
-      const int64_t n = t / G, g = t % G, first = n * C + g * D;
-      const double mean_offset = recentre_group(ds + first, db + first, dev + first, D, D * S);
-      if (dx) {
-        double gamma_ds = 0.0, gamma_db = 0.0;
-        for (int64_t c = g * D; c < (g + 1) * D; ++c) {
-          const double gamma_c = static_cast<double>(Element<P>::load(gamma[c]));
-          gamma_ds += gamma_c * ds[n * C + c];
-          gamma_db += gamma_c * db[n * C + c];
-        }
-        const GroupCoefficients k =
-            group_coefficients(gamma_ds, gamma_db, rstd[t], D * S, mean_offset);
-        Acc* coef = channel_coefs + n * 4 * C;  // rows: dy coef, x coef, mean, constant
-        for (int64_t c = g * D; c < (g + 1) * D; ++c) {
-          coef[c] = rstd[t] * static_cast<Acc>(Element<P>::load(gamma[c]));
-          coef[C + c] = static_cast<Acc>(k.x_coef);
-          coef[2 * C + c] = mean[t];
-          coef[3 * C + c] = static_cast<Acc>(k.constant);
-        }
-      }
+      const int64_t n = t / G;
+      group_input_grad_coefs(ds + n * C, db + n * C, dev + n * C, gamma, mean[t], rstd[t], t % G,
+                             D, S, C, dx ? channel_coefs + n * 4 * C : nullptr);
     }
     if (dx) {
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < N * blocks; ++i) {
-        const int64_t n = i / blocks, s0 = (i % blocks) * rows, s1 = std::min(S, s0 + rows);
-        const Acc* coef = channel_coefs + n * 4 * C;
-        for (int64_t s = s0; s < s1; ++s) {
-          const int64_t base = (n * S + s) * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            dx[base + c] = Element<T>::store(
-                coef[c] * Element<T>::load(dy[base + c]) +
-                coef[C + c] * (Element<T>::load(x[base + c]) - coef[2 * C + c]) + coef[3 * C + c]);
-          }
-        }
+        const int64_t n = i / blocks, s0 = (i % blocks) * rows, offset = (n * S + s0) * C;
+        input_grad_rows(dy + offset, x + offset, dx + offset, std::min(rows, S - s0), C,
+                        channel_coefs + n * 4 * C);
       }
     }
   }

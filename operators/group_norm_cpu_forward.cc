@@ -104,8 +104,89 @@ void forward_channels_first(const T* x, const P* gamma, const P* beta, T* y, Acc
   }
 }
 
-// Channels-last: x is (N, S, C). Work is split into blocks of rows; each block yields moments
-// per group (two passes over the cache-resident block), merged per (n, g) afterwards.
+// Channels-last scratch of one thread: per-channel sums, deviations and block group means.
+template <typename Acc>
+struct ChannelScratch {
+  std::vector<Acc> sum, dev, mean;
+  explicit ChannelScratch(int64_t C) : sum(C), dev(C), mean(C) {}
+};
+
+// Moments of each group over block_rows rows of C channels, two passes over the cache-resident
+// block; out[2g] = mean (its Acc rounding corrected by the deviations' sum), out[2g+1] = M2.
+template <typename T>
+void block_moments(const T* xb, int64_t block_rows, int64_t C, int64_t G,
+                   ChannelScratch<AccOf<T>>& scratch, double* out) {
+  using Acc = AccOf<T>;
+  const int64_t D = C / G;
+  Acc* sum = scratch.sum.data();
+  Acc* dev = scratch.dev.data();
+  Acc* centre = scratch.mean.data();
+  std::fill(sum, sum + C, Acc(0));
+  for (int64_t r = 0; r < block_rows; ++r) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) sum[c] += Element<T>::load(xb[r * C + c]);
+  }
+  const Acc count = static_cast<Acc>(block_rows * D);
+  for (int64_t g = 0; g < G; ++g) {
+    Acc group_sum = 0;
+    for (int64_t d = 0; d < D; ++d) group_sum += sum[g * D + d];
+    const Acc group_mean = group_sum / count;
+    for (int64_t d = 0; d < D; ++d) centre[g * D + d] = group_mean;
+    out[2 * g] = static_cast<double>(group_mean);
+  }
+  std::fill(sum, sum + C, Acc(0));
+  std::fill(dev, dev + C, Acc(0));
+  for (int64_t r = 0; r < block_rows; ++r) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const Acc deviation = Element<T>::load(xb[r * C + c]) - centre[c];
+      dev[c] += deviation;
+      sum[c] += deviation * deviation;
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    double group_dev = 0.0, group_m2 = 0.0;
+    for (int64_t d = 0; d < D; ++d) {
+      group_dev += static_cast<double>(dev[g * D + d]);
+      group_m2 += static_cast<double>(sum[g * D + d]);
+    }
+    const double correction = group_dev / static_cast<double>(count);
+    out[2 * g] += correction;
+    out[2 * g + 1] = group_m2 - group_dev * correction;
+  }
+}
+
+// Finalizes group g of one sample and writes its channels' rows of affine (3, C): mean hi,
+// gamma * rstd, shift.
+template <typename P, typename Acc>
+void group_affine(const Moments& moments, double eps, const P* gamma, const P* beta, int64_t g,
+                  int64_t D, int64_t C, Acc* mean, Acc* rstd, Acc* affine) {
+  const SplitMean<Acc> split = finalize(moments, eps, mean, rstd);
+  for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+    const Acc a = static_cast<Acc>(Element<P>::load(gamma[c])) * *rstd;
+    affine[c] = split.hi;
+    affine[C + c] = a;
+    affine[2 * C + c] = shift_of(static_cast<double>(Element<P>::load(beta[c])), split, a);
+  }
+}
+
+template <typename T>
+void normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const AccOf<T>* affine) {
+  const AccOf<T>* m = affine;
+  const AccOf<T>* a = affine + C;
+  const AccOf<T>* b = affine + 2 * C;
+  for (int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      y[r * C + c] = Element<T>::store((Element<T>::load(x[r * C + c]) - m[c]) * a[c] + b[c]);
+    }
+  }
+}
+
+// Channels-last: x is (N, S, C), and every group spans a whole sample. With a sample per
+// thread, each task takes its sample's moments block by block, then normalizes it while it
+// is still in L2/L3, so x comes from memory once. With fewer samples than threads, blocks of
+// rows are spread over the threads and x is read twice.
 template <typename T, typename P>
 void forward_channels_last(const T* x, const P* gamma, const P* beta, T* y, AccOf<T>* mean,
                            AccOf<T>* rstd, int64_t N, int64_t C, int64_t S, int64_t G,
@@ -113,83 +194,59 @@ void forward_channels_last(const T* x, const P* gamma, const P* beta, T* y, AccO
   using Acc = AccOf<T>;
   const int64_t D = C / G, rows = rows_per_block(C), blocks = ceil_div(S, rows);
   const int threads = threads_for(N * C * S);
-  double* block_moments = workspace;                         // (N, blocks, G, 2)
-  Acc* affine = reinterpret_cast<Acc*>(block_moments + N * blocks * G * 2);  // (N, 3, C)
+  if (N >= threads) {
+#pragma omp parallel num_threads(threads)
+    {
+      ChannelScratch<Acc> scratch(C);
+      std::vector<double> block(2 * G);
+      std::vector<Moments> groups(G);
+      std::vector<Acc> affine(3 * C);
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n) {
+        std::fill(groups.begin(), groups.end(), Moments());
+        for (int64_t s0 = 0; s0 < S; s0 += rows) {
+          const int64_t block_rows = std::min(rows, S - s0);
+          block_moments(x + (n * S + s0) * C, block_rows, C, G, scratch, block.data());
+          for (int64_t g = 0; g < G; ++g) {
+            groups[g].merge(static_cast<double>(block_rows * D), block[2 * g], block[2 * g + 1]);
+          }
+        }
+        for (int64_t g = 0; g < G; ++g) {
+          group_affine(groups[g], eps, gamma, beta, g, D, C, mean + n * G + g, rstd + n * G + g,
+                       affine.data());
+        }
+        normalize_rows(x + n * S * C, y + n * S * C, S, C, affine.data());
+      }
+    }
+    return;
+  }
+  double* moments_of_blocks = workspace;                                        // (N, blocks, G, 2)
+  Acc* affine = reinterpret_cast<Acc*>(moments_of_blocks + N * blocks * G * 2);  // (N, 3, C)
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<Acc> channel_sum(C), channel_mean(C), channel_dev(C);
+    ChannelScratch<Acc> scratch(C);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < N * blocks; ++i) {
-      const int64_t n = i / blocks, s0 = (i % blocks) * rows, s1 = std::min(S, s0 + rows);
-      const T* xb = x + (n * S + s0) * C;
-      const int64_t block_rows = s1 - s0;
-      std::fill(channel_sum.begin(), channel_sum.end(), Acc(0));
-      for (int64_t r = 0; r < block_rows; ++r) {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) channel_sum[c] += Element<T>::load(xb[r * C + c]);
-      }
-      double* out = block_moments + i * G * 2;
-      const Acc count = static_cast<Acc>(block_rows * D);
-      for (int64_t g = 0; g < G; ++g) {
-        Acc group_sum = 0;
-        for (int64_t d = 0; d < D; ++d) group_sum += channel_sum[g * D + d];
-        const Acc group_mean = group_sum / count;
-        for (int64_t d = 0; d < D; ++d) channel_mean[g * D + d] = group_mean;
-        out[2 * g] = static_cast<double>(group_mean);
-      }
-      std::fill(channel_sum.begin(), channel_sum.end(), Acc(0));
-      std::fill(channel_dev.begin(), channel_dev.end(), Acc(0));
-      for (int64_t r = 0; r < block_rows; ++r) {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          const Acc dev = Element<T>::load(xb[r * C + c]) - channel_mean[c];
-          channel_dev[c] += dev;
-          channel_sum[c] += dev * dev;
-        }
-      }
-      for (int64_t g = 0; g < G; ++g) {  // the deviations' sum corrects the rounded mean
-        double group_dev = 0.0, group_m2 = 0.0;
-        for (int64_t d = 0; d < D; ++d) {
-          group_dev += static_cast<double>(channel_dev[g * D + d]);
-          group_m2 += static_cast<double>(channel_sum[g * D + d]);
-        }
-        const double correction = group_dev / static_cast<double>(count);
-        out[2 * g] += correction;
-        out[2 * g + 1] = group_m2 - group_dev * correction;
-      }
+      const int64_t n = i / blocks, s0 = (i % blocks) * rows;
+      block_moments(x + (n * S + s0) * C, std::min(rows, S - s0), C, G, scratch,
+                    moments_of_blocks + i * G * 2);
     }
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < N * G; ++t) {
       const int64_t n = t / G, g = t % G;
       Moments moments;
       for (int64_t b = 0; b < blocks; ++b) {
-        const double* in = block_moments + ((n * blocks + b) * G + g) * 2;
+        const double* in = moments_of_blocks + ((n * blocks + b) * G + g) * 2;
         const int64_t block_rows = std::min(S, (b + 1) * rows) - b * rows;
         moments.merge(static_cast<double>(block_rows * D), in[0], in[1]);
       }
-      const SplitMean<Acc> split = finalize(moments, eps, mean + t, rstd + t);
-      Acc* rows_of_n = affine + n * 3 * C;  // rows: mean, gamma * rstd, shift
-      for (int64_t c = g * D; c < (g + 1) * D; ++c) {
-        const Acc a = static_cast<Acc>(Element<P>::load(gamma[c])) * rstd[t];
-        rows_of_n[c] = split.hi;
-        rows_of_n[C + c] = a;
-        rows_of_n[2 * C + c] = shift_of(static_cast<double>(Element<P>::load(beta[c])), split, a);
-      }
+      group_affine(moments, eps, gamma, beta, g, D, C, mean + t, rstd + t, affine + n * 3 * C);
     }
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < N * blocks; ++i) {
-      const int64_t n = i / blocks, s0 = (i % blocks) * rows, s1 = std::min(S, s0 + rows);
-      const Acc* m = affine + n * 3 * C;
-      const Acc* a = m + C;
-      const Acc* b = m + 2 * C;
-      for (int64_t s = s0; s < s1; ++s) {
-        const T* xr = x + (n * S + s) * C;
-        T* yr = y + (n * S + s) * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          yr[c] = Element<T>::store((Element<T>::load(xr[c]) - m[c]) * a[c] + b[c]);
-        }
-      }
+      const int64_t n = i / blocks, s0 = (i % blocks) * rows;
+      normalize_rows(x + (n * S + s0) * C, y + (n * S + s0) * C, std::min(rows, S - s0), C,
+                     affine + n * 3 * C);
     }
   }
 }

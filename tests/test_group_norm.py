@@ -95,6 +95,7 @@ def test_grid_matches_reference(native_library, backend, shape, groups, axis, dt
     ((1, 8, 96, 96), 1, 1),      # fewer groups than threads (2 x kGrain elements): split
     ((2, 40, 40, 64), 4, -1),    # channels-last, many row blocks per sample
     ((2, 3, 2048), 1, -1),       # channels-last with C > one block's elements
+    ((1, 40, 40, 64), 4, -1),    # channels-last, fewer samples than threads: blocks split
 ])
 def test_large_shapes_match_reference(native_library, backend, shape, groups, axis):
     check_against_reference(backend, shape, groups, axis, 'float32')
@@ -109,7 +110,8 @@ PRECISION_CASES = [
     ((4, 16, 30), 2, 1, 3.0, 1e-3),         # near-constant, one task per group
     ((1, 4, 20000), 1, 1, 3.0, 1e-3),       # near-constant, statistics split across threads
     ((2, 50, 8), 2, -1, 3.0, 1e-3),         # channels-last
-    ((2, 40, 40, 64), 4, -1, 1000.0, 2.0),  # channels-last, many row blocks
+    ((2, 40, 40, 64), 4, -1, 1000.0, 2.0),  # channels-last, one sample per task
+    ((1, 48, 48, 32), 4, -1, 3.0, 1e-3),    # channels-last, blocks split across threads
 ]
 
 
