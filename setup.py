@@ -9,8 +9,9 @@ Environment:
   GN_MXNET_MXNET_DIST     the mxnet requirement to declare, e.g. "mxnet-cu112==1.9.1"
   GN_MXNET_CXXFLAGS       extra g++ flags, e.g. "-march=native" for a build that stays on this CPU
 
-The CPU kernels are built twice on x86-64, generic and AVX2 + FMA; the library runs the AVX2
-build where the CPU has it. GN_MXNET_CPU_ISA=generic at run time forces the generic build.
+The CPU kernels are built twice on x86-64, generic and AVX2 + FMA + F16C; the library runs the
+AVX2 build where the CPU has all three. GN_MXNET_CPU_ISA=generic at run time forces the generic
+build.
 """
 import importlib.metadata
 import importlib.util
@@ -39,10 +40,10 @@ CPU_KERNEL_SOURCES = ('group_norm_cpu_forward.cc', 'group_norm_cpu_backward.cc',
 
 
 def cpu_isas():
-    """isa -> extra g++ flags: the generic build always, AVX2 + FMA on x86-64."""
+    """isa -> extra g++ flags: the generic build always, AVX2 + FMA + F16C on x86-64."""
     isas = {'generic': []}
     if platform.machine().lower() in ('x86_64', 'amd64'):
-        isas['avx2'] = ['-mavx2', '-mfma']
+        isas['avx2'] = ['-mavx2', '-mfma', '-mf16c']
     return isas
 
 

@@ -37,7 +37,7 @@ def load_library() -> str:
 
 
 def cpu_isa() -> str:
-    """The build of the CPU kernels that runs here: 'avx2' (AVX2 + FMA) or 'generic'.
+    """The build of the CPU kernels that runs here: 'avx2' (AVX2, FMA, F16C) or 'generic'.
     GN_MXNET_CPU_ISA=generic, set before the library loads, forces 'generic'."""
     import ctypes
     library = ctypes.CDLL(load_library())

@@ -1,5 +1,6 @@
 // The C ABI of the CPU kernels: checks shapes, then runs the build of the kernels for the
-// best instruction set this CPU has (AVX2 + FMA, else generic x86-64 / the host's default).
+// best instruction set this CPU has (AVX2 + FMA + F16C, else generic x86-64 / the host's
+// default).
 #include <cstdlib>
 #include <cstring>
 
@@ -19,7 +20,8 @@ bool use_avx2() {
     const char* forced = std::getenv("GN_MXNET_CPU_ISA");
     if (forced && std::strcmp(forced, "generic") == 0) return false;
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
   }();
   return avx2;
 #else

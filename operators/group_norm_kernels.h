@@ -29,7 +29,7 @@ enum {
 
 const char* gn_status_string(int status);
 
-// Which build of the CPU kernels runs: "avx2" (AVX2 + FMA, chosen when the CPU has them) or
+// Which build of the CPU kernels runs: "avx2" (AVX2 + FMA + F16C, chosen when the CPU has them) or
 // "generic". GN_MXNET_CPU_ISA=generic in the environment forces "generic".
 const char* gn_cpu_isa(void);
 

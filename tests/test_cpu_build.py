@@ -1,4 +1,4 @@
-"""The CPU kernels' two builds (generic x86-64 and AVX2 + FMA, setup.py): each is correct,
+"""The CPU kernels' two builds (generic x86-64 and AVX2 + FMA + F16C, setup.py): each is correct,
 the choice between them works, and no AVX instruction leaks outside the AVX2 build (which
 would crash the generic build on an older CPU)."""
 import os
@@ -26,7 +26,8 @@ def test_isa_choice_follows_cpu_and_environment(native_library):
     assert forced.returncode == 0, forced.stderr
     assert forced.stdout.strip() == 'generic'
     flags = open('/proc/cpuinfo').read().split() if os.path.exists('/proc/cpuinfo') else []
-    expected = 'avx2' if X86 and 'avx2' in flags and 'fma' in flags else 'generic'
+    wanted = {'avx2', 'fma', 'f16c'}
+    expected = 'avx2' if X86 and wanted <= set(flags) else 'generic'
     assert gn_mxnet.cpu_isa() == expected
 
 
