@@ -1,19 +1,35 @@
 // GroupNorm forward on CUDA (DESIGN §2): per-(n, g) mean and rstd from Welford moments merged
 // with Chan's rule, then y = a[n,c]*(x - mean) + beta[c] with a = gamma*rstd.
 //
+// The moments are those of x - pivot, the pivot being the group's first element. A float mean
+// is off by up to half an ulp of |mean|; rstd (up to 1/sqrt(eps) when var << eps) turns that into
+// errors well above 1e-5 in y when the group is near-constant or far from zero. Shifted, the
+// reduced mean ms is of the order of the spread, so its rounding is too, and x - pivot is exact
+// for x near the pivot; y = a*(x - pivot) + (beta - ms*a) then never rounds the mean itself.
+// One pass over x still: every thread reads the pivot before its loop. An outlying first
+// element makes ms as large as |pivot - mean|: no worse than no pivot while that is < |mean|.
+//
 // Kernels, in launch order on the caller's stream:
 //  1. partial moments: many blocks per group when groups are few and large (batch 2, or a
-//     diffusion-size 8x512x64x64), one per group otherwise; each writes (count, mean, m2).
+//     diffusion-size 8x512x64x64), one per group otherwise; each writes (count, mean, m2) of
+//     x - pivot.
 //     - channels-first: a group is one contiguous run of D*S elements, cut into `split` chunks.
 //     - channels-last: blocks walk rows of (s, c) tiles coalesced along C and keep per-channel
 //       moments of `split` row-chunks; the group merge happens in step 2.
 //  2. finalize: one block per (n, g) merges its partials in a fixed order (deterministic,
-//     no atomics), writes mean/rstd and the per-(n, c) coefficients (a, mean, beta).
+//     no atomics), writes mean = pivot + ms (rounded to Acc, the output's meaning) and rstd,
+//     and the per-(n, c) coefficients (a, pivot, beta - ms*a).
 //  3. the elementwise pass (group_norm_cuda_common.cuh).
 #include "group_norm_cuda_common.cuh"
 
 namespace gn_cuda {
 namespace {
+
+// Offset of group (n, g)'s first element; only meaningful when S > 0.
+__device__ __forceinline__ int64_t pivot_offset(int64_t n, int64_t g, int64_t C, int64_t S,
+                                                int64_t D, bool channels_last) {
+  return n * C * S + g * D * (channels_last ? 1 : S);
+}
 
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads) moments_contiguous_kernel(
@@ -25,6 +41,8 @@ __global__ void __launch_bounds__(kThreads) moments_contiguous_kernel(
   const int64_t begin = static_cast<int64_t>(blockIdx.y) * chunk;
   const int64_t end = begin + chunk < group_size ? begin + chunk : group_size;
   const T* base = x + group * group_size;
+  // Every block of the group must shift by the same pivot, or their partials would not merge.
+  const Acc pivot = begin < end ? to_acc(base[0]) : Acc(0);
   Moments<Acc> m{};
 #pragma unroll 4
   for (int64_t i = begin + threadIdx.x * kVec; i < end; i += static_cast<int64_t>(blockDim.x) * kVec) {
@@ -32,14 +50,14 @@ __global__ void __launch_bounds__(kThreads) moments_contiguous_kernel(
     // Exact two-pass moments of the pack in registers, then one Chan merge per pack.
     Acc sum = 0;
 #pragma unroll
-    for (int v = 0; v < kVec; ++v) sum += to_acc(p.v[v]);
+    for (int v = 0; v < kVec; ++v) sum += to_acc(p.v[v]) - pivot;
     Moments<Acc> pm;
     pm.count = Acc(kVec);
     pm.mean = sum / Acc(kVec);
     pm.m2 = 0;
 #pragma unroll
     for (int v = 0; v < kVec; ++v) {
-      const Acc d = to_acc(p.v[v]) - pm.mean;
+      const Acc d = (to_acc(p.v[v]) - pivot) - pm.mean;
       pm.m2 += d * d;
     }
     m = combine(m, pm);
@@ -53,7 +71,7 @@ __global__ void __launch_bounds__(kThreads) moments_contiguous_kernel(
 // the Welford update costs one division per row rather than per element.
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads) moments_columns_kernel(
-    const T* __restrict__ x, int64_t N, int64_t S, int64_t C, int64_t rows_per_chunk,
+    const T* __restrict__ x, int64_t N, int64_t S, int64_t C, int64_t D, int64_t rows_per_chunk,
     Moments<typename AccOf<T>::type>* __restrict__ partial) {
   using Acc = typename AccOf<T>::type;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -70,8 +88,13 @@ __global__ void __launch_bounds__(kThreads) moments_columns_kernel(
     Acc count = 0;
     Acc mean[kVec];
     Acc m2[kVec];
+    Acc pivot[kVec];  // a pack may span groups when D < kVec
 #pragma unroll
-    for (int v = 0; v < kVec; ++v) mean[v] = m2[v] = 0;
+    for (int v = 0; v < kVec; ++v) {
+      mean[v] = m2[v] = 0;
+      pivot[v] = active && s_begin < s_end
+                     ? to_acc(x[pivot_offset(n, (c0 + v) / D, C, S, D, true)]) : Acc(0);
+    }
     if (active) {
       const T* column = x + n * S * C + c0;
 #pragma unroll 4
@@ -81,7 +104,7 @@ __global__ void __launch_bounds__(kThreads) moments_columns_kernel(
         const Acc inv = Acc(1) / count;
 #pragma unroll
         for (int v = 0; v < kVec; ++v) {
-          const Acc xv = to_acc(p.v[v]);
+          const Acc xv = to_acc(p.v[v]) - pivot[v];
           const Acc d = xv - mean[v];
           mean[v] += d * inv;
           m2[v] += d * (xv - mean[v]);
@@ -95,15 +118,15 @@ __global__ void __launch_bounds__(kThreads) moments_columns_kernel(
 }
 
 // The partials of group (n, g) sit at base + i*stride_i + j, i < count_i, j < count_j.
-template <typename Acc, typename PT>
+template <typename T, typename PT, typename Acc = typename AccOf<T>::type>
 __global__ void __launch_bounds__(kThreads) finalize_moments_kernel(
     const Moments<Acc>* __restrict__ partial, int64_t stride_n, int64_t stride_g,
-    int64_t count_i, int64_t stride_i, int64_t count_j, const PT* __restrict__ gamma,
-    const PT* __restrict__ beta, int64_t C, int64_t G, Acc eps, Acc* __restrict__ mean_out,
-    Acc* __restrict__ rstd_out, Acc* __restrict__ scale, Acc* __restrict__ centre,
-    Acc* __restrict__ shift) {
+    int64_t count_i, int64_t stride_i, int64_t count_j, const T* __restrict__ x,
+    const PT* __restrict__ gamma, const PT* __restrict__ beta, int64_t C, int64_t S, int64_t G,
+    bool channels_last, Acc eps, Acc* __restrict__ mean_out, Acc* __restrict__ rstd_out,
+    Acc* __restrict__ scale, Acc* __restrict__ centre, Acc* __restrict__ shift) {
   __shared__ Moments<Acc> scratch[32];
-  __shared__ Acc stats[2];
+  __shared__ Acc stats[3];  // ms (mean of x - pivot), rstd, pivot
   const int64_t ng = blockIdx.x;
   const int64_t n = ng / G;
   const int64_t g = ng - n * G;
@@ -119,18 +142,21 @@ __global__ void __launch_bounds__(kThreads) finalize_moments_kernel(
   if (threadIdx.x == 0) {
     const Acc var = (m.count > Acc(0) && m.m2 > Acc(0)) ? m.m2 / m.count : Acc(0);
     const Acc rstd = Acc(1) / sqrt(var + eps);
-    if (mean_out) mean_out[ng] = m.mean;
+    const Acc pivot = S > 0 ? to_acc(x[pivot_offset(n, g, C, S, D, channels_last)]) : Acc(0);
+    if (mean_out) mean_out[ng] = pivot + m.mean;
     if (rstd_out) rstd_out[ng] = rstd;
     stats[0] = m.mean;
     stats[1] = rstd;
+    stats[2] = pivot;
   }
   __syncthreads();
-  const Acc mean = stats[0], rstd = stats[1];
+  const Acc ms = stats[0], rstd = stats[1], pivot = stats[2];
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     const int64_t c = g * D + d;
-    scale[n * C + c] = to_acc(gamma[c]) * rstd;
-    centre[n * C + c] = mean;
-    shift[n * C + c] = to_acc(beta[c]);
+    const Acc a = to_acc(gamma[c]) * rstd;
+    scale[n * C + c] = a;
+    centre[n * C + c] = pivot;
+    shift[n * C + c] = to_acc(beta[c]) - ms * a;  // small: ms is of the order of the spread
   }
 }
 
@@ -177,19 +203,19 @@ int forward_impl(const void* x_, const void* gamma_, const void* beta_, void* y_
                     static_cast<unsigned>(split), grid_yz(N));
     const size_t smem = static_cast<size_t>(kThreads) * pack * sizeof(Moments<Acc>);
     if (vec)
-      moments_columns_kernel<T, kMax><<<grid, block, smem, stream>>>(x, N, S, C, rows_per_chunk, partial);
+      moments_columns_kernel<T, kMax><<<grid, block, smem, stream>>>(x, N, S, C, D, rows_per_chunk, partial);
     else
-      moments_columns_kernel<T, 1><<<grid, block, smem, stream>>>(x, N, S, C, rows_per_chunk, partial);
+      moments_columns_kernel<T, 1><<<grid, block, smem, stream>>>(x, N, S, C, D, rows_per_chunk, partial);
     stride_n = split * C, stride_g = D, count_i = split, stride_i = C, count_j = D;
   }
   int status = launch_status();
   if (status != GN_STATUS_OK) return status;
 
   const int threads = threads_for(count_i * count_j > D ? count_i * count_j : D);
-  finalize_moments_kernel<Acc, PT><<<static_cast<unsigned>(N * G), threads, 0, stream>>>(
-      partial, stride_n, stride_g, count_i, stride_i, count_j, static_cast<const PT*>(gamma_),
-      static_cast<const PT*>(beta_), C, G, static_cast<Acc>(eps), static_cast<Acc*>(mean_),
-      static_cast<Acc*>(rstd_), scale, centre, shift);
+  finalize_moments_kernel<T, PT><<<static_cast<unsigned>(N * G), threads, 0, stream>>>(
+      partial, stride_n, stride_g, count_i, stride_i, count_j, x, static_cast<const PT*>(gamma_),
+      static_cast<const PT*>(beta_), C, S, G, channels_last != 0, static_cast<Acc>(eps),
+      static_cast<Acc*>(mean_), static_cast<Acc*>(rstd_), scale, centre, shift);
   status = launch_status();
   if (status != GN_STATUS_OK) return status;
 

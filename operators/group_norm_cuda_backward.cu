@@ -1,15 +1,20 @@
 // GroupNorm backward on CUDA (DESIGN §2, the per-channel form):
-//   per (n, c):  ds = sum_s dy*(x - mean),  db = sum_s dy
+//   per (n, c):  ds = sum_s dy*(x - mean),  db = sum_s dy,  dev = sum_s (x - mean)
+//   per (n, g):  r = sum_{c in g} dev / M,  M = D*S;  ds -= r*db  (see below)
 //   dgamma[c] = sum_n ds*rstd,  dbeta[c] = sum_n db
-//   per (n, g):  gds = sum_{c in g} gamma*ds,  gdb = sum_{c in g} gamma*db,  M = D*S
-//   dx = rstd*gamma*dy + B*(x - mean) + K,  B = -rstd^3*gds/M,  K = -rstd*gdb/M
+//   per (n, g):  gds = sum_{c in g} gamma*ds,  gdb = sum_{c in g} gamma*db
+//   dx = rstd*gamma*dy + B*(x - mean) + K - B*r,  B = -rstd^3*gds/M,  K = -rstd*gdb/M
 // Centering on the mean (rather than sum dy*x) keeps ds well conditioned when |mean| >> std.
+// The mean arrives rounded to Acc, up to half an ulp of |mean| off, which rstd^2 (up to 1/eps
+// when var << eps) would show in dx and dgamma. x - mean is exact for a near-constant group, so
+// r is the exact mean's offset from the rounded one; re-centring on it costs one more
+// accumulator in the pass that already reads x and dy.
 //
 // Kernels, in launch order on the caller's stream:
-//  1. partial (ds, db) per (n, chunk, c): a warp per row chunk when channels-first, coalesced
+//  1. partial (ds, db, dev) per (n, chunk, c): a warp per row chunk when channels-first, coalesced
 //     column tiles when channels-last; long rows are cut into `split` chunks.
-//  2. coefficients: a block per (n, g) sums the chunks in a fixed order, keeps (ds, db) per
-//     (n, c) and writes per-(n, c) coefficients of dx = a*dy + B*(x - mean) + K.
+//  2. coefficients: a block per (n, g) sums the chunks in a fixed order, keeps the re-centred
+//     (ds, db) per (n, c) and writes per-(n, c) coefficients of dx = a*dy + B*(x - mean) + K.
 //  3. dgamma/dbeta: per channel, 8 threads stride over n and merge in a fixed order (no atomics).
 //  4. the elementwise pass (group_norm_cuda_common.cuh).
 #include "group_norm_cuda_common.cuh"
@@ -19,11 +24,21 @@ namespace {
 
 constexpr int kWarpsPerBlock = kThreads / 32;
 
+template <typename Acc> using GradSums = Sums<Acc, 3>;  // ds, db, dev
+
+template <typename Acc>
+__device__ __forceinline__ void accumulate(GradSums<Acc>& acc, Acc dy, Acc centred) {
+  acc.v[0] += dy * centred;
+  acc.v[1] += dy;
+  acc.v[2] += centred;
+}
+
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads) grad_sums_rows_kernel(
     const T* __restrict__ dy, const T* __restrict__ x,
     const typename AccOf<T>::type* __restrict__ mean, int64_t N, int64_t C, int64_t S,
-    int64_t G, int64_t split, int64_t chunk, SumPair<typename AccOf<T>::type>* __restrict__ partial) {
+    int64_t G, int64_t split, int64_t chunk,
+    GradSums<typename AccOf<T>::type>* __restrict__ partial) {
   using Acc = typename AccOf<T>::type;
   const int64_t item = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
@@ -37,17 +52,13 @@ __global__ void __launch_bounds__(kThreads) grad_sums_rows_kernel(
   const int64_t end = begin + chunk < S ? begin + chunk : S;
   const T* dy_row = dy + row * S;
   const T* x_row = x + row * S;
-  SumPair<Acc> acc{};
+  GradSums<Acc> acc{};
 #pragma unroll 4
   for (int64_t i = begin + lane * kVec; i < end; i += 32 * kVec) {
     const Pack<T, kVec> g = load_pack<T, kVec>(dy_row + i);
     const Pack<T, kVec> xv = load_pack<T, kVec>(x_row + i);
 #pragma unroll
-    for (int v = 0; v < kVec; ++v) {
-      const Acc gv = to_acc(g.v[v]);
-      acc.first += gv * (to_acc(xv.v[v]) - mu);
-      acc.second += gv;
-    }
+    for (int v = 0; v < kVec; ++v) accumulate(acc, to_acc(g.v[v]), to_acc(xv.v[v]) - mu);
   }
   acc = warp_reduce(acc);
   if (lane == 0) partial[(n * split + p) * C + c] = acc;
@@ -58,10 +69,10 @@ template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads) grad_sums_columns_kernel(
     const T* __restrict__ dy, const T* __restrict__ x,
     const typename AccOf<T>::type* __restrict__ mean, int64_t N, int64_t S, int64_t C,
-    int64_t G, int64_t rows_per_chunk, SumPair<typename AccOf<T>::type>* __restrict__ partial) {
+    int64_t G, int64_t rows_per_chunk, GradSums<typename AccOf<T>::type>* __restrict__ partial) {
   using Acc = typename AccOf<T>::type;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  SumPair<Acc>* smem = reinterpret_cast<SumPair<Acc>*>(smem_raw);
+  GradSums<Acc>* smem = reinterpret_cast<GradSums<Acc>*>(smem_raw);
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int TX = blockDim.x, TY = blockDim.y;
   const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * TX + tx) * kVec;
@@ -70,13 +81,13 @@ __global__ void __launch_bounds__(kThreads) grad_sums_columns_kernel(
   const int64_t split = gridDim.y;
   const int64_t s_begin = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
   const int64_t s_end = s_begin + rows_per_chunk < S ? s_begin + rows_per_chunk : S;
-  SumPair<Acc>* mine = smem + (ty * TX + tx) * kVec;
+  GradSums<Acc>* mine = smem + (ty * TX + tx) * kVec;
   for (int64_t n = blockIdx.z; n < N; n += gridDim.z) {
-    SumPair<Acc> acc[kVec];
+    GradSums<Acc> acc[kVec];
     Acc mu[kVec];
 #pragma unroll
     for (int v = 0; v < kVec; ++v) {
-      acc[v] = SumPair<Acc>{0, 0};
+      acc[v] = GradSums<Acc>{};
       mu[v] = active ? mean[n * G + (c0 + v) / D] : Acc(0);
     }
     if (active) {
@@ -86,11 +97,7 @@ __global__ void __launch_bounds__(kThreads) grad_sums_columns_kernel(
         const Pack<T, kVec> g = load_pack<T, kVec>(dy + offset + s * C);
         const Pack<T, kVec> xv = load_pack<T, kVec>(x + offset + s * C);
 #pragma unroll
-        for (int v = 0; v < kVec; ++v) {
-          const Acc gv = to_acc(g.v[v]);
-          acc[v].first += gv * (to_acc(xv.v[v]) - mu[v]);
-          acc[v].second += gv;
-        }
+        for (int v = 0; v < kVec; ++v) accumulate(acc[v], to_acc(g.v[v]), to_acc(xv.v[v]) - mu[v]);
       }
     }
 #pragma unroll
@@ -101,43 +108,50 @@ __global__ void __launch_bounds__(kThreads) grad_sums_columns_kernel(
 
 template <typename Acc, typename PT>
 __global__ void __launch_bounds__(kThreads) grad_coefficients_kernel(
-    const SumPair<Acc>* __restrict__ partial, int64_t split, const PT* __restrict__ gamma,
+    const GradSums<Acc>* __restrict__ partial, int64_t split, const PT* __restrict__ gamma,
     const Acc* __restrict__ mean, const Acc* __restrict__ rstd, int64_t C, int64_t G, int64_t S,
     Acc* __restrict__ ds_total, Acc* __restrict__ db_total, Acc* __restrict__ coef_dy,
     Acc* __restrict__ coef_x, Acc* __restrict__ centre, Acc* __restrict__ coef_k) {
-  __shared__ SumPair<Acc> scratch[32];
-  __shared__ Acc group_coefs[2];  // B and K of this (n, g)
+  __shared__ GradSums<Acc> scratch[32];
+  __shared__ Acc group_coefs[3];  // B, K and the mean offset r of this (n, g)
   const int64_t ng = blockIdx.x;
   const int64_t n = ng / G;
   const int64_t g = ng - n * G;
   const int64_t D = C / G;
   const Acc r = rstd[ng];
-  SumPair<Acc> group_sums{};  // (gds, gdb)
+  GradSums<Acc> group_sums{};  // (sum gamma*ds, gdb, sum dev), ds not yet re-centred
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     const int64_t c = g * D + d;
-    SumPair<Acc> sums{};
+    GradSums<Acc> sums{};
     for (int64_t p = 0; p < split; ++p) sums = combine(sums, partial[(n * split + p) * C + c]);
-    ds_total[n * C + c] = sums.first;
-    db_total[n * C + c] = sums.second;
+    ds_total[n * C + c] = sums.v[0];
+    db_total[n * C + c] = sums.v[1];
     const Acc gam = to_acc(gamma[c]);
-    group_sums.first += gam * sums.first;
-    group_sums.second += gam * sums.second;
+    group_sums.v[0] += gam * sums.v[0];
+    group_sums.v[1] += gam * sums.v[1];
+    group_sums.v[2] += sums.v[2];
     coef_dy[n * C + c] = r * gam;
   }
   group_sums = block_reduce(group_sums, scratch);
   if (threadIdx.x == 0) {
     const Acc M = Acc(D) * Acc(S);
-    const Acc b = M > Acc(0) ? -r * r * r * group_sums.first / M : Acc(0);
-    const Acc k = M > Acc(0) ? -r * group_sums.second / M : Acc(0);
+    const Acc offset = M > Acc(0) ? group_sums.v[2] / M : Acc(0);
+    // sum gamma*(ds - offset*db): the re-centring of every channel's ds, summed.
+    const Acc gds = group_sums.v[0] - offset * group_sums.v[1];
+    const Acc b = M > Acc(0) ? -r * r * r * gds / M : Acc(0);
+    const Acc k = M > Acc(0) ? -r * group_sums.v[1] / M : Acc(0);
     group_coefs[0] = b;
-    group_coefs[1] = k;
+    group_coefs[1] = k - b * offset;  // B*(x - mean - offset) with x - mean exact
+    group_coefs[2] = offset;
   }
   __syncthreads();
-  const Acc mu = mean[ng];
+  const Acc mu = mean[ng], offset = group_coefs[2];
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    coef_x[n * C + g * D + d] = group_coefs[0];
-    centre[n * C + g * D + d] = mu;
-    coef_k[n * C + g * D + d] = group_coefs[1];
+    const int64_t c = n * C + g * D + d;
+    ds_total[c] -= offset * db_total[c];  // this thread wrote both above
+    coef_x[c] = group_coefs[0];
+    centre[c] = mu;
+    coef_k[c] = group_coefs[1];
   }
 }
 
@@ -152,23 +166,23 @@ __global__ void __launch_bounds__(kThreads) param_grads_kernel(
     const Acc* __restrict__ ds_total, const Acc* __restrict__ db_total,
     const Acc* __restrict__ rstd, int64_t N, int64_t C, int64_t G, PT* __restrict__ dgamma,
     PT* __restrict__ dbeta) {
-  __shared__ SumPair<Acc> partial[kParamRows][kParamColumns];
+  __shared__ Sums<Acc, 2> partial[kParamRows][kParamColumns];
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kParamColumns + threadIdx.x;
-  SumPair<Acc> sums{};  // (dgamma, dbeta)
+  Sums<Acc, 2> sums{};  // (dgamma, dbeta)
   if (c < C) {
     const int64_t g = c / (C / G);
 #pragma unroll 4
     for (int64_t n = threadIdx.y; n < N; n += kParamRows) {
-      sums.first += ds_total[n * C + c] * rstd[n * G + g];
-      sums.second += db_total[n * C + c];
+      sums.v[0] += ds_total[n * C + c] * rstd[n * G + g];
+      sums.v[1] += db_total[n * C + c];
     }
   }
   partial[threadIdx.y][threadIdx.x] = sums;
   __syncthreads();
   if (threadIdx.y != 0 || c >= C) return;
   for (int r = 1; r < kParamRows; ++r) sums = combine(sums, partial[r][threadIdx.x]);
-  if (dgamma) dgamma[c] = FromAcc<PT>::cast(sums.first);
-  if (dbeta) dbeta[c] = FromAcc<PT>::cast(sums.second);
+  if (dgamma) dgamma[c] = FromAcc<PT>::cast(sums.v[0]);
+  if (dbeta) dbeta[c] = FromAcc<PT>::cast(sums.v[1]);
 }
 
 template <typename T, typename PT>
@@ -185,7 +199,7 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
   constexpr int kMax = max_vec<T>();
 
   WorkspaceCarver carve(workspace);
-  SumPair<Acc>* partial = carve.take<SumPair<Acc>>(N * split * C);
+  GradSums<Acc>* partial = carve.take<GradSums<Acc>>(N * split * C);
   Acc* ds_total = carve.take<Acc>(N * C);
   Acc* db_total = carve.take<Acc>(N * C);
   Acc* coef_dy = carve.take<Acc>(N * C);
@@ -213,7 +227,7 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
       const dim3 block(tx, kThreads / tx);
       const dim3 grid(static_cast<unsigned>(ceil_div(C, static_cast<int64_t>(tx) * pack)),
                       static_cast<unsigned>(split), grid_yz(N));
-      const size_t smem = static_cast<size_t>(kThreads) * pack * sizeof(SumPair<Acc>);
+      const size_t smem = static_cast<size_t>(kThreads) * pack * sizeof(GradSums<Acc>);
       if (vec)
         grad_sums_columns_kernel<T, kMax><<<grid, block, smem, stream>>>(dy, x, mean, N, S, C, G, rows_per_chunk, partial);
       else
@@ -249,7 +263,7 @@ extern "C" size_t gn_cuda_backward_workspace_bytes(int64_t N, int64_t C, int64_t
   if (check_shape(N, C, S, G) != GN_STATUS_OK || N == 0) return 0;
   const int64_t split = backward_split(N, C, S, G, channels_last);
   // Sized for the widest accumulation type (double) so one number serves every dtype.
-  return kSliceAlign + slice_bytes(N * split * C, sizeof(SumPair<double>)) +
+  return kSliceAlign + slice_bytes(N * split * C, sizeof(GradSums<double>)) +
          6 * slice_bytes(N * C, sizeof(double));
 }
 

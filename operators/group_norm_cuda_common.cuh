@@ -72,14 +72,17 @@ __device__ __forceinline__ Moments<Acc> combine(const Moments<Acc>& a, const Mom
   return r;
 }
 
-template <typename Acc> struct SumPair {
-  Acc first;
-  Acc second;
+// K independent sums (backward: ds, db, dev per channel; dgamma, dbeta per parameter).
+template <typename Acc, int K> struct Sums {
+  Acc v[K];
 };
 
-template <typename Acc>
-__device__ __forceinline__ SumPair<Acc> combine(const SumPair<Acc>& a, const SumPair<Acc>& b) {
-  return SumPair<Acc>{a.first + b.first, a.second + b.second};
+template <typename Acc, int K>
+__device__ __forceinline__ Sums<Acc, K> combine(const Sums<Acc, K>& a, const Sums<Acc, K>& b) {
+  Sums<Acc, K> r;
+#pragma unroll
+  for (int k = 0; k < K; ++k) r.v[k] = a.v[k] + b.v[k];
+  return r;
 }
 
 template <typename Acc>
@@ -91,10 +94,12 @@ __device__ __forceinline__ Moments<Acc> shfl_down(const Moments<Acc>& v, int off
   return r;
 }
 
-template <typename Acc>
-__device__ __forceinline__ SumPair<Acc> shfl_down(const SumPair<Acc>& v, int offset) {
-  return SumPair<Acc>{__shfl_down_sync(0xffffffffu, v.first, offset),
-                      __shfl_down_sync(0xffffffffu, v.second, offset)};
+template <typename Acc, int K>
+__device__ __forceinline__ Sums<Acc, K> shfl_down(const Sums<Acc, K>& v, int offset) {
+  Sums<Acc, K> r;
+#pragma unroll
+  for (int k = 0; k < K; ++k) r.v[k] = __shfl_down_sync(0xffffffffu, v.v[k], offset);
+  return r;
 }
 
 // Folds the blockDim.y rows of per-thread values in shared memory (kVec each, row pitch
@@ -238,10 +243,11 @@ inline unsigned grid_yz(int64_t n) { return static_cast<unsigned>(clamp64(n, 1, 
 
 
 // ---- the one elementwise pass shared by forward and backward ---------------------------
-// Per-(n, c) coefficients; centring on the mean before scaling keeps the result accurate when
-// |mean| >> std (a*x + (beta - mean*a) would cancel two large terms).
-//   forward:  y  = scale*(x - centre) + shift              scale = gamma*rstd, shift = beta
-//   backward: dx = scale*dy + x_scale*(x - centre) + shift  scale = rstd*gamma, x_scale = B, shift = K
+// Per-(n, c) coefficients. Centring on a value near the data before scaling keeps the result
+// accurate when |mean| >> std (a*x + (beta - mean*a) would cancel two large terms); x - centre
+// is then exact, and what separates centre from the exact mean is folded into the shift.
+//   forward:  y  = scale*(x - centre) + shift   centre = pivot, shift = beta - (mean - pivot)*scale
+//   backward: dx = scale*dy + x_scale*(x - centre) + shift   centre = mean, x_scale = B, shift = K
 template <typename Acc> struct ChannelCoefficients {
   const Acc* scale;
   const Acc* x_scale;  // backward only
