@@ -7,6 +7,8 @@ two warm-up calls. Ours is timed through the C ABI on preallocated buffers (benc
 torch allocates its outputs per call; it runs twice: with glibc's defaults, as in use (buffers
 over glibc's 32 MB mmap threshold page-fault on every call), and with freed memory kept
 (KEEP_FREED_MEMORY), which leaves its kernels' own time: the ratios are against that run.
+It also prints the float32 forward error of both against float64 on inputs where rounding a
+float32 mean shows (near-constant groups, |mean| >> std).
 Set up a torch environment with:  python3.11 -m venv /tmp/torchenv &&
 /tmp/torchenv/bin/pip install torch numpy
 """
@@ -15,6 +17,8 @@ import json
 import os
 import subprocess
 import sys
+
+import numpy as np
 
 import bench_kernels
 import gn_mxnet
@@ -50,6 +54,47 @@ def forward_backward():
 print(json.dumps({'fwd': forward, 'fwd_bwd': median_ms(forward_backward),
                   'version': torch.__version__}))
 '''
+
+
+PRECISION_CASES = (((3, 2), 1, 3.0, 1e-3), ((4, 16, 30), 2, 3.0, 1e-3),
+                   ((2, 8, 16, 16), 2, 1000.0, 2.0))
+
+TORCH_ERRORS = r'''
+import json, sys
+import numpy as np, torch
+import torch.nn.functional as F
+errors = []
+for shape, groups, offset, spread in json.loads(sys.argv[1]):
+    rng = np.random.RandomState(0)
+    x = (rng.randn(*shape) * spread + offset).astype('f4')
+    w, b = rng.randn(shape[1]).astype('f4'), rng.randn(shape[1]).astype('f4')
+    def run(dtype):
+        as_tensor = lambda a: torch.tensor(a, dtype=dtype)
+        return F.group_norm(as_tensor(x), groups, as_tensor(w), as_tensor(b)).numpy()
+    y32, y64 = run(torch.float32), run(torch.float64)
+    errors.append(float(np.abs(y32 - y64).max() / np.abs(y64).max()))
+print(json.dumps(errors))
+'''
+
+
+def our_forward_error(lib, shape, groups, offset, spread):
+    """Relative error of our float32 forward against the same kernels in float64."""
+    rng = np.random.RandomState(0)
+    x = (rng.randn(*shape) * spread + offset).astype('f4')
+    w, b = rng.randn(shape[1]).astype('f4'), rng.randn(shape[1]).astype('f4')
+    N, C, S = shape[0], shape[1], int(np.prod(shape[2:]))
+    outputs = {}
+    for dtype, code in ((np.float32, 0), (np.float64, 1)):
+        xs, ws, bs = (np.ascontiguousarray(a, dtype=dtype) for a in (x, w, b))
+        y, stats = np.empty_like(xs), np.empty((2, N, groups), dtype)
+        workspace = np.empty(max(1, lib.gn_cpu_forward_workspace_bytes(N, C, S, groups, 0)),
+                             np.uint8)
+        status = lib.gn_cpu_forward(code, code, xs.ctypes.data, ws.ctypes.data, bs.ctypes.data,
+                                    y.ctypes.data, stats[0].ctypes.data, stats[1].ctypes.data,
+                                    N, C, S, groups, 0, 1e-5, workspace.ctypes.data)
+        assert status == 0, status
+        outputs[code] = y.astype(np.float64)
+    return float(np.abs(outputs[0] - outputs[1]).max() / np.abs(outputs[1]).max())
 
 
 def time_torch(python, shape, groups, repeat, threads, tunables=None):
@@ -95,6 +140,17 @@ def main():
         cells = ['x'.join(map(str, shape)), fwd, torch_fwd, kept_fwd, kept_fwd / fwd, both,
                  torch_both, kept_both, kept_both / both]
         print(' '.join(f'{c:>12.2f}' if isinstance(c, float) else f'{c:>12}' for c in cells))
+    result = subprocess.run([args.torch_python, '-c', TORCH_ERRORS, json.dumps(PRECISION_CASES)],
+                            capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        sys.exit(f"bench_torch: the torch precision check failed:\n{result.stderr[-2000:]}")
+    torch_errors = json.loads(result.stdout.strip().splitlines()[-1])
+    print("float32 forward, max |y - y_float64| / max |y_float64| (each against itself in float64)")
+    print(' '.join(f'{h:>16}' for h in ('shape', 'groups', 'mean, std', 'ours', 'torch')))
+    for (shape, groups, offset, spread), torch_error in zip(PRECISION_CASES, torch_errors):
+        ours = our_forward_error(lib, shape, groups, offset, spread)
+        print(f"{'x'.join(map(str, shape)):>16} {groups:>16} {f'{offset:g}, {spread:g}':>16} "
+              f"{ours:>16.1e} {torch_error:>16.1e}")
 
 
 if __name__ == '__main__':
