@@ -153,12 +153,14 @@ def print_table(title, shapes, bench, groups, dtype, repeat):
 
 def print_raw_table(rows):
     print("bound graph, the raw op mx.sym.GroupNormalization (no grad_req='add' guard), same run:")
-    header = ('shape', 'copy', 'raw op', 'raw/copy', 'mxGN/raw', '| raw f+b', 'mxGN/raw')
+    header = ('shape', 'copy', 'raw op', 'raw/copy', 'mxGN/raw', 'BN/raw', '| raw f+b',
+              'mxGN/raw', 'BN/raw')
     print(' '.join(f'{h:>11}' for h in header))
     for shape, r in rows:
-        cells = ['x'.join(map(str, shape)), r['copy'], r['ours_raw'], r['ours_raw'] / r['copy'],
-                 r['mxnet_gn'] / r['ours_raw'], r['ours_raw_fb'],
-                 r['mxnet_gn_fb'] / r['ours_raw_fb']]
+        raw, raw_fb = r['ours_raw'], r['ours_raw_fb']
+        cells = ['x'.join(map(str, shape)), r['copy'], raw, raw / r['copy'], r['mxnet_gn'] / raw,
+                 r['batchnorm'] / raw, raw_fb, r['mxnet_gn_fb'] / raw_fb,
+                 r['batchnorm_fb'] / raw_fb]
         print(' '.join(f'{c:>11.2f}' if isinstance(c, float) else f'{c:>11}' for c in cells))
 
 
