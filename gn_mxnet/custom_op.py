@@ -130,5 +130,3 @@ class _GroupNormProp(mx.operator.CustomOpProp):
 
     def create_operator(self, ctx, in_shapes, in_dtypes):
         return _GroupNormOp(self.attrs)
-
-
