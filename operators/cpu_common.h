@@ -207,8 +207,15 @@ constexpr int64_t kChunk = 4096;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Channels-last rows (of C elements) per block.
-inline int64_t rows_per_block(int64_t C) { return C >= kChunk ? 1 : kChunk / C; }
+// Channels-last rows (of C elements) per block: kChunk elements, L1-resident between the
+// block's passes, but at least kMinBlockRows rows so that a wide C (1024) does not pay its
+// per-block group bookkeeping every 4 rows.
+constexpr int64_t kMinBlockRows = 16;
+
+inline int64_t rows_per_block(int64_t C) {
+  if (C >= kChunk) return 1;
+  return kChunk / C > kMinBlockRows ? kChunk / C : kMinBlockRows;
+}
 
 }  // namespace GN_KERNEL_ISA
 }  // namespace gn

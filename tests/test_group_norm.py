@@ -94,7 +94,7 @@ def test_grid_matches_reference(native_library, backend, shape, groups, axis, dt
     ((4, 16, 32, 32), 2, 1),     # groups of 8192 elements: several statistics chunks each
     ((1, 8, 96, 96), 1, 1),      # fewer groups than threads (2 x kGrain elements): split
     ((2, 40, 40, 64), 4, -1),    # channels-last, many row blocks per sample
-    ((2, 3, 2048), 1, -1),       # channels-last with C > one block's elements
+    ((2, 3, 16400), 4, -1),      # channels-last with C > one block's elements
     ((1, 40, 40, 64), 4, -1),    # channels-last, fewer samples than threads: blocks split
 ])
 def test_large_shapes_match_reference(native_library, backend, shape, groups, axis):
