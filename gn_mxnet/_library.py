@@ -5,6 +5,7 @@ import threading
 import mxnet as mx
 
 LIBRARY_NAME = 'libgn_mxnet.so'
+CPU_ISA_CHOICES = ('auto', 'generic')  # GN_MXNET_CPU_ISA; the library itself reads it too
 _lock = threading.Lock()
 _loaded_path = None
 
@@ -24,6 +25,10 @@ def load_library() -> str:
     with _lock:
         if _loaded_path is not None:
             return _loaded_path
+        forced = os.environ.get('GN_MXNET_CPU_ISA', 'auto')
+        if forced not in CPU_ISA_CHOICES:
+            raise ValueError(f"GN_MXNET_CPU_ISA must be one of {', '.join(CPU_ISA_CHOICES)}, "
+                             f"got {forced!r}")
         path = library_path()
         if not os.path.isfile(path):
             raise LibraryNotBuiltError(

@@ -31,6 +31,12 @@ def test_isa_choice_follows_cpu_and_environment(native_library):
     assert gn_mxnet.cpu_isa() == expected
 
 
+def test_unknown_isa_choice_is_refused():
+    result = run_python('import gn_mxnet; gn_mxnet.load_library()', GN_MXNET_CPU_ISA='avx512')
+    assert result.returncode != 0
+    assert "GN_MXNET_CPU_ISA must be one of auto, generic, got 'avx512'" in result.stderr
+
+
 def test_generic_build_matches_reference(native_library):
     """The native checks of test_group_norm.py, rerun on the generic build."""
     result = subprocess.run(
