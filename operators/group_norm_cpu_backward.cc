@@ -28,15 +28,24 @@ inline GroupCoefficients group_coefficients(double gamma_ds, double gamma_db, do
   return {x_coef, -rstd * gamma_db * inv_count - x_coef * offset};
 }
 
-// Re-centres one group's D channel sums ds on the exact mean: Σdy·(x-m-r) = ds - r·db,
-// r = Σdev / count. Returns r.
-inline double recentre_group(double* ds, const double* db, const double* dev, int64_t D,
-                             int64_t count) {
+// One group's D channel sums (ds, db, dev and gamma at its first channel, count elements):
+// re-centres ds on the exact mean, Σdy·(x-m-r) = ds - r·db with r = Σdev / count (param_grads
+// reads the result), and returns the group's dx coefficients.
+template <typename P>
+GroupCoefficients recentred_group_coefficients(double* ds, const double* db, const double* dev,
+                                               const P* gamma, double rstd, int64_t D,
+                                               int64_t count) {
   double total = 0.0;
   for (int64_t d = 0; d < D; ++d) total += dev[d];
   const double offset = total / static_cast<double>(count);
-  for (int64_t d = 0; d < D; ++d) ds[d] -= offset * db[d];
-  return offset;
+  double gamma_ds = 0.0, gamma_db = 0.0;
+  for (int64_t d = 0; d < D; ++d) {
+    ds[d] -= offset * db[d];
+    const double gamma_d = static_cast<double>(Element<P>::load(gamma[d]));
+    gamma_ds += gamma_d * ds[d];
+    gamma_db += gamma_d * db[d];
+  }
+  return group_coefficients(gamma_ds, gamma_db, rstd, count, offset);
 }
 
 template <typename T>
@@ -101,15 +110,9 @@ void backward_channels_first(const T* dy, const T* x, const P* gamma, const AccO
         row_sums(dy + offset + d * S, x + offset + d * S, S, mean[t], ds + row, db + row,
                  dev + row);
       }
-      const double mean_offset = recentre_group(ds + t * D, db + t * D, dev + t * D, D, M);
+      const GroupCoefficients k = recentred_group_coefficients(
+          ds + t * D, db + t * D, dev + t * D, gamma + first_channel, rstd[t], D, M);
       if (!dx) continue;
-      double gamma_ds = 0.0, gamma_db = 0.0;
-      for (int64_t d = 0; d < D; ++d) {
-        const double gamma_c = static_cast<double>(Element<P>::load(gamma[first_channel + d]));
-        gamma_ds += gamma_c * ds[t * D + d];
-        gamma_db += gamma_c * db[t * D + d];
-      }
-      const GroupCoefficients k = group_coefficients(gamma_ds, gamma_db, rstd[t], M, mean_offset);
       for (int64_t d = 0; d < D; ++d) {
         const Acc dy_coef = rstd[t] * static_cast<Acc>(Element<P>::load(gamma[first_channel + d]));
         input_grad_run(dy + offset + d * S, x + offset + d * S, dx + offset + d * S, S, dy_coef,
@@ -124,15 +127,8 @@ void backward_channels_first(const T* dy, const T* x, const P* gamma, const AccO
     row_sums(dy + row * S, x + row * S, S, mean[row / D], ds + row, db + row, dev + row);
   }
   for (int64_t t = 0; t < tasks; ++t) {
-    const double mean_offset = recentre_group(ds + t * D, db + t * D, dev + t * D, D, M);
-    if (!dx) continue;
-    double gamma_ds = 0.0, gamma_db = 0.0;
-    for (int64_t d = 0; d < D; ++d) {
-      const double gamma_c = static_cast<double>(Element<P>::load(gamma[(t % G) * D + d]));
-      gamma_ds += gamma_c * ds[t * D + d];
-      gamma_db += gamma_c * db[t * D + d];
-    }
-    coefs[t] = group_coefficients(gamma_ds, gamma_db, rstd[t], M, mean_offset);
+    coefs[t] = recentred_group_coefficients(ds + t * D, db + t * D, dev + t * D,
+                                            gamma + (t % G) * D, rstd[t], D, M);
   }
   if (!dx) return;
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -203,15 +199,9 @@ void group_input_grad_coefs(double* ds, const double* db, const double* dev, con
                             Acc mean, Acc rstd, int64_t g, int64_t D, int64_t S, int64_t C,
                             Acc* coef) {
   const int64_t first = g * D;
-  const double offset = recentre_group(ds + first, db + first, dev + first, D, D * S);
+  const GroupCoefficients k = recentred_group_coefficients(ds + first, db + first, dev + first,
+                                                           gamma + first, rstd, D, D * S);
   if (!coef) return;
-  double gamma_ds = 0.0, gamma_db = 0.0;
-  for (int64_t c = first; c < first + D; ++c) {
-    const double gamma_c = static_cast<double>(Element<P>::load(gamma[c]));
-    gamma_ds += gamma_c * ds[c];
-    gamma_db += gamma_c * db[c];
-  }
-  const GroupCoefficients k = group_coefficients(gamma_ds, gamma_db, rstd, D * S, offset);
   for (int64_t c = first; c < first + D; ++c) {
     coef[c] = rstd * static_cast<Acc>(Element<P>::load(gamma[c]));
     coef[C + c] = static_cast<Acc>(k.x_coef);
