@@ -6,12 +6,6 @@
       --num-classes 1000 --num-groups 32 --gpus 0 --batch-size 32
 """
 import argparse
-import os
-import sys
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.append(REPO_ROOT)
 
 
 def main(argv=None):
@@ -28,8 +22,8 @@ def main(argv=None):
     p.add_argument('--rounds', type=int, default=5, help='timed rounds per norm (median)')
     p.add_argument('--warmup', type=int, default=5)
     args = p.parse_args(argv)
-    from gn_mxnet.throughput import compare_norms
-    from gn_mxnet.train_config import parse_shape
+    from gn_mxnet.training.config import parse_shape
+    from gn_mxnet.training.throughput import compare_norms
     rates = compare_norms(args.network, ('bn', 'gn'), args.batch_size,
                           parse_shape(args.data_shape), args.num_classes, args.num_groups,
                           args.gn_backend, args.gpus, args.steps, args.warmup, args.rounds)

@@ -1,8 +1,37 @@
-"""gn-mxnet: paper-exact, fused Group Normalization for Apache MXNet 1.9."""
-from ._library import LibraryNotBuiltError, cpu_isa, library_path, load_library
-from .ops import BACKENDS, group_norm
-from . import gluon
+"""gn-mxnet: paper-exact, fused Group Normalization for Apache MXNet 1.9.
 
-__all__ = ['BACKENDS', 'LibraryNotBuiltError', 'cpu_isa', 'group_norm', 'gluon',
-           'library_path', 'load_library']
+Layers, bottom to top (each package's docstring says what it owns; docs/design.md §1):
+``operator`` → ``models`` → ``training`` → ``detection`` / ``study``; ``utils`` serves them all.
+``gluon``, ``norms`` and ``convert`` are the public entry points the README shows.
+
+Importing gn_mxnet is cheap: nothing (MXNet included) is imported until a name is used.
+"""
+import importlib
+
 __version__ = '0.1.0'
+
+# public name -> the module that defines it
+_NAMES = {
+    'load_library': 'operator.library', 'library_path': 'operator.library',
+    'cpu_isa': 'operator.library', 'LibraryNotBuiltError': 'operator.library',
+    'group_norm': 'operator.front', 'BACKENDS': 'operator.validation',
+}
+_SUBPACKAGES = ('operator', 'models', 'training', 'detection', 'study', 'utils',
+                'gluon', 'norms', 'convert')
+
+__all__ = sorted(_NAMES) + ['gluon']
+
+
+def __getattr__(name):
+    if name in _NAMES:
+        value = getattr(importlib.import_module('.' + _NAMES[name], __name__), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module('.' + name, __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_NAMES) | set(_SUBPACKAGES))

@@ -1,4 +1,5 @@
-"""Symbol network builders in MXNet's example/image-classification convention.
+"""Symbol network builders in MXNet's example/image-classification convention (installed as the
+top-level package ``symbols`` by ``pip install -e .``; a layer above gn_mxnet.models).
 
 ``symbols/<net>.py:get_symbol(num_classes, num_layers, image_shape, ...)`` returns a Symbol
 ending in ``SoftmaxOutput(name='softmax')``. Layer names follow

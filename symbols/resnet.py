@@ -9,12 +9,9 @@ layer<s>_<i>_bn<k>, layer<s>_<i>_downsample_0/1, fc) so the two load the same we
 import mxnet as mx
 
 from gn_mxnet.models.resnet import IMAGENET_RESNETS, SMALL_IMAGE_PLANES, small_image_layout
-from gn_mxnet.norms import make_norm
+from gn_mxnet.models.norms import make_norm
 
-try:  # run as a script from the repo root or imported as the `symbols` package
-    from .common import cast_input, conv, parse_image_shape, relu, softmax_head
-except ImportError:
-    from common import cast_input, conv, parse_image_shape, relu, softmax_head
+from .common import cast_input, conv, parse_image_shape, relu, softmax_head
 
 BOTTLENECK_EXPANSION = 4
 

@@ -7,12 +7,9 @@ conv, norm, relu and pool layers like the Gluon HybridSequential does, and the c
 import mxnet as mx
 
 from gn_mxnet.models.vgg import VGG_HIDDEN, vgg_layout
-from gn_mxnet.norms import make_norm
+from gn_mxnet.models.norms import make_norm
 
-try:  # run as a script from the repo root or imported as the `symbols` package
-    from .common import cast_input, conv, parse_image_shape, relu, softmax_head
-except ImportError:
-    from common import cast_input, conv, parse_image_shape, relu, softmax_head
+from .common import cast_input, conv, parse_image_shape, relu, softmax_head
 
 
 def get_symbol(num_classes, num_layers, image_shape, norm='gn', num_groups=32,

@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
+# The tests import their helpers (gn_reference, test_data) by module name.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope='session')

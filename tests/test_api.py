@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 import gn_mxnet
-from gn_mxnet import _library
+from gn_mxnet import BACKENDS
+from gn_mxnet.operator import library as _library
 from gn_mxnet.gluon import GroupNorm
 
-BACKENDS = ('native', 'custom', 'ops')
 
 
 def nd(shape, dtype='float32'):
@@ -47,7 +47,7 @@ def test_integer_dtype_and_empty_batch_are_refused(backend):
         gn_mxnet.group_norm(nd((2, 4, 3)), nd((4,), 'float64'), nd((4,)), 2, backend=backend)
     # N = 0 is refused: MXNet 1.9 cannot even hold an empty NDArray in its default shape mode,
     # so the validator names the problem for any shape that reaches it with a zero dimension.
-    from gn_mxnet.attrs import layout, parse_attrs
+    from gn_mxnet.operator.validation import layout, parse_attrs
     with pytest.raises(ValueError, match='data must be non-empty'):
         layout(parse_attrs(2), (0, 4, 3))
 

@@ -6,7 +6,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from gn_mxnet import data as gd
+from gn_mxnet.training import data as gd
 
 
 def write_digit_rec(folder, name, images, labels):

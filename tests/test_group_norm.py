@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 import gn_mxnet
 import gn_reference as ref
 
-BACKENDS = ('native', 'custom', 'ops')
+BACKENDS = gn_mxnet.BACKENDS
 # Tolerance relative to the largest reference magnitude of each compared tensor.
 TOLERANCE = {'float64': 1e-10, 'float32': 1e-5, 'float16': 1e-2}
 
@@ -103,7 +103,7 @@ def test_large_shapes_match_reference(native_library, backend, shape, groups, ax
 
 # float32 rounds a mean of 1000 by up to 3e-5 and one of 3 by 1.2e-7; against a std of 2, or
 # a std of 1e-3 << sqrt(eps) where rstd ~ 1/sqrt(eps), that rounding alone would break 1e-5
-# in y, dx and dgamma. Every backend must recover it (DESIGN §2 precision).
+# in y, dx and dgamma. Every backend must recover it (docs/design.md §2 precision).
 PRECISION_CASES = [
     ((2, 8, 16, 16), 2, 1, 1000.0, 2.0),    # |mean| >> std
     ((3, 2), 1, 1, 3.0, 1e-3),              # near-constant groups of two

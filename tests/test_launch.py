@@ -9,7 +9,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from gn_mxnet import launcher
+from gn_mxnet.training import launcher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, 'train', 'launch.py')
@@ -87,9 +87,11 @@ def test_dist_sync_two_workers_end_with_identical_weights(tmp_path):
 
 def initial_parameters(seed):
     """The weights train() starts from for the default MNIST-5k config and `seed`."""
-    from gn_mxnet import checkpoint, models
-    from gn_mxnet.train_config import TrainConfig
-    from gn_mxnet.training import prepare_network, seed_everything
+    from gn_mxnet import models
+    from gn_mxnet.training import checkpoint
+    from gn_mxnet.training.config import TrainConfig
+    from gn_mxnet.training.network import prepare_network
+    from gn_mxnet.training.runtime import seed_everything
     cfg = TrainConfig(seed=seed).resolved()
     seed_everything(cfg.seed)
     net = models.get_model(cfg.network, num_classes=10, norm=cfg.norm,

@@ -8,7 +8,9 @@ import sys
 import mxnet as mx
 import pytest
 
-from gn_mxnet import models, study, study_bn, study_report
+from gn_mxnet import models
+from gn_mxnet.norms import ChannelsPerGroupNorm
+from gn_mxnet.study import bn_statistics, protocol, report, runner
 from gn_mxnet.gluon import GroupNorm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,23 +18,23 @@ SCRIPT = os.path.join(REPO, 'train', 'reproduce_paper.py')
 
 
 def test_grid_dedupes_ln_in_and_orders_seed_major():
-    s = study.StudySettings(seeds=(0, 1))
-    runs = study.planned_runs(s)
+    s = protocol.StudySettings(seeds=(0, 1))
+    runs = protocol.planned_runs(s)
     cells = [c for c, seed in runs if seed == 0]
     # Table 2: 10 cells; Table 1 adds nothing new (BN/GN at 32 are in Table 2, LN = G1,
     # IN = D1 are in Table 3); Table 3: G 16,4,2,1 and D 16,8,4,2,1 are new.
     assert len(cells) == len(set(cells)) == 10 + 4 + 5
     assert [seed for _, seed in runs] == [0] * 19 + [1] * 19
-    assert cells[:10] == [study.Cell('bn', n) for n in (32, 16, 8, 4, 2)] + \
-        [study.Cell('gn', n, num_groups=8) for n in (32, 16, 8, 4, 2)]
-    t1 = study.table_cells(s)[1]
-    assert t1['LN'] == study.Cell('gn', 32, num_groups=1) and t1['IN'].group_size == 1
+    assert cells[:10] == [protocol.Cell('bn', n) for n in (32, 16, 8, 4, 2)] + \
+        [protocol.Cell('gn', n, num_groups=8) for n in (32, 16, 8, 4, 2)]
+    t1 = protocol.table_cells(s)[1]
+    assert t1['LN'] == protocol.Cell('gn', 32, num_groups=1) and t1['IN'].group_size == 1
     assert len({c.key for c in cells}) == 19
 
 
 def test_channels_per_group_norm_sets_groups_per_layer(native_library):
     net = models.get_model('resnet8_small', num_classes=10,
-                           norm=study.ChannelsPerGroupNorm(4), num_groups=1)
+                           norm=ChannelsPerGroupNorm(4), num_groups=1)
     groups = {}
 
     def visit(block):
@@ -45,33 +47,33 @@ def test_channels_per_group_norm_sets_groups_per_layer(native_library):
     net.initialize()
     assert net(mx.nd.ones((2, 1, 28, 28))).shape == (2, 10)
     with pytest.raises(ValueError, match='channels per group'):
-        models.get_model('resnet8_small', norm=study.ChannelsPerGroupNorm(3))
+        models.get_model('resnet8_small', norm=ChannelsPerGroupNorm(3))
 
 
 def test_aggregate_mean_and_sample_std():
     rows = [dict(cell='a', val_error=v) for v in ('1.0', '2.0', '3.0')] + \
         [dict(cell='b', val_error='5.0')]
-    stats = study.aggregate(rows)
+    stats = protocol.aggregate(rows)
     assert stats['a'] == pytest.approx((2.0, 1.0, 3))
     assert stats['b'][0] == 5.0 and stats['b'][2] == 1
-    assert study_report._fmt(stats['a']) == '2.00 ± 1.00' and study_report._fmt(None) == 'not run'
+    assert report._fmt(stats['a']) == '2.00 ± 1.00' and report._fmt(None) == 'not run'
 
 
 def reduced(out_dir, **kw):
     """Tables 2 and 3 at batch 32 and 8, G = 8, D = 4: five runs of 1 epoch on 64 images."""
-    return study.StudySettings(out_dir=str(out_dir), tables=(2, 3), seeds=(0,), epochs=1,
+    return protocol.StudySettings(out_dir=str(out_dir), tables=(2, 3), seeds=(0,), epochs=1,
                                train_subset=64, val_subset=100, batch_sizes=(32, 8),
                                groups=(8,), group_sizes=(4,), jobs=1, **kw)
 
 
 def read_rows(out_dir):
-    with open(os.path.join(out_dir, study.CSV_NAME), newline='') as f:
+    with open(os.path.join(out_dir, protocol.CSV_NAME), newline='') as f:
         return list(csv.DictReader(f))
 
 
 def test_reduced_study_writes_everything_and_resumes(tmp_path, native_library):
     logs = []
-    rows = study.run_study(reduced(tmp_path), log=logs.append)
+    rows = runner.run_study(reduced(tmp_path), log=logs.append)
     expected = {'bn_b32', 'bn_b8', 'gn_g8_b32', 'gn_g8_b8', 'gn_c4_b32'}
     assert {r['cell'] for r in rows} == expected and len(rows) == 5
     on_disk = read_rows(tmp_path)
@@ -81,26 +83,26 @@ def test_reduced_study_writes_everything_and_resumes(tmp_path, native_library):
         assert float(row['lr']) == pytest.approx(0.8 * int(row['batch_size']) / 256)
         assert int(row['steps']) == 64 // int(row['batch_size'])
     assert not os.path.exists(tmp_path / '_work')
-    tables = (tmp_path / study_report.TABLES_NAME).read_text()
+    tables = (tmp_path / report.TABLES_NAME).read_text()
     assert 'Table 2' in tables and 'Table 3' in tables and 'Table 1' not in tables
     assert '| BN (paper, ImageNet) | 23.6 | 24.8 |' in tables    # batch 32 and 8
     bn32 = [r for r in on_disk if r['cell'] == 'bn_b32'][0]
     assert f"| BN (ours) | {float(bn32['val_error']):.2f} |" in tables
-    for name in (study_report.BATCH_PLOT, study_report.GROUPS_PLOT):
+    for name in (report.BATCH_PLOT, report.GROUPS_PLOT):
         with open(tmp_path / name, 'rb') as f:
             assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
     # Run again: nothing to train, the CSV is unchanged.
     logs.clear()
-    study.run_study(reduced(tmp_path), log=logs.append)
+    runner.run_study(reduced(tmp_path), log=logs.append)
     assert logs[0].startswith('5 runs planned, 0 to train') and len(logs) == 1
     assert read_rows(tmp_path) == on_disk
 
     # A half-done study (one run lost, plus a stale work dir) trains exactly the missing run.
-    study.write_runs(str(tmp_path), on_disk[:-1])
+    runner.write_runs(str(tmp_path), on_disk[:-1])
     os.makedirs(tmp_path / '_work' / 'stale')
     logs.clear()
-    study.run_study(reduced(tmp_path), log=logs.append)
+    runner.run_study(reduced(tmp_path), log=logs.append)
     assert logs[0].startswith('5 runs planned, 1 to train')
     after = read_rows(tmp_path)
     assert len(after) == 5 and after[:4] == on_disk[:4]
@@ -110,12 +112,12 @@ def test_reduced_study_writes_everything_and_resumes(tmp_path, native_library):
 
 def test_table1_from_rows(tmp_path):
     """Table 1 (ours beside the paper's) from given rows, without training."""
-    s = study.StudySettings(out_dir=str(tmp_path), tables=(1,), seeds=(0, 1))
+    s = protocol.StudySettings(out_dir=str(tmp_path), tables=(1,), seeds=(0, 1))
     errors = {'bn_b32': (2.0, 4.0), 'gn_g1_b32': (5.0, 5.0), 'gn_c1_b32': (6.0, 8.0),
               'gn_g8_b32': (3.0, 3.5)}
     rows = [dict(cell=k, val_error=str(v)) for k, pair in errors.items() for v in pair]
-    study_report.write_report(s, rows)
-    text = (tmp_path / study_report.TABLES_NAME).read_text()
+    report.write_report(s, rows)
+    text = (tmp_path / report.TABLES_NAME).read_text()
     assert '|  | BN | LN | IN | GN |' in text
     assert '| ours | 3.00 ± 1.41 | 5.00 ± 0.00 | 7.00 ± 1.41 | 3.25 ± 0.35 |' in text
     assert '| paper (ImageNet) | 23.6 | 25.3 | 28.4 | 24.1 |' in text
@@ -131,15 +133,15 @@ def test_script_quick_help():
 
 
 def test_bn_statistics_check(tmp_path, native_library):
-    s = study.StudySettings(out_dir=str(tmp_path), epochs=1, train_subset=128, val_subset=100)
-    rows = study_bn.check(s, train_batches=(8,), seeds=(0,), eval_batches=(2, 8),
+    s = protocol.StudySettings(out_dir=str(tmp_path), epochs=1, train_subset=128, val_subset=100)
+    rows = bn_statistics.check(s, train_batches=(8,), seeds=(0,), eval_batches=(2, 8),
                           log=lambda _: None)
     assert len(rows) == 1
     row = rows[0]
     assert row['moving'] == pytest.approx(row['study_val_error'])   # same net, same eval
     for key in ('moving', 'precise', 'batch2', 'batch8'):
         assert 0.0 <= row[key] <= 100.0
-    text = (tmp_path / study_bn.MD_NAME).read_text()
+    text = (tmp_path / bn_statistics.MD_NAME).read_text()
     assert '| trained at batch | moving | precise | batch2 | batch8 |' in text
     assert not os.path.exists(tmp_path / '_work')
 
@@ -154,13 +156,13 @@ def test_full_study(tmp_path):
     diagnostic of results/bn_statistics.md)."""
     subprocess.run([sys.executable, SCRIPT, '--out', str(tmp_path)], check=True)
     rows = read_rows(tmp_path)
-    s = study.StudySettings()
-    assert len(rows) == len(study.planned_runs(s))
-    stats = study.aggregate(rows)
-    assert all(stats[c.key][2] == 3 for c, _ in study.planned_runs(s))
+    s = protocol.StudySettings()
+    assert len(rows) == len(protocol.planned_runs(s))
+    stats = protocol.aggregate(rows)
+    assert all(stats[c.key][2] == 3 for c, _ in protocol.planned_runs(s))
     assert stats['gn_g8_b2'][0] - stats['gn_g8_b32'][0] < 1.0
     assert abs(stats['bn_b2'][0] - stats['bn_b32'][0]) < 1.5
-    with open(tmp_path / study_bn.CSV_NAME, newline='') as f:
+    with open(tmp_path / bn_statistics.CSV_NAME, newline='') as f:
         bn = [r for r in csv.DictReader(f) if r['train_batch'] == '32']
     assert len(bn) == 3
     assert all(float(r['batch2']) > float(r['moving']) + 5 for r in bn)

@@ -1,6 +1,4 @@
 """symbols/resnet.py and symbols/vgg.py: the Symbol nets equal their Gluon twins on the same weights."""
-import os
-import sys
 
 import mxnet as mx
 import numpy as np
@@ -8,8 +6,7 @@ import pytest
 
 from gn_mxnet.models import from_symbol_params, get_model, to_symbol_params
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from symbols import resnet, vgg  # noqa: E402  (symbols/ lives at the repo root)
+from symbols import resnet, vgg
 
 
 # The library is part of the install: a missing one fails these tests rather than skipping them.

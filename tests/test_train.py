@@ -12,9 +12,11 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from gn_mxnet import checkpoint as ckpt
-from gn_mxnet.train_config import TrainConfig
-from gn_mxnet.training import learning_rate, train
+from gn_mxnet.training import checkpoint as ckpt
+from gn_mxnet.training.config import TrainConfig
+from gn_mxnet.training.loop import train
+from gn_mxnet.training.schedule import learning_rate
+from gn_mxnet.utils.files import atomic_path, atomic_write_text
 from test_data import digit_subset, write_digit_folder, write_digit_rec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,9 +151,9 @@ def test_resume_after_sigkill_equals_uninterrupted(uninterrupted, tmp_path):
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     path = str(tmp_path / 'file.txt')
-    ckpt.atomic_write_text(path, 'old')
+    atomic_write_text(path, 'old')
     with pytest.raises(RuntimeError):
-        with ckpt.atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             with open(tmp, 'w') as f:
                 f.write('half')
             raise RuntimeError('killed mid-write')
@@ -173,7 +175,7 @@ def test_recipe_options_run(tmp_path):
 
 def test_no_wd_zeroes_weight_decay_of_norm_and_bias():
     from gn_mxnet import models
-    from gn_mxnet.training import prepare_network
+    from gn_mxnet.training.network import prepare_network
     net = models.get_model('resnet8_small', num_classes=10, num_groups=8)
     cfg = TrainConfig(no_wd=True, hybridize=False).resolved()
     prepare_network(cfg, net, (1, 28, 28), [mx.cpu()])
@@ -235,7 +237,7 @@ def test_default_run_reaches_97_percent_within_5_minutes(tmp_path):
 
 def test_symbol_block_keeps_gluon_initialisation_and_zero_last_gamma():
     from symbols import resnet as symbol_resnet
-    from gn_mxnet.training import symbol_to_block
+    from gn_mxnet.training.network import symbol_to_block
     symbol = symbol_resnet.get_symbol(10, 8, '1,28,28', norm='gn', num_groups=8,
                                       last_gamma=True, backend='ops')
     block = symbol_to_block(symbol)
@@ -251,7 +253,7 @@ def test_symbol_block_keeps_gluon_initialisation_and_zero_last_gamma():
 
 
 def test_throughput_comparison_measures_both_norms():
-    from gn_mxnet.throughput import compare_norms
+    from gn_mxnet.training.throughput import compare_norms
     rates = compare_norms('resnet8_small', ('bn', 'gn'), batch_size=8, steps=2, warmup=1,
                           rounds=1)
     assert set(rates) == {'bn', 'gn'} and all(r > 0 for r in rates.values())
@@ -261,7 +263,7 @@ def test_default_network_runs_the_native_operator_when_hybridized(tmp_path):
     """The default run must train with the C++ op, not silently with stock-op fallbacks
     (which are ~6x slower on CPU: the time budget of the default run depends on it)."""
     from gn_mxnet import models
-    from gn_mxnet.training import prepare_network
+    from gn_mxnet.training.network import prepare_network
     cfg = TrainConfig().resolved()
     net = models.get_model(cfg.network, num_classes=10, norm=cfg.norm,
                            num_groups=cfg.num_groups, backend=cfg.gn_backend)

@@ -7,15 +7,10 @@
   python train/launch.py -n 4 -s 4 -H hosts.txt -- \\
       /path/to/.venv/bin/python train/train_imagenet.py --kv-store dist_sync --gpus 0,1,2,3 ...
 
-The logic lives in gn_mxnet.launcher; this script only parses arguments.
+The logic lives in gn_mxnet.training.launcher (standard library only: no MXNet needed here);
+this script only parses arguments.
 """
 import argparse
-import os
-import sys
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.append(REPO_ROOT)
 
 
 def parse_args(argv=None):
@@ -42,7 +37,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from gn_mxnet import launcher
+    from gn_mxnet.training import launcher
     extra_env = {}
     for item in args.env:
         key, sep, value = item.partition('=')

@@ -7,16 +7,13 @@ run it again to resume a half-done study (finished runs are skipped).
   python train/reproduce_paper.py --quick --out /tmp/q  # a minute-long smoke version
   python train/reproduce_paper.py --tables 2 --seeds 0,1,2,3,4
 
-The study logic (grid, runs, resume, tables, plots) lives in gn_mxnet.study.
+The study logic (grid, runs, resume, tables, plots) lives in the gn_mxnet.study package.
 """
 import argparse
 import os
-import sys
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.append(REPO_ROOT)
 
 
 def int_list(text):
@@ -61,7 +58,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from gn_mxnet.study import StudySettings, run_study
+    from gn_mxnet.study import bn_statistics
+    from gn_mxnet.study.protocol import StudySettings
+    from gn_mxnet.study.runner import run_study
     settings = StudySettings(out_dir=args.out, tables=args.tables, seeds=args.seeds,
                              epochs=args.epochs, train_subset=args.train_subset or None,
                              base_lr=args.base_lr, image_size=args.image_size,
@@ -72,12 +71,11 @@ def main(argv=None):
     start = time.time()
     run_study(settings)
     if args.bn_statistics and 2 in args.tables:
-        from gn_mxnet import study_bn
-        path = os.path.join(args.out, study_bn.CSV_NAME)
+        path = os.path.join(args.out, bn_statistics.CSV_NAME)
         if args.resume and os.path.exists(path):
             print(f"BN diagnostic already in {path}")
         else:
-            study_bn.check(settings, train_batches=(max(args.batch_sizes),
+            bn_statistics.check(settings, train_batches=(max(args.batch_sizes),
                                                     min(args.batch_sizes)),
                            seeds=args.seeds)
     print(f"study done in {time.time() - start:.0f} s; tables in "

@@ -6,19 +6,17 @@ With no arguments it trains offline on the embedded MNIST-COCO set (real MNIST-5
 untrained and the trained model. Real COCO 2017, 8 GPUs, Detectron's 2x schedule:
 
     python train/train_coco.py --coco-root ~/datasets/coco --gpus 0,1,2,3,4,5,6,7 \\
-        --kv-store nccl --num-workers 8 --batch-size 2 --lr 0.02 --epochs 24 \\
+        --kv-store nccl --loader-processes 8 --batch-size 2 --lr 0.02 --epochs 24 \\
         --lr-decay-epochs 16,22 --warmup-iters 1000 --image-short 800 --image-max-size 1333 \\
         --full-budgets --pretrained-backbone R-50-GN.pkl --out-dir runs/mask_rcnn_R50_FPN_gn_2x
 """
 import argparse
-import os
-import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gn_mxnet.detection.engine import DetectionConfig, run  # noqa: E402
-from gn_mxnet.detection.model import DETECTION_NORMS  # noqa: E402
+from gn_mxnet.detection.engine import DetectionConfig, run
+from gn_mxnet.detection.model import DETECTION_NORMS
+from gn_mxnet.operator.validation import BACKENDS
+from gn_mxnet.training.schedule import parse_decay_epochs
 
 
 def parse_args(argv=None):
@@ -45,7 +43,7 @@ def parse_args(argv=None):
                        help='gn: GroupNorm in backbone, FPN, 4conv1fc box head and mask head; '
                             'bn: frozen BatchNorm (BN*) backbone, no norm in FPN/heads')
     model.add_argument('--num-groups', type=int, default=d.num_groups)
-    model.add_argument('--backend', default=d.backend, choices=('native', 'custom', 'ops'),
+    model.add_argument('--backend', default=d.backend, choices=BACKENDS,
                        help='GroupNorm implementation')
     model.add_argument('--pretrained-backbone', default=d.pretrained_backbone,
                        help='backbone weights gn_mxnet.convert reads, e.g. Detectron '
@@ -59,7 +57,7 @@ def parse_args(argv=None):
     opt.add_argument('--gpus', default=d.gpus, help="e.g. 0,1,2,3; '' = CPU")
     opt.add_argument('--kv-store', default=d.kv_store,
                      help='local, device, nccl, dist_sync, dist_device_sync')
-    opt.add_argument('--num-workers', type=int, default=d.num_workers,
+    opt.add_argument('--loader-processes', type=int, default=d.loader_processes,
                      help='data-loading processes (real COCO: 4 or more)')
     opt.add_argument('--batch-size', type=int, default=d.batch_size,
                      help='images per device (1 or 2 in Detectron)')
@@ -84,17 +82,14 @@ def parse_args(argv=None):
 
 
 def config_from_args(args):
-    try:
-        decay_epochs = tuple(int(e) for e in args.lr_decay_epochs.split(',') if e.strip())
-    except ValueError:
-        raise ValueError('--lr-decay-epochs must look like 16,22, got %r'
-                         % args.lr_decay_epochs) from None
+    decay_epochs = tuple(parse_decay_epochs(args.lr_decay_epochs, allow_empty=True))
     return DetectionConfig(
         coco_root=args.coco_root, cache_dir=args.cache_dir, num_train=args.num_train,
         num_val=args.num_val, depth=args.depth, norm=args.norm, num_groups=args.num_groups,
         backend=args.backend, pretrained_backbone=args.pretrained_backbone,
         image_short=args.image_short, image_max_size=args.image_max_size,
-        small=not args.full_budgets, gpus=args.gpus, kv_store=args.kv_store, num_workers=args.num_workers,
+        small=not args.full_budgets, gpus=args.gpus, kv_store=args.kv_store,
+        loader_processes=args.loader_processes,
         batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, lr_decay=args.lr_decay,
         lr_decay_epochs=decay_epochs, warmup_iters=args.warmup_iters, momentum=args.momentum,
         wd=args.wd, train_limit=args.train_limit, val_limit=args.val_limit, seed=args.seed,

@@ -8,18 +8,11 @@ a few minutes).
       --network resnet50_v1b --norm gn --batch-size 32 --no-wd --last-gamma
 
 The recipe (SGD momentum 0.9, lr 0.1·B/256 with linear warm-up, step 30/60/90 or cosine, wd 1e-4)
-and all bookkeeping live in gn_mxnet.training; this script only parses arguments.
+and all bookkeeping live in the gn_mxnet.training package; this script only parses arguments.
 """
 import argparse
 import json
-import os
 import re
-import sys
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Run from a checkout without `pip install -e .`: an installed gn_mxnet still comes first.
-if REPO_ROOT not in sys.path:
-    sys.path.append(REPO_ROOT)
 
 
 def parse_args(argv=None):
@@ -81,7 +74,7 @@ def parse_args(argv=None):
 
 
 def config_from_args(args):
-    from gn_mxnet.train_config import TrainConfig
+    from gn_mxnet.training.config import TrainConfig
     return TrainConfig(
         network=args.network, norm=args.norm, num_groups=args.num_groups,
         gn_backend=args.gn_backend, last_gamma=args.last_gamma, rec_train=args.rec_train,
@@ -120,7 +113,7 @@ def symbol_factory(cfg, num_layers):
 
 def main(argv=None):
     args = parse_args(argv)
-    from gn_mxnet.training import train
+    from gn_mxnet.training.loop import train
     config = config_from_args(args)
     symbol = symbol_factory(config.resolved(), args.num_layers) if args.symbolic else None
     summary = train(config, symbol=symbol)

@@ -19,8 +19,8 @@ import numpy as np
 from gluoncv.data import COCOInstance
 from PIL import Image
 
-from ..checkpoint import atomic_write_text
-from ..data import mnist5k_split
+from ..training.data import mnist5k_split
+from ..utils.files import atomic_write_text
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 EMBEDDED_FORMAT_VERSION = 1

@@ -16,9 +16,11 @@ from mxnet import autograd, gluon
 from gluoncv.data.batchify import MaskRCNNTrainBatchify
 from gluoncv.data.transforms.presets.rcnn import MaskRCNNDefaultTrainTransform
 
-from .. import checkpoint as ckpt
-from .. import reporting
-from ..training import epoch_seed, make_contexts, seed_everything
+from ..training import checkpoint as ckpt
+from ..training.reporting import write_summary
+from ..training.runtime import epoch_seed, make_contexts, seed_everything
+from ..training.schedule import scheduled_lr
+from ..utils.progress import progress
 from . import coco_data, evaluation, report
 from .losses import MaskRCNNLoss
 from .model import build_mask_rcnn, trainable_parameters
@@ -40,7 +42,7 @@ class DetectionConfig:
     small: bool = True           # reduced proposal/RoI budgets (CPU runs)
     gpus: str = ''
     kv_store: str = 'device'
-    num_workers: int = 0         # data-loading processes (0 = in the training process)
+    loader_processes: int = 0    # data-loading processes (0 = in the training process)
     batch_size: int = 2          # images per device
     epochs: int = 2
     lr: float = 0.02             # Detectron's (at 16 images); 0 = 0.00125 x total batch
@@ -72,13 +74,12 @@ def base_lr(cfg, num_devices):
     return cfg.lr if cfg.lr > 0 else 0.00125 * cfg.batch_size * num_devices
 
 
-def lr_at(cfg, lr0, epoch, iteration):
-    """Linear warm-up from warmup_factor * lr0, then x lr_decay at each decay epoch."""
-    lr = lr0 * cfg.lr_decay ** sum(1 for e in cfg.lr_decay_epochs if epoch >= e)
-    if iteration < cfg.warmup_iters:
-        alpha = iteration / float(cfg.warmup_iters)
-        lr *= cfg.warmup_factor * (1 - alpha) + alpha
-    return lr
+def lr_at(cfg, lr0, iteration, iters_per_epoch):
+    """Linear warm-up over warmup_iters from warmup_factor * lr0, then x lr_decay from the start
+    of each (1-based) decay epoch; `iteration` counts from 0 over the whole run."""
+    return scheduled_lr(lr0, iteration, mode='step', warmup_steps=cfg.warmup_iters,
+                        warmup_start=cfg.warmup_factor, decay=cfg.lr_decay,
+                        decay_steps=[(e - 1) * iters_per_epoch for e in cfg.lr_decay_epochs])
 
 
 def epoch_batches(num_images, images_per_batch, seed, epoch, limit=0, num_workers=1, rank=0):
@@ -98,13 +99,6 @@ def epoch_batches(num_images, images_per_batch, seed, epoch, limit=0, num_worker
     return batches[rank::num_workers][:steps]
 
 
-def _progress(cfg, iterable, **kwargs):
-    if not cfg.progress:
-        return iterable
-    from tqdm import tqdm
-    return tqdm(iterable, dynamic_ncols=True, **kwargs)
-
-
 def _make_trainer(cfg, net):
     params = trainable_parameters(net)
     for param in net.collect_params().values():
@@ -120,8 +114,8 @@ def _make_trainer(cfg, net):
 def train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn, lr0, epoch):
     sums, steps = {}, 0
     iteration = (epoch - 1) * len(batches)
-    for batch in _progress(cfg, loader, total=len(batches), desc='epoch %d' % epoch):
-        trainer.set_learning_rate(lr_at(cfg, lr0, epoch, iteration))
+    for batch in progress(loader, cfg.progress, total=len(batches), desc='epoch %d' % epoch):
+        trainer.set_learning_rate(lr_at(cfg, lr0, iteration, len(batches)))
         # The batchify gives each field as a list of per-device shards (a bare NDArray for 1).
         fields = [f if isinstance(f, (list, tuple)) else [f] for f in batch]
         shards = [[part.as_in_context(ctx) for part in parts]
@@ -154,7 +148,7 @@ def _evaluate(cfg, net, val_set, contexts, epoch):
     tic = time.time()
     result = evaluation.evaluate(net, val_set, contexts, cfg.image_short, cfg.image_max_size,
                                  limit=cfg.val_limit or None,
-                                 progress=lambda it: _progress(cfg, it, desc='eval %d' % epoch))
+                                 progress=lambda it: progress(it, cfg.progress, desc='eval %d' % epoch))
     result['seconds'] = time.time() - tic
     return result
 
@@ -198,13 +192,14 @@ def run(cfg: DetectionConfig) -> dict:
         batches = epoch_batches(len(train_set), images_per_batch, cfg.seed, epoch,
                                 cfg.train_limit, num_workers, rank)
         loader = gluon.data.DataLoader(train_set.transform(transform), batch_sampler=batches,
-                                       batchify_fn=batchify, num_workers=cfg.num_workers)
+                                       batchify_fn=batchify,
+                                       num_workers=cfg.loader_processes)
         losses, iteration = train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn,
                                         lr0, epoch)
         train_seconds = time.time() - tic
         result = _evaluate(cfg, net, val_set, contexts, epoch)
         print(result['report'])
-        history.append(report.epoch_row(epoch, lr_at(cfg, lr0, epoch, iteration - 1), losses,
+        history.append(report.epoch_row(epoch, lr_at(cfg, lr0, iteration - 1, len(batches)), losses,
                                         result, train_seconds))
         if result['bbox']['AP'] > best['bbox_AP']:
             best = {'bbox_AP': result['bbox']['AP'], 'epoch': epoch}
@@ -218,5 +213,5 @@ def run(cfg: DetectionConfig) -> dict:
     summary = report.summary(cfg, history, best, len(train_set), len(val_set), contexts,
                              time.time() - wall_start)
     summary['config'] = config
-    reporting.write_summary(cfg.out_dir, summary)
+    write_summary(cfg.out_dir, summary)
     return summary

@@ -20,10 +20,10 @@ from mxnet.gluon import nn
 from gluoncv.model_zoo.rcnn.mask_rcnn import MaskRCNN
 from gluoncv.nn.feature import FPNFeatureExpander
 
-from .._library import load_library
-from ..convert import load_weights
+from ..models.convert import load_weights
+from ..models.norms import make_norm
 from ..models.resnet import IMAGENET_RESNETS, resnet_v1b
-from ..norms import make_norm
+from ..operator.library import load_library
 
 DETECTION_NORMS = ('gn', 'bn')
 FPN_CHANNELS = 256

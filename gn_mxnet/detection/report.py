@@ -1,7 +1,8 @@
 """The detector's per-epoch CSV (losses, COCO AP), PNG curves and JSON summary."""
 import os
 
-from .. import reporting
+from ..utils.plots import pyplot, save_figure
+from ..utils.tables import write_csv
 
 LOSS_KEYS = ('total', 'rpn_cls', 'rpn_box', 'rcnn_cls', 'rcnn_box', 'mask')
 AP_KEYS = ('bbox_AP', 'bbox_AP50', 'bbox_AP75', 'segm_AP', 'segm_AP50', 'segm_AP75')
@@ -24,12 +25,12 @@ def epoch_row(epoch, lr, losses, result, train_seconds):
 
 
 def write_log(out_dir, history):
-    return reporting.write_csv(out_dir, history, columns=CSV_COLUMNS, name=LOG_NAME)
+    return write_csv(os.path.join(out_dir, LOG_NAME), history, CSV_COLUMNS)
 
 
 def plot(out_dir, history, title=''):
     """Training losses and bbox/segm AP against epoch."""
-    plt = reporting.pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(11, 3.8))
     trained = [r for r in history if r['epoch'] > 0]
     for key in LOSS_KEYS:
@@ -43,7 +44,7 @@ def plot(out_dir, history, title=''):
     for ax in (ax_loss, ax_ap):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    return reporting.save_figure(fig, os.path.join(out_dir, CURVES_NAME), title)
+    return save_figure(fig, os.path.join(out_dir, CURVES_NAME), title)
 
 
 def summary(cfg, history, best, num_train, num_val, contexts, wall_seconds):

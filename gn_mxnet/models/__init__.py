@@ -1,4 +1,6 @@
-"""Gluon model builders: ``get_model(name, norm='gn', ...)`` and ``list_models()``.
+"""The models layer: the norm factory (norms), Gluon ResNet/VGG builders (resnet, vgg) with
+``get_model(name, norm='gn', ...)`` and ``list_models()``, the Gluon-to-Symbol naming rule
+shared with the Symbol builders in symbols/ (symbol_names), and weight converters (convert).
 
 Names: ``resnet{18,34,50,101,152}_v1b`` (ImageNet, gluoncv's ResNetV1b with our norm),
 ``resnet{depth}_small`` (small images: depth 6n+2 basic / 9n+2 bottleneck, any number of

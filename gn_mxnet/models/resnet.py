@@ -11,7 +11,7 @@ reuse the same gluoncv blocks and stage builder behind a 3x3 stem without max-po
 from mxnet.gluon import nn
 from gluoncv.model_zoo.resnetv1b import BasicBlockV1b, BottleneckV1b, ResNetV1b
 
-from ..norms import make_norm
+from .norms import make_norm
 
 # depth -> (block, units per stage); the ImageNet table of He et al.
 IMAGENET_RESNETS = {

@@ -8,7 +8,7 @@ The Symbol builder ``symbols/vgg.py`` builds the same graph with the same names
 """
 from mxnet.gluon import nn
 
-from ..norms import make_norm
+from .norms import make_norm
 
 # depth -> convs per stage; the stages have 64, 128, 256, 512, 512 channels.
 VGG_LAYERS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3),

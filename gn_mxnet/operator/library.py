@@ -15,8 +15,10 @@ class LibraryNotBuiltError(RuntimeError):
 
 
 def library_path() -> str:
-    """Path of the operator library inside the installed package (it may not exist)."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
+    """Path of the operator library inside the installed package (it may not exist): setup.py
+    builds it into the top of the gn_mxnet package."""
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(package_dir, LIBRARY_NAME)
 
 
 def load_library() -> str:

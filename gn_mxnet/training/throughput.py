@@ -9,18 +9,19 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from .train_config import TrainConfig
-from .training import make_contexts, prepare_network
+from ..models import get_model
+from .config import TrainConfig
+from .network import prepare_network
+from .runtime import make_contexts
 
 
 def build_step(network, norm, batch_size, data_shape, num_classes, num_groups, backend,
                contexts, seed=0):
     """A function running one SGD step of `network` with `norm` on a fixed synthetic batch."""
-    from . import models
     mx.random.seed(seed)
     cfg = TrainConfig(norm=norm, num_groups=num_groups, gn_backend=backend).resolved()
-    net = models.get_model(network, num_classes=num_classes, norm=norm, num_groups=num_groups,
-                           backend=backend, last_gamma=False)
+    net = get_model(network, num_classes=num_classes, norm=norm, num_groups=num_groups,
+                    backend=backend, last_gamma=False)
     prepare_network(cfg, net, data_shape, contexts)
     trainer = gluon.Trainer(net.collect_params(), 'sgd',
                             {'learning_rate': 0.01, 'momentum': 0.9, 'wd': 1e-4},

@@ -1,59 +1,30 @@
 """Per-epoch CSV log, JSON summary and PNG curves of a training run (all written atomically)."""
-import csv
-import io
 import json
 import os
 
-from .checkpoint import atomic_path, atomic_write_text
+from ..utils.files import atomic_write_text
+from ..utils.plots import pyplot, save_figure
+from ..utils.tables import read_csv, write_csv
 
 CSV_COLUMNS = ('epoch', 'lr', 'train_loss', 'train_top1', 'train_top5', 'val_loss', 'val_top1',
                'val_top5', 'img_per_sec', 'epoch_seconds')
 LOG_NAME, SUMMARY_NAME, CURVES_NAME = 'log.csv', 'summary.json', 'curves.png'
 
 
-def write_csv(out_dir, history, columns=CSV_COLUMNS, name=LOG_NAME):
-    """The whole history is rewritten each epoch, so a resumed run's log has no duplicate rows.
-
-    ``columns``/``name`` let other jobs (the detector's AP log) write their own table.
-    """
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator='\n')
-    writer.writeheader()
-    for row in history:
-        writer.writerow({key: row[key] for key in columns})
-    path = os.path.join(out_dir, name)
-    atomic_write_text(path, buffer.getvalue())
-    return path
+def write_log(out_dir, history):
+    """The run's whole history as out_dir/log.csv."""
+    return write_csv(os.path.join(out_dir, LOG_NAME), history, CSV_COLUMNS)
 
 
-def read_csv(path):
-    with open(path, newline='') as f:
-        return [{k: (int(v) if k == 'epoch' else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(f)]
+def read_log(path):
+    """A log.csv back as rows of numbers (epoch an int)."""
+    return [{k: (int(v) if k == 'epoch' else float(v)) for k, v in row.items()}
+            for row in read_csv(path)]
 
 
 def write_summary(out_dir, summary):
     path = os.path.join(out_dir, SUMMARY_NAME)
     atomic_write_text(path, json.dumps(summary, indent=2, sort_keys=True) + '\n')
-    return path
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def save_figure(fig, path, title='', dpi=100):
-    """Writes fig as a PNG atomically (a kill mid-write keeps the old file) and closes it."""
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format='png', dpi=dpi)
-    pyplot().close(fig)
     return path
 
 

@@ -97,7 +97,8 @@ class MNIST5kSource(DataSource):
     """
 
     def __init__(self, batch_size, seed=0, val_fraction=0.2, split_seed=0, shift_pixels=2,
-                 train_subset=None, val_subset=None, num_parts=1, part_index=0):
+                 train_subset=None, val_subset=None, num_parts=1, part_index=0,
+                 image_size=28, val_batch=None):
         (x_train, y_train), (x_val, y_val) = mnist5k_split(val_fraction, split_seed)
         # The file is sorted by class: subsets are drawn by a fixed permutation, not a prefix.
         if train_subset:
@@ -118,6 +119,22 @@ class MNIST5kSource(DataSource):
         self.x_val, self.y_val = self._normalize(x_val), y_val
         self.num_classes, self.data_shape = 10, (1, 28, 28)
         self.num_train = per_part // batch_size * batch_size
+        # Evaluation does not depend on the batch (BN uses its moving statistics then, GN is
+        # per sample), so studies evaluate every training batch size in the same batches.
+        self.val_batch = val_batch or batch_size
+        if image_size != 28:
+            self._pool(image_size)
+
+    def _pool(self, image_size):
+        """Average-pool the digits to image_size a side (28 -> 14 makes steps ~4x cheaper)."""
+        if 28 % image_size:
+            raise ValueError(f"image size must divide 28, got {image_size}")
+        k = 28 // image_size
+        self.x_train, self.x_val = (
+            x.reshape(len(x), 1, image_size, k, image_size, k).mean(axis=(3, 5))
+            for x in (self.x_train, self.x_val))
+        self.shift_pixels = max(1, self.shift_pixels // k)
+        self.data_shape = (1, image_size, image_size)
 
     @staticmethod
     def _normalize(images):
@@ -125,7 +142,7 @@ class MNIST5kSource(DataSource):
 
     def _shift(self, batch, rng):
         """Translate each image by up to shift_pixels in x and y (zero = background fill)."""
-        pad = self.shift_pixels
+        pad, size = self.shift_pixels, batch.shape[-1]
         if pad == 0:
             return batch
         background = -MNIST_MEAN / MNIST_STD
@@ -134,7 +151,7 @@ class MNIST5kSource(DataSource):
         offsets = rng.randint(0, 2 * pad + 1, size=(len(batch), 2))
         out = np.empty_like(batch)
         for i, (dy, dx) in enumerate(offsets):
-            out[i] = padded[i, :, dy:dy + 28, dx:dx + 28]
+            out[i] = padded[i, :, dy:dy + size, dx:dx + size]
         return out
 
     def train_batches(self, epoch):
@@ -148,8 +165,8 @@ class MNIST5kSource(DataSource):
             yield mx.nd.array(images), mx.nd.array(self.y_train[idx], dtype='float32')
 
     def val_batches(self):
-        for start in range(0, len(self.x_val), self.batch_size):
-            end = start + self.batch_size
+        for start in range(0, len(self.x_val), self.val_batch):
+            end = start + self.val_batch
             yield (mx.nd.array(self.x_val[start:end]),
                    mx.nd.array(self.y_val[start:end], dtype='float32'))
 
@@ -252,7 +269,7 @@ class ImageFolderSource(DataSource):
     """``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` images, gluoncv's transforms."""
 
     def __init__(self, data_dir, batch_size, data_shape=(3, 224, 224), seed=0, num_parts=1,
-                 part_index=0, num_workers=0):
+                 part_index=0, decode_processes=0):
         from mxnet.gluon.data.vision import ImageFolderDataset
         for split in ('train', 'val'):
             if not os.path.isdir(os.path.join(data_dir, split)):
@@ -271,7 +288,7 @@ class ImageFolderSource(DataSource):
             raise ValueError(f"no images found under {os.path.join(data_dir, 'train')}")
         self.data_dir, self.batch_size, self.data_shape = data_dir, batch_size, tuple(data_shape)
         self.seed, self.num_parts, self.part_index = seed, num_parts, part_index
-        self.num_workers = num_workers
+        self.decode_processes = decode_processes
         self.num_classes = len(self.train_set.synsets)
         per_part = len(self.train_set) // num_parts
         self.num_train = per_part // batch_size * batch_size
@@ -299,7 +316,7 @@ class ImageFolderSource(DataSource):
         from mxnet.gluon.data import DataLoader
         subset = dataset.transform_first(transform)
         return DataLoader(subset, batch_size=self.batch_size, sampler=list(indices),
-                          last_batch='keep', num_workers=self.num_workers)
+                          last_batch='keep', num_workers=self.decode_processes)
 
     def train_batches(self, epoch):
         order = epoch_rng(self.seed, epoch).permutation(len(self.train_set))
@@ -316,3 +333,20 @@ class ImageFolderSource(DataSource):
     def describe(self):
         return (f"image folder {self.data_dir}: {self.num_classes} classes, "
                 f"{len(self.train_set)} train / {len(self.val_set)} val images")
+
+
+def make_data_source(cfg, num_devices, rank, num_workers):
+    """The DataSource a TrainConfig names, for worker `rank` of `num_workers` machines."""
+    batch = cfg.batch_size * num_devices
+    parts = dict(num_parts=num_workers, part_index=rank)
+    if cfg.rec_train:
+        return RecordSource(cfg.rec_train, cfg.rec_val, batch, cfg.num_classes,
+                            cfg.data_shape, seed=cfg.seed, threads=cfg.data_threads, **parts)
+    if cfg.data_dir:
+        # Decoding processes trade the bit-exact augmentation order for speed; one thread
+        # decodes in this process and stays deterministic.
+        processes = cfg.data_threads if cfg.data_threads > 1 else 0
+        return ImageFolderSource(cfg.data_dir, batch, cfg.data_shape, seed=cfg.seed,
+                                 decode_processes=processes, **parts)
+    return MNIST5kSource(batch, seed=cfg.seed, train_subset=cfg.train_subset,
+                         val_subset=cfg.val_subset, **parts)

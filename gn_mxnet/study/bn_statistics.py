@@ -11,16 +11,17 @@ error (%) three ways:
   (val shuffled once, so a batch mixes classes): how far the normalization a batch of b images
   sees is from the population's, i.e. the noise the net trained with.
 """
-import csv
-import io
 import math
 import os
 import shutil
 
 import numpy as np
 
-from . import study
-from .checkpoint import atomic_write_text
+from ..models import get_model
+from ..utils.files import atomic_write_text
+from ..utils.tables import write_csv
+from .protocol import Cell
+from .runner import train_cell
 
 CSV_NAME, MD_NAME = 'bn_statistics.csv', 'bn_statistics.md'
 
@@ -52,8 +53,7 @@ def reestimate(net, s, x, batch=200, passes=3):
     import tempfile
     import mxnet as mx
     from mxnet import autograd
-    from . import models
-    fresh = models.get_model(s.network, num_classes=10, norm='bn')
+    fresh = get_model(s.network, num_classes=10, norm='bn')
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, 'bn.params')
         net.save_parameters(path)
@@ -79,8 +79,8 @@ def check(s, train_batches=(32, 2), seeds=(0, 1, 2), eval_batches=(2, 8, 32), lo
     rows = []
     for b in train_batches:
         for seed in seeds:
-            cell = study.Cell('bn', b)
-            row, net, data = study.train_cell(
+            cell = Cell('bn', b)
+            row, net, data = train_cell(
                 cell, seed, s, os.path.join(s.out_dir, '_work', f'bnstat_{cell.key}_s{seed}'))
             order = np.random.RandomState(1234).permutation(len(data.x_val))
             x_val, y_val = data.x_val[order], data.y_val[order].astype(np.int64)
@@ -96,11 +96,7 @@ def check(s, train_batches=(32, 2), seeds=(0, 1, 2), eval_batches=(2, 8, 32), lo
     shutil.rmtree(os.path.join(s.out_dir, '_work'), ignore_errors=True)
     columns = ['train_batch', 'seed', 'moving', 'precise'] + \
         [f'batch{e}' for e in eval_batches] + ['study_val_error']
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator='\n')
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(os.path.join(s.out_dir, CSV_NAME), buffer.getvalue())
+    write_csv(os.path.join(s.out_dir, CSV_NAME), rows, columns)
     atomic_write_text(os.path.join(s.out_dir, MD_NAME), markdown(rows, columns, s))
     return rows
 

@@ -6,7 +6,7 @@ implementation to check the native op against, and runs wherever MXNet's CustomO
 import mxnet as mx
 import numpy as np
 
-from .attrs import check_dtype, check_param_dtype, layout, parse_attrs
+from .validation import check_dtype, check_param_dtype, layout, parse_attrs
 
 OP_TYPE = 'gn_mxnet_group_norm'
 
@@ -48,7 +48,7 @@ def forward_numpy(x, gamma, beta, attrs):
 
 
 def backward_numpy(dy, x, gamma, attrs):
-    """Returns dx, dgamma, dbeta, using the per-channel sums form of DESIGN §2."""
+    """Returns dx, dgamma, dbeta, using the per-channel sums form of docs/design.md §2."""
     xg, mean, rstd, channels_last = _grouped_statistics(x, attrs)
     acc = xg.dtype
     G = attrs.num_groups
@@ -130,3 +130,22 @@ class _GroupNormProp(mx.operator.CustomOpProp):
 
     def create_operator(self, ctx, in_shapes, in_dtypes):
         return _GroupNormOp(self.attrs)
+
+
+def custom_group_norm(F, data, gamma, beta, attrs):
+    """The CustomOp applied through MXNet's Custom op, y only."""
+    # Both ways: the data it reads, and the gradient its backward reads (which the next
+    # layer's MKLDNN backward may leave blocked).
+    out = F.Custom(_in_default_layout(F, data), gamma, beta, op_type=OP_TYPE,
+                   num_groups=attrs.num_groups, eps=repr(attrs.eps), axis=attrs.axis)
+    return _in_default_layout(F, out)
+
+
+def _in_default_layout(F, data):
+    """data in MXNet's default row-major layout, for the CustomOp. A Conv2D output may sit in
+    MKLDNN's blocked layout, which MXNet 1.9 hands a CustomOp as if it were plain NCHW (wrong
+    results that vary from call to call). expand_dims and squeeze have no MKLDNN kernels, so
+    MXNet reorders their input to the default layout, imperatively and in graphs alike, and
+    autograd records them like any op. (identity does not do it in graphs: its MKLDNN copy
+    keeps the blocked layout.)"""
+    return F.squeeze(F.expand_dims(data, axis=0), axis=0)

@@ -9,11 +9,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-NORMS = ('bn', 'gn', 'ln', 'in')
-GN_BACKENDS = ('native', 'custom', 'ops')
+from ..models.norms import NORMS
+from ..operator.validation import BACKENDS
+from .schedule import LR_MODES, parse_decay_epochs
+
+# The norms a classifier trains with: every norm but 'none' (a net without norm layers).
+TRAIN_NORMS = tuple(norm for norm in NORMS if norm != 'none')
 KV_STORES = ('local', 'device', 'dist_sync', 'dist_device_sync')
 OPTIMIZERS = ('sgd', 'nag')
-LR_MODES = ('step', 'cosine')
 DTYPES = ('float32', 'float16')
 
 PRESETS = {
@@ -98,7 +101,7 @@ class TrainConfig:
             if value not in allowed:
                 raise ValueError(f"unknown {name.replace('_', '-')} {value!r}; choose one of "
                                  f"{', '.join(allowed)}")
-        for name, allowed in (('norm', NORMS), ('gn_backend', GN_BACKENDS),
+        for name, allowed in (('norm', TRAIN_NORMS), ('gn_backend', BACKENDS),
                               ('kv_store', KV_STORES), ('optimizer', OPTIMIZERS),
                               ('lr_mode', LR_MODES), ('dtype', DTYPES)):
             one_of(name, allowed)
@@ -119,7 +122,7 @@ class TrainConfig:
             raise ValueError(f"warmup-epochs must lie in [0, epochs={self.epochs}], got "
                              f"{self.warmup_epochs}")
         if self.lr_mode == 'step':
-            decay_epochs(self.lr_decay_epochs)
+            parse_decay_epochs(self.lr_decay_epochs)
         if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
             raise ValueError(f"stop-after-epochs must be >= 1, got {self.stop_after_epochs}")
         if self.wd < 0:
@@ -148,22 +151,3 @@ def parse_shape(shape):
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"data-shape must be three positive sizes C,H,W, got {shape}")
     return shape
-
-
-def decay_epochs(spec):
-    """'30,60,90' -> [30, 60, 90] (strictly increasing)."""
-    try:
-        epochs = [int(s) for s in str(spec).split(',') if s.strip()]
-    except ValueError:
-        raise ValueError(f"lr-decay-epochs must look like 30,60,90, got {spec!r}") from None
-    if not epochs or sorted(set(epochs)) != epochs:
-        raise ValueError(f"lr-decay-epochs must be increasing epochs like 30,60,90, got {spec!r}")
-    return epochs
-
-
-def parse_gpus(spec):
-    """'0,1' -> [0, 1]; '' -> [] (CPU)."""
-    try:
-        return [int(s) for s in str(spec).split(',') if s.strip()]
-    except ValueError:
-        raise ValueError(f"gpus must look like 0,1,2, got {spec!r}") from None

@@ -9,6 +9,8 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 
 SUPPORTED_DTYPES = ('float16', 'float32', 'float64')
+# 'native': the compiled op (operators/); 'custom': the Python CustomOp; 'ops': stock MXNet ops.
+BACKENDS = ('native', 'custom', 'ops')
 
 
 class GroupNormAttrs(NamedTuple):
@@ -88,3 +90,9 @@ def layout(attrs: GroupNormAttrs, data_shape: Sequence[int],
                              f"got {tuple(param_shape)}")
     spatial = int(np.prod(shape[2:] if axis == 1 else shape[1:-1], dtype=np.int64))
     return GroupNormLayout(shape[0], channels, spatial, channels_last=(axis != 1))
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return backend

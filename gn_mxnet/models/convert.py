@@ -1,0 +1,347 @@
+"""Load pretrained ResNet weights from other frameworks into gn_mxnet's nets, and write them back.
+
+Formats (our own names are gluoncv's structural names, ``layer1.0.bn1.gamma``):
+
+- ``detectron``: Detectron's Caffe2 pickles (``R-50-GN.pkl``, ``R-101-GN.pkl``): a pickled dict
+  ``{'blobs': {name: ndarray}}`` with names like ``conv1_w``, ``conv1_gn_s``,
+  ``res2_0_branch2a_w``, ``res2_0_branch2a_gn_b``, ``res2_0_branch1_w``, ``pred_w``.
+- ``gluoncv``: a Gluon ``.params`` file, e.g. gluoncv's ``resnet50_v1b_gn`` (same names as ours).
+- ``torchvision``: a PyTorch ResNet ``state_dict`` saved as ``.npz`` (``bn1.weight`` is gamma).
+
+Loading is all or nothing: every tensor of the file must find a parameter of the same shape
+and every parameter must be filled, else :class:`WeightMismatchError` lists the offending
+names and the net is left untouched.
+
+Command line: ``python -m gn_mxnet.convert SRC DST [--model resnet50_v1b] [--norm gn]``.
+"""
+import argparse
+import os
+import pickle
+import re
+import sys
+
+import mxnet as mx
+import numpy as np
+
+FORMATS = ('detectron', 'gluoncv', 'torchvision')
+_EXTENSIONS = {'.pkl': 'detectron', '.npz': 'torchvision', '.params': 'gluoncv'}
+
+# Tensors a file may carry that are training state, not model weights.
+_NOT_WEIGHTS = {
+    'detectron': re.compile(r'_momentum$'),
+    'torchvision': re.compile(r'\.num_batches_tracked$'),
+    'gluoncv': None,
+}
+
+
+class WeightMismatchError(ValueError):
+    """A weight file does not fit the net; the message lists every offending name."""
+
+
+# --- name mapping -------------------------------------------------------------------------
+# Detectron counts stages from res2 and lettered convs from 'a'; ours counts layer1 and conv1.
+_DETECTRON_BLOCK = re.compile(r'^res(\d+)_(\d+)_branch(1|2([a-z]))_(w|gn_s|gn_b)$')
+_DETECTRON_STEM = {'conv1_w': 'conv1.weight', 'conv1_gn_s': 'bn1.gamma',
+                   'conv1_gn_b': 'bn1.beta', 'pred_w': 'fc.weight', 'pred_b': 'fc.bias'}
+_DETECTRON_SUFFIX = {'w': 'weight', 'gn_s': 'gamma', 'gn_b': 'beta'}
+_OURS_BLOCK = re.compile(r'^layer(\d+)\.(\d+)\.(conv(\d+)|bn(\d+)|downsample\.([01]))\.(\w+)$')
+# torchvision names norm parameters weight/bias; norm layers are bn<k> and downsample.1.
+_TORCH_NORM = re.compile(r'^(bn\d+|layer\d+\.\d+\.(bn\d+|downsample\.1))\.(weight|bias)$')
+
+
+def detectron_to_ours(name):
+    """Our name for Detectron blob ``name``, or None when it is not a ResNet-GN weight."""
+    if name in _DETECTRON_STEM:
+        return _DETECTRON_STEM[name]
+    match = _DETECTRON_BLOCK.match(name)
+    if not match:
+        return None
+    stage, block, branch, letter, kind = match.groups()
+    prefix = 'layer%d.%s.' % (int(stage) - 1, block)
+    if branch == '1':
+        return prefix + ('downsample.0.weight' if kind == 'w'
+                         else 'downsample.1.' + _DETECTRON_SUFFIX[kind])
+    index = ord(letter) - ord('a') + 1
+    return prefix + ('conv%d.weight' % index if kind == 'w'
+                     else 'bn%d.%s' % (index, _DETECTRON_SUFFIX[kind]))
+
+
+def ours_to_detectron(name):
+    """Detectron blob name for our parameter ``name`` (GN nets only)."""
+    for detectron, ours in _DETECTRON_STEM.items():
+        if ours == name:
+            return detectron
+    match = _OURS_BLOCK.match(name)
+    if not match:
+        raise WeightMismatchError("parameter %r has no Detectron name" % name)
+    layer, block, _, conv, norm, downsample, kind = match.groups()
+    prefix = 'res%d_%s_branch' % (int(layer) + 1, block)
+    suffix = {'weight': 'w', 'gamma': 'gn_s', 'beta': 'gn_b'}.get(kind)
+    if suffix is None:
+        raise WeightMismatchError("parameter %r has no Detectron GN name (Detectron files "
+                                  "hold GN or frozen-BN affine weights only)" % name)
+    if downsample is not None:
+        return prefix + '1_' + suffix
+    letter = chr(ord('a') + int(conv or norm) - 1)
+    return prefix + '2%s_%s' % (letter, suffix)
+
+
+def torchvision_to_ours(name):
+    match = _TORCH_NORM.match(name)
+    if match:
+        return name[:-len(match.group(3))] + ('gamma' if match.group(3) == 'weight' else 'beta')
+    return name
+
+
+def ours_to_torchvision(name):
+    if name.endswith('.gamma'):
+        return name[:-len('gamma')] + 'weight'
+    if name.endswith('.beta'):
+        return name[:-len('beta')] + 'bias'
+    return name
+
+
+# --- files --------------------------------------------------------------------------------
+def guess_format(path):
+    fmt = _EXTENSIONS.get(os.path.splitext(path)[1].lower())
+    if fmt is None:
+        raise ValueError("cannot tell the format of %r from its extension; pass one of %s"
+                         % (path, ', '.join(FORMATS)))
+    return fmt
+
+
+def _check_format(fmt):
+    if fmt not in FORMATS:
+        raise ValueError("unknown weight format %r; choose one of %s" % (fmt, ', '.join(FORMATS)))
+    return fmt
+
+
+def read_tensors(path, fmt=None):
+    """{name: numpy array} of a weight file, in the file's own naming."""
+    fmt = _check_format(fmt or guess_format(path))
+    if fmt == 'detectron':
+        with open(path, 'rb') as f:
+            # Detectron's pickles were written by Python 2; latin1 keeps their bytes intact.
+            blobs = pickle.load(f, encoding='latin1')
+        blobs = blobs.get('blobs', blobs) if isinstance(blobs, dict) else blobs
+        if not isinstance(blobs, dict):
+            raise WeightMismatchError("%s is not a Detectron weight pickle (expected a dict "
+                                      "of blobs, got %s)" % (path, type(blobs).__name__))
+        return {name: np.asarray(value) for name, value in blobs.items()}
+    if fmt == 'torchvision':
+        with np.load(path) as archive:
+            return {name: archive[name] for name in archive.files}
+    return {name: array.asnumpy() for name, array in mx.nd.load(path).items()}
+
+
+def write_tensors(tensors, path, fmt=None):
+    """Write {name: numpy array} (already in the format's naming) to ``path``."""
+    fmt = _check_format(fmt or guess_format(path))
+    if fmt == 'detectron':
+        with open(path, 'wb') as f:
+            pickle.dump({'blobs': tensors}, f, protocol=2)
+    elif fmt == 'torchvision':
+        with open(path, 'wb') as f:  # an open file keeps np.savez from appending '.npz'
+            np.savez(f, **tensors)
+    else:
+        mx.nd.save(path, {name: mx.nd.array(value, dtype=value.dtype)
+                          for name, value in tensors.items()})
+
+
+# --- conversion ---------------------------------------------------------------------------
+def _legacy_gluon_names(net):
+    """Prefix-style names (old ``collect_params().save``) → our structural names."""
+    table = {}
+    for structural, param in net._collect_params_with_prefix().items():
+        table[param.name] = structural
+        if param.name.startswith(net.prefix):
+            table[param.name[len(net.prefix):]] = structural
+    return table
+
+
+def to_our_names(tensors, fmt, net=None):
+    """({our name: array}, {our name: source name}, [source names with no counterpart])."""
+    fmt = _check_format(fmt)
+    skip = _NOT_WEIGHTS[fmt]
+    legacy = (fmt == 'gluoncv' and net is not None and tensors
+              and not any('.' in name for name in tensors))
+    table = _legacy_gluon_names(net) if legacy else {}
+    ours, source_of, unmatched = {}, {}, []
+    for name, array in tensors.items():
+        if skip is not None and skip.search(name):
+            continue
+        if fmt == 'detectron':
+            mapped = detectron_to_ours(name)
+        elif fmt == 'torchvision':
+            mapped = torchvision_to_ours(name)
+        else:
+            mapped = table.get(name) if legacy else name
+        if mapped is None:
+            unmatched.append(name)
+            continue
+        ours[mapped] = array
+        source_of[mapped] = name
+    return ours, source_of, unmatched
+
+
+def _with_source_name(name, fmt):
+    """'layer2.1.bn2.gamma (res3_1_branch2b_gn_s)': our name and what the file would call it."""
+    try:
+        source = {'detectron': ours_to_detectron, 'torchvision': ours_to_torchvision}.get(
+            fmt, lambda n: n)(name)
+    except WeightMismatchError:
+        return name
+    return name if source == name else '%s (%s)' % (name, source)
+
+
+def _shape_fits(expected, actual):
+    # 0 in a Gluon shape is a dimension not inferred yet (deferred init): anything fits.
+    return len(expected) == len(actual) and all(e in (0, a) for e, a in zip(expected, actual))
+
+
+def load_tensors(net, tensors, fmt, source='the weights', skip=(), ctx=None):
+    """Load ``tensors`` (in format ``fmt``'s naming) into ``net``, all or nothing.
+
+    skip: prefixes of our parameter names (e.g. ``'fc.'``) that are not loaded, for
+    fine-tuning with a new head; the file's tensors for them are dropped, and those
+    parameters keep whatever initialization the caller gives them.
+    """
+    ours, source_of, unmatched = to_our_names(tensors, fmt, net)
+    params = net._collect_params_with_prefix()
+    skipped = lambda name: any(name.startswith(prefix) for prefix in skip)
+    problems = []
+    unused = sorted(unmatched + [source_of[n] for n in ours if n not in params and not skipped(n)])
+    if unused:
+        problems.append("tensors in %s with no parameter in the net: %s" % (source, unused))
+    missing = sorted(_with_source_name(n, fmt) for n in params
+                     if n not in ours and not skipped(n))
+    if missing:
+        problems.append("parameters of the net missing from %s: %s" % (source, missing))
+    misshaped = sorted('%s %s (net wants %s)' % (source_of[n], tuple(ours[n].shape),
+                                                 tuple(params[n].shape))
+                       for n in params if n in ours and not skipped(n)
+                       and not _shape_fits(params[n].shape, ours[n].shape))
+    if misshaped:
+        problems.append("tensors of the wrong shape: %s" % misshaped)
+    if problems:
+        raise WeightMismatchError("refusing to load %s (%s format) into %s; nothing was loaded:"
+                                  "\n  " % (source, fmt, type(net).__name__)
+                                  + '\n  '.join(problems))
+    ctx = ctx or mx.cpu()
+    for name, param in params.items():
+        if not skipped(name):
+            # What Block.load_parameters does per parameter; it also completes deferred init.
+            param._load_init(mx.nd.array(ours[name], dtype=param.dtype), ctx)
+    return net
+
+
+def load_weights(net, path, fmt=None, skip=(), ctx=None):
+    """Load the weight file ``path`` (format from its extension unless given) into ``net``."""
+    fmt = _check_format(fmt or guess_format(path))
+    return load_tensors(net, read_tensors(path, fmt), fmt, source=path, skip=skip, ctx=ctx)
+
+
+def export_tensors(net, fmt):
+    """{name: numpy array} of ``net``'s parameters in format ``fmt``'s naming."""
+    fmt = _check_format(fmt)
+    tensors = {}
+    for name, param in net._collect_params_with_prefix().items():
+        array = param.data().asnumpy()
+        if fmt == 'detectron':
+            tensors[ours_to_detectron(name)] = array
+        elif fmt == 'torchvision':
+            tensors[ours_to_torchvision(name)] = array
+            if name.endswith('.running_mean'):  # torch's strict loading expects the counter
+                counter = name[:-len('running_mean')] + 'num_batches_tracked'
+                tensors[counter] = np.zeros((), dtype=np.int64)
+        else:
+            tensors[name] = array
+    return tensors
+
+
+def save_weights(net, path, fmt=None):
+    """Write ``net``'s parameters to ``path`` in format ``fmt`` (from the extension by default)."""
+    fmt = _check_format(fmt or guess_format(path))
+    write_tensors(export_tensors(net, fmt), path, fmt)
+
+
+# --- which net a file belongs to ----------------------------------------------------------
+def describe(tensors, fmt):
+    """(model name, num_classes, norm) that a ResNet weight file was saved from."""
+    ours, _, _ = to_our_names(tensors, fmt)
+    units = {}
+    for name in ours:
+        match = _OURS_BLOCK.match(name)
+        if match:
+            stage, block = int(match.group(1)), int(match.group(2))
+            units[stage] = max(units.get(stage, 0), block + 1)
+    if 'fc.weight' not in ours or not units:
+        raise WeightMismatchError("the %s file holds no recognizable ResNet (found %d tensors, "
+                                  "e.g. %s)" % (fmt, len(tensors), sorted(tensors)[:5]))
+    bottleneck = any('.conv3.' in name for name in ours)
+    blocks = [units[s] for s in sorted(units)]
+    norm = 'bn' if any(n.endswith('.running_mean') for n in ours) else (
+        'gn' if 'bn1.gamma' in ours else 'none')
+    from .resnet import IMAGENET_RESNETS
+    for depth, (block, counts) in IMAGENET_RESNETS.items():
+        if list(counts) == blocks and (block.expansion == 4) == bottleneck:
+            return 'resnet%d_v1b' % depth, ours['fc.weight'].shape[0], norm
+    if len(blocks) == 3 and len(set(blocks)) == 1:
+        depth = blocks[0] * (9 if bottleneck else 6) + 2
+        return 'resnet%d_small' % depth, ours['fc.weight'].shape[0], norm
+    raise WeightMismatchError("blocks per stage %s (%s) match no known ResNet"
+                              % (blocks, 'bottleneck' if bottleneck else 'basic'))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='python -m gn_mxnet.convert',
+        description="Convert ResNet weights between Detectron (.pkl), gluoncv/gn_mxnet "
+                    "(.params) and torchvision state dicts (.npz) through a gn_mxnet net; "
+                    "fails, naming the tensors, unless every weight fits.")
+    parser.add_argument('source', help='weight file to read')
+    parser.add_argument('destination', help='weight file to write')
+    parser.add_argument('--from', dest='source_format', choices=FORMATS,
+                        help='format of SOURCE (default: from its extension)')
+    parser.add_argument('--to', dest='destination_format', choices=FORMATS,
+                        help='format of DESTINATION (default: from its extension)')
+    parser.add_argument('--model', help='gn_mxnet model name (default: read from the file)')
+    parser.add_argument('--num-classes', type=int,
+                        help='classes of the head (default: read from the file)')
+    parser.add_argument('--norm', help="norm of the net (default: 'bn' if the file has running "
+                                       "statistics, else 'gn')")
+    parser.add_argument('--num-groups', type=int, default=32, help='GN groups (default 32)')
+    args = parser.parse_args(argv)
+
+    try:
+        return _convert(args)
+    except (ValueError, OSError) as error:  # WeightMismatchError is a ValueError
+        print('error: %s' % error, file=sys.stderr)
+        return 2
+
+
+def _convert(args):
+    from . import get_model
+    source_format = args.source_format or guess_format(args.source)
+    tensors = read_tensors(args.source, source_format)
+    if args.model and args.num_classes:
+        # Given explicitly: old prefix-named .params cannot be described before a net exists.
+        model, num_classes, norm = args.model, args.num_classes, args.norm or 'gn'
+    else:
+        model, num_classes, norm = describe(tensors, source_format)
+    model, norm = args.model or model, args.norm or norm
+    num_classes = args.num_classes or num_classes
+    # The 'ops' backend needs no compiled library and gives the same weights.
+    net = get_model(model, num_classes=num_classes, norm=norm, num_groups=args.num_groups,
+                    backend='ops', last_gamma=False)
+    load_tensors(net, tensors, source_format, source=args.source)
+    save_weights(net, args.destination, args.destination_format)
+    count = sum(int(np.prod(p.shape)) for p in net.collect_params().values())
+    print("%s -> %s: %s (norm=%s, %d classes), %d tensors, %d values"
+          % (args.source, args.destination, model, norm, num_classes,
+             len(net._collect_params_with_prefix()), count))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""`group_norm`: one entry for NDArray and Symbol, three interchangeable backends."""
+import mxnet as mx
+
+from . import validation
+from .native import native_group_norm
+from .stock_ops import stock_ops_group_norm
+
+
+def _namespace(data):
+    if isinstance(data, mx.nd.NDArray):
+        return mx.nd
+    if isinstance(data, mx.sym.Symbol):
+        return mx.sym
+    raise TypeError(f"data must be an mxnet NDArray or Symbol, got {type(data).__name__}")
+
+
+def group_norm(data, gamma, beta, num_groups, eps=1e-5, axis=1, backend='native'):
+    """Group Normalization (Wu & He, 2018) with per-channel gamma/beta of shape (C,).
+
+    `data` is an NDArray or a Symbol with the channel axis at `axis` (1 or -1) and 2 to 5
+    dimensions; returns the normalized output only.
+    """
+    F = _namespace(data)
+    return normalize(F, data, gamma, beta, validation.parse_attrs(num_groups, eps, axis),
+                     validation.check_backend(backend))
+
+
+def normalize(F, data, gamma, beta, attrs, backend):
+    """Runs `backend` on validated `attrs` in namespace F (mx.nd or mx.sym); the Gluon layer's
+    hybrid_forward calls this too, so every front checks and dispatches alike."""
+    if F is mx.nd:
+        for name, value in (('gamma', gamma), ('beta', beta)):
+            if not isinstance(value, mx.nd.NDArray):
+                raise TypeError(f"{name} must be an NDArray like data, "
+                                f"got {type(value).__name__}")
+        validation.layout(attrs, data.shape, gamma.shape, beta.shape)
+        validation.check_dtype(data.dtype)
+        validation.check_param_dtype(data.dtype, gamma.dtype, 'gamma')
+        validation.check_param_dtype(data.dtype, beta.dtype, 'beta')
+    if backend == 'native':
+        return native_group_norm(F, data, gamma, beta, attrs)
+    if backend == 'custom':
+        from .custom_op import custom_group_norm  # registers the CustomOp on first use
+        return custom_group_norm(F, data, gamma, beta, attrs)
+    return stock_ops_group_norm(F, data, gamma, beta, attrs)

@@ -1,0 +1,54 @@
+"""Gluon `GroupNorm` layer: per-channel gamma/beta, any backend, a drop-in `norm_layer`."""
+from mxnet.gluon import HybridBlock
+
+from .front import normalize
+from .validation import channel_axis, check_backend, parse_attrs
+
+
+class GroupNorm(HybridBlock):
+    """Group Normalization over `num_groups` groups of channels (Wu & He, 2018).
+
+    gamma and beta have shape (in_channels,); with in_channels=0 they are created on the
+    first forward pass. center=False / scale=False freeze beta at 0 / gamma at 1.
+    """
+
+    def __init__(self, num_groups=32, in_channels=0, epsilon=1e-5, center=True, scale=True,
+                 axis=1, backend='native', beta_initializer='zeros',
+                 gamma_initializer='ones', **kwargs):
+        super().__init__(**kwargs)
+        self._attrs = parse_attrs(num_groups, epsilon, axis)
+        # Not `_backend`: HybridBlock uses that name for its graph-partitioning backend.
+        self._gn_backend = check_backend(backend)
+        if in_channels and in_channels % num_groups != 0:
+            raise ValueError(f"num_groups ({num_groups}) must divide the number of "
+                             f"channels ({in_channels})")
+        with self.name_scope():
+            self.gamma = self.params.get('gamma', grad_req='write' if scale else 'null',
+                                         shape=(in_channels,), init=gamma_initializer,
+                                         allow_deferred_init=True, differentiable=scale)
+            self.beta = self.params.get('beta', grad_req='write' if center else 'null',
+                                        shape=(in_channels,), init=beta_initializer,
+                                        allow_deferred_init=True, differentiable=center)
+
+    @property
+    def num_groups(self):
+        return self._attrs.num_groups
+
+    @property
+    def backend(self):
+        return self._gn_backend
+
+    def infer_shape(self, x, *args):
+        # Shape comes straight from x, so deferred init works for every backend.
+        channels = x.shape[channel_axis(self._attrs.axis, len(x.shape))]
+        self.gamma.shape = (channels,)
+        self.beta.shape = (channels,)
+
+    def hybrid_forward(self, F, x, gamma, beta):
+        return normalize(F, x, gamma, beta, self._attrs, self._gn_backend)
+
+    def __repr__(self):
+        channels = self.gamma.shape[0] if self.gamma.shape else 0
+        return (f"{self.__class__.__name__}(num_groups={self._attrs.num_groups}, "
+                f"in_channels={channels or None}, eps={self._attrs.eps}, "
+                f"axis={self._attrs.axis}, backend={self._gn_backend!r})")

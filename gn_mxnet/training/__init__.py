@@ -1,0 +1,4 @@
+"""The training layer: what a run is (config), its data sources (data), network set-up
+(network), learning-rate schedule (schedule), the loop (loop), metrics, checkpoints, devices
+and seeds (runtime), multi-machine gradients (distributed) and process launching (launcher),
+logs and curves (reporting), and side-by-side throughput (throughput)."""

@@ -1,0 +1,33 @@
+"""Training on several machines: gradients summed over MXNet's ps-lite kvstore. (Starting the
+machines' processes is gn_mxnet.training.launcher, which needs no MXNet.)"""
+import mxnet as mx
+
+
+class DistributedGradients:
+    """Gradient all-reduce over a dist kvstore, with the weight updates kept on the workers.
+
+    Gluon's Trainer can do this itself (update_on_kvstore=False), but it broadcasts the initial
+    weights lazily inside the first step(), after a forward pass; on MKLDNN CPUs that pull was
+    seen to race with the weights' re-layout, and two workers started from different weights.
+    Here rank 0's weights are broadcast up front, before any forward pass, and the Trainer
+    (created without a kvstore) only applies the summed gradients, so its optimizer states stay
+    local and go into checkpoints.
+    """
+
+    def __init__(self, kv, params):
+        self.kv = kv
+        self.params = [p for p in params.values() if p.grad_req != 'null']
+
+    def broadcast_parameters(self):
+        for key, param in enumerate(self.params):
+            self.kv.init(key, param.list_data()[0])
+        mx.nd.waitall()
+        self.kv._barrier()   # every worker has seen rank 0's values stored before pulling
+        for key, param in enumerate(self.params):
+            self.kv.pull(key, out=param.list_data(), priority=-key)
+        mx.nd.waitall()
+
+    def allreduce(self):
+        """Sum every gradient over devices and workers, in place."""
+        for key, param in enumerate(self.params):
+            self.kv.pushpull(key, param.list_grad(), out=param.list_grad(), priority=-key)
