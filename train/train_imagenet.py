@@ -14,11 +14,18 @@ import argparse
 import json
 import re
 
+from gn_mxnet.training.config import DATASETS
+from gn_mxnet.training.grey_images import FASHION_MNIST_DIR, FASHION_MNIST_INSTALL
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = p.add_argument_group('data (none given: the embedded MNIST-5k, split 4000/1000)')
+    d.add_argument('--dataset', choices=DATASETS,
+                   help='fashion-mnist: the 60k/10k IDX files from --data-dir, default '
+                        f'{FASHION_MNIST_DIR} ({FASHION_MNIST_INSTALL}); default: imagenet '
+                        'with .rec files or --data-dir, else mnist5k')
     d.add_argument('--rec-train', help='training .rec (ImageRecordIter; .idx beside it)')
     d.add_argument('--rec-val', help='validation .rec')
     d.add_argument('--data-dir', help='image folder with train/<class>/ and val/<class>/')
@@ -76,7 +83,7 @@ def parse_args(argv=None):
 def config_from_args(args):
     from gn_mxnet.training.config import TrainConfig
     return TrainConfig(
-        network=args.network, norm=args.norm, num_groups=args.num_groups,
+        dataset=args.dataset, network=args.network, norm=args.norm, num_groups=args.num_groups,
         gn_backend=args.gn_backend, last_gamma=args.last_gamma, rec_train=args.rec_train,
         rec_val=args.rec_val, data_dir=args.data_dir, num_classes=args.num_classes,
         data_shape=args.data_shape, data_threads=args.data_threads,

