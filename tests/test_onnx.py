@@ -1,6 +1,6 @@
 """ONNX export (gn_mxnet.onnx, and mx.onnx.export_model once it is imported) of nets with
 GroupNorm on every backend, run in onnxruntime against MXNet; GroupNormalization-21 checked with
-onnx's checker and reference evaluator. Needs the extra: pip install -e ".[onnx]"."""
+onnx's checker, its reference evaluator and onnxruntime. Needs: pip install -e ".[onnx]"."""
 import json
 
 import mxnet as mx
@@ -192,8 +192,11 @@ def test_onnx_group_normalization_21_form(backend, axis, shape, tmp_path):
     assert model.opset_import[0].version >= 21
     assert 'GroupNormalization' in op_types(path)
     assert 'InstanceNormalization' not in op_types(path)
-    (got,) = reference.ReferenceEvaluator(model).run(None, {'data': x})
-    assert relative_error(got, mxnet_outputs(y, params, data=x)[0]) <= RELATIVE_TOLERANCE
+    want = mxnet_outputs(y, params, data=x)[0]
+    (evaluated,) = reference.ReferenceEvaluator(model).run(None, {'data': x})
+    assert relative_error(evaluated, want) <= RELATIVE_TOLERANCE
+    _, (run,) = run_onnxruntime(path, {'data': x})
+    assert relative_error(run, want) <= RELATIVE_TOLERANCE
 
 
 class _Copy(mx.operator.CustomOp):

@@ -12,8 +12,9 @@ Two forms of the same maths (docs/design.md §2):
   Reshape (N, C, S) → per-channel Mul/Add → back to x's shape. Channels-last transposes the
   (N, S, C) view. Shapes come from Shape(x) and Shape(gamma) at run time, so the graph does
   not depend on the rank or on fixed input shapes.
-- 'onnx': ONNX's own GroupNormalization of opset 21 (per-channel scale and bias); onnx's
-  checker and reference evaluator run it, onnxruntime does not implement it.
+- 'onnx': ONNX's own GroupNormalization of opset 21 (per-channel scale and bias), for runtimes
+  that fuse it; onnx's checker and reference evaluator accept it, and onnxruntime 1.32 runs it
+  (tests/test_onnx.py).
 """
 import contextlib
 import contextvars
@@ -196,7 +197,7 @@ def export_model(sym, params, in_shapes=None, in_types=np.float32,
                  dynamic_input_shapes=None, run_shape_inference=False, input_type=None,
                  input_shape=None, group_norm='instance_norm'):
     """`mx.onnx.export_model` (same arguments, same meaning), GroupNorm written in the form
-    `group_norm`: 'instance_norm' (standard ONNX that onnxruntime runs) or 'onnx'
+    `group_norm`: 'instance_norm' (opset-12 ONNX any runtime runs) or 'onnx'
     (GroupNormalization-21). The model's opset is the installed onnx's newest, as MXNet's
     exporter always takes (it also validates every node against that opset). The written
     model passes onnx.checker. Returns onnx_file_path.
