@@ -47,7 +47,7 @@ def gn_params(prefix, channels, rng):
 
 
 def mxnet_outputs(symbol, params, **data):
-    arrays = {k: mx.nd.array(v) for k, v in data.items()}
+    arrays = {k: mx.nd.array(v, dtype=v.dtype) for k, v in data.items()}
     arrays.update(params)
     return [o.asnumpy() for o in symbol.bind(mx.cpu(), arrays).forward()]
 
@@ -114,6 +114,23 @@ def test_compiled_op_exports_y_mean_and_rstd(tmp_path):
     path = gn_onnx.export_model(mx.sym.relu(y_only), gn_params('gn', 16, rng), [x.shape],
                                 np.float32, str(tmp_path / 'y.onnx'))
     assert 'GlobalAveragePool' not in op_types(path)
+
+
+@pytest.mark.parametrize('axis, shape', [(1, (2, 16, 4, 4)), (-1, (2, 4, 4, 16))])
+def test_float16_export_keeps_float32_statistics(axis, shape, tmp_path):
+    rng = np.random.RandomState(7)
+    raw = mx.sym.GroupNormalization(mx.sym.Variable('data'), mx.sym.Variable('g'),
+                                    mx.sym.Variable('b'), num_groups=4, axis=axis, name='raw')
+    params = {'g': mx.nd.array(rng.uniform(0.5, 1.5, 16), dtype='float16'),
+              'b': mx.nd.array(rng.uniform(-0.5, 0.5, 16), dtype='float16')}
+    x = rng.normal(3, 2, shape).astype(np.float16)
+    path = gn_onnx.export_model(raw, params, [shape], np.float16, str(tmp_path / 'h.onnx'))
+    _, got = run_onnxruntime(path, {'data': x})
+    want = mxnet_outputs(raw, params, data=x)
+    assert [o.dtype for o in got] == [np.float16, np.float32, np.float32]
+    assert relative_error(got[0].astype(np.float32), want[0].astype(np.float32)) <= 1e-3
+    for ours, theirs in zip(got[1:], want[1:]):
+        assert relative_error(ours, theirs) <= RELATIVE_TOLERANCE
 
 
 def randomize_norms(net, rng):

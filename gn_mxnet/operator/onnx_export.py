@@ -23,7 +23,7 @@ import numpy as np
 
 try:
     import onnx
-    from onnx import helper
+    from onnx import helper, numpy_helper
 except ImportError as error:  # the extra is optional: say how to get it
     raise ImportError("ONNX export needs onnx and onnxruntime: pip install -e \".[onnx]\" "
                       "in the gn-mxnet checkout") from error
@@ -61,6 +61,12 @@ def onnx_group_norm_available():
             == ONNX_GROUP_NORM_OPSET
     except onnx.defs.SchemaError:
         return False
+
+
+def _float_constant(initializer, name, values, dtype):
+    # Not MXNet's create_tensor: for float16 it passes the values' uint16 bit patterns to
+    # onnx.helper.make_tensor, which onnx >= 1.13 converts once more (1.0 became 15360).
+    initializer.append(numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
 
 
 def _accumulation_dtype(dtype):
@@ -103,8 +109,8 @@ def _group_norm_nodes(name, inputs, attrs, dtype, kwargs, y_name, stat_names=())
         nodes.append(make('GroupNormalization', [view, gamma, beta], [n + 'affine'],
                           num_groups=groups, epsilon=eps))
     else:
-        create_tensor([1] * groups, n + 'ones', init, dtype=dtype)
-        create_tensor([0] * groups, n + 'zeros', init, dtype=dtype)
+        _float_constant(init, n + 'ones', [1] * groups, dtype)
+        _float_constant(init, n + 'zeros', [0] * groups, dtype)
         nodes += [
             make('InstanceNormalization', [n + 'grouped', n + 'ones', n + 'zeros'],
                  [n + 'normalized'], epsilon=eps),
@@ -128,7 +134,7 @@ def _statistics_nodes(n, eps, dtype, stat_names, init):
     GlobalAveragePool averages the last axis at every opset (ReduceMean changed at 18)."""
     make = helper.make_node
     acc = _accumulation_dtype(dtype)
-    create_tensor([eps], n + 'eps', init, dtype=acc)
+    _float_constant(init, n + 'eps', [eps], acc)
     create_tensor([0, -1], n + 'stat_shape', init)
     grouped = n + 'grouped'
     nodes = []
