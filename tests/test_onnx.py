@@ -144,6 +144,7 @@ def randomize_norms(net, rng):
 
 @pytest.mark.parametrize('model', ['resnet18_v1b', 'resnet50_v1b'])
 def test_exported_gluoncv_resnet_with_gn_matches_mxnet(model, tmp_path):
+    mx.random.seed(2)  # the Xavier weights: the same net, so the same measured error, each run
     rng = np.random.RandomState(2)
     net = get_model(model, num_classes=10, norm='gn')
     net.initialize(mx.init.Xavier(magnitude=2))
@@ -167,6 +168,7 @@ def test_exported_gluoncv_resnet_with_gn_matches_mxnet(model, tmp_path):
 @pytest.mark.parametrize('depth, image_shape, backend', [
     (18, (3, 64, 64), 'native'), (8, (3, 32, 32), 'custom'), (8, (3, 32, 32), 'ops')])
 def test_exported_symbols_resnet_matches_mxnet(depth, image_shape, backend, tmp_path):
+    mx.random.seed(4)
     rng = np.random.RandomState(4)
     gluon_name = 'resnet%d_%s' % (depth, 'v1b' if depth == 18 else 'small')
     net = get_model(gluon_name, num_classes=10, norm='gn', num_groups=8)
