@@ -198,6 +198,10 @@ setup(
         'matplotlib',
         'pycocotools',
     ],
-    extras_require={'test': ['pytest', 'hypothesis']},
+    # onnx: gn_mxnet.onnx (export). The releases the export tests ran with; both install beside
+    # numpy<1.24 on Python 3.11. onnx >= 1.16 has GroupNormalization-21, and MXNet 1.9.1's
+    # exporter needs the (deprecated) onnx.mapping module that 1.16 still has.
+    extras_require={'test': ['pytest', 'hypothesis'],
+                    'onnx': ['onnx==1.16.2', 'onnxruntime==1.32.0']},
     zip_safe=False,
 )

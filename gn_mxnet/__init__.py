@@ -2,7 +2,8 @@
 
 Layers, bottom to top (each package's docstring says what it owns; docs/design.md §1):
 ``operator`` → ``models`` → ``training`` → ``detection`` / ``study``; ``utils`` serves them all.
-``gluon``, ``norms`` and ``convert`` are the public entry points the README shows.
+``gluon``, ``norms``, ``convert``, ``sym`` (the Symbol API) and ``onnx`` (ONNX export, the optional
+``[onnx]`` extra) are the public entry points the README shows.
 
 Importing gn_mxnet is cheap: nothing (MXNet included) is imported until a name is used.
 """
@@ -17,7 +18,7 @@ _NAMES = {
     'group_norm': 'operator.front', 'BACKENDS': 'operator.validation',
 }
 _SUBPACKAGES = ('operator', 'models', 'training', 'detection', 'study', 'utils',
-                'gluon', 'norms', 'convert')
+                'gluon', 'norms', 'convert', 'sym', 'onnx')
 
 __all__ = sorted(_NAMES) + ['gluon']
 

@@ -15,7 +15,8 @@ PACKAGE = os.path.join(REPO, 'gn_mxnet')
 # Bottom to top; a module may import its own layer and the layers below it.
 LAYERS = {'utils': 0, 'operator': 1, 'models': 2, 'training': 3, 'detection': 4, 'study': 4}
 # Public entry points kept where the README shows them; no layer imports them.
-FACADES = {'gn_mxnet', 'gn_mxnet.gluon', 'gn_mxnet.norms', 'gn_mxnet.convert'}
+FACADES = {'gn_mxnet', 'gn_mxnet.gluon', 'gn_mxnet.norms', 'gn_mxnet.convert', 'gn_mxnet.sym',
+           'gn_mxnet.onnx'}
 SOURCE_DIRS = ('gn_mxnet', 'symbols', 'train', 'benchmarks', 'tests', 'operators')
 SOURCE_ENDINGS = ('.py', '.cc', '.cu', '.cuh', '.h')
 MAX_LINES = 400
@@ -136,6 +137,8 @@ def test_public_names_resolve_lazily():
                        'from symbols.resnet import get_symbol\n'
                        'assert callable(gn_mxnet.group_norm) and callable(gn_mxnet.load_library)\n'
                        'assert gn_mxnet.gluon.GroupNorm is GroupNorm\n'
+                       'from gn_mxnet.sym import GroupNorm as SymbolGroupNorm\n'
+                       'assert gn_mxnet.sym.GroupNorm is SymbolGroupNorm\n'
                        'assert gn_mxnet.BACKENDS == ("native", "custom", "ops")\n'
                        'assert "group_norm" in dir(gn_mxnet)\n'
                        'try:\n    gn_mxnet.no_such_name\nexcept AttributeError:\n    pass\n'

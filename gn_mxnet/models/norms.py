@@ -11,8 +11,8 @@ two extremes), so they run on the same GN backends as ``gn``.
 import mxnet as mx
 from mxnet.gluon import HybridBlock, nn
 
-from ..operator.front import group_norm
 from ..operator.gluon import GroupNorm
+from ..operator.symbol import GroupNorm as SymbolGroupNorm
 from ..operator.validation import BACKENDS
 
 NORMS = ('bn', 'gn', 'ln', 'in', 'none')
@@ -134,8 +134,9 @@ class Norm:
             # spell them out so both fronts compute the same thing.
             return mx.sym.BatchNorm(data, gamma=gamma, beta=beta, eps=self.epsilon,
                                     momentum=self.momentum, fix_gamma=False, name=name)
-        return group_norm(data, gamma, beta, num_groups=self.groups_for(channels),
-                          eps=self.epsilon, axis=1, backend=self.backend)
+        return SymbolGroupNorm(data=data, gamma=gamma, beta=beta,
+                               num_groups=self.groups_for(channels), eps=self.epsilon, axis=1,
+                               name=name, backend=self.backend)
 
 
 class ChannelsPerGroupNorm(Norm):

@@ -132,12 +132,13 @@ class _GroupNormProp(mx.operator.CustomOpProp):
         return _GroupNormOp(self.attrs)
 
 
-def custom_group_norm(F, data, gamma, beta, attrs):
+def custom_group_norm(F, data, gamma, beta, attrs, name=None):
     """The CustomOp applied through MXNet's Custom op, y only."""
     # Both ways: the data it reads, and the gradient its backward reads (which the next
     # layer's MKLDNN backward may leave blocked).
     out = F.Custom(_in_default_layout(F, data), gamma, beta, op_type=OP_TYPE,
-                   num_groups=attrs.num_groups, eps=repr(attrs.eps), axis=attrs.axis)
+                   num_groups=attrs.num_groups, eps=repr(attrs.eps), axis=attrs.axis,
+                   name=name)
     return _in_default_layout(F, out)
 
 

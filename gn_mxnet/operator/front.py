@@ -25,9 +25,10 @@ def group_norm(data, gamma, beta, num_groups, eps=1e-5, axis=1, backend='native'
                      validation.check_backend(backend))
 
 
-def normalize(F, data, gamma, beta, attrs, backend):
+def normalize(F, data, gamma, beta, attrs, backend, name=None):
     """Runs `backend` on validated `attrs` in namespace F (mx.nd or mx.sym); the Gluon layer's
-    hybrid_forward calls this too, so every front checks and dispatches alike."""
+    hybrid_forward and the Symbol API call this too, so every front checks and dispatches alike.
+    `name` names the Symbol node that computes y (the Symbol API's layer name)."""
     if F is mx.nd:
         for name, value in (('gamma', gamma), ('beta', beta)):
             if not isinstance(value, mx.nd.NDArray):
@@ -38,8 +39,8 @@ def normalize(F, data, gamma, beta, attrs, backend):
         validation.check_param_dtype(data.dtype, gamma.dtype, 'gamma')
         validation.check_param_dtype(data.dtype, beta.dtype, 'beta')
     if backend == 'native':
-        return native_group_norm(F, data, gamma, beta, attrs)
+        return native_group_norm(F, data, gamma, beta, attrs, name)
     if backend == 'custom':
         from .custom_op import custom_group_norm  # registers the CustomOp on first use
-        return custom_group_norm(F, data, gamma, beta, attrs)
-    return stock_ops_group_norm(F, data, gamma, beta, attrs)
+        return custom_group_norm(F, data, gamma, beta, attrs, name)
+    return stock_ops_group_norm(F, data, gamma, beta, attrs, name)

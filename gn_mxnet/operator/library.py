@@ -4,6 +4,8 @@ import threading
 
 import mxnet as mx
 
+from . import op_inputs
+
 LIBRARY_NAME = 'libgn_mxnet.so'
 CPU_ISA_CHOICES = ('auto', 'generic')  # GN_MXNET_CPU_ISA; the library itself reads it too
 _lock = threading.Lock()
@@ -39,6 +41,7 @@ def load_library() -> str:
                 f"gn-mxnet checkout, with mxnet==1.9.1 installed; or use backend='custom' "
                 f"or backend='ops'.")
         mx.library.load(path, verbose=False)
+        op_inputs.install()  # after the load, which rebuilds the op functions
         _loaded_path = path
         return path
 

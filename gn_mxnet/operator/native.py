@@ -17,7 +17,7 @@ def _may_accumulate(F, value):
     return value.get_children() is None
 
 
-def native_group_norm(F, data, gamma, beta, attrs):
+def native_group_norm(F, data, gamma, beta, attrs, name=None):
     """The C++/CUDA op GroupNormalization, y only; attrs come from the shared validator."""
     load_library()
     # lib_api does not tell an op whether to write or add its gradients, so the library
@@ -26,6 +26,6 @@ def native_group_norm(F, data, gamma, beta, attrs):
     gamma, beta, data = (F.identity(v) if _may_accumulate(F, v) else v
                          for v in (gamma, beta, data))
     outputs = F.GroupNormalization(data, gamma, beta, num_groups=attrs.num_groups,
-                                   eps=repr(attrs.eps), axis=attrs.axis)
+                                   eps=repr(attrs.eps), axis=attrs.axis, name=name)
     # The op also returns mean and rstd (lib_api cannot hide outputs); users get y only.
     return outputs[0]

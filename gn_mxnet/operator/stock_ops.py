@@ -15,7 +15,7 @@ def _per_channel_like(F, param, data, channels_last):
     return param + F.zeros_like(first)
 
 
-def stock_ops_group_norm(F, data, gamma, beta, attrs):
+def stock_ops_group_norm(F, data, gamma, beta, attrs, name=None):
     """GroupNorm composed of stock MXNet ops; works on any device and any ndim."""
     G, eps = attrs.num_groups, attrs.eps
     # float16 NDArrays compute in float32 and round once at the end, as the native op does.
@@ -47,7 +47,7 @@ def stock_ops_group_norm(F, data, gamma, beta, attrs):
         per_channel = F.reshape(normalized, shape=(0, 0, -1))        # (N, C, S)
         out = F.broadcast_add(F.broadcast_mul(per_channel, F.reshape(gamma, shape=(1, -1, 1))),
                               F.reshape(beta, shape=(1, -1, 1)))
-        out = F.reshape_like(out, work)
+        out = F.reshape_like(out, work, name=name)
     else:
-        out = F.broadcast_add(F.broadcast_mul(normalized, gamma), beta)
+        out = F.broadcast_add(F.broadcast_mul(normalized, gamma), beta, name=name)
     return F.cast(out, 'float16') if half else out

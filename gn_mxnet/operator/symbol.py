@@ -1,0 +1,61 @@
+"""`GroupNorm`: the Symbol API in MXNet's own convention (`mx.sym.BatchNorm(data=x, name='bn1')`).
+
+Inputs are keywords, missing gamma/beta become the variables `<name>_gamma` (init ones) and
+`<name>_beta` (init zeros), the node that computes y is named `name`, and one output (y) comes
+back, whatever the backend. The compiled op itself cannot do this: lib_api ops have no input
+names and expose all their outputs (docs/design.md §3).
+"""
+import mxnet as mx
+from mxnet.name import NameManager
+
+from . import validation
+from .front import normalize
+
+NAME_HINT = 'groupnorm'
+
+
+class _NamedAfter(NameManager):
+    """Names the nodes one GroupNorm is built from: the op node keeps the resolved layer name as
+    given (the active manager has already applied its prefix: a second pass would add it twice),
+    helper nodes (identity, expand_dims, stock ops) get automatic names under '<name>_', so they
+    never collide with another layer's."""
+
+    def __init__(self, name):
+        super().__init__()
+        self._prefix = name + '_'
+
+    def get(self, name, hint):
+        return name if name else self._prefix + super().get(None, hint)
+
+
+def _active_name_manager():
+    # The lookup MXNet's generated Symbol functions make (NameManager.current is deprecated).
+    if not hasattr(NameManager._current, 'value'):
+        NameManager._current.value = NameManager()
+    return NameManager._current.value
+
+
+def GroupNorm(data=None, gamma=None, beta=None, num_groups=32, eps=1e-5, axis=1, name=None,
+              backend='native'):
+    """Group Normalization of Symbol `data` over `num_groups` groups of the channel `axis`.
+
+    gamma/beta: Symbols of shape (C,), or None for new variables `<name>_gamma`/`<name>_beta`
+    (their shape is inferred from data). name: the layer's name; None takes a unique one
+    (groupnorm0, groupnorm1, ...) from MXNet's NameManager, whose prefix (mx.name.Prefix) applies
+    as it does to MXNet's own ops. Returns y only.
+    """
+    if not isinstance(data, mx.sym.Symbol):
+        raise TypeError(f"data must be an mxnet Symbol (for NDArrays use gn_mxnet.group_norm), "
+                        f"got {type(data).__name__}")
+    for what, value in (('gamma', gamma), ('beta', beta)):
+        if value is not None and not isinstance(value, mx.sym.Symbol):
+            raise TypeError(f"{what} must be a Symbol or None, got {type(value).__name__}")
+    attrs = validation.parse_attrs(num_groups, eps, axis)
+    backend = validation.check_backend(backend)
+    name = _active_name_manager().get(name, NAME_HINT)
+    if gamma is None:
+        gamma = mx.sym.Variable(name + '_gamma', init=mx.init.One())
+    if beta is None:
+        beta = mx.sym.Variable(name + '_beta', init=mx.init.Zero())
+    with _NamedAfter(name):
+        return normalize(mx.sym, data, gamma, beta, attrs, backend, name=name)
