@@ -250,12 +250,12 @@ extern "C" int gn_cuda_forward(int dtype, int param_dtype, const void* x, const 
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int cl = channels_last ? 1 : 0;
   switch (dtype) {
-    case kFloat32:
+    case GN_DTYPE_FLOAT32:
       return forward_impl<float, float>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
-    case kFloat64:
+    case GN_DTYPE_FLOAT64:
       return forward_impl<double, double>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
     default:
-      if (param_dtype == kFloat32)
+      if (param_dtype == GN_DTYPE_FLOAT32)
         return forward_impl<__half, float>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
       return forward_impl<__half, __half>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
   }
