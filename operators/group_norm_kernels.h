@@ -21,7 +21,8 @@ extern "C" {
 #endif
 
 // MXNet's MXDType codes (lib_api.h), so that the operator passes MXNet's dtype through
-// unchanged (group_norm_op.cc checks they agree).
+// unchanged (group_norm_op.cc checks they agree). Python reads them from this header
+// (gn_mxnet/operator/build.py).
 enum {
   GN_DTYPE_FLOAT32 = 0,
   GN_DTYPE_FLOAT64 = 1,
