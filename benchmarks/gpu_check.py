@@ -26,10 +26,9 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cuda_build import (build_library, find_nvcc, gencode_flags, load_library,  # noqa: E402
-                        supported_archs)
+from cuda_build import build_library, builder, load_library  # noqa: E402
 
-DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2}
+DTYPE_CODES = builder.DTYPE_CODES  # operators/group_norm_kernels.h's, by torch's dtype names
 TOLERANCE = {"float32": 1e-5, "float16": 1e-2, "float64": 1e-10}
 EPS = 1e-5
 DEVICE = "cuda"  # a CPU dry run of the harness logic swaps this and the kernels
@@ -344,7 +343,11 @@ def main(argv=None):
     if args.repeats < 20:
         parser.error("--repeats must be >= 20")
 
-    import torch  # only here: the module is importable where torch is absent
+    try:
+        import torch  # only here: the module is importable where torch is absent
+    except ImportError as exc:
+        print("gpu_check: needs PyTorch with CUDA (%s)" % exc, file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device visible to torch", file=sys.stderr)
         return 2
@@ -352,17 +355,13 @@ def main(argv=None):
     major, minor = torch.cuda.get_device_capability()
     lib_path = args.lib
     if lib_path is None:
-        nvcc = find_nvcc()
+        nvcc = builder.find_nvcc()
         if nvcc is None:
-            raise SystemExit("gpu_check: nvcc not found (PATH, $NVCC, /usr/local/cuda/bin)")
-        arch = args.arch or major * 10 + minor
-        ptx = None
-        if arch not in supported_archs(nvcc):  # a GPU newer than this nvcc: JIT from PTX
-            arch = max(a for a in supported_archs(nvcc) if a <= arch)
-            ptx = arch
+            raise SystemExit("gpu_check: nvcc not found ($NVCC, PATH, /usr/local/cuda/bin)")
+        archs = builder.gpu_archs(nvcc, args.arch or major * 10 + minor)
         lib_path = os.path.join(tempfile.mkdtemp(prefix="gn_cuda_"), "libgn_cuda.so")
-        print("building %s: %s" % (lib_path, " ".join(gencode_flags([arch], ptx))), flush=True)
-        build_library(lib_path, [arch], ptx, nvcc=nvcc)
+        print("building %s: %s" % (lib_path, " ".join(builder.gencode_flags(archs))), flush=True)
+        build_library(lib_path, archs, nvcc=nvcc)
     kernels = Kernels(load_library(lib_path), torch)
     print("device: %s (sm_%d%d), torch %s" % (torch.cuda.get_device_name(), major, minor,
                                              torch.__version__))
