@@ -18,6 +18,12 @@ def _stats(x, G, eps):
     return xg, mean, 1.0 / np.sqrt(var + eps)
 
 
+def moments(x, G, eps=1e-5, axis=1):
+    """Per-(n, g) mean and rstd, each (N, G): the kernels' mean and rstd outputs."""
+    _, mean, rstd = _stats(_channels_first(np.asarray(x, np.float64), axis), G, eps)
+    return mean[..., 0], rstd[..., 0]
+
+
 def forward(x, gamma, beta, G, eps=1e-5, axis=1):
     x = _channels_first(np.asarray(x, np.float64), axis)
     xg, mean, rstd = _stats(x, G, eps)

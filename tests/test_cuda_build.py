@@ -7,7 +7,7 @@ that a launch reports GN_STATUS_DEVICE_ERROR, not a crash. The nvcc tests skip o
 absent; a compile failure fails.
 
 It also runs the kernels' own source on the CPU through tests/cuda_host_emulation.h (g++ only)
-and compares them with a float64 NumPy reference of DESIGN §2. That checks indexing,
+and compares them with tests/gn_reference.py (float64, DESIGN §2). That checks indexing,
 reductions and barriers, not the GPU compiler or hardware: benchmarks/gpu_check.py does that.
 """
 import ctypes
@@ -20,6 +20,7 @@ import sys
 import numpy as np
 import pytest
 
+import gn_reference as ref
 from build_modules import NO_NVCC, NVCC, REPO, builder, ci_arch, cuda_build, needs_nvcc
 
 GN_STATUS_OK, GN_STATUS_BAD_DTYPE, GN_STATUS_BAD_SHAPE, GN_STATUS_DEVICE_ERROR = (
@@ -226,21 +227,11 @@ NP_DTYPES = {FLOAT32: np.float32, FLOAT64: np.float64, FLOAT16: np.float16}
 
 
 def _reference(x, dy, gamma, beta, G, eps):
-    """DESIGN §2 in float64, through xhat (not the kernels' per-channel decomposition)."""
-    N, C, S = x.shape
-    groups = x.reshape(N, G, -1)
-    mean = groups.mean(-1)
-    rstd = 1.0 / np.sqrt(groups.var(-1) + eps)
-    xhat = ((groups - mean[..., None]) * rstd[..., None]).reshape(N, C, S)
-    y = xhat * gamma[None, :, None] + beta[None, :, None]
-    gdy = (gamma[None, :, None] * dy).reshape(N, G, -1)
-    xh = xhat.reshape(N, G, -1)
-    dx = rstd[..., None] * (gdy - gdy.mean(-1, keepdims=True)
-                            - xh * (gdy * xh).mean(-1, keepdims=True))
-    return dict(y=y, mean=mean.ravel(), rstd=rstd.ravel(), dx=dx.reshape(N, C, S),
-                dgamma=(dy * xhat).sum((0, 2)), dbeta=dy.sum((0, 2)))
-
-
+    """tests/gn_reference.py on (N, C, S) inputs, mean and rstd flat like the kernels'."""
+    mean, rstd = ref.moments(x, G, eps)
+    dx, dgamma, dbeta = ref.backward(dy, x, gamma, G, eps)
+    return dict(y=ref.forward(x, gamma, beta, G, eps), mean=mean.ravel(), rstd=rstd.ravel(),
+                dx=dx, dgamma=dgamma, dbeta=dbeta)
 
 
 def _array(values, dtype, misaligned):
