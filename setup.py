@@ -92,7 +92,7 @@ setup(
     version='0.1.0',
     description='Paper-exact, fused Group Normalization for Apache MXNet 1.9',
     python_requires='>=3.8,<3.12',
-    packages=find_packages(include=['gn_mxnet', 'gn_mxnet.*']),
+    packages=find_packages(include=['gn_mxnet', 'gn_mxnet.*', 'symbols']),
     ext_modules=[Extension('gn_mxnet.libgn_mxnet', sources=[])],
     cmdclass={'build_ext': BuildOperatorLibrary},
     install_requires=[
