@@ -1,10 +1,11 @@
 """The CUDA sources compile with nvcc wherever nvcc exists, so they never rot.
 
 Compiles them with setup.py's nvcc lines (gn_mxnet/operator/build.py, through
-benchmarks/cuda_build.py; one arch here to keep CI fast, the all-arch build is marked slow).
-Without a GPU it still checks the exported C ABI: symbols, workspace sizes, status codes, and
-that a launch reports GN_STATUS_DEVICE_ERROR, not a crash. The nvcc tests skip only when nvcc is
-absent; a compile failure fails.
+benchmarks/cuda_build.py; one arch here to keep CI fast, the all-arch build is marked slow;
+test_build_recipe.py checks the lines are setup.py's). Without a GPU it still checks the
+exported C ABI: symbols, workspace sizes, status codes, and that a launch reports
+GN_STATUS_DEVICE_ERROR, not a crash. The nvcc tests skip only when nvcc is absent; a compile
+failure fails.
 
 It also runs the kernels' own source on the CPU through tests/cuda_host_emulation.h (g++ only)
 and compares them with tests/gn_reference.py (float64, DESIGN §2). That checks indexing,
