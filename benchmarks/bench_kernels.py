@@ -1,6 +1,6 @@
 """The CPU kernels alone, through their C ABI, on preallocated buffers: forward, backward and
 forward+backward against a plain copy of x (numpy.copyto), on the ResNet-50 shapes of
-DESIGN §8. Without MXNet's per-call allocations, which on these machines page-fault
+docs/design.md §8. Without MXNet's per-call allocations, which on these machines page-fault
 unpredictably, this isolates the kernels' own cost. Prints medians and ratios of one run.
 """
 import argparse

@@ -1,5 +1,5 @@
-// GroupNorm forward on CUDA (DESIGN §2): per-(n, g) mean and rstd from Welford moments merged
-// with Chan's rule, then y = a[n,c]*(x - mean) + beta[c] with a = gamma*rstd.
+// GroupNorm forward on CUDA (docs/design.md §2): per-(n, g) mean and rstd from Welford moments
+// merged with Chan's rule, then y = a[n,c]*(x - mean) + beta[c] with a = gamma*rstd.
 //
 // The moments are those of x - pivot, the pivot being the group's first element. A float mean
 // is off by up to half an ulp of |mean|; rstd (up to 1/sqrt(eps) when var << eps) turns that into

@@ -1,4 +1,4 @@
-// GroupNorm backward on CUDA (DESIGN §2, the per-channel form):
+// GroupNorm backward on CUDA (docs/design.md §2, the per-channel form):
 //   per (n, c):  ds = sum_s dy*(x - mean),  db = sum_s dy,  dev = sum_s (x - mean)
 //   per (n, g):  r = sum_{c in g} dev / M,  M = D*S;  ds -= r*db  (see below)
 //   dgamma[c] = sum_n ds*rstd,  dbeta[c] = sum_n db

@@ -1,4 +1,4 @@
-"""Float64 NumPy GroupNorm written straight from the paper's definition and DESIGN §2's
+"""Float64 NumPy GroupNorm written straight from the paper's definition and docs/design.md §2's
 mean_g form of the gradient; deliberately a different formulation from every backend."""
 import numpy as np
 

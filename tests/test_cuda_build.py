@@ -8,7 +8,7 @@ GN_STATUS_DEVICE_ERROR, not a crash. The nvcc tests skip only when nvcc is absen
 failure fails.
 
 It also runs the kernels' own source on the CPU through tests/cuda_host_emulation.h (g++ only)
-and compares them with tests/gn_reference.py (float64, DESIGN §2). That checks indexing,
+and compares them with tests/gn_reference.py (float64, docs/design.md §2). That checks indexing,
 reductions and barriers, not the GPU compiler or hardware: benchmarks/gpu_check.py does that.
 """
 import ctypes
