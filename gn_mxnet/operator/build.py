@@ -53,9 +53,17 @@ def header_codes(prefix, header=KERNELS_HEADER):
     return codes
 
 
-# Keyed by the dtype's name as NumPy and PyTorch spell it.
-DTYPE_CODES = header_codes('GN_DTYPE_')
-STATUS_CODES = header_codes('GN_STATUS_')
+# DTYPE_CODES (keyed by the dtype's name as NumPy and PyTorch spell it) and STATUS_CODES.
+_HEADER_ENUMS = {'DTYPE_CODES': 'GN_DTYPE_', 'STATUS_CODES': 'GN_STATUS_'}
+
+
+def __getattr__(name):
+    # Read on first use, not on import: a copy of this module installed without the source
+    # tree has no operators/ beside it, and must still import.
+    if name in _HEADER_ENUMS:
+        globals()[name] = header_codes(_HEADER_ENUMS[name])
+        return globals()[name]
+    raise AttributeError('module %r has no attribute %r' % (__name__, name))
 
 # ---- g++ -----------------------------------------------------------------------------------
 
