@@ -1,6 +1,6 @@
 """The CPU kernels alone, through their C ABI, on preallocated buffers: forward, backward and
 forward+backward against a plain copy of x (numpy.copyto), on the ResNet-50 shapes of
-DESIGN §8. Without MXNet's per-call allocations, which on these machines page-fault
+docs/design.md §8. Without MXNet's per-call allocations, which on these machines page-fault
 unpredictably, this isolates the kernels' own cost. Prints medians and ratios of one run.
 """
 import argparse
@@ -10,9 +10,10 @@ import time
 import numpy as np
 
 import gn_mxnet
+from cuda_build import builder  # this script's folder is on sys.path when it runs
 
 SHAPES = ((32, 64, 56, 56), (32, 256, 56, 56), (32, 1024, 14, 14), (8, 256, 64, 64))
-FLOAT32 = 0
+FLOAT32 = builder.DTYPE_CODES['float32']
 
 
 def load_kernels():

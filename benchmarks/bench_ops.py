@@ -1,5 +1,6 @@
-"""Side-by-side GroupNorm speed on ResNet-50 shapes (DESIGN §8): ours vs MXNet's built-in
-GroupNorm vs gluoncv's GroupNorm vs MXNet BatchNorm (training mode) vs a plain copy of x.
+"""Side-by-side GroupNorm speed on ResNet-50 shapes (docs/design.md §8): ours vs MXNet's
+built-in GroupNorm vs gluoncv's GroupNorm vs MXNet BatchNorm (training mode) vs a plain copy
+of x.
 
 Two tables, both measured in this one run:
 - imperative: NDArray calls (autograd for fwd+bwd). MXNet 1.9's CPU storage has no memory

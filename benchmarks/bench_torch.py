@@ -1,5 +1,5 @@
 """Our CPU kernels vs PyTorch's CPU GroupNorm (torch.nn.functional.group_norm), side by side
-in one run, on the ResNet-50 shapes of DESIGN §8 (fp32, G=32, same thread count).
+in one run, on the ResNet-50 shapes of docs/design.md §8 (fp32, G=32, same thread count).
 
 torch cannot share this project's environment (gluoncv refuses torch >= 2), so it runs in a
 separate Python given by --torch-python, in subprocesses, timed the same way: median after

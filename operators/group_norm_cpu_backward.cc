@@ -1,5 +1,5 @@
-// CPU GroupNorm backward (DESIGN §2): per (n, c) sums ds = Σ dy·(x-mean) and db = Σ dy, per
-// (n, g) coefficients, then one elementwise pass dx = A[c]·dy + B[g]·(x-mean) + K[g].
+// CPU GroupNorm backward (docs/design.md §2): per (n, c) sums ds = Σ dy·(x-mean) and db = Σ dy,
+// per (n, g) coefficients, then one elementwise pass dx = A[c]·dy + B[g]·(x-mean) + K[g].
 // Centering on the forward mean avoids cancellation when |mean| >> std. That mean arrives
 // rounded to Acc, so the sums also take dev = Σ (x-mean), whose group total gives the exact
 // mean's offset r; ds and K are re-centred by it (a float32 mean's rounding times rstd^2

@@ -9,15 +9,13 @@ namespace gn {
 namespace GN_KERNEL_ISA {
 namespace {
 
-constexpr int kFloat32 = 0, kFloat64 = 1, kFloat16 = 2;
-
 // Calls fn with null pointers of the (data, param) types, or returns GN_STATUS_BAD_DTYPE.
 template <typename Fn>
 int dispatch(int dtype, int param_dtype, Fn&& fn) {
-  if (dtype == kFloat32 && param_dtype == kFloat32) return fn(static_cast<float*>(nullptr), static_cast<float*>(nullptr));
-  if (dtype == kFloat64 && param_dtype == kFloat64) return fn(static_cast<double*>(nullptr), static_cast<double*>(nullptr));
-  if (dtype == kFloat16 && param_dtype == kFloat16) return fn(static_cast<Half*>(nullptr), static_cast<Half*>(nullptr));
-  if (dtype == kFloat16 && param_dtype == kFloat32) return fn(static_cast<Half*>(nullptr), static_cast<float*>(nullptr));
+  if (dtype == GN_DTYPE_FLOAT32 && param_dtype == GN_DTYPE_FLOAT32) return fn(static_cast<float*>(nullptr), static_cast<float*>(nullptr));
+  if (dtype == GN_DTYPE_FLOAT64 && param_dtype == GN_DTYPE_FLOAT64) return fn(static_cast<double*>(nullptr), static_cast<double*>(nullptr));
+  if (dtype == GN_DTYPE_FLOAT16 && param_dtype == GN_DTYPE_FLOAT16) return fn(static_cast<Half*>(nullptr), static_cast<Half*>(nullptr));
+  if (dtype == GN_DTYPE_FLOAT16 && param_dtype == GN_DTYPE_FLOAT32) return fn(static_cast<Half*>(nullptr), static_cast<float*>(nullptr));
   return GN_STATUS_BAD_DTYPE;
 }
 

@@ -1,5 +1,5 @@
-// GroupNorm forward on CUDA (DESIGN §2): per-(n, g) mean and rstd from Welford moments merged
-// with Chan's rule, then y = a[n,c]*(x - mean) + beta[c] with a = gamma*rstd.
+// GroupNorm forward on CUDA (docs/design.md §2): per-(n, g) mean and rstd from Welford moments
+// merged with Chan's rule, then y = a[n,c]*(x - mean) + beta[c] with a = gamma*rstd.
 //
 // The moments are those of x - pivot, the pivot being the group's first element. A float mean
 // is off by up to half an ulp of |mean|; rstd (up to 1/sqrt(eps) when var << eps) turns that into
@@ -250,12 +250,12 @@ extern "C" int gn_cuda_forward(int dtype, int param_dtype, const void* x, const 
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int cl = channels_last ? 1 : 0;
   switch (dtype) {
-    case kFloat32:
+    case GN_DTYPE_FLOAT32:
       return forward_impl<float, float>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
-    case kFloat64:
+    case GN_DTYPE_FLOAT64:
       return forward_impl<double, double>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
     default:
-      if (param_dtype == kFloat32)
+      if (param_dtype == GN_DTYPE_FLOAT32)
         return forward_impl<__half, float>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
       return forward_impl<__half, __half>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
   }

@@ -1,4 +1,4 @@
-// GroupNorm backward on CUDA (DESIGN §2, the per-channel form):
+// GroupNorm backward on CUDA (docs/design.md §2, the per-channel form):
 //   per (n, c):  ds = sum_s dy*(x - mean),  db = sum_s dy,  dev = sum_s (x - mean)
 //   per (n, g):  r = sum_{c in g} dev / M,  M = D*S;  ds -= r*db  (see below)
 //   dgamma[c] = sum_n ds*rstd,  dbeta[c] = sum_n db
@@ -281,12 +281,12 @@ extern "C" int gn_cuda_backward(int dtype, int param_dtype, const void* dy, cons
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int cl = channels_last ? 1 : 0;
   switch (dtype) {
-    case kFloat32:
+    case GN_DTYPE_FLOAT32:
       return backward_impl<float, float>(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, N, C, S, G, cl, workspace, s);
-    case kFloat64:
+    case GN_DTYPE_FLOAT64:
       return backward_impl<double, double>(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, N, C, S, G, cl, workspace, s);
     default:
-      if (param_dtype == kFloat32)
+      if (param_dtype == GN_DTYPE_FLOAT32)
         return backward_impl<__half, float>(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, N, C, S, G, cl, workspace, s);
       return backward_impl<__half, __half>(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, N, C, S, G, cl, workspace, s);
   }

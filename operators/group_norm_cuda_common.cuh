@@ -16,8 +16,6 @@ namespace gn_cuda {
 // entries leaves the shared library.
 namespace {
 
-enum { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2 };
-
 template <typename T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
 
@@ -222,9 +220,10 @@ inline int check_shape(int64_t N, int64_t C, int64_t S, int64_t G) {
 }
 
 inline int check_dtypes(int dtype, int param_dtype) {
-  if (dtype != kFloat32 && dtype != kFloat64 && dtype != kFloat16) return GN_STATUS_BAD_DTYPE;
+  if (dtype != GN_DTYPE_FLOAT32 && dtype != GN_DTYPE_FLOAT64 && dtype != GN_DTYPE_FLOAT16)
+    return GN_STATUS_BAD_DTYPE;
   if (param_dtype == dtype) return GN_STATUS_OK;
-  if (dtype == kFloat16 && param_dtype == kFloat32) return GN_STATUS_OK;
+  if (dtype == GN_DTYPE_FLOAT16 && param_dtype == GN_DTYPE_FLOAT32) return GN_STATUS_OK;
   return GN_STATUS_BAD_DTYPE;
 }
 

@@ -5,8 +5,8 @@
 // gamma/beta are per channel (C,). mean/rstd are (N, G) in the accumulation type:
 // float for float32/float16 data, double for float64 data.
 //
-// dtype codes follow MXNet's MXDType: 0 = float32, 1 = float64, 2 = float16 (IEEE binary16).
-// param_dtype is the dtype of gamma/beta/dgamma/dbeta: equal to dtype, or float32 with float16 data.
+// dtype and param_dtype are GN_DTYPE_* codes (float16 is IEEE binary16). param_dtype is the dtype
+// of gamma/beta/dgamma/dbeta: equal to dtype, or float32 with float16 data.
 //
 // Every entry returns 0 on success, a nonzero GN_STATUS_* code otherwise; gn_status_string names it.
 // The workspace is caller-owned scratch of at least *_workspace_bytes() bytes (may be null when 0).
@@ -19,6 +19,15 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+// MXNet's MXDType codes (lib_api.h), so that the operator passes MXNet's dtype through
+// unchanged (group_norm_op.cc checks they agree). Python reads them from this header
+// (gn_mxnet/operator/build.py).
+enum {
+  GN_DTYPE_FLOAT32 = 0,
+  GN_DTYPE_FLOAT64 = 1,
+  GN_DTYPE_FLOAT16 = 2
+};
 
 enum {
   GN_STATUS_OK = 0,

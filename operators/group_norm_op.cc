@@ -147,13 +147,16 @@ MXReturnValue parseAttrs(const AttrMap& attrs, int* num_in, int* num_out) {
   return MX_SUCCESS;
 }
 
-constexpr int kFloat32 = 0, kFloat64 = 1, kFloat16 = 2;
+// MXNet's dtype codes reach the kernels unchanged.
+static_assert(int{GN_DTYPE_FLOAT32} == int{kFloat32} && int{GN_DTYPE_FLOAT64} == int{kFloat64} &&
+                  int{GN_DTYPE_FLOAT16} == int{kFloat16},
+              "group_norm_kernels.h's GN_DTYPE_* codes must be MXNet's MXDType codes");
 
 const char* dtype_name(int dtype) {
   switch (dtype) {
-    case kFloat32: return "float32";
-    case kFloat64: return "float64";
-    case kFloat16: return "float16";
+    case GN_DTYPE_FLOAT32: return "float32";
+    case GN_DTYPE_FLOAT64: return "float64";
+    case GN_DTYPE_FLOAT16: return "float16";
     default: return "a non-float type";
   }
 }
@@ -162,7 +165,7 @@ MXReturnValue inferType(const AttrMap& attrs, std::vector<int>* in_types,
                         std::vector<int>* out_types) {
   clear_error_messages();
   const int data = (*in_types)[0];
-  if (data != kFloat32 && data != kFloat64 && data != kFloat16) {
+  if (data != GN_DTYPE_FLOAT32 && data != GN_DTYPE_FLOAT64 && data != GN_DTYPE_FLOAT16) {
     MX_ERROR_MSG << kOp << "data dtype must be one of float16, float32, float64, got "
                  << dtype_name(data);
     return MX_FAIL;
@@ -171,9 +174,9 @@ MXReturnValue inferType(const AttrMap& attrs, std::vector<int>* in_types,
   for (int i = 1; i <= 2; ++i) {
     int& param = (*in_types)[i];
     if (param == -1) param = data;
-    if (param != data && !(data == kFloat16 && param == kFloat32)) {
+    if (param != data && !(data == GN_DTYPE_FLOAT16 && param == GN_DTYPE_FLOAT32)) {
       MX_ERROR_MSG << kOp << names[i - 1] << " dtype must match data (" << dtype_name(data)
-                   << (data == kFloat16 ? ") or be float32" : ")") << ", got "
+                   << (data == GN_DTYPE_FLOAT16 ? ") or be float32" : ")") << ", got "
                    << dtype_name(param);
       return MX_FAIL;
     }
@@ -182,7 +185,7 @@ MXReturnValue inferType(const AttrMap& attrs, std::vector<int>* in_types,
     MX_ERROR_MSG << kOp << "gamma and beta must have the same dtype";
     return MX_FAIL;
   }
-  const int accumulation = data == kFloat64 ? kFloat64 : kFloat32;
+  const int accumulation = data == GN_DTYPE_FLOAT64 ? GN_DTYPE_FLOAT64 : GN_DTYPE_FLOAT32;
   *out_types = {data, accumulation, accumulation};
   return MX_SUCCESS;
 }

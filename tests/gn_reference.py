@@ -1,4 +1,4 @@
-"""Float64 NumPy GroupNorm written straight from the paper's definition and DESIGN §2's
+"""Float64 NumPy GroupNorm written straight from the paper's definition and docs/design.md §2's
 mean_g form of the gradient; deliberately a different formulation from every backend."""
 import numpy as np
 
@@ -16,6 +16,12 @@ def _stats(x, G, eps):
     mean = xg.mean(axis=2, keepdims=True)
     var = ((xg - mean) ** 2).mean(axis=2, keepdims=True)
     return xg, mean, 1.0 / np.sqrt(var + eps)
+
+
+def moments(x, G, eps=1e-5, axis=1):
+    """Per-(n, g) mean and rstd, each (N, G): the kernels' mean and rstd outputs."""
+    _, mean, rstd = _stats(_channels_first(np.asarray(x, np.float64), axis), G, eps)
+    return mean[..., 0], rstd[..., 0]
 
 
 def forward(x, gamma, beta, G, eps=1e-5, axis=1):

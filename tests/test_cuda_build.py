@@ -1,16 +1,17 @@
 """The CUDA sources compile with nvcc wherever nvcc exists, so they never rot.
 
-Uses the exact compile line of benchmarks/cuda_build.py (one arch here to keep CI fast; the
-all-arch build is marked slow). Without a GPU it still checks the exported C ABI: symbols,
-workspace sizes, status codes, and that a launch reports GN_STATUS_DEVICE_ERROR, not a crash.
-The nvcc tests skip only when nvcc is absent; a compile failure fails.
+Compiles them with setup.py's nvcc lines (gn_mxnet/operator/build.py, through
+benchmarks/cuda_build.py; one arch here to keep CI fast, the all-arch build is marked slow;
+test_build_recipe.py checks the lines are setup.py's). Without a GPU it still checks the
+exported C ABI: symbols, workspace sizes, status codes, and that a launch reports
+GN_STATUS_DEVICE_ERROR, not a crash. The nvcc tests skip only when nvcc is absent; a compile
+failure fails.
 
 It also runs the kernels' own source on the CPU through tests/cuda_host_emulation.h (g++ only)
-and compares them with a float64 NumPy reference of DESIGN §2. That checks indexing,
-reductions and barriers, not the GPU compiler or hardware: benchmarks/cuda_build.py does that.
+and compares them with tests/gn_reference.py (float64, docs/design.md §2). That checks indexing,
+reductions and barriers, not the GPU compiler or hardware: benchmarks/gpu_check.py does that.
 """
 import ctypes
-import importlib.util
 import os
 import re
 import shutil
@@ -20,28 +21,13 @@ import sys
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import gn_reference as ref
+from build_modules import NO_NVCC, NVCC, REPO, builder, ci_arch, cuda_build, needs_nvcc
 
-
-def _load_cuda_build():
-    spec = importlib.util.spec_from_file_location(
-        "cuda_build", os.path.join(REPO, "benchmarks", "cuda_build.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cuda_build = _load_cuda_build()  # the compile line benchmarks/cuda_build.py uses
-NVCC = cuda_build.find_nvcc()
-needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found (PATH, /usr/local/cuda/bin)")
-
-GN_STATUS_OK, GN_STATUS_BAD_DTYPE, GN_STATUS_BAD_SHAPE, GN_STATUS_DEVICE_ERROR = 0, 1, 2, 3
-FLOAT32, FLOAT64, FLOAT16 = 0, 1, 2
-
-
-def _ci_arch():
-    archs, _ = cuda_build.build_archs(NVCC)
-    return 80 if 80 in archs else archs[0]
+GN_STATUS_OK, GN_STATUS_BAD_DTYPE, GN_STATUS_BAD_SHAPE, GN_STATUS_DEVICE_ERROR = (
+    builder.STATUS_CODES[name] for name in ("ok", "bad_dtype", "bad_shape", "device_error"))
+FLOAT32, FLOAT64, FLOAT16 = (
+    builder.DTYPE_CODES[name] for name in ("float32", "float64", "float16"))
 
 
 def _exported_symbols(path):
@@ -68,9 +54,9 @@ def _assert_exports(path):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     if NVCC is None:
-        pytest.skip("nvcc not found (PATH, /usr/local/cuda/bin)")
+        pytest.skip(NO_NVCC)
     path = str(tmp_path_factory.mktemp("gn_cuda") / "libgn_cuda.so")
-    log = cuda_build.build_library(path, [_ci_arch()], nvcc=NVCC)
+    log = cuda_build.build_library(path, [ci_arch()], nvcc=NVCC)
     return path, log
 
 
@@ -155,9 +141,10 @@ def test_launch_without_gpu_reports_device_error(lib, call, dtypes, cl):
 @pytest.mark.slow
 @needs_nvcc
 def test_full_arch_build(tmp_path):
-    archs, ptx = cuda_build.build_archs(NVCC)
+    archs = builder.cuda_archs(NVCC)
+    ptx = builder.ptx_arch(archs)
     path = str(tmp_path / "libgn_cuda_all.so")
-    cuda_build.build_library(path, archs, ptx, nvcc=NVCC)
+    cuda_build.build_library(path, archs, nvcc=NVCC)
     _assert_exports(path)
     cuobjdump = shutil.which("cuobjdump") or "/usr/local/cuda/bin/cuobjdump"
     if os.access(cuobjdump, os.X_OK):
@@ -218,10 +205,10 @@ def emulated(tmp_path_factory):
     for name in ("cuda_runtime.h", "cuda_fp16.h"):
         (shim / name).write_text('#include "%s"\n' % EMULATION_HEADER)
     units, launches = [], 0
-    for name in sorted(os.listdir(cuda_build.OPERATORS)):
+    for name in sorted(os.listdir(builder.OPERATORS)):
         if not name.endswith((".cu", ".cuh", ".h")):
             continue
-        with open(os.path.join(cuda_build.OPERATORS, name)) as f:
+        with open(os.path.join(builder.OPERATORS, name)) as f:
             text, count = _host_source(f.read())
         launches += count
         target = work / (name[:-3] + ".cc" if name.endswith(".cu") else name)
@@ -241,19 +228,11 @@ NP_DTYPES = {FLOAT32: np.float32, FLOAT64: np.float64, FLOAT16: np.float16}
 
 
 def _reference(x, dy, gamma, beta, G, eps):
-    """DESIGN §2 in float64, through xhat (not the kernels' per-channel decomposition)."""
-    N, C, S = x.shape
-    groups = x.reshape(N, G, -1)
-    mean = groups.mean(-1)
-    rstd = 1.0 / np.sqrt(groups.var(-1) + eps)
-    xhat = ((groups - mean[..., None]) * rstd[..., None]).reshape(N, C, S)
-    y = xhat * gamma[None, :, None] + beta[None, :, None]
-    gdy = (gamma[None, :, None] * dy).reshape(N, G, -1)
-    xh = xhat.reshape(N, G, -1)
-    dx = rstd[..., None] * (gdy - gdy.mean(-1, keepdims=True)
-                            - xh * (gdy * xh).mean(-1, keepdims=True))
-    return dict(y=y, mean=mean.ravel(), rstd=rstd.ravel(), dx=dx.reshape(N, C, S),
-                dgamma=(dy * xhat).sum((0, 2)), dbeta=dy.sum((0, 2)))
+    """tests/gn_reference.py on (N, C, S) inputs, mean and rstd flat like the kernels'."""
+    mean, rstd = ref.moments(x, G, eps)
+    dx, dgamma, dbeta = ref.backward(dy, x, gamma, G, eps)
+    return dict(y=ref.forward(x, gamma, beta, G, eps), mean=mean.ravel(), rstd=rstd.ravel(),
+                dx=dx, dgamma=dgamma, dbeta=dbeta)
 
 
 def _array(values, dtype, misaligned):
