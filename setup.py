@@ -18,7 +18,6 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-LIBRARY = 'libgn_mxnet.so'
 
 
 def load_builder():
@@ -32,6 +31,7 @@ def load_builder():
 
 
 builder = load_builder()
+LIBRARY = builder.LIBRARY_NAME
 
 
 def mxnet_sources():
@@ -93,7 +93,7 @@ setup(
     description='Paper-exact, fused Group Normalization for Apache MXNet 1.9',
     python_requires='>=3.8,<3.12',
     packages=find_packages(include=['gn_mxnet', 'gn_mxnet.*', 'symbols']),
-    ext_modules=[Extension('gn_mxnet.libgn_mxnet', sources=[])],
+    ext_modules=[Extension(builder.LIBRARY_EXTENSION, sources=[])],
     cmdclass={'build_ext': BuildOperatorLibrary},
     install_requires=[
         mxnet_requirement(),

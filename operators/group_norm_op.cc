@@ -1,7 +1,7 @@
 // Registers the kernels with MXNet's lib_api as the operator `GroupNormalization`
 // (never `GroupNorm`: that name belongs to MXNet's built-in op). Inputs: data, gamma, beta.
 // Outputs: y, mean (N, G), rstd (N, G); the Python front returns y only.
-// Messages match gn_mxnet/attrs.py word for word where the check is the same.
+// Messages match gn_mxnet/operator/validation.py word for word where the check is the same.
 #include <cerrno>
 #include <climits>
 #include <cmath>

@@ -33,6 +33,9 @@ from concurrent.futures import ThreadPoolExecutor
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OPERATORS = os.path.join(REPO, 'operators')
 KERNELS_HEADER = os.path.join(OPERATORS, 'group_norm_kernels.h')
+# The shipped library, built into the top of the gn_mxnet package (operator/library.py loads it).
+LIBRARY_NAME = 'libgn_mxnet.so'
+LIBRARY_EXTENSION = 'gn_mxnet.libgn_mxnet'
 
 
 class BuildError(RuntimeError):

@@ -5,8 +5,8 @@ import threading
 import mxnet as mx
 
 from . import op_inputs
+from .build import LIBRARY_NAME
 
-LIBRARY_NAME = 'libgn_mxnet.so'
 CPU_ISA_CHOICES = ('auto', 'generic')  # GN_MXNET_CPU_ISA; the library itself reads it too
 _lock = threading.Lock()
 _loaded_path = None
