@@ -20,8 +20,8 @@ def load_by_path(path, name):
     return module
 
 
-# By path, never `import gn_mxnet`: the package imports MXNet, which the GPU hosts that run
-# gpu_check.py do not have.
+# By path, as setup.py loads it: GPU hosts run gpu_check.py from a checkout with no gn_mxnet
+# installed (and no MXNet).
 builder = load_by_path(os.path.join(REPO, "gn_mxnet", "operator", "build.py"),
                        "gn_mxnet_operator_build")
 

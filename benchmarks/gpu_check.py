@@ -17,14 +17,16 @@ Exits non-zero when any check fails.
     python benchmarks/gpu_check.py --graphs --out results_graphs.csv   # no launch overhead
 """
 import argparse
-import csv
 import math
 import os
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The checkout, not an install: GPU hosts have none. gn_mxnet.utils needs no MXNet.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cuda_build import build_library, builder, load_library  # noqa: E402
+from gn_mxnet.utils.tables import write_csv  # noqa: E402
 from gpu_check_cases import TOLERANCE, Kernels, check_case, dtype_combos, shape_grid  # noqa: E402
 from gpu_check_timing import time_case, timing_grid  # noqa: E402
 
@@ -124,10 +126,7 @@ def main(argv=None):
         fields = []
         for row in rows:
             fields += [k for k in row if k not in fields]
-        with open(args.out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.out, rows, fields, fill_missing=True)
         print("\nwrote %s" % args.out)
     checks = sum(r["kind"] == "check" for r in rows)
     print("\n%d of %d checks failed" % (failures, checks))

@@ -129,12 +129,13 @@ def test_builder_loads_with_the_standard_library_alone():
     assert done.stdout.strip() == "[]"
 
 
-# gpu_check.py as a GPU host without MXNet runs it: mxnet, gn_mxnet (and here torch) missing.
+# gpu_check.py as a GPU host without MXNet runs it: mxnet and gluoncv missing (and here torch);
+# gn_mxnet comes from the checkout, and what gpu_check takes of it (utils) needs neither.
 WITHOUT_MXNET = """
 import runpy, sys
 class Missing:
     def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('mxnet', 'gn_mxnet', 'torch'):
+        if name.split('.')[0] in ('mxnet', 'gluoncv', 'torch'):
             raise ModuleNotFoundError('No module named %r' % name)
 sys.meta_path.insert(0, Missing())
 sys.argv = sys.argv[1:]

@@ -5,14 +5,16 @@ import io
 from .files import atomic_write_text
 
 
-def write_csv(path, rows, columns):
+def write_csv(path, rows, columns, fill_missing=False):
     """Writes `rows` (dicts) under the header `columns`, replacing `path` atomically. Jobs
-    rewrite their whole table after each row, so a resumed job's file has no duplicate rows."""
+    rewrite their whole table after each row, so a resumed job's file has no duplicate rows.
+    A row lacking a column is an error unless `fill_missing` (then the cell stays empty)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator='\n')
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: row[key] for key in columns})
+        writer.writerow({key: row.get(key, '') if fill_missing else row[key]
+                         for key in columns})
     atomic_write_text(path, buffer.getvalue())
     return path
 
