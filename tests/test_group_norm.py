@@ -8,74 +8,12 @@ from hypothesis import given, settings, strategies as st
 
 import gn_mxnet
 import gn_reference as ref
+from gn_checks import assert_close, check_against_reference, run, to_channels_last
 
 BACKENDS = gn_mxnet.BACKENDS
-# Tolerance relative to the largest reference magnitude of each compared tensor.
-TOLERANCE = {'float64': 1e-10, 'float32': 1e-5, 'float16': 1e-2}
 
 # (shape channels-first, groups other than 1 and C)
 SHAPES = [((3, 8), 2), ((2, 8, 5), 4), ((2, 6, 4, 3), 3), ((2, 4, 3, 2, 2), 2)]
-
-
-def to_channels_last(shape):
-    return (shape[0],) + tuple(shape[2:]) + (shape[1],)
-
-
-def run(backend, x, gamma, beta, dy, groups, axis, eps=1e-5):
-    """Forward + backward through gn_mxnet.group_norm under autograd; returns NumPy arrays."""
-    arrays = [mx.nd.array(a, dtype=a.dtype) for a in (x, gamma, beta)]
-    for a in arrays:
-        a.attach_grad()
-    with mx.autograd.record():
-        y = gn_mxnet.group_norm(*arrays, num_groups=groups, eps=eps, axis=axis, backend=backend)
-    y.backward(mx.nd.array(dy, dtype=dy.dtype))
-    return [y.asnumpy()] + [a.grad.asnumpy() for a in arrays]
-
-
-def assert_close(actual, expected, dtype, what, scale=None):
-    """Error relative to `scale`: by default the largest expected magnitude; for results that
-    cancel (dx of a one-element group is exactly 0), the size of the terms they come from."""
-    scale = max(np.abs(expected).max() if scale is None else scale, 1e-12)
-    err = np.abs(actual.astype(np.float64) - expected).max() / scale
-    assert err <= TOLERANCE[dtype], f"{what}: relative error {err:.3g} > {TOLERANCE[dtype]}"
-
-
-def term_scales(dy, x, gamma, groups, axis, eps=1e-5):
-    """The size of the terms each gradient is summed from. A sum whose terms cancel (dx of a
-    one-element group is exactly 0; dgamma = Σ dy·x_hat over terms of both signs) is only
-    as accurate as its terms' magnitude times the working precision, whatever the kernel."""
-    xf = np.moveaxis(x.astype(np.float64), axis, 1)
-    N, C = xf.shape[:2]
-    grouped = xf.reshape(N, groups, -1)
-    mean, rstd = grouped.mean(axis=2, keepdims=True), 1.0 / np.sqrt(grouped.var(axis=2) + eps)
-    x_hat = ((grouped - mean) * rstd[:, :, None]).reshape(N, C, -1)
-    per_channel = np.repeat(rstd, C // groups, axis=1)                       # (N, C)
-    abs_dy = np.abs(np.moveaxis(dy.astype(np.float64), axis, 1)).reshape(N, C, -1)
-    return {
-        'dx': (abs_dy.max(axis=2) * per_channel * np.abs(gamma.astype(np.float64))).max(),
-        'dgamma': (abs_dy * np.abs(x_hat)).sum(axis=(0, 2)).max(),
-        'dbeta': abs_dy.sum(axis=(0, 2)).max(),
-    }
-
-
-def check_against_reference(backend, shape, groups, axis, dtype, param_dtype=None, seed=0,
-                            offset=0.0, spread=2.0):
-    rng = np.random.RandomState(seed)
-    channels = shape[axis]
-    x = (rng.randn(*shape) * spread + offset).astype(dtype)
-    dy = rng.randn(*shape).astype(dtype)
-    gamma = rng.randn(channels).astype(param_dtype or dtype)
-    beta = rng.randn(channels).astype(param_dtype or dtype)
-    y, dx, dgamma, dbeta = run(backend, x, gamma, beta, dy, groups, axis)
-    assert y.dtype == np.dtype(dtype) and dx.dtype == np.dtype(dtype)
-    assert dgamma.dtype == np.dtype(param_dtype or dtype)
-    expected_dx, expected_dgamma, expected_dbeta = ref.backward(dy, x, gamma, groups, axis=axis)
-    assert_close(y, ref.forward(x, gamma, beta, groups, axis=axis), dtype, 'y')
-    terms = term_scales(dy, x, gamma, groups, axis)
-    for what, actual, expected in (('dx', dx, expected_dx), ('dgamma', dgamma, expected_dgamma),
-                                   ('dbeta', dbeta, expected_dbeta)):
-        assert_close(actual, expected, dtype, what,
-                     scale=max(np.abs(expected).max(), terms[what]))
 
 
 GRID = [(backend, shape if axis == 1 else to_channels_last(shape), groups, axis, dtype)
