@@ -1,13 +1,16 @@
-"""What the backend tests share: one case's inputs, a backend run under autograd, and one rule
-for judging the results against the float64 reference (tests/gn_reference.py)."""
+"""What the backend tests share: one case's inputs, a backend run three ways (imperative under
+autograd, a bound Symbol, a hybridized Gluon layer), and one rule for judging the results
+against the float64 reference (tests/gn_reference.py)."""
 import mxnet as mx
 import numpy as np
 
 import gn_mxnet
 import gn_reference as ref
+from gn_mxnet.gluon import GroupNorm
 
 # Tolerance relative to the largest reference magnitude of each compared tensor.
 TOLERANCE = {'float64': 1e-10, 'float32': 1e-5, 'float16': 1e-2}
+NAMES = ('data', 'gamma', 'beta')
 
 
 def to_channels_last(shape):
@@ -34,6 +37,36 @@ def run(backend, x, gamma, beta, dy, groups, axis, eps=1e-5):
         y = gn_mxnet.group_norm(*arrays, num_groups=groups, eps=eps, axis=axis, backend=backend)
     y.backward(mx.nd.array(dy, dtype=dy.dtype))
     return [y.asnumpy()] + [a.grad.asnumpy() for a in arrays]
+
+
+def run_symbolic(backend, x, gamma, beta, dy, groups, axis, eps=1e-5):
+    """The same through a bound executor; the variables carry their dtypes, as Gluon's
+    parameters and MXNet's typed inputs do."""
+    arrays = dict(zip(NAMES, (x, gamma, beta)))
+    variables = [mx.sym.var(name, dtype=arrays[name].dtype) for name in NAMES]
+    symbol = gn_mxnet.group_norm(*variables, groups, eps=eps, axis=axis, backend=backend)
+    executor = symbol.simple_bind(mx.cpu(), **{n: a.shape for n, a in arrays.items()})
+    executor.forward(is_train=True, **arrays)
+    executor.backward(mx.nd.array(dy, dtype=dy.dtype))
+    return [executor.outputs[0].asnumpy()] + [executor.grad_dict[n].asnumpy() for n in NAMES]
+
+
+def run_gluon(backend, x, gamma, beta, dy, groups, axis, eps=1e-5):
+    """The same through a hybridized GroupNorm layer with parameters of gamma's dtype."""
+    layer = GroupNorm(groups, in_channels=gamma.shape[0], epsilon=eps, axis=axis,
+                      backend=backend)
+    layer.initialize()
+    layer.cast(gamma.dtype)
+    layer.gamma.set_data(mx.nd.array(gamma, dtype=gamma.dtype))
+    layer.beta.set_data(mx.nd.array(beta, dtype=beta.dtype))
+    layer.hybridize()
+    data = mx.nd.array(x, dtype=x.dtype)
+    data.attach_grad()
+    with mx.autograd.record():
+        y = layer(data)
+    y.backward(mx.nd.array(dy, dtype=dy.dtype))
+    return [y.asnumpy(), data.grad.asnumpy(), layer.gamma.grad().asnumpy(),
+            layer.beta.grad().asnumpy()]
 
 
 def assert_close(actual, expected, dtype, what, scale=None):

@@ -52,6 +52,52 @@ def test_integer_dtype_and_empty_batch_are_refused(backend):
         layout(parse_attrs(2), (0, 4, 3))
 
 
+def test_axis_layout_agrees_with_the_validator_for_every_ndim():
+    """What a Symbol front reads from the axis alone is what channel_axis resolves for each
+    ndim it accepts, and it names an ndim (checked at bind time) or raises for the rest."""
+    from gn_mxnet.operator.validation import axis_layout, channel_axis
+    for axis in range(-7, 8):
+        try:
+            spelled = axis_layout(axis)
+        except ValueError:
+            spelled = None
+        for ndim in range(2, 6):
+            try:
+                resolved = channel_axis(axis, ndim)
+            except ValueError:
+                assert spelled is None or spelled.ndim not in (None, ndim), (axis, ndim)
+                continue
+            assert spelled is not None and spelled.ndim in (None, ndim), (axis, ndim)
+            # 2-D data is the same bytes channels-first and channels-last.
+            assert spelled.channels_last == (resolved != 1) or ndim == 2, (axis, ndim)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('axis, shape', [(-2, (2, 4, 4, 4)), (-2, (2, 4, 4, 1)), (3, (2, 4, 4)),
+                                         (3, (2, 4, 4, 4, 2)), (-3, (2, 4, 4))])
+def test_symbol_axis_of_another_ndim_is_refused_at_bind(native_library, backend, axis, shape):
+    """-2 is the channel axis of 3-D data only, 3 of 4-D only: a Symbol learns its ndim at
+    bind time, and every backend must refuse there rather than guess a layout."""
+    symbol = gn_mxnet.group_norm(mx.sym.var('data'), mx.sym.var('gamma'), mx.sym.var('beta'),
+                                 2, axis=axis, backend=backend)
+    with pytest.raises(mx.base.MXNetError) as info:
+        symbol.infer_shape(data=shape)  # what binding does first
+    if backend == 'ops':
+        assert f'groupnorm_axis_wants_{abs(axis) + 1}d_data' in str(info.value)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('axis, words', [(0, 'axis must be the channel axis'),
+                                         (5, 'axis 5 is out of range'),
+                                         (-6, 'axis -6 is out of range')])
+def test_axis_no_ndim_allows_is_refused_when_the_graph_is_built(backend, axis, words):
+    with pytest.raises(ValueError, match=words):
+        gn_mxnet.group_norm(mx.sym.var('data'), mx.sym.var('gamma'), mx.sym.var('beta'), 2,
+                            axis=axis, backend=backend)
+    with pytest.raises(ValueError, match=words):
+        GroupNorm(2, axis=axis, backend=backend)
+
+
 def test_bad_attribute_types_and_backend():
     with pytest.raises(ValueError, match='num_groups must be an integer'):
         gn_mxnet.group_norm(nd((2, 4)), nd((4,)), nd((4,)), 2.5)

@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 
 import gn_mxnet
 import gn_reference as ref
-from gn_checks import assert_close, check_against_reference, run, to_channels_last
+from gn_checks import (assert_close, check_against_reference, run, run_gluon, run_symbolic,
+                       to_channels_last)
 
 BACKENDS = gn_mxnet.BACKENDS
 
@@ -37,6 +38,26 @@ def test_grid_matches_reference(native_library, backend, shape, groups, axis, dt
 ])
 def test_large_shapes_match_reference(native_library, backend, shape, groups, axis):
     check_against_reference(backend, shape, groups, axis, 'float32')
+
+
+def axis_spellings():
+    """Each accepted spelling of the channel axis, 3-D to 5-D: 1 and 1 - ndim channels-first,
+    -1 and ndim - 1 channels-last."""
+    for shape, groups in SHAPES[1:]:
+        ndim = len(shape)
+        yield from ((shape, groups, axis) for axis in (1, 1 - ndim))
+        yield from ((to_channels_last(shape), groups, axis) for axis in (-1, ndim - 1))
+
+
+@pytest.mark.parametrize('runner', (run, run_symbolic, run_gluon),
+                         ids=('ndarray', 'symbol', 'gluon'))
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('shape, groups, axis', list(axis_spellings()))
+def test_every_axis_spelling_matches_reference(native_library, runner, backend, shape, groups,
+                                               axis):
+    """Every backend reads the channel axis as the shared validator resolves it, in every
+    front (the 'ops' graph once took -2 of a 3-D input for the last axis)."""
+    check_against_reference(backend, shape, groups, axis, 'float32', runner=runner)
 
 
 # float32 rounds a mean of 1000 by up to 3e-5 and one of 3 by 1.2e-7; against a std of 2, or

@@ -3,6 +3,8 @@ for any device MXNet runs on and as a second reference beside the compiled op.""
 import mxnet as mx
 import numpy as np
 
+from .validation import axis_layout, layout
+
 
 def _per_channel_like(F, param, data, channels_last):
     """param (C,) tied by an elementwise add of zeros to a (C,) slice of data, so symbolic
@@ -15,18 +17,50 @@ def _per_channel_like(F, param, data, channels_last):
     return param + F.zeros_like(first)
 
 
+def _unique_name(hint):
+    """hint0, hint1, ... under the current name scope (Gluon's prefix included). This is what
+    MXNet's generated op functions do; NameManager.current is deprecated."""
+    manager = mx.name.NameManager._current
+    if not hasattr(manager, 'value'):
+        manager.value = mx.name.NameManager()
+    return manager.value.get(None, hint)
+
+
+def _bind_time_checks(F, work, ndim):
+    """Zeros of shape (1,) whose inference fails at bind time where the graph built now would
+    be wrong: `ndim` set (an axis such as -2 that is the channel axis of one ndim only) and
+    data of another ndim. The node names say which."""
+    checks = []
+    if ndim is not None:
+        # slice takes at most len(begin) dims, transpose exactly len(axes).
+        hint = f'groupnorm_axis_wants_{ndim}d_data'
+        corner = F.slice(work, begin=(0,) * ndim, end=(1,) * ndim, name=_unique_name(hint))
+        checks.append(F.transpose(corner, axes=tuple(range(ndim)), name=_unique_name(hint)))
+    return [F.reshape(F.zeros_like(check), shape=(1,)) for check in checks]
+
+
 def stock_ops_group_norm(F, data, gamma, beta, attrs):
-    """GroupNorm composed of stock MXNet ops; works on any device and any ndim."""
+    """GroupNorm composed of stock MXNet ops; works on any device and any ndim.
+
+    An NDArray's layout comes from the validator. A Symbol's ndim is unknown while its graph
+    is built: the axis value alone fixes the layout (`validation.axis_layout`), and an axis
+    valid for one ndim only (e.g. -2: 3-D) is checked at bind time (MXNetError from the node
+    'groupnorm_axis_wants_<n>d_data').
+    """
     G, eps = attrs.num_groups, attrs.eps
+    if F is mx.nd:
+        channels_last, ndim = layout(attrs, data.shape).channels_last, None
+    else:
+        channels_last, ndim = axis_layout(attrs.axis)
     # float16 NDArrays compute in float32 and round once at the end, as the native op does.
     half = F is mx.nd and data.dtype == np.float16
     work = F.cast(data, 'float32') if half else data
     if half:
         gamma, beta = F.cast(gamma, 'float32'), F.cast(beta, 'float32')
     if F is mx.sym:
-        gamma = _per_channel_like(F, gamma, work, attrs.axis != 1)
-        beta = _per_channel_like(F, beta, work, attrs.axis != 1)
-    if attrs.axis == 1:
+        gamma = _per_channel_like(F, gamma, work, channels_last)
+        beta = _per_channel_like(F, beta, work, channels_last)
+    if not channels_last:
         grouped = F.reshape(work, shape=(0, -4, G, -1, -2))        # (N, G, D, *S)
         kept_axes = (0, 1)
     else:
@@ -41,9 +75,12 @@ def stock_ops_group_norm(F, data, gamma, beta, attrs):
     # their mean is that rounding. Left in, it would reach y times rstd ~ 1/sqrt(eps).
     rounding = F.mean(centered, axis=kept_axes, exclude=True, keepdims=True)
     centered = F.broadcast_sub(centered, rounding)
-    var = F.mean(F.square(centered), axis=kept_axes, exclude=True, keepdims=True)
-    normalized = F.reshape_like(F.broadcast_mul(centered, F.rsqrt(var + eps)), work)
-    if attrs.axis == 1:
+    var = F.mean(F.square(centered), axis=kept_axes, exclude=True, keepdims=True) + eps
+    if F is mx.sym:
+        for zero in _bind_time_checks(F, work, ndim):
+            var = F.broadcast_add(var, zero)
+    normalized = F.reshape_like(F.broadcast_mul(centered, F.rsqrt(var)), work)
+    if not channels_last:
         per_channel = F.reshape(normalized, shape=(0, 0, -1))        # (N, C, S)
         out = F.broadcast_add(F.broadcast_mul(per_channel, F.reshape(gamma, shape=(1, -1, 1))),
                               F.reshape(beta, shape=(1, -1, 1)))
