@@ -87,6 +87,35 @@ def test_float16_data_with_float32_params(native_library, backend):
     check_against_reference(backend, (2, 8, 6, 6), 4, 1, 'float16', param_dtype='float32')
 
 
+@pytest.mark.parametrize('runner', (run_symbolic, run_gluon), ids=('symbol', 'gluon'))
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('param_dtype', ('float16', 'float32'))
+def test_float16_graphs_keep_statistics_in_float32(native_library, runner, backend,
+                                                    param_dtype):
+    """Groups of 8192 values near 20: their float16 sums overflow (the 'ops' graph took
+    float16 statistics and returned NaN)."""
+    case = (backend, (2, 4, 64, 64), 2, 1, 'float16', param_dtype)
+    if backend == 'ops' and runner is run_gluon and param_dtype == 'float32':
+        # Float32 parameters are all a hybridized layer's graph knows of its dtype: 'ops'
+        # takes the data for float32, and float16 data is refused, not miscomputed.
+        with pytest.raises(mx.base.MXNetError, match='expected float32, got float16'):
+            check_against_reference(*case, offset=20.0, runner=runner)
+        return
+    check_against_reference(*case, offset=20.0, runner=runner)
+
+
+def test_ops_refuses_float16_symbols_of_unknown_dtype():
+    """Where nothing in the graph says the data is float16, 'ops' cannot compute it in
+    float32 (MXNet 1.9 has no stock cast to 'the data's dtype'): binding float16 fails,
+    naming the check, rather than returning float16 statistics. float32 and float64 bind."""
+    data, gamma, beta = (mx.sym.var(n) for n in ('data', 'gamma', 'beta'))
+    symbol = gn_mxnet.group_norm(data, gamma, beta, 2, backend='ops')
+    with pytest.raises(mx.base.MXNetError, match='groupnorm_ops_float16_needs_typed_data'):
+        symbol.infer_type(data='float16')
+    for dtype in ('float32', 'float64'):
+        assert symbol.infer_type(data=dtype)[1] == [np.dtype(dtype)]
+
+
 def grouped_symbol(backend, groups, axis):
     data, gamma, beta = (mx.sym.var(n) for n in ('data', 'gamma', 'beta'))
     return gn_mxnet.group_norm(data, gamma, beta, groups, axis=axis, backend=backend)
