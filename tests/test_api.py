@@ -1,4 +1,7 @@
 """The fronts around the op: errors, Gluon layer, export/import, gluoncv drop-in, loading."""
+import os
+import subprocess
+import sys
 
 import mxnet as mx
 import numpy as np
@@ -9,6 +12,7 @@ from gn_mxnet import BACKENDS
 from gn_mxnet.operator import library as _library
 from gn_mxnet.gluon import GroupNorm
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def nd(shape, dtype='float32'):
@@ -50,6 +54,52 @@ def test_integer_dtype_and_empty_batch_are_refused(backend):
     from gn_mxnet.operator.validation import layout, parse_attrs
     with pytest.raises(ValueError, match='data must be non-empty'):
         layout(parse_attrs(2), (0, 4, 3))
+
+
+def test_axis_layout_agrees_with_the_validator_for_every_ndim():
+    """What a Symbol front reads from the axis alone is what channel_axis resolves for each
+    ndim it accepts, and it names an ndim (checked at bind time) or raises for the rest."""
+    from gn_mxnet.operator.validation import axis_layout, channel_axis
+    for axis in range(-7, 8):
+        try:
+            spelled = axis_layout(axis)
+        except ValueError:
+            spelled = None
+        for ndim in range(2, 6):
+            try:
+                resolved = channel_axis(axis, ndim)
+            except ValueError:
+                assert spelled is None or spelled.ndim not in (None, ndim), (axis, ndim)
+                continue
+            assert spelled is not None and spelled.ndim in (None, ndim), (axis, ndim)
+            # 2-D data is the same bytes channels-first and channels-last.
+            assert spelled.channels_last == (resolved != 1) or ndim == 2, (axis, ndim)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('axis, shape', [(-2, (2, 4, 4, 4)), (-2, (2, 4, 4, 1)), (3, (2, 4, 4)),
+                                         (3, (2, 4, 4, 4, 2)), (-3, (2, 4, 4))])
+def test_symbol_axis_of_another_ndim_is_refused_at_bind(native_library, backend, axis, shape):
+    """-2 is the channel axis of 3-D data only, 3 of 4-D only: a Symbol learns its ndim at
+    bind time, and every backend must refuse there rather than guess a layout."""
+    symbol = gn_mxnet.group_norm(mx.sym.var('data'), mx.sym.var('gamma'), mx.sym.var('beta'),
+                                 2, axis=axis, backend=backend)
+    with pytest.raises(mx.base.MXNetError) as info:
+        symbol.infer_shape(data=shape)  # what binding does first
+    if backend == 'ops':
+        assert f'groupnorm_axis_wants_{abs(axis) + 1}d_data' in str(info.value)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('axis, words', [(0, 'axis must be the channel axis'),
+                                         (5, 'axis 5 is out of range'),
+                                         (-6, 'axis -6 is out of range')])
+def test_axis_no_ndim_allows_is_refused_when_the_graph_is_built(backend, axis, words):
+    with pytest.raises(ValueError, match=words):
+        gn_mxnet.group_norm(mx.sym.var('data'), mx.sym.var('gamma'), mx.sym.var('beta'), 2,
+                            axis=axis, backend=backend)
+    with pytest.raises(ValueError, match=words):
+        GroupNorm(2, axis=axis, backend=backend)
 
 
 def test_bad_attribute_types_and_backend():
@@ -186,8 +236,9 @@ def test_graphs_after_mkldnn_convolutions_match_native(native_library, backend):
                                    rtol=1e-4, atol=1e-5)
 
 
-def export_round_trip(backend, prefix):
-    x = nd((2, 3, 6, 6))
+def export_net(backend, prefix, x):
+    """Exports a hybridized Conv2D -> GroupNorm -> ReLU net as prefix-symbol.json and
+    prefix-0003.params; returns its output for x."""
     net = mx.gluon.nn.HybridSequential()
     net.add(mx.gluon.nn.Conv2D(8, 3, padding=1), GroupNorm(4, backend=backend),
             mx.gluon.nn.Activation('relu'))
@@ -195,12 +246,58 @@ def export_round_trip(backend, prefix):
     net.hybridize()
     expected = net(x).asnumpy()
     net.export(prefix, epoch=3)
+    return expected
+
+
+def export_round_trip(backend, prefix):
+    x = nd((2, 3, 6, 6))
+    expected = export_net(backend, prefix, x)
     loaded = mx.gluon.SymbolBlock.imports(prefix + '-symbol.json', ['data'],
                                           prefix + '-0003.params')
     for _ in range(3):  # repeated calls: a race in a backend would show from the second on
         np.testing.assert_allclose(loaded(x).asnumpy(), expected, rtol=1e-6, atol=1e-6)
     loaded.hybridize()
     np.testing.assert_allclose(loaded(x).asnumpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+# A new process as the README's recipe has it; with the CustomOp registered after
+# mx.library.load rebuilt mx.nd/mx.sym; and where the library is not built (no native export).
+IMPORTS_IN_A_NEW_PROCESS = {
+    'recipe': ('import gn_mxnet\ngn_mxnet.load_library()', BACKENDS),
+    'registered_after_library': ('import gn_mxnet\n'
+                                 'mx.library.load(gn_mxnet.library_path(), verbose=False)\n'
+                                 'import gn_mxnet.operator.custom_op', BACKENDS),
+    'library_not_built': ('import gn_mxnet.operator.library as library\n'
+                          'library.library_path = lambda: "/nonexistent/libgn_mxnet.so"\n'
+                          'try:\n    library.load_library()\n'
+                          'except library.LibraryNotBuiltError:\n    pass', ('custom', 'ops')),
+}
+_IMPORT_EXPORTED = """import sys
+import mxnet as mx
+import numpy as np
+{load}
+x = mx.nd.array(np.load(sys.argv[1]))
+for prefix in sys.argv[2:]:
+    net = mx.gluon.SymbolBlock.imports(prefix + '-symbol.json', ['data'], prefix + '-0003.params')
+    np.save(prefix + '-y.npy', net(x).asnumpy())
+"""
+
+
+@pytest.mark.parametrize('load', sorted(IMPORTS_IN_A_NEW_PROCESS))
+def test_every_export_imports_in_a_new_process(native_library, tmp_path, load):
+    """The CustomOp registers when custom_op.py is imported: a new process that only imports
+    gn_mxnet and loads the library must still find it ('Cannot find custom operator')."""
+    code, backends = IMPORTS_IN_A_NEW_PROCESS[load]
+    x = nd((2, 3, 6, 6))
+    np.save(tmp_path / 'x.npy', x.asnumpy())
+    expected = {str(tmp_path / b): export_net(b, str(tmp_path / b), x) for b in backends}
+    done = subprocess.run(
+        [sys.executable, '-c', _IMPORT_EXPORTED.format(load=code),
+         str(tmp_path / 'x.npy'), *expected],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for prefix, y in expected.items():
+        np.testing.assert_allclose(np.load(prefix + '-y.npy'), y, rtol=1e-6, atol=1e-6)
 
 
 def test_gluoncv_resnet50_drop_in(native_library):

@@ -8,74 +8,13 @@ from hypothesis import given, settings, strategies as st
 
 import gn_mxnet
 import gn_reference as ref
+from gn_checks import (assert_close, check_against_reference, run, run_gluon, run_symbolic,
+                       to_channels_last)
 
 BACKENDS = gn_mxnet.BACKENDS
-# Tolerance relative to the largest reference magnitude of each compared tensor.
-TOLERANCE = {'float64': 1e-10, 'float32': 1e-5, 'float16': 1e-2}
 
 # (shape channels-first, groups other than 1 and C)
 SHAPES = [((3, 8), 2), ((2, 8, 5), 4), ((2, 6, 4, 3), 3), ((2, 4, 3, 2, 2), 2)]
-
-
-def to_channels_last(shape):
-    return (shape[0],) + tuple(shape[2:]) + (shape[1],)
-
-
-def run(backend, x, gamma, beta, dy, groups, axis, eps=1e-5):
-    """Forward + backward through gn_mxnet.group_norm under autograd; returns NumPy arrays."""
-    arrays = [mx.nd.array(a, dtype=a.dtype) for a in (x, gamma, beta)]
-    for a in arrays:
-        a.attach_grad()
-    with mx.autograd.record():
-        y = gn_mxnet.group_norm(*arrays, num_groups=groups, eps=eps, axis=axis, backend=backend)
-    y.backward(mx.nd.array(dy, dtype=dy.dtype))
-    return [y.asnumpy()] + [a.grad.asnumpy() for a in arrays]
-
-
-def assert_close(actual, expected, dtype, what, scale=None):
-    """Error relative to `scale`: by default the largest expected magnitude; for results that
-    cancel (dx of a one-element group is exactly 0), the size of the terms they come from."""
-    scale = max(np.abs(expected).max() if scale is None else scale, 1e-12)
-    err = np.abs(actual.astype(np.float64) - expected).max() / scale
-    assert err <= TOLERANCE[dtype], f"{what}: relative error {err:.3g} > {TOLERANCE[dtype]}"
-
-
-def term_scales(dy, x, gamma, groups, axis, eps=1e-5):
-    """The size of the terms each gradient is summed from. A sum whose terms cancel (dx of a
-    one-element group is exactly 0; dgamma = Σ dy·x_hat over terms of both signs) is only
-    as accurate as its terms' magnitude times the working precision, whatever the kernel."""
-    xf = np.moveaxis(x.astype(np.float64), axis, 1)
-    N, C = xf.shape[:2]
-    grouped = xf.reshape(N, groups, -1)
-    mean, rstd = grouped.mean(axis=2, keepdims=True), 1.0 / np.sqrt(grouped.var(axis=2) + eps)
-    x_hat = ((grouped - mean) * rstd[:, :, None]).reshape(N, C, -1)
-    per_channel = np.repeat(rstd, C // groups, axis=1)                       # (N, C)
-    abs_dy = np.abs(np.moveaxis(dy.astype(np.float64), axis, 1)).reshape(N, C, -1)
-    return {
-        'dx': (abs_dy.max(axis=2) * per_channel * np.abs(gamma.astype(np.float64))).max(),
-        'dgamma': (abs_dy * np.abs(x_hat)).sum(axis=(0, 2)).max(),
-        'dbeta': abs_dy.sum(axis=(0, 2)).max(),
-    }
-
-
-def check_against_reference(backend, shape, groups, axis, dtype, param_dtype=None, seed=0,
-                            offset=0.0, spread=2.0):
-    rng = np.random.RandomState(seed)
-    channels = shape[axis]
-    x = (rng.randn(*shape) * spread + offset).astype(dtype)
-    dy = rng.randn(*shape).astype(dtype)
-    gamma = rng.randn(channels).astype(param_dtype or dtype)
-    beta = rng.randn(channels).astype(param_dtype or dtype)
-    y, dx, dgamma, dbeta = run(backend, x, gamma, beta, dy, groups, axis)
-    assert y.dtype == np.dtype(dtype) and dx.dtype == np.dtype(dtype)
-    assert dgamma.dtype == np.dtype(param_dtype or dtype)
-    expected_dx, expected_dgamma, expected_dbeta = ref.backward(dy, x, gamma, groups, axis=axis)
-    assert_close(y, ref.forward(x, gamma, beta, groups, axis=axis), dtype, 'y')
-    terms = term_scales(dy, x, gamma, groups, axis)
-    for what, actual, expected in (('dx', dx, expected_dx), ('dgamma', dgamma, expected_dgamma),
-                                   ('dbeta', dbeta, expected_dbeta)):
-        assert_close(actual, expected, dtype, what,
-                     scale=max(np.abs(expected).max(), terms[what]))
 
 
 GRID = [(backend, shape if axis == 1 else to_channels_last(shape), groups, axis, dtype)
@@ -99,6 +38,26 @@ def test_grid_matches_reference(native_library, backend, shape, groups, axis, dt
 ])
 def test_large_shapes_match_reference(native_library, backend, shape, groups, axis):
     check_against_reference(backend, shape, groups, axis, 'float32')
+
+
+def axis_spellings():
+    """Each accepted spelling of the channel axis, 3-D to 5-D: 1 and 1 - ndim channels-first,
+    -1 and ndim - 1 channels-last."""
+    for shape, groups in SHAPES[1:]:
+        ndim = len(shape)
+        yield from ((shape, groups, axis) for axis in (1, 1 - ndim))
+        yield from ((to_channels_last(shape), groups, axis) for axis in (-1, ndim - 1))
+
+
+@pytest.mark.parametrize('runner', (run, run_symbolic, run_gluon),
+                         ids=('ndarray', 'symbol', 'gluon'))
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('shape, groups, axis', list(axis_spellings()))
+def test_every_axis_spelling_matches_reference(native_library, runner, backend, shape, groups,
+                                               axis):
+    """Every backend reads the channel axis as the shared validator resolves it, in every
+    front (the 'ops' graph once took -2 of a 3-D input for the last axis)."""
+    check_against_reference(backend, shape, groups, axis, 'float32', runner=runner)
 
 
 # float32 rounds a mean of 1000 by up to 3e-5 and one of 3 by 1.2e-7; against a std of 2, or
@@ -126,6 +85,35 @@ def test_float32_mean_rounding_is_recovered(native_library, backend, shape, grou
 @pytest.mark.parametrize('backend', BACKENDS)
 def test_float16_data_with_float32_params(native_library, backend):
     check_against_reference(backend, (2, 8, 6, 6), 4, 1, 'float16', param_dtype='float32')
+
+
+@pytest.mark.parametrize('runner', (run_symbolic, run_gluon), ids=('symbol', 'gluon'))
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('param_dtype', ('float16', 'float32'))
+def test_float16_graphs_keep_statistics_in_float32(native_library, runner, backend,
+                                                    param_dtype):
+    """Groups of 8192 values near 20: their float16 sums overflow (the 'ops' graph took
+    float16 statistics and returned NaN)."""
+    case = (backend, (2, 4, 64, 64), 2, 1, 'float16', param_dtype)
+    if backend == 'ops' and runner is run_gluon and param_dtype == 'float32':
+        # Float32 parameters are all a hybridized layer's graph knows of its dtype: 'ops'
+        # takes the data for float32, and float16 data is refused, not miscomputed.
+        with pytest.raises(mx.base.MXNetError, match='expected float32, got float16'):
+            check_against_reference(*case, offset=20.0, runner=runner)
+        return
+    check_against_reference(*case, offset=20.0, runner=runner)
+
+
+def test_ops_refuses_float16_symbols_of_unknown_dtype():
+    """Where nothing in the graph says the data is float16, 'ops' cannot compute it in
+    float32 (MXNet 1.9 has no stock cast to 'the data's dtype'): binding float16 fails,
+    naming the check, rather than returning float16 statistics. float32 and float64 bind."""
+    data, gamma, beta = (mx.sym.var(n) for n in ('data', 'gamma', 'beta'))
+    symbol = gn_mxnet.group_norm(data, gamma, beta, 2, backend='ops')
+    with pytest.raises(mx.base.MXNetError, match='groupnorm_ops_float16_needs_typed_data'):
+        symbol.infer_type(data='float16')
+    for dtype in ('float32', 'float64'):
+        assert symbol.infer_type(data=dtype)[1] == [np.dtype(dtype)]
 
 
 def grouped_symbol(backend, groups, axis):

@@ -17,8 +17,11 @@ def _namespace(data):
 def group_norm(data, gamma, beta, num_groups, eps=1e-5, axis=1, backend='native'):
     """Group Normalization (Wu & He, 2018) with per-channel gamma/beta of shape (C,).
 
-    `data` is an NDArray or a Symbol with the channel axis at `axis` (1 or -1) and 2 to 5
-    dimensions; returns the normalized output only.
+    `data` is an NDArray or a Symbol with the channel axis at `axis` and 2 to 5 dimensions;
+    returns the normalized output only. `axis` is 1 (channels-first) or -1 (channels-last),
+    or another spelling of one of them for the data's ndim (for 4-D: -3 or 3). A Symbol's
+    ndim is unknown until bind time: such a spelling names one ndim only (-2 is 3-D, 3 is
+    4-D), and data of any other ndim is refused with MXNetError when the graph is bound.
     """
     F = _namespace(data)
     return normalize(F, data, gamma, beta, validation.parse_attrs(num_groups, eps, axis),
@@ -38,6 +41,8 @@ def normalize(F, data, gamma, beta, attrs, backend, name=None):
         validation.check_dtype(data.dtype)
         validation.check_param_dtype(data.dtype, gamma.dtype, 'gamma')
         validation.check_param_dtype(data.dtype, beta.dtype, 'beta')
+    else:
+        validation.axis_layout(attrs.axis)  # refuses now the axes no ndim allows
     if backend == 'native':
         return native_group_norm(F, data, gamma, beta, attrs, name)
     if backend == 'custom':

@@ -2,14 +2,15 @@
 from mxnet.gluon import HybridBlock
 
 from .front import normalize
-from .validation import channel_axis, check_backend, parse_attrs
+from .validation import axis_layout, channel_axis, check_backend, parse_attrs
 
 
 class GroupNorm(HybridBlock):
     """Group Normalization over `num_groups` groups of channels (Wu & He, 2018).
 
     gamma and beta have shape (in_channels,); with in_channels=0 they are created on the
-    first forward pass. center=False / scale=False freeze beta at 0 / gamma at 1.
+    first forward pass. center=False / scale=False freeze beta at 0 / gamma at 1. `axis` as in
+    `gn_mxnet.group_norm`: hybridized, an axis other than 1 / -1 fixes the ndim (3: 4-D).
     """
 
     def __init__(self, num_groups=32, in_channels=0, epsilon=1e-5, center=True, scale=True,
@@ -17,6 +18,7 @@ class GroupNorm(HybridBlock):
                  gamma_initializer='ones', **kwargs):
         super().__init__(**kwargs)
         self._attrs = parse_attrs(num_groups, epsilon, axis)
+        axis_layout(self._attrs.axis)  # hybridized, the layout comes from the axis alone
         # Not `_backend`: HybridBlock uses that name for its graph-partitioning backend.
         self._gn_backend = check_backend(backend)
         if in_channels and in_channels % num_groups != 0:

@@ -24,8 +24,16 @@ def library_path() -> str:
 
 
 def load_library() -> str:
-    """Load the operator library once; later calls return at once. Returns its path."""
+    """Load the operator library once; later calls return at once. Returns its path.
+
+    It registers the 'custom' backend's CustomOp first, so that every exported form (native,
+    custom, ops) loads after `import gn_mxnet; gn_mxnet.load_library()`, and a custom one even
+    where the library is not built (LibraryNotBuiltError is raised after registering).
+    """
     global _loaded_path
+    # MXNet finds a CustomOp by op_type only once Python registered it, which importing the
+    # module does; mx.library.load rebuilds mx.nd/mx.sym but keeps that registry.
+    from . import custom_op  # noqa: F401
     with _lock:
         if _loaded_path is not None:
             return _loaded_path

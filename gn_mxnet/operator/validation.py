@@ -19,6 +19,13 @@ class GroupNormAttrs(NamedTuple):
     axis: int
 
 
+class AxisLayout(NamedTuple):
+    """What an axis value alone says, for a Symbol (its ndim is unknown while the graph is
+    built): channels-last or not, and the one ndim it is valid for (None: any)."""
+    channels_last: bool
+    ndim: Optional[int]
+
+
 class GroupNormLayout(NamedTuple):
     """x viewed as (N, C, S) when channels-first, (N, S, C) when channels-last."""
     batch: int
@@ -53,6 +60,26 @@ def channel_axis(axis: int, ndim: int) -> int:
         raise ValueError(f"axis must be the channel axis: 1 (channels-first) or -1 "
                          f"(channels-last), got {axis} for data with {ndim} dimensions")
     return resolved
+
+
+def axis_layout(axis: int) -> AxisLayout:
+    """The layout `axis` means whatever ndim the data turns out to have.
+
+    1 and -1 hold for every ndim. Any other value is the channel axis of exactly one ndim,
+    |axis| + 1, where k >= 2 is the last axis and -k the one after N; channel_axis refuses it
+    for every other ndim, so a Symbol front must check that ndim once shapes are known. (For
+    2-D data, channels-first and channels-last are the same bytes.) Refuses here the values
+    that no ndim allows.
+    """
+    if axis in (1, -1):
+        return AxisLayout(channels_last=axis == -1, ndim=None)
+    if axis == 0:
+        raise ValueError("axis must be the channel axis: 1 (channels-first) or -1 "
+                         "(channels-last), got 0 (the batch axis)")
+    ndim = abs(axis) + 1
+    if ndim > 5:
+        raise ValueError(f"axis {axis} is out of range for data with 2 to 5 dimensions")
+    return AxisLayout(channels_last=axis > 0, ndim=ndim)
 
 
 def check_dtype(dtype, what='data') -> str:
