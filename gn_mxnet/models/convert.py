@@ -244,6 +244,9 @@ def load_weights(net, path, fmt=None, skip=(), ctx=None):
 def export_tensors(net, fmt):
     """{name: numpy array} of ``net``'s parameters in format ``fmt``'s naming."""
     fmt = _check_format(fmt)
+    # After a forward pass MKLDNN reorders convolution weights asynchronously, and asnumpy()
+    # can read one half reordered; wait for every pending write first.
+    mx.nd.waitall()
     tensors = {}
     for name, param in net._collect_params_with_prefix().items():
         array = param.data().asnumpy()
