@@ -8,6 +8,9 @@ Formats (our own names are gluoncv's structural names, ``layer1.0.bn1.gamma``):
 - ``gluoncv``: a Gluon ``.params`` file, e.g. gluoncv's ``resnet50_v1b_gn`` (same names as ours).
 - ``torchvision``: a PyTorch ResNet ``state_dict`` saved as ``.npz`` (``bn1.weight`` is gamma).
 
+Reading and writing the files (atomically; pickles restricted to NumPy arrays) is
+``weight_files.py``; this module maps names and loads.
+
 Loading is all or nothing: every tensor of the file must find a parameter of the same shape
 and every parameter must be filled, else :class:`WeightMismatchError` lists the offending
 names and the net is left untouched.
@@ -15,27 +18,25 @@ names and the net is left untouched.
 Command line: ``python -m gn_mxnet.convert SRC DST [--model resnet50_v1b] [--norm gn]``.
 """
 import argparse
-import os
-import pickle
 import re
 import sys
 
 import mxnet as mx
 import numpy as np
 
-FORMATS = ('detectron', 'gluoncv', 'torchvision')
-_EXTENSIONS = {'.pkl': 'detectron', '.npz': 'torchvision', '.params': 'gluoncv'}
+from .weight_files import (FORMATS, UnsafePickleError, WeightMismatchError, check_format,
+                           guess_format, read_tensors, write_tensors)
 
-# Tensors a file may carry that are training state, not model weights.
+__all__ = ['FORMATS', 'UnsafePickleError', 'WeightMismatchError', 'describe', 'export_tensors',
+           'guess_format', 'load_tensors', 'load_weights', 'main', 'read_tensors',
+           'save_weights', 'to_our_names', 'write_tensors']
+
+# Tensors a file may carry that are training state, not model weights (by naming).
 _NOT_WEIGHTS = {
     'detectron': re.compile(r'_momentum$'),
     'torchvision': re.compile(r'\.num_batches_tracked$'),
     'gluoncv': None,
 }
-
-
-class WeightMismatchError(ValueError):
-    """A weight file does not fit the net; the message lists every offending name."""
 
 
 # --- name mapping -------------------------------------------------------------------------
@@ -101,53 +102,6 @@ def ours_to_torchvision(name):
     return name
 
 
-# --- files --------------------------------------------------------------------------------
-def guess_format(path):
-    fmt = _EXTENSIONS.get(os.path.splitext(path)[1].lower())
-    if fmt is None:
-        raise ValueError("cannot tell the format of %r from its extension; pass one of %s"
-                         % (path, ', '.join(FORMATS)))
-    return fmt
-
-
-def _check_format(fmt):
-    if fmt not in FORMATS:
-        raise ValueError("unknown weight format %r; choose one of %s" % (fmt, ', '.join(FORMATS)))
-    return fmt
-
-
-def read_tensors(path, fmt=None):
-    """{name: numpy array} of a weight file, in the file's own naming."""
-    fmt = _check_format(fmt or guess_format(path))
-    if fmt == 'detectron':
-        with open(path, 'rb') as f:
-            # Detectron's pickles were written by Python 2; latin1 keeps their bytes intact.
-            blobs = pickle.load(f, encoding='latin1')
-        blobs = blobs.get('blobs', blobs) if isinstance(blobs, dict) else blobs
-        if not isinstance(blobs, dict):
-            raise WeightMismatchError("%s is not a Detectron weight pickle (expected a dict "
-                                      "of blobs, got %s)" % (path, type(blobs).__name__))
-        return {name: np.asarray(value) for name, value in blobs.items()}
-    if fmt == 'torchvision':
-        with np.load(path) as archive:
-            return {name: archive[name] for name in archive.files}
-    return {name: array.asnumpy() for name, array in mx.nd.load(path).items()}
-
-
-def write_tensors(tensors, path, fmt=None):
-    """Write {name: numpy array} (already in the format's naming) to ``path``."""
-    fmt = _check_format(fmt or guess_format(path))
-    if fmt == 'detectron':
-        with open(path, 'wb') as f:
-            pickle.dump({'blobs': tensors}, f, protocol=2)
-    elif fmt == 'torchvision':
-        with open(path, 'wb') as f:  # an open file keeps np.savez from appending '.npz'
-            np.savez(f, **tensors)
-    else:
-        mx.nd.save(path, {name: mx.nd.array(value, dtype=value.dtype)
-                          for name, value in tensors.items()})
-
-
 # --- conversion ---------------------------------------------------------------------------
 def _legacy_gluon_names(net):
     """Prefix-style names (old ``collect_params().save``) → our structural names."""
@@ -161,7 +115,7 @@ def _legacy_gluon_names(net):
 
 def to_our_names(tensors, fmt, net=None):
     """({our name: array}, {our name: source name}, [source names with no counterpart])."""
-    fmt = _check_format(fmt)
+    fmt = check_format(fmt)
     skip = _NOT_WEIGHTS[fmt]
     legacy = (fmt == 'gluoncv' and net is not None and tensors
               and not any('.' in name for name in tensors))
@@ -237,13 +191,13 @@ def load_tensors(net, tensors, fmt, source='the weights', skip=(), ctx=None):
 
 def load_weights(net, path, fmt=None, skip=(), ctx=None):
     """Load the weight file ``path`` (format from its extension unless given) into ``net``."""
-    fmt = _check_format(fmt or guess_format(path))
+    fmt = check_format(fmt or guess_format(path))
     return load_tensors(net, read_tensors(path, fmt), fmt, source=path, skip=skip, ctx=ctx)
 
 
 def export_tensors(net, fmt):
     """{name: numpy array} of ``net``'s parameters in format ``fmt``'s naming."""
-    fmt = _check_format(fmt)
+    fmt = check_format(fmt)
     # After a forward pass MKLDNN reorders convolution weights asynchronously, and asnumpy()
     # can read one half reordered; wait for every pending write first.
     mx.nd.waitall()
@@ -264,7 +218,7 @@ def export_tensors(net, fmt):
 
 def save_weights(net, path, fmt=None):
     """Write ``net``'s parameters to ``path`` in format ``fmt`` (from the extension by default)."""
-    fmt = _check_format(fmt or guess_format(path))
+    fmt = check_format(fmt or guess_format(path))
     write_tensors(export_tensors(net, fmt), path, fmt)
 
 
