@@ -197,6 +197,9 @@ setup(
         'tqdm',
         'matplotlib',
         'pycocotools',
+        # .safetensors weights, NumPy API only: 0.7.0 is the last release whose numpy extra
+        # accepts numpy < 1.24.
+        'safetensors==0.7.0',
     ],
     extras_require={'test': ['pytest', 'hypothesis']},
     zip_safe=False,

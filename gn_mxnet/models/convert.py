@@ -7,6 +7,7 @@ Formats (our own names are gluoncv's structural names, ``layer1.0.bn1.gamma``):
   ``res2_0_branch2a_w``, ``res2_0_branch2a_gn_b``, ``res2_0_branch1_w``, ``pred_w``.
 - ``gluoncv``: a Gluon ``.params`` file, e.g. gluoncv's ``resnet50_v1b_gn`` (same names as ours).
 - ``torchvision``: a PyTorch ResNet ``state_dict`` saved as ``.npz`` (``bn1.weight`` is gamma).
+- ``safetensors``: the same torchvision/timm state dict as a ``.safetensors`` file.
 
 Reading and writing the files (atomically; pickles restricted to NumPy arrays) is
 ``weight_files.py``; this module maps names and loads.
@@ -24,8 +25,8 @@ import sys
 import mxnet as mx
 import numpy as np
 
-from .weight_files import (FORMATS, UnsafePickleError, WeightMismatchError, check_format,
-                           guess_format, read_tensors, write_tensors)
+from .weight_files import (FORMATS, NAMING, UnsafePickleError, WeightMismatchError,
+                           check_format, guess_format, read_tensors, write_tensors)
 
 __all__ = ['FORMATS', 'UnsafePickleError', 'WeightMismatchError', 'describe', 'export_tensors',
            'guess_format', 'load_tensors', 'load_weights', 'main', 'read_tensors',
@@ -115,18 +116,18 @@ def _legacy_gluon_names(net):
 
 def to_our_names(tensors, fmt, net=None):
     """({our name: array}, {our name: source name}, [source names with no counterpart])."""
-    fmt = check_format(fmt)
-    skip = _NOT_WEIGHTS[fmt]
-    legacy = (fmt == 'gluoncv' and net is not None and tensors
+    naming = NAMING[check_format(fmt)]
+    skip = _NOT_WEIGHTS[naming]
+    legacy = (naming == 'gluoncv' and net is not None and tensors
               and not any('.' in name for name in tensors))
     table = _legacy_gluon_names(net) if legacy else {}
     ours, source_of, unmatched = {}, {}, []
     for name, array in tensors.items():
         if skip is not None and skip.search(name):
             continue
-        if fmt == 'detectron':
+        if naming == 'detectron':
             mapped = detectron_to_ours(name)
-        elif fmt == 'torchvision':
+        elif naming == 'torchvision':
             mapped = torchvision_to_ours(name)
         else:
             mapped = table.get(name) if legacy else name
@@ -142,7 +143,7 @@ def _with_source_name(name, fmt):
     """'layer2.1.bn2.gamma (res3_1_branch2b_gn_s)': our name and what the file would call it."""
     try:
         source = {'detectron': ours_to_detectron, 'torchvision': ours_to_torchvision}.get(
-            fmt, lambda n: n)(name)
+            NAMING[fmt], lambda n: n)(name)
     except WeightMismatchError:
         return name
     return name if source == name else '%s (%s)' % (name, source)
@@ -197,16 +198,16 @@ def load_weights(net, path, fmt=None, skip=(), ctx=None):
 
 def export_tensors(net, fmt):
     """{name: numpy array} of ``net``'s parameters in format ``fmt``'s naming."""
-    fmt = check_format(fmt)
+    naming = NAMING[check_format(fmt)]
     # After a forward pass MKLDNN reorders convolution weights asynchronously, and asnumpy()
     # can read one half reordered; wait for every pending write first.
     mx.nd.waitall()
     tensors = {}
     for name, param in net._collect_params_with_prefix().items():
         array = param.data().asnumpy()
-        if fmt == 'detectron':
+        if naming == 'detectron':
             tensors[ours_to_detectron(name)] = array
-        elif fmt == 'torchvision':
+        elif naming == 'torchvision':
             tensors[ours_to_torchvision(name)] = array
             if name.endswith('.running_mean'):  # torch's strict loading expects the counter
                 counter = name[:-len('running_mean')] + 'num_batches_tracked'
@@ -254,8 +255,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog='python -m gn_mxnet.convert',
         description="Convert ResNet weights between Detectron (.pkl), gluoncv/gn_mxnet "
-                    "(.params) and torchvision state dicts (.npz) through a gn_mxnet net; "
-                    "fails, naming the tensors, unless every weight fits.")
+                    "(.params) and torchvision/timm state dicts (.npz, .safetensors) through "
+                    "a gn_mxnet net; fails, naming the tensors, unless every weight fits.")
     parser.add_argument('source', help='weight file to read')
     parser.add_argument('destination', help='weight file to write')
     parser.add_argument('--from', dest='source_format', choices=FORMATS,

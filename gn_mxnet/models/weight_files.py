@@ -5,6 +5,8 @@
   what rebuilding NumPy arrays needs and refuses anything else by name.
 - ``gluoncv``: an MXNet ``.params`` file (``mx.nd.save``).
 - ``torchvision``: a PyTorch ``state_dict`` as ``.npz`` (``np.load`` refuses pickled objects).
+- ``safetensors``: a ``.safetensors`` state dict with torchvision/timm names, through the
+  ``safetensors`` package's NumPy API (no torch).
 
 Every write goes through ``utils/files.py``: a temporary file in the destination's folder that
 replaces the destination only once complete, so a kill or an exception mid-write leaves the
@@ -18,8 +20,12 @@ import numpy as np
 
 from ..utils.files import atomic_path, atomic_write_bytes
 
-FORMATS = ('detectron', 'gluoncv', 'torchvision')
-_EXTENSIONS = {'.pkl': 'detectron', '.npz': 'torchvision', '.params': 'gluoncv'}
+FORMATS = ('detectron', 'gluoncv', 'torchvision', 'safetensors')
+_EXTENSIONS = {'.pkl': 'detectron', '.npz': 'torchvision', '.params': 'gluoncv',
+               '.safetensors': 'safetensors'}
+# The parameter naming each format uses: safetensors files of ResNets are PyTorch state dicts.
+NAMING = {'detectron': 'detectron', 'gluoncv': 'gluoncv', 'torchvision': 'torchvision',
+          'safetensors': 'torchvision'}
 
 
 class WeightMismatchError(ValueError):
@@ -90,6 +96,9 @@ def read_tensors(path, fmt=None):
     if fmt == 'torchvision':
         with np.load(path) as archive:
             return {name: archive[name] for name in archive.files}
+    if fmt == 'safetensors':
+        from safetensors.numpy import load_file  # only this format needs the package
+        return load_file(path)
     return {name: array.asnumpy() for name, array in mx.nd.load(path).items()}
 
 
@@ -99,6 +108,13 @@ def write_tensors(tensors, path, fmt=None):
     if fmt == 'detectron':
         # Protocol 2 keeps the file readable by Detectron's Python 2.
         atomic_write_bytes(path, pickle.dumps({'blobs': tensors}, protocol=2))
+    elif fmt == 'safetensors':
+        from safetensors.numpy import save
+        # Hugging Face loaders refuse a file whose metadata does not say which framework's
+        # layout it holds; PyTorch's (row-major, the names above) is NumPy's.
+        atomic_write_bytes(path, save({name: np.ascontiguousarray(value)
+                                       for name, value in tensors.items()},
+                                      metadata={'format': 'pt'}))
     else:
         with atomic_path(path) as tmp:
             if fmt == 'torchvision':
