@@ -4,6 +4,8 @@ import threading
 
 import mxnet as mx
 
+from . import mixed_precision
+
 LIBRARY_NAME = 'libgn_mxnet.so'
 CPU_ISA_CHOICES = ('auto', 'generic')  # GN_MXNET_CPU_ISA; the library itself reads it too
 _lock = threading.Lock()
@@ -38,7 +40,9 @@ def load_library() -> str:
                 f"with `pip install -e .` (or `python setup.py build_ext --inplace`) in the "
                 f"gn-mxnet checkout, with mxnet==1.9.1 installed; or use backend='custom' "
                 f"or backend='ops'.")
-        mx.library.load(path, verbose=False)
+        with mixed_precision.keeping_amp_wrappers():
+            mx.library.load(path, verbose=False)
+        mixed_precision.register_with_amp()
         _loaded_path = path
         return path
 
