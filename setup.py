@@ -101,8 +101,19 @@ setup(
         'gluoncv==0.10.5.post0',
         'mlxtend==0.23.1',
         'tqdm',
-        'matplotlib',
         'pycocotools',
+        # .safetensors weights, NumPy API only: 0.7.0 is the last release whose numpy extra
+        # accepts numpy < 1.24.
+        'safetensors==0.7.0',
+        # The last releases that accept numpy < 1.24. Unpinned, pip fetches each newer one in
+        # turn (opencv-python 5.0 down to 4.12 for gluoncv, ~70 MB each), reads in its metadata
+        # that it needs a newer numpy, and backtracks; capped, its first candidate fits.
+        'opencv-python==4.11.0.86',
+        'matplotlib<3.11',
+        'contourpy<1.3.3',
+        'pandas<3',
+        'scipy<1.16',
+        'scikit-learn<1.8',
     ],
     # onnx: gn_mxnet.onnx (export). The releases the export tests ran with; both install beside
     # numpy<1.24 on Python 3.11. onnx >= 1.16 has GroupNormalization-21, and MXNet 1.9.1's

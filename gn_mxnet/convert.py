@@ -1,12 +1,12 @@
 """Public entry point: ``python -m gn_mxnet.convert SRC DST ...`` and the weight converters'
-functions (defined in gn_mxnet.models.convert)."""
+functions (defined in gn_mxnet.models.convert and gn_mxnet.models.weight_files)."""
 import sys
 
-from .models.convert import (FORMATS, WeightMismatchError, load_weights, main, read_tensors,
-                             save_weights, write_tensors)
+from .models.convert import (FORMATS, UnsafePickleError, WeightMismatchError, load_weights, main,
+                             read_tensors, save_weights, write_tensors)
 
-__all__ = ['FORMATS', 'WeightMismatchError', 'load_weights', 'main', 'read_tensors',
-           'save_weights', 'write_tensors']
+__all__ = ['FORMATS', 'UnsafePickleError', 'WeightMismatchError', 'load_weights', 'main',
+           'read_tensors', 'save_weights', 'write_tensors']
 
 if __name__ == '__main__':
     sys.exit(main())

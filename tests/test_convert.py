@@ -279,16 +279,21 @@ def test_gluoncv_legacy_prefixed_params_load(tmp_path):
 
 
 # --- (c) torchvision state dict as .npz -----------------------------------------------------
+def check_reproduces_torchvision(net, state, what):
+    """net's logits against a float64 NumPy forward of the torchvision state dict."""
+    image = _image(5)
+    reference = torchvision_forward(state, image)
+    diff = np.abs(_ours(net, image) - reference).max()
+    print('%s R-50-GN: max |ours - NumPy reference| = %.3g' % (what, diff))
+    assert diff < 1e-5 * max(1.0, np.abs(reference).max())
+
+
 def test_torchvision_gn_state_dict_reproduces_the_source_model(tmp_path):
     state = make_torchvision_gn_state()
     path = str(tmp_path / 'resnet50_gn.npz')
     np.savez(path, **state)
     net = convert.load_weights(_gn50(), path)
-    image = _image(5)
-    reference = torchvision_forward(state, image)
-    diff = np.abs(_ours(net, image) - reference).max()
-    print('torchvision R-50-GN: max |ours - NumPy reference| = %.3g' % diff)
-    assert diff < 1e-5 * max(1.0, np.abs(reference).max())
+    check_reproduces_torchvision(net, state, 'torchvision')
     # ours -> .npz -> ours is exact, and writes torchvision's names back.
     out = str(tmp_path / 'back.npz')
     convert.save_weights(net, out)

@@ -7,6 +7,10 @@ Formats (our own names are gluoncv's structural names, ``layer1.0.bn1.gamma``):
   ``res2_0_branch2a_w``, ``res2_0_branch2a_gn_b``, ``res2_0_branch1_w``, ``pred_w``.
 - ``gluoncv``: a Gluon ``.params`` file, e.g. gluoncv's ``resnet50_v1b_gn`` (same names as ours).
 - ``torchvision``: a PyTorch ResNet ``state_dict`` saved as ``.npz`` (``bn1.weight`` is gamma).
+- ``safetensors``: the same torchvision/timm state dict as a ``.safetensors`` file.
+
+Reading and writing the files (atomically; pickles restricted to NumPy arrays) is
+``weight_files.py``; this module maps names and loads.
 
 Loading is all or nothing: every tensor of the file must find a parameter of the same shape
 and every parameter must be filled, else :class:`WeightMismatchError` lists the offending
@@ -15,27 +19,25 @@ names and the net is left untouched.
 Command line: ``python -m gn_mxnet.convert SRC DST [--model resnet50_v1b] [--norm gn]``.
 """
 import argparse
-import os
-import pickle
 import re
 import sys
 
 import mxnet as mx
 import numpy as np
 
-FORMATS = ('detectron', 'gluoncv', 'torchvision')
-_EXTENSIONS = {'.pkl': 'detectron', '.npz': 'torchvision', '.params': 'gluoncv'}
+from .weight_files import (FORMATS, NAMING, UnsafePickleError, WeightMismatchError,
+                           check_format, guess_format, read_tensors, write_tensors)
 
-# Tensors a file may carry that are training state, not model weights.
+__all__ = ['FORMATS', 'UnsafePickleError', 'WeightMismatchError', 'describe', 'export_tensors',
+           'guess_format', 'load_tensors', 'load_weights', 'main', 'read_tensors',
+           'save_weights', 'to_our_names', 'write_tensors']
+
+# Tensors a file may carry that are training state, not model weights (by naming).
 _NOT_WEIGHTS = {
     'detectron': re.compile(r'_momentum$'),
     'torchvision': re.compile(r'\.num_batches_tracked$'),
     'gluoncv': None,
 }
-
-
-class WeightMismatchError(ValueError):
-    """A weight file does not fit the net; the message lists every offending name."""
 
 
 # --- name mapping -------------------------------------------------------------------------
@@ -101,53 +103,6 @@ def ours_to_torchvision(name):
     return name
 
 
-# --- files --------------------------------------------------------------------------------
-def guess_format(path):
-    fmt = _EXTENSIONS.get(os.path.splitext(path)[1].lower())
-    if fmt is None:
-        raise ValueError("cannot tell the format of %r from its extension; pass one of %s"
-                         % (path, ', '.join(FORMATS)))
-    return fmt
-
-
-def _check_format(fmt):
-    if fmt not in FORMATS:
-        raise ValueError("unknown weight format %r; choose one of %s" % (fmt, ', '.join(FORMATS)))
-    return fmt
-
-
-def read_tensors(path, fmt=None):
-    """{name: numpy array} of a weight file, in the file's own naming."""
-    fmt = _check_format(fmt or guess_format(path))
-    if fmt == 'detectron':
-        with open(path, 'rb') as f:
-            # Detectron's pickles were written by Python 2; latin1 keeps their bytes intact.
-            blobs = pickle.load(f, encoding='latin1')
-        blobs = blobs.get('blobs', blobs) if isinstance(blobs, dict) else blobs
-        if not isinstance(blobs, dict):
-            raise WeightMismatchError("%s is not a Detectron weight pickle (expected a dict "
-                                      "of blobs, got %s)" % (path, type(blobs).__name__))
-        return {name: np.asarray(value) for name, value in blobs.items()}
-    if fmt == 'torchvision':
-        with np.load(path) as archive:
-            return {name: archive[name] for name in archive.files}
-    return {name: array.asnumpy() for name, array in mx.nd.load(path).items()}
-
-
-def write_tensors(tensors, path, fmt=None):
-    """Write {name: numpy array} (already in the format's naming) to ``path``."""
-    fmt = _check_format(fmt or guess_format(path))
-    if fmt == 'detectron':
-        with open(path, 'wb') as f:
-            pickle.dump({'blobs': tensors}, f, protocol=2)
-    elif fmt == 'torchvision':
-        with open(path, 'wb') as f:  # an open file keeps np.savez from appending '.npz'
-            np.savez(f, **tensors)
-    else:
-        mx.nd.save(path, {name: mx.nd.array(value, dtype=value.dtype)
-                          for name, value in tensors.items()})
-
-
 # --- conversion ---------------------------------------------------------------------------
 def _legacy_gluon_names(net):
     """Prefix-style names (old ``collect_params().save``) → our structural names."""
@@ -161,18 +116,18 @@ def _legacy_gluon_names(net):
 
 def to_our_names(tensors, fmt, net=None):
     """({our name: array}, {our name: source name}, [source names with no counterpart])."""
-    fmt = _check_format(fmt)
-    skip = _NOT_WEIGHTS[fmt]
-    legacy = (fmt == 'gluoncv' and net is not None and tensors
+    naming = NAMING[check_format(fmt)]
+    skip = _NOT_WEIGHTS[naming]
+    legacy = (naming == 'gluoncv' and net is not None and tensors
               and not any('.' in name for name in tensors))
     table = _legacy_gluon_names(net) if legacy else {}
     ours, source_of, unmatched = {}, {}, []
     for name, array in tensors.items():
         if skip is not None and skip.search(name):
             continue
-        if fmt == 'detectron':
+        if naming == 'detectron':
             mapped = detectron_to_ours(name)
-        elif fmt == 'torchvision':
+        elif naming == 'torchvision':
             mapped = torchvision_to_ours(name)
         else:
             mapped = table.get(name) if legacy else name
@@ -188,7 +143,7 @@ def _with_source_name(name, fmt):
     """'layer2.1.bn2.gamma (res3_1_branch2b_gn_s)': our name and what the file would call it."""
     try:
         source = {'detectron': ours_to_detectron, 'torchvision': ours_to_torchvision}.get(
-            fmt, lambda n: n)(name)
+            NAMING[fmt], lambda n: n)(name)
     except WeightMismatchError:
         return name
     return name if source == name else '%s (%s)' % (name, source)
@@ -237,19 +192,22 @@ def load_tensors(net, tensors, fmt, source='the weights', skip=(), ctx=None):
 
 def load_weights(net, path, fmt=None, skip=(), ctx=None):
     """Load the weight file ``path`` (format from its extension unless given) into ``net``."""
-    fmt = _check_format(fmt or guess_format(path))
+    fmt = check_format(fmt or guess_format(path))
     return load_tensors(net, read_tensors(path, fmt), fmt, source=path, skip=skip, ctx=ctx)
 
 
 def export_tensors(net, fmt):
     """{name: numpy array} of ``net``'s parameters in format ``fmt``'s naming."""
-    fmt = _check_format(fmt)
+    naming = NAMING[check_format(fmt)]
+    # After a forward pass MKLDNN reorders convolution weights asynchronously, and asnumpy()
+    # can read one half reordered; wait for every pending write first.
+    mx.nd.waitall()
     tensors = {}
     for name, param in net._collect_params_with_prefix().items():
         array = param.data().asnumpy()
-        if fmt == 'detectron':
+        if naming == 'detectron':
             tensors[ours_to_detectron(name)] = array
-        elif fmt == 'torchvision':
+        elif naming == 'torchvision':
             tensors[ours_to_torchvision(name)] = array
             if name.endswith('.running_mean'):  # torch's strict loading expects the counter
                 counter = name[:-len('running_mean')] + 'num_batches_tracked'
@@ -261,7 +219,7 @@ def export_tensors(net, fmt):
 
 def save_weights(net, path, fmt=None):
     """Write ``net``'s parameters to ``path`` in format ``fmt`` (from the extension by default)."""
-    fmt = _check_format(fmt or guess_format(path))
+    fmt = check_format(fmt or guess_format(path))
     write_tensors(export_tensors(net, fmt), path, fmt)
 
 
@@ -297,8 +255,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog='python -m gn_mxnet.convert',
         description="Convert ResNet weights between Detectron (.pkl), gluoncv/gn_mxnet "
-                    "(.params) and torchvision state dicts (.npz) through a gn_mxnet net; "
-                    "fails, naming the tensors, unless every weight fits.")
+                    "(.params) and torchvision/timm state dicts (.npz, .safetensors) through "
+                    "a gn_mxnet net; fails, naming the tensors, unless every weight fits.")
     parser.add_argument('source', help='weight file to read')
     parser.add_argument('destination', help='weight file to write')
     parser.add_argument('--from', dest='source_format', choices=FORMATS,

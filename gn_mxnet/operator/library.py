@@ -4,7 +4,7 @@ import threading
 
 import mxnet as mx
 
-from . import op_inputs
+from . import mixed_precision, op_inputs
 from .build import LIBRARY_NAME
 
 CPU_ISA_CHOICES = ('auto', 'generic')  # GN_MXNET_CPU_ISA; the library itself reads it too
@@ -48,8 +48,10 @@ def load_library() -> str:
                 f"with `pip install -e .` (or `python setup.py build_ext --inplace`) in the "
                 f"gn-mxnet checkout, with mxnet==1.9.1 installed; or use backend='custom' "
                 f"or backend='ops'.")
-        mx.library.load(path, verbose=False)
+        with mixed_precision.keeping_amp_wrappers():
+            mx.library.load(path, verbose=False)
         op_inputs.install()  # after the load, which rebuilds the op functions
+        mixed_precision.register_with_amp()
         _loaded_path = path
         return path
 
