@@ -76,6 +76,10 @@ class BuildOperatorLibrary(build_ext):
             sys.exit(f"gn-mxnet: {exc}")
 
 
+# Versions that install beside numpy < 1.24 on Python 3.11.
+ONNX_REQUIREMENTS = ['onnx==1.16.2', 'onnxruntime==1.32.0']
+
+
 def mxnet_requirement():
     """mxnet==1.9.1, or the installed CUDA build of it (mxnet-cuXXX satisfies the pin too)."""
     if os.environ.get('GN_MXNET_MXNET_DIST'):
@@ -118,7 +122,8 @@ setup(
     # onnx: gn_mxnet.onnx (export). The releases the export tests ran with; both install beside
     # numpy<1.24 on Python 3.11. onnx >= 1.16 has GroupNormalization-21, and MXNet 1.9.1's
     # exporter needs the (deprecated) onnx.mapping module that 1.16 still has.
-    extras_require={'test': ['pytest', 'hypothesis'],
-                    'onnx': ['onnx==1.16.2', 'onnxruntime==1.32.0']},
+    # The tests run the ONNX export through onnxruntime, so the test extra includes it.
+    extras_require={'test': ['pytest', 'hypothesis', *ONNX_REQUIREMENTS],
+                    'onnx': ONNX_REQUIREMENTS},
     zip_safe=False,
 )
