@@ -1,20 +1,22 @@
 """Repairs to MXNet 1.9.1's ONNX translations of the stock ops the 'ops' backend is built from.
 
 Measured with the 'ops' backend's graphs, MXNet's exporter
-- has no translation for `rsqrt`;
+- has no translation for `rsqrt` nor `_linalg_det` (the 'ops' graphs' bind-time dtype check);
 - refuses `Reshape` with -2 or -4 in general ((0, -4, G, -1, -2) splits the channels);
 - writes `mean(..., exclude=True)` as a mean over the listed axes, silently the wrong ones, and
   writes ReduceMean's `axes` as an attribute, which opset 18 turned into an input.
-The translations below replace those three. `Reshape` is rank-free (built from Shape(x) at run
+The translations below add or replace those. `Reshape` is rank-free (built from Shape(x) at run
 time); `mean` needs the input's rank, which translations are not given, so `register` also
-wraps `MXNetGraph.create_onnx_graph_proto` to note, once per export, every node's output shapes
-and the graph's heads (GroupNorm's translation asks whether mean/rstd are outputs).
+wraps `MXNetGraph.create_onnx_graph_proto` to note, once per export, the graph, its input shapes
+(node output shapes are inferred from them on demand) and its heads (GroupNorm's translation
+asks whether mean/rstd are outputs).
 """
 import contextvars
 import functools
 import json
-from typing import List, NamedTuple, Optional, Set, Tuple
+from typing import NamedTuple, Optional, Set, Tuple
 
+import mxnet as mx
 import numpy as np
 from onnx import helper
 from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph
@@ -26,8 +28,26 @@ REDUCE_AXES_INPUT_OPSET = 18
 
 class ExportGraph(NamedTuple):
     """What the exporter knows and its translations are not told, for the graph being exported."""
-    shapes: Optional[List[list]]   # [output shapes of node i], json node order; None: unknown
+    graph: dict                    # sym.tojson(), parsed
+    known: dict                    # input name -> shape, as the exporter binds them
     heads: Set[Tuple[int, int]]    # (node index, output index) of the graph's outputs
+    shapes: dict                   # (node index, output index) -> shape, filled on demand
+
+    def output_shape(self, node, output):
+        """The shape of node's output, or None if MXNet cannot infer it. Inferred for that
+        output alone (a graph made of the nodes it depends on): ops with hidden outputs (e.g.
+        linalg_det's LU and pivots) make a whole-graph table misalign with node indices."""
+        key = (node, output)
+        if key not in self.shapes:
+            self.shapes[key] = None
+            sub = mx.sym.load_json(json.dumps(dict(self.graph, heads=[[node, output, 0]])))
+            known = {n: shape for n, shape in self.known.items() if n in sub.list_inputs()}
+            try:
+                _, (shape,), _ = sub.infer_shape(**known)
+                self.shapes[key] = shape
+            except Exception:  # noqa: BLE001 - any MXNet failure: the rank is unknown
+                pass
+        return self.shapes[key]
 
 
 _graph = contextvars.ContextVar('gn_mxnet_onnx_export_graph', default=None)
@@ -38,30 +58,22 @@ def export_graph() -> Optional[ExportGraph]:
     return _graph.get()
 
 
-def _node_output_shapes(sym, params, in_shapes, rows):
-    """[output shapes of node i] in the order of sym.tojson()'s nodes, or None if MXNet cannot
-    infer them. The inputs are bound as MXNet's exporter binds them (get_outputs)."""
+def _known_input_shapes(sym, params, in_shapes):
+    """Input name -> shape, the data bound as MXNet's exporter binds them (get_outputs)."""
     internals = sym.get_internals()
     label = internals[len(internals) - 1].name + '_label'
     data_names = [n for n in sym.list_inputs() if n not in params and n != label]
     known = dict(zip(data_names, in_shapes))
     known.update({n: v.shape for n, v in params.items() if n in sym.list_inputs()})
-    try:
-        _, out_shapes, _ = internals.infer_shape(**known)
-    except Exception:  # noqa: BLE001 - any MXNet failure: ranks unknown, said where needed
-        return None
-    if out_shapes is None or len(out_shapes) != rows[-1]:
-        return None
-    return [out_shapes[rows[i]:rows[i + 1]] for i in range(len(rows) - 1)]
+    return known
 
 
 def _with_node_shapes(create):
     @functools.wraps(create)
     def create_onnx_graph_proto(self, sym, params, in_shapes, *args, **kwargs):
         graph = json.loads(sym.tojson())
-        token = _graph.set(ExportGraph(
-            _node_output_shapes(sym, params, in_shapes, graph['node_row_ptr']),
-            {(head[0], head[1]) for head in graph['heads']}))
+        token = _graph.set(ExportGraph(graph, _known_input_shapes(sym, params, in_shapes),
+                                       {(head[0], head[1]) for head in graph['heads']}, {}))
         try:
             return create(self, sym, params, in_shapes, *args, **kwargs)
         finally:
@@ -72,12 +84,13 @@ def _with_node_shapes(create):
 
 
 def _input_rank(node, kwargs):
-    shapes = _graph.get().shapes if _graph.get() else None
+    graph = _graph.get()
     source, index = node['inputs'][0][:2]
-    if shapes is None or not shapes[source][index]:
+    shape = graph.output_shape(source, index) if graph else None
+    if not shape:
         raise ValueError(f"ONNX export of mean node {node['name']!r}: its input's rank is "
                          f"unknown (MXNet could not infer the graph's shapes from in_shapes)")
-    return len(shapes[source][index])
+    return len(shape)
 
 
 def convert_mean(node, **kwargs):
@@ -112,6 +125,13 @@ def convert_rsqrt(node, **kwargs):
     name, inputs, _ = get_inputs(node, kwargs)
     return [helper.make_node('Sqrt', inputs, [name + '_sqrt']),
             helper.make_node('Reciprocal', [name + '_sqrt'], [name], name=name)]
+
+
+def convert_det(node, **kwargs):
+    """linalg_det as Det. The 'ops' backend's Symbol graphs hold one, on a (1, 1) zero matrix,
+    as a bind-time dtype check (float16 is refused there); its LU/pivot outputs are hidden."""
+    name, inputs, _ = get_inputs(node, kwargs)
+    return [helper.make_node('Det', inputs, [name], name=name)]
 
 
 def _reshape_pieces(codes):
@@ -207,5 +227,6 @@ def register():
     for opset in (12, 13):  # MXNet registers mean at both; ours must shadow both
         MXNetGraph.register('mean', opset_version=opset)(convert_mean)
     MXNetGraph.register('rsqrt', opset_version=12)(convert_rsqrt)
+    MXNetGraph.register('_linalg_det', opset_version=12)(convert_det)
     reshape = MXNetGraph.registry_[12]['Reshape']
     MXNetGraph.register('Reshape', opset_version=12)(_reshape_with(reshape))
