@@ -295,3 +295,20 @@ def test_sigterm_to_the_launcher_ends_the_job(tmp_path, fake_ssh):
     wait_for(lambda: not any(alive(pid) for pid in pids.values()), 10,
              'every remote process ended')
 
+
+@pytest.mark.parametrize('failure, code', [
+    ('raise RuntimeError("this worker failed")', 1),
+    ('import argparse; argparse.ArgumentParser().error("bad input")', 2)],
+    ids=['exception', 'usage-error'])
+def test_a_worker_that_fails_in_a_dist_sync_job_exits_and_ends_it(tmp_path, failure, code):
+    # ps-lite's exit barrier would keep a failed worker alive while the other waits in pushpull.
+    script = ('import mxnet as mx, gn_mxnet.training.distributed\n'
+              'kv = mx.kv.create("dist_sync"); a = mx.nd.ones(4); kv.init(0, a)\n'
+              'kv._barrier()\n'
+              f'if kv.rank == 1:\n    {failure}\n'
+              'while True:\n    kv.pushpull(0, a, out=a); a.wait_to_read()\n')
+    start = time.time()
+    with pytest.raises(launcher.LaunchError, match=f'worker. on localhost exited with code {code}'):
+        launcher.run([sys.executable, '-c', script], num_workers=2, num_servers=1,
+                     log_dir=str(tmp_path), timeout=90)
+    assert time.time() - start < 60
