@@ -89,6 +89,32 @@ def test_dist_sync_two_workers_end_with_identical_weights(tmp_path):
     assert len(moved) > len(initial) // 2
 
 
+def test_dist_sync_on_rec_records_of_uneven_sizes_ends_with_identical_weights(tmp_path):
+    # Parts of equal bytes would give worker 0 about 66 of these 200 records and worker 1 134:
+    # worker 0 would end its epoch early and worker 1 wait for it in dist_sync forever.
+    from test_data import digit_subset, write_digit_rec
+    (x_train, y_train), (x_val, y_val) = digit_subset(200, 40)
+    train_rec = write_digit_rec(str(tmp_path), 'train', x_train, y_train, uneven=True)
+    val_rec = write_digit_rec(str(tmp_path), 'val', x_val, y_val)
+    out = tmp_path / 'out'
+    command = [sys.executable, TRAIN, '--kv-store', 'dist_sync', '--rec-train', train_rec,
+               '--rec-val', val_rec, '--num-classes', '10', '--data-shape', '1,28,28',
+               '--network', 'resnet8_small', '--num-groups', '8', '--batch-size', '16',
+               '--epochs', '1', '--warmup-epochs', '0', '-j', '1', '--no-progress',
+               '--out-dir', str(out)]
+    job = launcher.run(command, num_workers=2, num_servers=1, cwd=REPO,
+                       log_dir=str(tmp_path / 'logs'), timeout=240)
+    assert [n.returncode for n in job.nodes] == [0, 0, 0, 0]
+    params = [mx.nd.load(str(out / f'worker{r}' / 'last.params')) for r in (0, 1)]
+    assert sorted(params[0]) == sorted(params[1])
+    for name in params[0]:
+        np.testing.assert_array_equal(params[0][name].asnumpy(), params[1][name].asnumpy(),
+                                      err_msg=name)
+    summaries = [json.loads((out / f'worker{r}' / 'summary.json').read_text()) for r in (0, 1)]
+    assert all(s['finished'] for s in summaries)
+    assert all('96 train samples per epoch on this worker' in s['data'] for s in summaries)
+
+
 def initial_parameters(seed):
     """The weights train() starts from for the default MNIST-5k config and `seed`."""
     from gn_mxnet import models
