@@ -23,6 +23,9 @@ import sys
 import mxnet as mx
 import numpy as np
 
+from ..utils import cli
+from .norms import NORMS
+
 FORMATS = ('detectron', 'gluoncv', 'torchvision')
 _EXTENSIONS = {'.pkl': 'detectron', '.npz': 'torchvision', '.params': 'gluoncv'}
 
@@ -299,18 +302,20 @@ def main(argv=None):
         description="Convert ResNet weights between Detectron (.pkl), gluoncv/gn_mxnet "
                     "(.params) and torchvision state dicts (.npz) through a gn_mxnet net; "
                     "fails, naming the tensors, unless every weight fits.")
-    parser.add_argument('source', help='weight file to read')
+    parser.add_argument('source', type=cli.existing_file, help='weight file to read')
     parser.add_argument('destination', help='weight file to write')
     parser.add_argument('--from', dest='source_format', choices=FORMATS,
                         help='format of SOURCE (default: from its extension)')
     parser.add_argument('--to', dest='destination_format', choices=FORMATS,
                         help='format of DESTINATION (default: from its extension)')
     parser.add_argument('--model', help='gn_mxnet model name (default: read from the file)')
-    parser.add_argument('--num-classes', type=int,
+    parser.add_argument('--num-classes', type=cli.positive_int,
                         help='classes of the head (default: read from the file)')
-    parser.add_argument('--norm', help="norm of the net (default: 'bn' if the file has running "
-                                       "statistics, else 'gn')")
-    parser.add_argument('--num-groups', type=int, default=32, help='GN groups (default 32)')
+    parser.add_argument('--norm', choices=NORMS,
+                        help="norm of the net (default: 'bn' if the file has running "
+                             "statistics, else 'gn')")
+    parser.add_argument('--num-groups', type=cli.positive_int, default=32,
+                        help='GN groups (default 32)')
     args = parser.parse_args(argv)
 
     try:

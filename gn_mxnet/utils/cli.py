@@ -89,6 +89,15 @@ class Choices:
         return len(self.values())
 
 
+def add_choice(parser, flag, module, name, help='', **kwargs):
+    """Adds option `flag` whose values are `module`.`name` (see Choices). The usage line shows a
+    metavar instead of the values, so that the usage printed with any error, e.g. a bad number,
+    does not import `module`; --help still lists them."""
+    metavar = flag.lstrip('-').upper().replace('-', '_')
+    return parser.add_argument(flag, choices=Choices(module, name), metavar=metavar,
+                               help=f"{help + '; ' if help else ''}one of %(choices)s", **kwargs)
+
+
 @contextlib.contextmanager
 def usage_errors(parser, *errors):
     """Inside the block, a library's validation error (ValueError unless other types are named)
