@@ -11,9 +11,27 @@ import numpy as np
 
 import gn_mxnet
 from cuda_build import builder  # this script's folder is on sys.path when it runs
+from gn_mxnet.operator import validation
+from gn_mxnet.utils import cli
 
 SHAPES = ((32, 64, 56, 56), (32, 256, 56, 56), (32, 1024, 14, 14), (8, 256, 64, 64))
 FLOAT32 = builder.DTYPE_CODES['float32']
+
+
+def add_timing_arguments(parser):
+    """--groups and --repeat, as every kernel benchmark takes them."""
+    parser.add_argument('--groups', type=cli.positive_int, default=32)
+    parser.add_argument('--repeat', type=cli.int_range(5), default=15,
+                        help='timed runs per cell (>= 5)')
+
+
+def check_groups(parser, groups, shapes):
+    """A usage error unless `groups` divides the channels of every shape to be timed."""
+    try:
+        for shape in shapes:
+            validation.layout(validation.parse_attrs(groups), shape)
+    except ValueError as error:
+        parser.error(f"argument --groups: {error}")
 
 
 def load_kernels():
@@ -73,10 +91,10 @@ def bench(lib, shape, groups, channels_last, repeat):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--groups', type=int, default=32)
-    parser.add_argument('--repeat', type=int, default=15, help='timed runs per cell (>= 5)')
+    add_timing_arguments(parser)
     parser.add_argument('--channels-last', action='store_true')
     args = parser.parse_args()
+    check_groups(parser, args.groups, SHAPES)
     lib = load_kernels()
     layout = 'NHWC' if args.channels_last else 'NCHW'
     print(f"CPU kernels ({gn_mxnet.cpu_isa()} build), float32, {layout}, G={args.groups}, "

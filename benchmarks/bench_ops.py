@@ -25,7 +25,10 @@ import time
 import mxnet as mx
 import numpy as np
 
+import bench_kernels
 import gn_mxnet
+from gn_mxnet.operator.validation import SUPPORTED_DTYPES
+from gn_mxnet.utils import cli
 
 SHAPES = ((32, 64, 56, 56), (32, 256, 56, 56), (32, 1024, 14, 14), (8, 256, 64, 64))
 
@@ -165,16 +168,25 @@ def print_raw_table(rows):
         print(' '.join(f'{c:>11.2f}' if isinstance(c, float) else f'{c:>11}' for c in cells))
 
 
+def shape_list(text):
+    """'32x64x56x56,8x256x64x64' -> [(32, 64, 56, 56), (8, 256, 64, 64)], sizes positive."""
+    shapes = [tuple(cli.positive_int(d) for d in s.split('x')) for s in text.split(',')]
+    if any(len(shape) < 2 for shape in shapes):
+        raise argparse.ArgumentTypeError(f"shapes look like 32x64x56x56, got {text!r}")
+    return shapes
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--groups', type=int, default=32)
-    parser.add_argument('--dtype', default='float32')
-    parser.add_argument('--repeat', type=int, default=7, help='timed runs per cell (>= 5)')
-    parser.add_argument('--shapes', default=None, help="e.g. '32x64x56x56,8x256x64x64'")
+    bench_kernels.add_timing_arguments(parser)
+    parser.set_defaults(repeat=7)
+    parser.add_argument('--dtype', default='float32', choices=SUPPORTED_DTYPES)
+    parser.add_argument('--shapes', type=shape_list, default=SHAPES,
+                        help="e.g. '32x64x56x56,8x256x64x64'")
     parser.add_argument('--tables', choices=('both', 'imperative', 'graph'), default='both')
     args = parser.parse_args()
-    shapes = SHAPES if not args.shapes else [tuple(int(d) for d in s.split('x'))
-                                             for s in args.shapes.split(',')]
+    shapes = args.shapes
+    bench_kernels.check_groups(parser, args.groups, shapes)
     gn_mxnet.load_library()
     print(f"GroupNorm, {args.dtype}, G={args.groups}, median of {args.repeat} runs (ms); "
           f"ratios are the other's time / ours; kernels: {gn_mxnet.cpu_isa()} build; "

@@ -112,9 +112,9 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--torch-python', default=os.environ.get('GN_MXNET_TORCH_PYTHON'),
                         help='python of an environment with torch (or GN_MXNET_TORCH_PYTHON)')
-    parser.add_argument('--groups', type=int, default=32)
-    parser.add_argument('--repeat', type=int, default=15, help='timed runs per cell (>= 5)')
+    bench_kernels.add_timing_arguments(parser)
     args = parser.parse_args()
+    bench_kernels.check_groups(parser, args.groups, bench_kernels.SHAPES)
     if not args.torch_python or not os.path.isfile(args.torch_python):
         parser.error('--torch-python must name the python of an environment with torch, '
                      'e.g. /tmp/torchenv/bin/python (see the set-up line above)')

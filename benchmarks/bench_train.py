@@ -7,25 +7,31 @@
 """
 import argparse
 
+from gn_mxnet.utils import cli
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--network', default='resnet8_small')
-    p.add_argument('--batch-size', type=int, default=32, help='per device')
+    p.add_argument('--batch-size', type=cli.positive_int, default=32, help='per device')
     p.add_argument('--data-shape', default='1,28,28')
-    p.add_argument('--num-classes', type=int, default=10)
-    p.add_argument('--num-groups', type=int, default=8)
-    p.add_argument('--gn-backend', default='native')
+    p.add_argument('--num-classes', type=cli.positive_int, default=10)
+    p.add_argument('--num-groups', type=cli.positive_int, default=8)
+    cli.add_choice(p, '--gn-backend', 'gn_mxnet.operator.validation', 'BACKENDS',
+                   default='native')
     p.add_argument('--gpus', default='')
-    p.add_argument('--steps', type=int, default=20, help='steps per timed round')
-    p.add_argument('--rounds', type=int, default=5, help='timed rounds per norm (median)')
-    p.add_argument('--warmup', type=int, default=5)
+    p.add_argument('--steps', type=cli.positive_int, default=20, help='steps per timed round')
+    p.add_argument('--rounds', type=cli.positive_int, default=5,
+                   help='timed rounds per norm (median)')
+    p.add_argument('--warmup', type=cli.non_negative_int, default=5)
     args = p.parse_args(argv)
     from gn_mxnet.training.config import parse_shape
     from gn_mxnet.training.throughput import compare_norms
+    with cli.usage_errors(p):
+        data_shape = parse_shape(args.data_shape)
     rates = compare_norms(args.network, ('bn', 'gn'), args.batch_size,
-                          parse_shape(args.data_shape), args.num_classes, args.num_groups,
+                          data_shape, args.num_classes, args.num_groups,
                           args.gn_backend, args.gpus, args.steps, args.warmup, args.rounds)
     where = f"GPU {args.gpus}" if args.gpus else 'CPU'
     print(f"{args.network}, batch {args.batch_size}/device, input {args.data_shape}, {where}, "

@@ -8,15 +8,20 @@ import pytest
 
 from gn_mxnet.training import data as gd
 from gn_mxnet.training import grey_images as gi
+from gn_mxnet.training import record_index
 
 
-def write_digit_rec(folder, name, images, labels):
-    """Pack digits im2rec-style (PNG-encoded, IRHeader label) into name.rec + name.idx."""
+def write_digit_rec(folder, name, images, labels, uneven=False):
+    """Pack digits im2rec-style (PNG-encoded, IRHeader label) into name.rec + name.idx.
+
+    `uneven`: the first half stored uncompressed (PNG level 0), the rest at level 9: the same
+    pixels in records about 3x apart in size, so parts of equal bytes hold unequal counts."""
     rec_path = os.path.join(folder, name + '.rec')
     writer = mx.recordio.MXIndexedRecordIO(os.path.join(folder, name + '.idx'), rec_path, 'w')
     for i, (image, label) in enumerate(zip(images, labels)):
         header = mx.recordio.IRHeader(0, float(label), i, 0)
-        writer.write_idx(i, mx.recordio.pack_img(header, image, quality=3, img_fmt='.png'))
+        level = (0 if i < len(images) // 2 else 9) if uneven else 3
+        writer.write_idx(i, mx.recordio.pack_img(header, image, quality=level, img_fmt='.png'))
     writer.close()
     return rec_path
 
@@ -145,3 +150,69 @@ def test_image_folder_source(tmp_path):
 def test_image_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='train/<class>'):
         gd.ImageFolderSource(str(tmp_path), batch_size=4)
+
+
+def test_rec_workers_read_equal_disjoint_parts_of_uneven_records(tmp_path):
+    (x_train, _), (x_val, y_val) = digit_subset(100, 20)
+    ids = np.arange(100)   # label = record number: a part's labels say which records it read
+    train_rec = write_digit_rec(str(tmp_path), 'train', x_train, ids, uneven=True)
+    val_rec = write_digit_rec(str(tmp_path), 'val', x_val, y_val)
+    sizes = np.diff([int(line.split()[1]) for line in open(tmp_path / 'train.idx')])
+    assert sizes[:49].min() > 2 * sizes[50:].max()   # uneven indeed
+    parts = [gd.RecordSource(train_rec, val_rec, batch_size=8, num_classes=100,
+                             data_shape=(1, 28, 28), num_parts=3, part_index=k, threads=1)
+             for k in range(3)]
+    # Index parts hold 34, 34, 32 records: each worker reads 32, in 4 batches.
+    assert [p.num_train for p in parts] == [32, 32, 32]
+    seen, orders = [], []
+    for source in parts:
+        labels = [y.asnumpy().astype(int) for _, y in source.train_batches(epoch=0)]
+        orders.append(np.concatenate(labels))
+        assert len(labels) == 4 and all(len(batch) == 8 for batch in labels)
+        seen.append(set(np.concatenate(labels)))
+        assert len(seen[-1]) == 32
+        again = np.concatenate([y.asnumpy() for _, y in source.train_batches(epoch=0)])
+        np.testing.assert_array_equal(np.concatenate(labels), again)   # (seed, epoch) decide
+    assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
+    next_epoch = np.concatenate([y.asnumpy() for _, y in parts[0].train_batches(epoch=1)])
+    assert not np.array_equal(next_epoch, orders[0])   # each epoch its own order
+
+
+def test_rec_index_parts_match_mxnets_splitter():
+    assert record_index.part_sizes(100, 3) == [34, 34, 32]
+    assert record_index.part_sizes(100, 7) == [15] * 6 + [10]
+    assert record_index.part_sizes(10, 6) == [2, 2, 2, 2, 2, 0]
+
+
+def test_distributed_rec_without_index_is_refused(tmp_path):
+    (x_train, y_train), (x_val, y_val) = digit_subset(64, 20)
+    train_rec = write_digit_rec(str(tmp_path), 'train', x_train, y_train)
+    val_rec = write_digit_rec(str(tmp_path), 'val', x_val, y_val)
+    os.remove(tmp_path / 'train.idx')
+    one = gd.RecordSource(train_rec, val_rec, 16, 10, data_shape=(1, 28, 28), threads=1)
+    assert one.num_train == 64   # one worker reads the whole file: no index needed
+    with pytest.raises(gd.DataError, match=r'2 workers .*train\.idx.*im2rec.*MXIndexedRecordIO'):
+        gd.RecordSource(train_rec, val_rec, 16, 10, data_shape=(1, 28, 28), num_parts=2)
+    indexed = write_digit_rec(str(tmp_path), 'indexed', x_train, y_train)
+    with pytest.raises(gd.DataError, match='64 records: too few for batch size 16 on each of 5'):
+        gd.RecordSource(indexed, val_rec, 16, 10, data_shape=(1, 28, 28), num_parts=5)
+
+
+def test_labels_beyond_num_classes_are_refused(tmp_path):
+    (x_train, y_train), (x_val, y_val) = digit_subset(32, 20)
+    train_rec = write_digit_rec(str(tmp_path), 'train', x_train, y_train)
+    val_rec = write_digit_rec(str(tmp_path), 'val', x_val, y_val)
+    source = gd.RecordSource(train_rec, val_rec, 16, 5, data_shape=(1, 28, 28), threads=1)
+    with pytest.raises(gd.DataError, match=r'train\.rec holds label [5-9], .*--num-classes 5'):
+        next(source.train_batches(epoch=0))
+    with pytest.raises(gd.DataError, match=r'val\.rec holds label [5-9]'):
+        list(source.val_batches())
+    write_digit_folder(str(tmp_path / 'folder'), 'train', x_train, y_train)
+    write_digit_folder(str(tmp_path / 'folder'), 'val', x_val, y_val)
+    from gn_mxnet.training.config import TrainConfig
+    cfg = TrainConfig(data_dir=str(tmp_path / 'folder'), num_classes=5, data_shape=(1, 28, 28),
+                      batch_size=16).resolved()
+    with pytest.raises(gd.DataError, match='10 classes.*more classes than --num-classes 5'):
+        gd.make_data_source(cfg, 1, 0, 1)
+    with pytest.raises(gd.DataError, match='more classes than --num-classes 5'):
+        gd.make_data_source(TrainConfig(num_classes=5).resolved(), 1, 0, 1)

@@ -13,33 +13,37 @@ import argparse
 import os
 import time
 
+from gn_mxnet.study.protocol import TABLES
+from gn_mxnet.utils import cli
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def int_list(text):
-    return tuple(int(v) for v in text.split(',') if v.strip())
+positive_ints = cli.int_list()
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--out', default=os.path.join(REPO_ROOT, 'results'), help='output folder')
-    p.add_argument('--tables', type=int_list, default=(1, 2, 3), help='which tables, e.g. 1,2')
-    p.add_argument('--seeds', type=int_list, default=(0, 1, 2), help='seeds of every cell')
-    p.add_argument('--epochs', type=int, default=3, help='epochs of every run (all batches)')
-    p.add_argument('--train-subset', type=int, default=0,
+    p.add_argument('--tables', type=cli.int_list(choices=TABLES), default=TABLES,
+                   help='which tables, e.g. 1,2')
+    p.add_argument('--seeds', type=cli.int_list(cli.non_negative_int), default=(0, 1, 2),
+                   help='seeds of every cell')
+    p.add_argument('--epochs', type=cli.positive_int, default=3,
+                   help='epochs of every run (all batches)')
+    p.add_argument('--train-subset', type=cli.non_negative_int, default=0,
                    help='fixed random n of the 4000 train images (0: all)')
-    p.add_argument('--base-lr', type=float, default=0.8,
+    p.add_argument('--base-lr', type=cli.positive_float, default=0.8,
                    help='lr per 256 images (lr = base·B/256)')
-    p.add_argument('--batch-sizes', type=int_list, default=(32, 16, 8, 4, 2))
-    p.add_argument('--groups', type=int_list, default=(16, 8, 4, 2, 1))
-    p.add_argument('--group-sizes', type=int_list, default=(16, 8, 4, 2, 1),
+    p.add_argument('--batch-sizes', type=positive_ints, default=(32, 16, 8, 4, 2))
+    p.add_argument('--groups', type=positive_ints, default=(16, 8, 4, 2, 1))
+    p.add_argument('--group-sizes', type=positive_ints, default=(16, 8, 4, 2, 1),
                    help='channels per group of the Table 3 variants')
     p.add_argument('--network', default='resnet8_small',
                    help='a gn_mxnet.models small-image ResNet (16/32/64 wide)')
-    p.add_argument('--image-size', type=int, default=14,
+    p.add_argument('--image-size', type=cli.positive_int, default=14,
                    help='MNIST average-pooled to this size (28: the original digits)')
-    p.add_argument('-j', '--jobs', type=int, default=2, help='runs trained in parallel')
+    p.add_argument('-j', '--jobs', type=cli.positive_int, default=2,
+                   help='runs trained in parallel')
     p.add_argument('--quick', action='store_true',
                    help='smoke version: 1 seed, 1 epoch on 256 images, batches 32 and 4, '
                         'G 8 and 1, D 4 and 1')

@@ -13,10 +13,11 @@ untrained and the trained model. Real COCO 2017, 8 GPUs, Detectron's 2x schedule
 import argparse
 import warnings
 
-from gn_mxnet.detection.engine import DetectionConfig, run
+from gn_mxnet.detection.engine import KV_STORES, DetectionConfig, run
 from gn_mxnet.detection.model import DETECTION_NORMS
 from gn_mxnet.operator.validation import BACKENDS
 from gn_mxnet.training.schedule import parse_decay_epochs
+from gn_mxnet.utils import cli
 
 
 def parse_args(argv=None):
@@ -29,56 +30,60 @@ def parse_args(argv=None):
     data.add_argument('--cache-dir', default=d.cache_dir,
                       help='where the embedded set is written once '
                            '(default ~/.cache/gn_mxnet/mnist_coco)')
-    data.add_argument('--num-train', type=int, default=d.num_train,
+    data.add_argument('--num-train', type=cli.positive_int, default=d.num_train,
                       help='embedded set: training images')
-    data.add_argument('--num-val', type=int, default=d.num_val,
+    data.add_argument('--num-val', type=cli.positive_int, default=d.num_val,
                       help='embedded set: validation images')
-    data.add_argument('--train-limit', type=int, default=d.train_limit,
+    data.add_argument('--train-limit', type=cli.non_negative_int, default=d.train_limit,
                       help='train on at most this many images per epoch (0 = all)')
-    data.add_argument('--val-limit', type=int, default=d.val_limit,
+    data.add_argument('--val-limit', type=cli.non_negative_int, default=d.val_limit,
                       help='evaluate on the first N validation images (0 = all)')
     model = p.add_argument_group('model')
     model.add_argument('--depth', type=int, default=d.depth, choices=(50, 101))
     model.add_argument('--norm', default=d.norm, choices=DETECTION_NORMS,
                        help='gn: GroupNorm in backbone, FPN, 4conv1fc box head and mask head; '
                             'bn: frozen BatchNorm (BN*) backbone, no norm in FPN/heads')
-    model.add_argument('--num-groups', type=int, default=d.num_groups)
+    model.add_argument('--num-groups', type=cli.positive_int, default=d.num_groups)
     model.add_argument('--backend', default=d.backend, choices=BACKENDS,
                        help='GroupNorm implementation')
     model.add_argument('--pretrained-backbone', default=d.pretrained_backbone,
                        help='backbone weights gn_mxnet.convert reads, e.g. Detectron '
                             'R-50-GN.pkl (nothing is downloaded)')
-    model.add_argument('--image-short', type=int, default=d.image_short)
-    model.add_argument('--image-max-size', type=int, default=d.image_max_size)
+    model.add_argument('--image-short', type=cli.positive_int, default=d.image_short)
+    model.add_argument('--image-max-size', type=cli.positive_int, default=d.image_max_size)
     model.add_argument('--full-budgets', action='store_true',
                        help="Detectron's proposal/RoI budgets (2000 proposals, 512 RoIs per "
                             'image); default: reduced budgets for small CPU runs')
     opt = p.add_argument_group('training')
     opt.add_argument('--gpus', default=d.gpus, help="e.g. 0,1,2,3; '' = CPU")
-    opt.add_argument('--kv-store', default=d.kv_store,
-                     help='local, device, nccl, dist_sync, dist_device_sync')
-    opt.add_argument('--loader-processes', type=int, default=d.loader_processes,
+    opt.add_argument('--kv-store', default=d.kv_store, choices=KV_STORES)
+    opt.add_argument('--loader-processes', type=cli.non_negative_int, default=d.loader_processes,
                      help='data-loading processes (real COCO: 4 or more)')
-    opt.add_argument('--batch-size', type=int, default=d.batch_size,
+    opt.add_argument('--batch-size', type=cli.positive_int, default=d.batch_size,
                      help='images per device (1 or 2 in Detectron)')
-    opt.add_argument('--epochs', type=int, default=d.epochs)
-    opt.add_argument('--lr', type=float, default=d.lr,
-                     help='base learning rate (default 0.02, Detectron\'s for 16 images; 0 = 0.00125 x total batch)')
-    opt.add_argument('--lr-decay', type=float, default=d.lr_decay)
+    opt.add_argument('--epochs', type=cli.positive_int, default=d.epochs)
+    # 0 is allowed: it asks for Detectron's linear rule, 0.00125 x the total batch.
+    opt.add_argument('--lr', type=cli.non_negative_float, default=d.lr,
+                     help="base learning rate (default 0.02, Detectron's for 16 images; "
+                          "0 = 0.00125 x total batch)")
+    opt.add_argument('--lr-decay', type=cli.positive_float, default=d.lr_decay)
     opt.add_argument('--lr-decay-epochs', default='',
                      help='comma-separated epochs where lr is multiplied by --lr-decay')
-    opt.add_argument('--warmup-iters', type=int, default=d.warmup_iters)
-    opt.add_argument('--wd', type=float, default=d.wd,
+    opt.add_argument('--warmup-iters', type=cli.non_negative_int, default=d.warmup_iters)
+    opt.add_argument('--wd', type=cli.non_negative_float, default=d.wd,
                      help='weight decay (never on biases or GN/BN gamma and beta)')
-    opt.add_argument('--momentum', type=float, default=d.momentum)
-    opt.add_argument('--seed', type=int, default=d.seed)
+    opt.add_argument('--momentum', type=cli.fraction, default=d.momentum)
+    opt.add_argument('--seed', type=cli.non_negative_int, default=d.seed)
     run_group = p.add_argument_group('run')
     run_group.add_argument('--out-dir', default=d.out_dir)
     run_group.add_argument('--resume', action='store_true',
                            help='continue from --out-dir/checkpoint.pkl')
     run_group.add_argument('--no-progress', action='store_true', help='no tqdm bars')
     run_group.add_argument('--no-hybridize', action='store_true')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    with cli.usage_errors(p):
+        parse_decay_epochs(args.lr_decay_epochs, allow_empty=True)
+    return args
 
 
 def config_from_args(args):

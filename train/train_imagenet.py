@@ -14,70 +14,87 @@ import argparse
 import json
 import re
 
-from gn_mxnet.training.config import DATASETS
-from gn_mxnet.training.grey_images import FASHION_MNIST_DIR, FASHION_MNIST_INSTALL
+from gn_mxnet.utils import cli
+
+CONFIG = 'gn_mxnet.training.config'  # the home of the option lists (docs/design.md §9)
 
 
-def parse_args(argv=None):
+def make_parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = p.add_argument_group('data (none given: the embedded MNIST-5k, split 4000/1000)')
-    d.add_argument('--dataset', choices=DATASETS,
-                   help='fashion-mnist: the 60k/10k IDX files from --data-dir, default '
-                        f'{FASHION_MNIST_DIR} ({FASHION_MNIST_INSTALL}); default: imagenet '
-                        'with .rec files or --data-dir, else mnist5k')
-    d.add_argument('--rec-train', help='training .rec (ImageRecordIter; .idx beside it)')
-    d.add_argument('--rec-val', help='validation .rec')
-    d.add_argument('--data-dir', help='image folder with train/<class>/ and val/<class>/')
-    d.add_argument('--num-classes', type=int, help='classes of .rec data (default 1000)')
+    cli.add_choice(d, '--dataset', 'gn_mxnet.training.config', 'DATASETS',
+                   help="fashion-mnist: Zalando's four IDX files from --data-dir, by default "
+                        "those of Debian's dataset-fashion-mnist; default: imagenet with .rec "
+                        "files or --data-dir, else mnist5k")
+    d.add_argument('--rec-train', type=cli.existing_file,
+                   help='training .rec (ImageRecordIter; several workers need the .idx beside it)')
+    d.add_argument('--rec-val', type=cli.existing_file, help='validation .rec')
+    d.add_argument('--data-dir', type=cli.existing_dir,
+                   help='image folder with train/<class>/ and val/<class>/')
+    d.add_argument('--num-classes', type=cli.positive_int,
+                   help='classes of .rec data (default 1000)')
     d.add_argument('--data-shape', help='C,H,W of the network input (default 3,224,224)')
-    d.add_argument('-j', '--data-threads', type=int, default=4,
+    d.add_argument('-j', '--data-threads', type=cli.positive_int, default=4,
                    help='decoding threads (.rec) or processes (image folder; 1 = in process)')
-    d.add_argument('--train-subset', type=int,
+    d.add_argument('--train-subset', type=cli.positive_int,
                    help='MNIST-5k: a fixed random n of the train samples')
-    d.add_argument('--val-subset', type=int,
+    d.add_argument('--val-subset', type=cli.positive_int,
                    help='MNIST-5k: a fixed random n of the val samples')
     n = p.add_argument_group('network')
     n.add_argument('--network', help='gn_mxnet.models name (default: resnet8_small for '
                                      'MNIST-5k, resnet50_v1b for ImageNet)')
     n.add_argument('--symbolic', action='store_true',
                    help='train the Symbol net from symbols/<family>.py instead of Gluon')
-    n.add_argument('--num-layers', type=int, help='--symbolic depth (default: from --network)')
-    n.add_argument('--norm', default='gn', help='bn | gn | ln | in')
-    n.add_argument('--num-groups', type=int, help='GN groups (default 32; 8 for MNIST-5k)')
-    n.add_argument('--gn-backend', default='native', help='native | custom | ops')
+    n.add_argument('--num-layers', type=cli.positive_int,
+                   help='--symbolic depth (default: from --network)')
+    cli.add_choice(n, '--norm', CONFIG, 'TRAIN_NORMS', default='gn')
+    n.add_argument('--num-groups', type=cli.positive_int,
+                   help='GN groups (default 32; 8 for MNIST-5k)')
+    cli.add_choice(n, '--gn-backend', 'gn_mxnet.operator.validation', 'BACKENDS', default='native')
     n.add_argument('--last-gamma', action='store_true',
                    help="zero-initialise each residual block's last norm gamma")
     o = p.add_argument_group('optimisation')
-    o.add_argument('--num-epochs', '--epochs', dest='epochs', type=int)
-    o.add_argument('--batch-size', type=int, help='per device (default 32)')
-    o.add_argument('--optimizer', default='sgd', help='sgd | nag')
-    o.add_argument('--base-lr', type=float, help='lr for a total batch of 256 (default 0.1)')
-    o.add_argument('--lr', type=float, help='absolute lr, overrides base-lr·B/256')
-    o.add_argument('--momentum', type=float, default=0.9)
-    o.add_argument('--wd', type=float, help='weight decay (default 1e-4; 5e-4 for MNIST-5k)')
+    o.add_argument('--num-epochs', '--epochs', dest='epochs', type=cli.positive_int)
+    o.add_argument('--batch-size', type=cli.positive_int, help='per device (default 32)')
+    cli.add_choice(o, '--optimizer', CONFIG, 'OPTIMIZERS', default='sgd')
+    o.add_argument('--base-lr', type=cli.positive_float,
+                   help='lr for a total batch of 256 (default 0.1)')
+    o.add_argument('--lr', type=cli.positive_float, help='absolute lr, overrides base-lr·B/256')
+    o.add_argument('--momentum', type=cli.fraction, default=0.9)
+    o.add_argument('--wd', type=cli.non_negative_float,
+                   help='weight decay (default 1e-4; 5e-4 for MNIST-5k)')
     o.add_argument('--no-wd', action='store_true', help='no weight decay on gamma/beta/bias')
-    o.add_argument('--lr-mode', help='step | cosine')
-    o.add_argument('--lr-decay', type=float, default=0.1)
+    cli.add_choice(o, '--lr-mode', 'gn_mxnet.training.schedule', 'LR_MODES',
+                   help='default: cosine for MNIST-5k, step for ImageNet')
+    o.add_argument('--lr-decay', type=cli.positive_float, default=0.1)
     o.add_argument('--lr-decay-epoch', dest='lr_decay_epochs', help='e.g. 30,60,90')
-    o.add_argument('--warmup-epochs', type=float)
-    o.add_argument('--label-smoothing', type=float, default=0.0, help='e.g. 0.1')
+    o.add_argument('--warmup-epochs', type=cli.non_negative_float)
+    o.add_argument('--label-smoothing', type=cli.fraction, default=0.0, help='e.g. 0.1')
     o.add_argument('--mixup', action='store_true')
-    o.add_argument('--mixup-alpha', type=float, default=0.2)
-    o.add_argument('--mixup-off-epoch', type=int, default=0)
+    o.add_argument('--mixup-alpha', type=cli.positive_float, default=0.2)
+    o.add_argument('--mixup-off-epoch', type=cli.non_negative_int, default=0)
     r = p.add_argument_group('devices and bookkeeping')
     r.add_argument('--gpus', default='', help="e.g. 0,1,2,3 ('' = CPU)")
-    r.add_argument('--kv-store', default='device',
-                   help='local | device | dist_sync | dist_device_sync')
-    r.add_argument('--dtype', default='float32', help='float32 | float16 (multi-precision)')
+    cli.add_choice(r, '--kv-store', CONFIG, 'KV_STORES', default='device')
+    cli.add_choice(r, '--dtype', CONFIG, 'DTYPES', help='float16: multi-precision',
+                   default='float32')
     r.add_argument('--no-hybridize', action='store_true')
-    r.add_argument('--seed', type=int, default=0)
+    r.add_argument('--seed', type=cli.non_negative_int, default=0)
     r.add_argument('--out-dir', default='runs/train_imagenet')
     r.add_argument('--resume', action='store_true', help='continue from out-dir/checkpoint.pkl')
-    r.add_argument('--stop-after-epochs', type=int,
+    r.add_argument('--stop-after-epochs', type=cli.positive_int,
                    help='end after this many epochs in total (the run can be resumed)')
     r.add_argument('--no-progress', action='store_true', help='no tqdm bars')
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None, parser=None):
+    parser = parser or make_parser()
+    args = parser.parse_args(argv)
+    with cli.usage_errors(parser):  # TrainConfig's own rules, e.g. warm-up within the epochs
+        config_from_args(args).resolved()
+    return args
 
 
 def config_from_args(args):
@@ -119,11 +136,15 @@ def symbol_factory(cfg, num_layers):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    parser = make_parser()
+    args = parse_args(argv, parser)
+    from gn_mxnet.training.data import DataError
     from gn_mxnet.training.loop import train
     config = config_from_args(args)
-    symbol = symbol_factory(config.resolved(), args.num_layers) if args.symbolic else None
-    summary = train(config, symbol=symbol)
+    with cli.usage_errors(parser):
+        symbol = symbol_factory(config.resolved(), args.num_layers) if args.symbolic else None
+    with cli.usage_errors(parser, DataError):  # e.g. labels beyond --num-classes
+        summary = train(config, symbol=symbol)
     final = summary['final']
     print(json.dumps({'best_val_top1': summary['best_val_top1'],
                       'final_val_top1': final.get('val_top1'),

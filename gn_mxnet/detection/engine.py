@@ -17,6 +17,7 @@ from gluoncv.data.batchify import MaskRCNNTrainBatchify
 from gluoncv.data.transforms.presets.rcnn import MaskRCNNDefaultTrainTransform
 
 from ..training import checkpoint as ckpt
+from ..training.config import KV_STORES as CLASSIFIER_KV_STORES
 from ..training.reporting import write_summary
 from ..training.runtime import epoch_seed, make_contexts, seed_everything
 from ..training.schedule import scheduled_lr
@@ -24,6 +25,10 @@ from ..utils.progress import progress
 from . import coco_data, evaluation, report
 from .losses import MaskRCNNLoss
 from .model import build_mask_rcnn, trainable_parameters
+
+
+# The detector's kvstores: the classifier's and NCCL (one machine, several GPUs).
+KV_STORES = CLASSIFIER_KV_STORES + ('nccl',)
 
 
 @dataclass

@@ -25,6 +25,8 @@ import sys
 import mxnet as mx
 import numpy as np
 
+from ..utils import cli
+from .norms import NORMS
 from .weight_files import (FORMATS, NAMING, UnsafePickleError, WeightMismatchError,
                            check_format, guess_format, read_tensors, write_tensors)
 
@@ -257,18 +259,20 @@ def main(argv=None):
         description="Convert ResNet weights between Detectron (.pkl), gluoncv/gn_mxnet "
                     "(.params) and torchvision/timm state dicts (.npz, .safetensors) through "
                     "a gn_mxnet net; fails, naming the tensors, unless every weight fits.")
-    parser.add_argument('source', help='weight file to read')
+    parser.add_argument('source', type=cli.existing_file, help='weight file to read')
     parser.add_argument('destination', help='weight file to write')
     parser.add_argument('--from', dest='source_format', choices=FORMATS,
                         help='format of SOURCE (default: from its extension)')
     parser.add_argument('--to', dest='destination_format', choices=FORMATS,
                         help='format of DESTINATION (default: from its extension)')
     parser.add_argument('--model', help='gn_mxnet model name (default: read from the file)')
-    parser.add_argument('--num-classes', type=int,
+    parser.add_argument('--num-classes', type=cli.positive_int,
                         help='classes of the head (default: read from the file)')
-    parser.add_argument('--norm', help="norm of the net (default: 'bn' if the file has running "
-                                       "statistics, else 'gn')")
-    parser.add_argument('--num-groups', type=int, default=32, help='GN groups (default 32)')
+    parser.add_argument('--norm', choices=NORMS,
+                        help="norm of the net (default: 'bn' if the file has running "
+                             "statistics, else 'gn')")
+    parser.add_argument('--num-groups', type=cli.positive_int, default=32,
+                        help='GN groups (default 32)')
     args = parser.parse_args(argv)
 
     try:

@@ -1,6 +1,47 @@
 """Training on several machines: gradients summed over MXNet's ps-lite kvstore. (Starting the
-machines' processes is gn_mxnet.training.launcher, which needs no MXNet.)"""
+machines' processes is gn_mxnet.training.launcher, which needs no MXNet.)
+
+A worker that fails must also *exit*: at interpreter shutdown MXNet frees the dist kvstore, whose
+ps::Finalize waits in a barrier for every other worker, and they wait for this one's gradients,
+so a worker that raised would never end and the launcher would never learn of it. In a ps-lite
+worker process (DMLC_ROLE=worker) importing this module therefore makes an uncaught exception,
+and a non-zero sys.exit (argparse's usage errors), end the process at once.
+"""
+import os
+import sys
+import threading
+import traceback
+
 import mxnet as mx
+
+
+def _end_now(code):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)   # no interpreter shutdown, so no kvstore barrier
+
+
+def guard_worker_exit():
+    """Make failures end this process at once (see the module docstring)."""
+    normal_exit = sys.exit
+
+    def excepthook(kind, value, tb):
+        traceback.print_exception(kind, value, tb)
+        _end_now(1)
+
+    def failing_exit(code=None):
+        if code not in (None, 0) and threading.current_thread() is threading.main_thread():
+            if not isinstance(code, int):
+                print(code, file=sys.stderr)
+                code = 1
+            _end_now(code)
+        normal_exit(code)
+
+    sys.excepthook, sys.exit = excepthook, failing_exit
+
+
+if os.environ.get('DMLC_ROLE') == 'worker':
+    guard_worker_exit()
 
 
 class DistributedGradients:

@@ -13,7 +13,7 @@ import mxnet as mx
 import numpy as np
 
 from .idx import IDXFormatError, read_idx
-from .source import DataSource, epoch_rng
+from .source import DataError, DataSource, epoch_rng
 
 MNIST5K_RELATIVE_PATH = os.path.join('data', 'data', 'mnist_5k.csv.gz')
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -137,8 +137,8 @@ class GreyImageSource(DataSource):
         (x_val, y_val) = fixed_subset(*val, val_subset, subset_seed + 1)
         per_part = len(x_train) // num_parts
         if per_part < batch_size:
-            raise ValueError(f"batch size {batch_size} exceeds the {per_part} training samples "
-                             f"each of the {num_parts} worker(s) gets")
+            raise DataError(f"batch size {batch_size} exceeds the {per_part} training samples "
+                            f"each of the {num_parts} worker(s) gets")
         self.batch_size, self.seed, self.shift_pixels = batch_size, seed, shift_pixels
         self.num_parts, self.part_index = num_parts, part_index
         self.x_train, self.y_train = self._normalize(x_train), y_train

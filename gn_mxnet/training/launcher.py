@@ -5,7 +5,11 @@ It replaces the wheel's `dmlc_tracker`, which fails on Python >= 3.9 (`Thread.is
 Every role runs the same command: importing mxnet with DMLC_ROLE=server or scheduler turns the
 process into that node (mxnet.kvstore_server), so the training script needs no special case.
 Processes run locally, or on hosts over ssh. Whatever happens — a worker fails, the timeout
-passes, Ctrl-C — every process this launcher started is ended before it returns.
+passes, Ctrl-C — every process this launcher started is ended before it returns, remote ones
+included: killing a local ssh client does not end its remote command (without a terminal nothing
+tells the command that the connection is gone), so each remote node runs in a session of its own
+whose id a small wrapper writes to a pid file, and stopping it signals that process group over a
+second ssh connection. Every wait is bounded, so a failed job ends in bounded time.
 """
 import os
 import shlex
@@ -14,10 +18,17 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 ROLES = ('scheduler', 'server', 'worker')
+SSH = ('ssh', '-o', 'StrictHostKeyChecking=no', '-o', 'BatchMode=yes')
+# Seconds an ssh call that signals remote processes may take to connect, and to finish.
+SSH_CONNECT_SECONDS, SSH_CALL_SECONDS = 10, 20
+# The remote side of a node, run by `setsid -w` (a new session and process group holding the
+# command and all it starts): it records the group id, runs the command, removes the record.
+_REMOTE_WRAPPER = 'echo $$ > {pid_file}; "$@"; status=$?; rm -f {pid_file}; exit $status'
 
 
 class LaunchError(RuntimeError):
@@ -33,6 +44,7 @@ class Node:
     process: Optional[subprocess.Popen] = None
     log_path: Optional[str] = None
     returncode: Optional[int] = None
+    pid_file: Optional[str] = None   # remote nodes: where their process group id is kept
 
     @property
     def name(self):
@@ -91,26 +103,44 @@ def plan(num_workers, num_servers, hosts=None, root_uri=None, port=None, extra_e
         for i in range(count):
             host = hosts[i % len(hosts)]
             nodes.append(Node(role, i, host, dict(common, DMLC_ROLE=role)))
+    job_id = uuid.uuid4().hex[:12]
     for node in nodes:
         # ps-lite binds to DMLC_NODE_HOST: the node's own address, loopback when local.
         node.env['DMLC_NODE_HOST'] = resolve(node.host)
         node.host = 'localhost' if local else node.host
+        if node.host != 'localhost':
+            node.pid_file = f'/tmp/gn_mxnet_launch.{job_id}.{node.name}.pid'
     return Job(nodes)
 
 
-def ssh_argv(host, command, env, cwd, ssh_options=()):
-    """The ssh command that runs `command` on `host` in `cwd` with `env` exported."""
+def ssh_argv(host, command, env, cwd, ssh_options=(), pid_file=None):
+    """The ssh command that runs `command` on `host` in `cwd` with `env` exported; with a
+    `pid_file`, in a process group of its own whose id that file holds while it runs."""
     exports = ' '.join(f'{k}={shlex.quote(v)}' for k, v in sorted(env.items()))
-    remote = f"cd {shlex.quote(cwd)} && env {exports} {' '.join(map(shlex.quote, command))}"
-    return ['ssh', '-o', 'StrictHostKeyChecking=no', '-o', 'BatchMode=yes',
-            *ssh_options, host, remote]
+    run = f"env {exports} {' '.join(map(shlex.quote, command))}"
+    if pid_file:
+        wrapper = _REMOTE_WRAPPER.format(pid_file=shlex.quote(pid_file))
+        run = f"exec setsid -w sh -c {shlex.quote(wrapper)} sh {run}"
+    return [*SSH, *ssh_options, host, f"cd {shlex.quote(cwd)} && {run}"]
+
+
+def remote_signal_argv(host, pid_file, sig, ssh_options=()):
+    """The ssh command that sends `sig` ('TERM' or 'KILL') to the process group recorded in
+    `pid_file` on `host`; after KILL it also removes the file."""
+    group = shlex.quote(pid_file)
+    script = f'p=$(cat {group} 2>/dev/null) && kill -{sig} -"$p" 2>/dev/null'
+    if sig == 'KILL':
+        script += f'; rm -f {group}'
+    return [*SSH, '-o', f'ConnectTimeout={SSH_CONNECT_SECONDS}', *ssh_options, host,
+            f'sh -c {shlex.quote(script + "; exit 0")}']
 
 
 def _start(node, command, cwd, log_dir):
     if node.host == 'localhost':
         argv, env = list(command), dict(os.environ, **node.env)
     else:
-        argv, env = ssh_argv(node.host, command, node.env, cwd), dict(os.environ)
+        argv = ssh_argv(node.host, command, node.env, cwd, pid_file=node.pid_file)
+        env = dict(os.environ)
     out = None
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
@@ -133,22 +163,50 @@ def _signal_group(process, sig):
         pass
 
 
+def _signal_remote(node, sig):
+    """Starts the ssh call that signals `node`'s remote process group (None for local nodes)."""
+    if not node.pid_file:
+        return None
+    return subprocess.Popen(remote_signal_argv(node.host, node.pid_file, sig),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _finish_calls(calls, deadline):
+    for call in calls:
+        try:
+            call.wait(timeout=max(deadline - time.time(), 0.01))
+        except subprocess.TimeoutExpired:
+            _signal_group(call, signal.SIGKILL)
+            call.wait()
+
+
 def stop(job, grace_seconds=5.0):
-    """SIGTERM every running node's process group, then SIGKILL what is left."""
+    """SIGTERM every running node's process group, then SIGKILL what is left.
+
+    A remote node is signalled over a second ssh connection, unless its command is known to
+    have ended well (its ssh exited 0); its local ssh client exits once the remote group is
+    gone. The local SIGKILL of an ssh client alone would leave the remote command running.
+    """
+    remote = [n for n in job.nodes if n.pid_file and n.process and n.process.poll() != 0]
+    calls = [_signal_remote(n, 'TERM') for n in remote]
     running = [n.process for n in job.nodes if n.process and n.process.poll() is None]
-    for process in running:
-        _signal_group(process, signal.SIGTERM)
+    for node in job.nodes:
+        if node.process in running and not node.pid_file:
+            _signal_group(node.process, signal.SIGTERM)
     deadline = time.time() + grace_seconds
     for process in running:
         try:
             process.wait(timeout=max(deadline - time.time(), 0.01))
         except subprocess.TimeoutExpired:
-            _signal_group(process, signal.SIGKILL)
-            process.wait()
+            pass
+    calls += [_signal_remote(n, 'KILL') for n in remote]  # stragglers; removes the pid file
     for node in job.nodes:
         if node.process:
             _signal_group(node.process, signal.SIGKILL)  # stragglers left in the group
-            node.returncode = node.process.poll()
+            node.process.wait()
+            node.returncode = node.process.returncode
+    _finish_calls(calls, time.time() + SSH_CALL_SECONDS)
 
 
 def run(command, num_workers, num_servers=1, hosts=None, root_uri=None, port=None,
@@ -179,8 +237,10 @@ def run(command, num_workers, num_servers=1, hosts=None, root_uri=None, port=Non
 
 def _failure(node):
     where = f" (log: {node.log_path})" if node.log_path else ''
-    return LaunchError(f"{node.name} on {node.host} exited with code "
-                       f"{node.process.returncode}{where}")
+    code = node.process.returncode
+    if node.pid_file and code == 255:
+        where += ' (255: ssh could not reach the host, or lost it)'
+    return LaunchError(f"{node.name} on {node.host} exited with code {code}{where}")
 
 
 def _wait_workers(job, start, timeout, poll_seconds):

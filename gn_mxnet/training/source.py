@@ -3,6 +3,14 @@
 import numpy as np
 
 
+class DataError(ValueError):
+    """The data do not fit the options (a usage error: the scripts exit 2 with its message)."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A data file or folder the options name does not exist."""
+
+
 def epoch_rng(seed, epoch, salt=0):
     """A RandomState fixed by (seed, epoch): the same epoch draws the same numbers on resume."""
     return np.random.RandomState([seed & 0xFFFFFFFF, epoch, salt])

@@ -1,2 +1,2 @@
-"""Small shared utilities with no MXNet in them: crash-safe files, CSV tables, PNG plots and
-progress bars, used by every layer above the operator."""
+"""Small shared utilities with no MXNet in them: crash-safe files, CSV tables, PNG plots,
+progress bars and the scripts' argument checks (cli), used by every layer above the operator."""
