@@ -162,6 +162,37 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     assert os.listdir(tmp_path) == ['file.txt']
 
 
+@pytest.mark.parametrize('umask', [0o022, 0o027, 0o077], ids=oct)
+def test_atomic_write_gives_open_permissions_without_touching_the_umask(tmp_path, monkeypatch,
+                                                                        umask):
+    previous = os.umask(umask)
+    try:
+        with open(tmp_path / 'plain', 'w'):
+            pass
+        # os.umask is process-wide: reading it (umask(0), then back) races with other threads.
+        monkeypatch.setattr(os, 'umask', lambda *_: pytest.fail('atomic_path called os.umask'))
+        atomic_write_text(str(tmp_path / 'atomic'), 'new')
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    mode = lambda name: os.stat(tmp_path / name).st_mode & 0o777
+    assert mode('atomic') == mode('plain') == 0o666 & ~umask
+
+
+def test_stale_temporaries_are_the_only_files_removed(tmp_path):
+    from gn_mxnet.utils.files import remove_stale_temporaries
+    with pytest.raises(RuntimeError):
+        with atomic_path(str(tmp_path / 'checkpoint.pkl')) as tmp:
+            kept = tmp + '.copy'
+            os.link(tmp, kept)   # what a SIGKILL would leave: the temporary, no target
+            raise RuntimeError
+    os.rename(kept, tmp)
+    for name in ('log.csv', '.hidden', 'x.tmp', '.x.tmp'):
+        (tmp_path / name).write_text('mine')
+    assert remove_stale_temporaries(str(tmp_path)) == [os.path.basename(tmp)]
+    assert sorted(os.listdir(tmp_path)) == ['.hidden', '.x.tmp', 'log.csv', 'x.tmp']
+
+
 def test_recipe_options_run(tmp_path):
     """NAG, step schedule, label smoothing, mixup, no-wd, last-gamma and the ops backend."""
     cfg = TrainConfig(out_dir=str(tmp_path), optimizer='nag', lr_mode='step',
