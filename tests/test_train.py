@@ -14,6 +14,7 @@ import pytest
 
 from gn_mxnet.training import checkpoint as ckpt
 from gn_mxnet.training.config import TrainConfig
+from gn_mxnet.training.data import DataSource, MNIST5kSource
 from gn_mxnet.training.loop import train
 from gn_mxnet.training.schedule import learning_rate
 from gn_mxnet.utils.files import atomic_path, atomic_write_text
@@ -115,6 +116,14 @@ def test_resume_after_stop_equals_uninterrupted(uninterrupted, tmp_path):
     summary, out = uninterrupted
     stopped = train(TrainConfig(out_dir=str(tmp_path), stop_after_epochs=1, **QUICK))
     assert not stopped['finished'] and stopped['epochs_done'] == 1
+    saved = (tmp_path / 'checkpoint.pkl').read_bytes()
+    with pytest.raises(FileExistsError) as refused:   # a new run never replaces it silently
+        train(TrainConfig(out_dir=str(tmp_path), **QUICK))
+    for words in (str(tmp_path), 'checkpoint.pkl', '--resume', '--overwrite'):
+        assert words in str(refused.value)
+    assert (tmp_path / 'checkpoint.pkl').read_bytes() == saved
+    with pytest.raises(ValueError, match='not both'):
+        train(TrainConfig(out_dir=str(tmp_path), resume=True, overwrite=True, **QUICK))
     resumed = train(TrainConfig(out_dir=str(tmp_path), resume=True, **QUICK))
     assert resumed['finished'] and resumed['epochs_done'] == 3
     assert_same_params(os.path.join(out, 'last.params'), str(tmp_path / 'last.params'))
@@ -123,30 +132,108 @@ def test_resume_after_stop_equals_uninterrupted(uninterrupted, tmp_path):
         train(TrainConfig(out_dir=str(tmp_path), resume=True, **{**QUICK, 'seed': 5}))
 
 
+# Runs a script whose second checkpoint write SIGKILLs its own process half-way through the
+# bytes, inside atomic_path: the deterministic worst moment for a kill.
+KILLED_IN_SECOND_CHECKPOINT = """
+import os, runpy, signal, sys
+from gn_mxnet.training import checkpoint
+from gn_mxnet.utils import files
+written = []
+
+def write_then_die(path, payload):
+    written.append(path)
+    if len(written) < 2:
+        return files.atomic_write_bytes(path, payload)
+    with files.atomic_path(path) as tmp:
+        with open(tmp, 'wb') as f:
+            f.write(payload[:len(payload) // 2])
+            f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+checkpoint.atomic_write_bytes = write_then_die
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
 def test_resume_after_sigkill_equals_uninterrupted(uninterrupted, tmp_path):
     _, out = uninterrupted
     killed = str(tmp_path / 'killed')
-    args = [sys.executable, SCRIPT, '--out-dir', killed, '--epochs', '3', '--train-subset',
-            '512', '--val-subset', '200', '--no-progress']
-    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:  # kill it as soon as the first epoch's checkpoint exists, i.e. during epoch 2
-        deadline = time.time() + 120
-        while not os.path.exists(os.path.join(killed, 'checkpoint.pkl')):
-            assert process.poll() is None, 'training ended before it could be killed'
-            assert time.time() < deadline, 'no checkpoint after 120 s'
-            time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    state = ckpt.load_checkpoint(killed)
+    args = [SCRIPT, '--out-dir', killed, '--epochs', '3', '--train-subset', '512',
+            '--val-subset', '200', '--no-progress']
+    died = subprocess.run([sys.executable, '-c', KILLED_IN_SECOND_CHECKPOINT] + args, cwd=REPO,
+                          timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert died.returncode == -signal.SIGKILL
+    state = ckpt.load_checkpoint(killed)   # the last complete checkpoint, epoch 1's
     assert 1 <= state['epoch'] < 3
-    subprocess.run(args + ['--resume'], cwd=REPO, check=True, timeout=300,
+    assert state['epoch'] == 1
+    assert [n for n in os.listdir(killed) if n.startswith('.checkpoint.pkl.')]
+    subprocess.run([sys.executable] + args + ['--resume'], cwd=REPO, check=True, timeout=300,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert_same_params(os.path.join(out, 'last.params'), os.path.join(killed, 'last.params'))
+    assert not [n for n in os.listdir(killed) if n.endswith('.tmp')]   # cleared at the start
+
+
+class NaNInEpoch(DataSource):
+    """A data source whose `epoch` (0-based) has a NaN pixel in its batch `step`."""
+
+    def __init__(self, source, epoch, step):
+        self.source, self.bad = source, (epoch, step)
+        for name in ('num_classes', 'data_shape', 'num_train', 'batch_size'):
+            setattr(self, name, getattr(source, name))
+
+    def train_batches(self, epoch):
+        for step, (x, y) in enumerate(self.source.train_batches(epoch)):
+            if (epoch, step) == self.bad:
+                x = x.copy()
+                x[0, 0, 0, 0] = float('nan')
+            yield x, y
+
+    def val_batches(self):
+        return self.source.val_batches()
+
+    def describe(self):
+        return self.source.describe()
+
+
+def linear_classifier():
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.Flatten(), mx.gluon.nn.Dense(10))
+    return net
+
+
+# ResNet: ReLU maps NaN to 0, the loss stays finite and the step makes weights NaN, found
+# before the epoch's files are written. Linear: the loss itself is NaN at that step.
+@pytest.mark.parametrize('make_net, words', [(lambda: None, 'after epoch 2: 2 parameter'),
+                                              (linear_classifier, 'loss became nan at epoch 2 '
+                                                                  'step 3')],
+                         ids=['resnet', 'linear'])
+def test_a_nan_loss_stops_before_anything_is_overwritten(tmp_path, make_net, words):
+    cfg = TrainConfig(out_dir=str(tmp_path), epochs=2, train_subset=128, val_subset=100,
+                      progress=False)
+    source = lambda: MNIST5kSource(32, seed=0, train_subset=128, val_subset=100)
+    with pytest.raises(FloatingPointError, match=words + '.*the last checkpoint stays'):
+        train(cfg, net=make_net(), data=NaNInEpoch(source(), epoch=1, step=2))
+    state = ckpt.load_checkpoint(str(tmp_path))
+    assert state['epoch'] == 1 and len(state['history']) == 1
+    assert all(np.isfinite(v).all() for v in state['params'].values())
+    last = load_params(str(tmp_path / 'last.params'))
+    for name, value in state['params'].items():
+        np.testing.assert_array_equal(last[name], value, err_msg=name)
+    with open(tmp_path / 'log.csv') as f:
+        assert [row['epoch'] for row in csv.DictReader(f)] == ['1']
+    cfg.resume = True   # the last good checkpoint continues
+    assert train(cfg, net=make_net(), data=source())['finished']
+
+
+def test_overwrite_replaces_the_old_run(tmp_path):
+    (tmp_path / 'checkpoint.pkl').write_bytes(b'an older run')
+    (tmp_path / 'best.params').write_bytes(b'an older run')
+    (tmp_path / '.last.params.k3j9.tmp').write_bytes(b'a killed write')
+    summary = train(TrainConfig(out_dir=str(tmp_path), overwrite=True, epochs=1,
+                                train_subset=64, val_subset=50, progress=False))
+    assert summary['finished'] and ckpt.load_checkpoint(str(tmp_path))['epoch'] == 1
+    assert sorted(os.listdir(tmp_path)) == sorted(summary['files'])
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):

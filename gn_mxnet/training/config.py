@@ -75,7 +75,8 @@ class TrainConfig:
     # bookkeeping
     seed: int = 0
     out_dir: str = 'runs/train'
-    resume: bool = False
+    resume: bool = False                # continue the run in out_dir from its checkpoint
+    overwrite: bool = False             # replace the run in out_dir (its files are deleted)
     stop_after_epochs: Optional[int] = None  # end the run early, as if killed after epoch n
     progress: bool = True
 

@@ -21,10 +21,14 @@ from .data import epoch_rng, make_data_source
 from .distributed import DistributedGradients
 from .metrics import EpochMeter, soft_targets
 from .network import make_network, prepare_network
+from .rundir import start_run, worker_dir
 from .runtime import epoch_seed, make_contexts, seed_everything
 from .schedule import learning_rate
 
 BEST_PARAMS, LAST_PARAMS = 'best.params', 'last.params'
+# A folder holding any of these holds a run (a new run there needs --resume or --overwrite).
+RUN_FILES = (ckpt.CHECKPOINT_NAME, BEST_PARAMS, LAST_PARAMS, reporting.LOG_NAME,
+             reporting.SUMMARY_NAME, reporting.CURVES_NAME)
 
 
 def evaluate(net, data, contexts, dtype):
@@ -72,6 +76,13 @@ def train_one_epoch(net, trainer, data, epoch, cfg, contexts, num_workers, total
         trainer.step(global_batch)
         for out, yi, li in zip(outputs, ys, losses):
             meter.update(out, yi, li)
+        # The meter has the loss on the host already; a diverged run stops in this epoch,
+        # before its end writes params and checkpoint over the last good ones.
+        if not np.isfinite(meter.loss):
+            raise FloatingPointError(f"the training loss became {meter.loss} at epoch "
+                                     f"{epoch + 1} step {i + 1}; nothing of this epoch was "
+                                     f"written, the last checkpoint stays; lower the "
+                                     f"learning rate")
     seconds = time.time() - start
     row = meter.result('train')
     row.update(lr=lr, img_per_sec=meter.count * num_workers / max(seconds, 1e-9),
@@ -96,8 +107,9 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
                          "convolution on CPU")
     kv = mx.kv.create(cfg.kv_store) if 'dist' in cfg.kv_store else cfg.kv_store
     rank, num_workers = (kv.rank, kv.num_workers) if 'dist' in cfg.kv_store else (0, 1)
-    out_dir = cfg.out_dir if num_workers == 1 else os.path.join(cfg.out_dir, f'worker{rank}')
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = worker_dir(cfg.out_dir, rank, num_workers)
+    state = start_run(out_dir, RUN_FILES, cfg.identity(), resume=cfg.resume,
+                      overwrite=cfg.overwrite)
 
     data = data or make_data_source(cfg, len(contexts), rank, num_workers)
     net = prepare_network(cfg, make_network(cfg, data.num_classes, net, symbol),
@@ -113,13 +125,7 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
     dist_sync = DistributedGradients(kv, net.collect_params()) if distributed else None
 
     history, best, start_epoch = [], {'val_top1': -1.0, 'epoch': 0}, 0
-    if cfg.resume:
-        state = ckpt.load_checkpoint(out_dir)
-        changed = {k: (state['config'].get(k), v) for k, v in cfg.identity().items()
-                   if state['config'].get(k) != v}
-        if changed:
-            raise ValueError(f"--resume with a different configuration than the checkpoint's "
-                             f"(saved, now): {changed}")
+    if state is not None:
         start_epoch = ckpt.restore_checkpoint(state, net=net, trainer=trainer)
         history, best = state['history'], state['best']
 
@@ -135,6 +141,7 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
         row.update(train_one_epoch(net, trainer, data, epoch, cfg, contexts, num_workers,
                                    total_lr, dist_sync))
         row.update(evaluate(net, data, contexts, cfg.dtype))
+        ckpt.require_finite(net, f'after epoch {epoch + 1}')
         history.append(row)
         ckpt.save_parameters(net, os.path.join(out_dir, LAST_PARAMS))
         if row['val_top1'] > best['val_top1']:
