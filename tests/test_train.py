@@ -1,6 +1,7 @@
 """The training job: schedule, validation, outputs, resume after a stop or a SIGKILL, the .rec,
 image-folder and Symbol paths, and (slow) the default run's accuracy and time budget."""
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -124,12 +125,31 @@ def test_resume_after_stop_equals_uninterrupted(uninterrupted, tmp_path):
     assert (tmp_path / 'checkpoint.pkl').read_bytes() == saved
     with pytest.raises(ValueError, match='not both'):
         train(TrainConfig(out_dir=str(tmp_path), resume=True, overwrite=True, **QUICK))
-    resumed = train(TrainConfig(out_dir=str(tmp_path), resume=True, **QUICK))
+    # Every setting that changes results is compared, and each difference is named.
+    changed = dict(momentum=0.8, lr_decay=0.5, mixup_alpha=0.3, val_subset=100, num_classes=12,
+                   model_kwargs={'name_prefix': 'other_'}, kv_store='local')
+    with pytest.raises(ValueError, match='different configuration') as refused:
+        train(TrainConfig(out_dir=str(tmp_path), resume=True, **{**QUICK, **changed}))
+    for key, value in changed.items():
+        assert f'{key}: saved ' in str(refused.value) and f'now {value!r}' in str(refused.value)
+    assert 'momentum: saved 0.9, now 0.8' in str(refused.value)
+    # MNIST-5k decodes nothing: its data threads change nothing and may differ.
+    resumed = train(TrainConfig(out_dir=str(tmp_path), resume=True, data_threads=2, **QUICK))
     assert resumed['finished'] and resumed['epochs_done'] == 3
     assert_same_params(os.path.join(out, 'last.params'), str(tmp_path / 'last.params'))
     assert resumed['final']['val_loss'] == summary['final']['val_loss']
     with pytest.raises(ValueError, match='different configuration'):
         train(TrainConfig(out_dir=str(tmp_path), resume=True, **{**QUICK, 'seed': 5}))
+
+
+def test_resume_identity_is_every_field_but_bookkeeping():
+    from gn_mxnet.training.config import BOOKKEEPING
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(BOOKKEEPING) < fields
+    rec = TrainConfig(rec_train='t.rec', rec_val='v.rec', gpus='0,1').identity()
+    assert set(rec) == fields - set(BOOKKEEPING)
+    assert rec['gpus'] == 2   # the device count (total batch), not which devices
+    assert set(TrainConfig().identity()) == fields - set(BOOKKEEPING) - {'data_threads'}
 
 
 # Runs a script whose second checkpoint write SIGKILLs its own process half-way through the

@@ -6,6 +6,7 @@ source (MXNet, NumPy, Python) is re-seeded from (seed, e) and the data order is 
 (seed, e). A run resumed from the checkpoint after epoch k therefore repeats exactly what the
 uninterrupted run did in epochs k+1, k+2, ...
 """
+import dataclasses
 import os
 import time
 
@@ -108,8 +109,9 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
     kv = mx.kv.create(cfg.kv_store) if 'dist' in cfg.kv_store else cfg.kv_store
     rank, num_workers = (kv.rank, kv.num_workers) if 'dist' in cfg.kv_store else (0, 1)
     out_dir = worker_dir(cfg.out_dir, rank, num_workers)
-    state = start_run(out_dir, RUN_FILES, cfg.identity(), resume=cfg.resume,
-                      overwrite=cfg.overwrite)
+    # The worker count sets the total batch (and so the lr) like the devices do.
+    identity = cfg.identity() | {'num_workers': num_workers}
+    state = start_run(out_dir, RUN_FILES, identity, resume=cfg.resume, overwrite=cfg.overwrite)
 
     data = data or make_data_source(cfg, len(contexts), rank, num_workers)
     net = prepare_network(cfg, make_network(cfg, data.num_classes, net, symbol),
@@ -148,7 +150,7 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
             best = {'val_top1': row['val_top1'], 'val_top5': row['val_top5'], 'epoch': epoch + 1}
             ckpt.save_parameters(net, os.path.join(out_dir, BEST_PARAMS))
         ckpt.save_checkpoint(out_dir, net=net, trainer=trainer, epoch=epoch + 1, best=best,
-                             history=history, config=cfg.identity())
+                             history=history, config=identity)
         reporting.write_log(out_dir, history)
         reporting.plot_curves(out_dir, history, title=f'{cfg.network} {cfg.norm} ({out_dir})')
         message = (f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
@@ -182,8 +184,7 @@ def make_summary(cfg, data, net, history, best, out_dir, num_workers, rank, wall
         'data': data.describe(),
         'num_workers': num_workers,
         'rank': rank,
-        'config': cfg.identity() | {'kv_store': cfg.kv_store, 'gpus': cfg.gpus,
-                                    'no_wd': cfg.no_wd, 'wd': cfg.wd},
+        'config': dataclasses.asdict(cfg),
         'files': {name: os.path.join(out_dir, name) for name in
                   (reporting.LOG_NAME, reporting.CURVES_NAME, BEST_PARAMS, LAST_PARAMS,
                    ckpt.CHECKPOINT_NAME, reporting.SUMMARY_NAME)},

@@ -5,10 +5,12 @@ A folder holds a run when any of the run's files is there. A new run into it is 
 it resumes that run (from its checkpoint, with the same settings) or overwrites it (the old
 run's files are deleted first, so the folder never mixes two runs): nothing is lost silently.
 """
+import dataclasses
 import os
 
 from ..utils.files import remove_stale_temporaries
 from . import checkpoint as ckpt
+from .runtime import parse_gpus
 
 _NOT_SAVED = '<not saved>'
 
@@ -16,6 +18,22 @@ _NOT_SAVED = '<not saved>'
 def worker_dir(out_dir, rank, num_workers):
     """Each worker of a multi-machine job writes its own files, in out_dir/worker<rank>."""
     return out_dir if num_workers == 1 else os.path.join(out_dir, f'worker{rank}')
+
+
+def config_identity(cfg, bookkeeping):
+    """The settings of dataclass `cfg` that decide what a run computes: every field except the
+    `bookkeeping` ones, so a field added later is compared on resume unless declared harmless.
+
+    `gpus` counts devices (0: CPU): the count sets the total batch, which GPUs does not.
+    """
+    values = {}
+    for key, value in dataclasses.asdict(cfg).items():
+        if key in bookkeeping:
+            continue
+        if key == 'gpus':
+            value = len(parse_gpus(value))
+        values[key] = list(value) if isinstance(value, tuple) else value
+    return values
 
 
 def prepare_out_dir(out_dir, run_files, *, resume, overwrite):
