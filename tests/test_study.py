@@ -101,6 +101,10 @@ def test_reduced_study_writes_everything_and_resumes(tmp_path, native_library):
     # A half-done study (one run lost, plus a stale work dir) trains exactly the missing run.
     runner.write_runs(str(tmp_path), on_disk[:-1])
     os.makedirs(tmp_path / '_work' / 'stale')
+    # ... whose own work dir holds what a kill before its first checkpoint leaves.
+    lost = tmp_path / '_work' / f"{on_disk[-1]['cell']}_s0"
+    os.makedirs(lost)
+    (lost / 'last.params').write_bytes(b'killed before its first checkpoint')
     logs.clear()
     runner.run_study(reduced(tmp_path), log=logs.append)
     assert logs[0].startswith('5 runs planned, 1 to train')

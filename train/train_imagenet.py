@@ -83,6 +83,8 @@ def make_parser():
     r.add_argument('--seed', type=cli.non_negative_int, default=0)
     r.add_argument('--out-dir', default='runs/train_imagenet')
     r.add_argument('--resume', action='store_true', help='continue from out-dir/checkpoint.pkl')
+    r.add_argument('--overwrite', action='store_true',
+                   help='delete the run already in out-dir and start afresh')
     r.add_argument('--stop-after-epochs', type=cli.positive_int,
                    help='end after this many epochs in total (the run can be resumed)')
     r.add_argument('--no-progress', action='store_true', help='no tqdm bars')
@@ -112,7 +114,7 @@ def config_from_args(args):
         mixup=args.mixup, mixup_alpha=args.mixup_alpha, mixup_off_epoch=args.mixup_off_epoch,
         gpus=args.gpus, kv_store=args.kv_store, dtype=args.dtype,
         hybridize=not args.no_hybridize, seed=args.seed, out_dir=args.out_dir,
-        resume=args.resume, stop_after_epochs=args.stop_after_epochs,
+        resume=args.resume, overwrite=args.overwrite, stop_after_epochs=args.stop_after_epochs,
         progress=not args.no_progress)
 
 

@@ -30,7 +30,10 @@ def train_cell(cell, seed, s, work_dir):
                       epochs=s.epochs, batch_size=cell.batch_size, base_lr=s.base_lr,
                       train_subset=s.train_subset, seed=seed, out_dir=work_dir,
                       progress=False, **s.extra)
+    # The work dir is this run's own: continue its checkpoint, or replace what a run killed
+    # before its first checkpoint left there.
     cfg.resume = os.path.exists(os.path.join(work_dir, ckpt.CHECKPOINT_NAME))
+    cfg.overwrite = not cfg.resume
     norm = ChannelsPerGroupNorm(cell.group_size) if cell.group_size else cell.norm
     net = get_model(s.network, num_classes=10, norm=norm, num_groups=cell.num_groups or 1,
                     last_gamma=cfg.last_gamma)

@@ -42,6 +42,18 @@ def set_parameter_arrays(net, arrays):
         param.set_data(mx.nd.array(value, dtype=value.dtype))
 
 
+def require_finite(net, when):
+    """Raises FloatingPointError naming the parameters holding NaN or Inf. Called before a run
+    writes its params and checkpoint, so a diverged step never replaces the last good ones.
+    (A finite loss does not prove finite weights: ReLU maps NaN to 0.)"""
+    bad = [name for name, param in net._collect_params_with_prefix().items()
+           if not np.isfinite(param.data().asnumpy()).all()]
+    if bad:
+        raise FloatingPointError(f"{when}: {len(bad)} parameter(s) are NaN or Inf "
+                                 f"({', '.join(bad[:5])}); nothing was written, the last "
+                                 f"checkpoint stays; lower the learning rate")
+
+
 def trainer_state_bytes(trainer):
     """The optimizer and its per-parameter states (momentum, fp32 master weights)."""
     with tempfile.TemporaryDirectory() as folder:

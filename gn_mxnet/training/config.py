@@ -11,6 +11,7 @@ from typing import Optional
 
 from ..models.norms import NORMS
 from ..operator.validation import BACKENDS
+from .rundir import config_identity
 from .schedule import LR_MODES, parse_decay_epochs
 
 # The norms a classifier trains with: every norm but 'none' (a net without norm layers).
@@ -37,6 +38,11 @@ PRESETS = {
                      base_lr=0.1, warmup_epochs=5.0, lr_mode='step',
                      lr_decay_epochs='30,60,90', num_classes=1000, data_shape=(3, 224, 224)),
 }
+
+# The fields that do not change what a run computes: where it writes, whether it continues or
+# replaces the run there, whether it shows bars, and where it stops early (a stopped run
+# resumes to the same end). Every other field is compared when a run is resumed.
+BOOKKEEPING = ('out_dir', 'resume', 'overwrite', 'progress', 'stop_after_epochs')
 
 
 @dataclass
@@ -83,7 +89,8 @@ class TrainConfig:
     # bookkeeping
     seed: int = 0
     out_dir: str = 'runs/train'
-    resume: bool = False
+    resume: bool = False                # continue the run in out_dir from its checkpoint
+    overwrite: bool = False             # replace the run in out_dir (its files are deleted)
     stop_after_epochs: Optional[int] = None  # end the run early, as if killed after epoch n
     progress: bool = True
 
@@ -150,13 +157,14 @@ class TrainConfig:
         return self
 
     def identity(self):
-        """The fields that must not change when a run is resumed."""
-        keys = ('network', 'norm', 'num_groups', 'gn_backend', 'last_gamma', 'dataset',
-                'rec_train', 'data_dir', 'data_shape', 'train_subset', 'epochs', 'batch_size', 'optimizer',
-                'base_lr', 'lr', 'lr_mode', 'lr_decay_epochs', 'warmup_epochs', 'seed', 'dtype',
-                'mixup', 'label_smoothing', 'wd', 'no_wd')
-        return {k: (list(v) if isinstance(v, tuple) else v)
-                for k, v in dataclasses.asdict(self).items() if k in keys}
+        """The settings compared on --resume: all but BOOKKEEPING (see config_identity).
+
+        MNIST-5k and Fashion-MNIST are in memory, so their data_threads decode nothing and
+        change nothing."""
+        values = config_identity(self, BOOKKEEPING)
+        if self.inferred_dataset() in ('mnist5k', 'fashion-mnist'):
+            del values['data_threads']
+        return values
 
 
 def parse_shape(shape):

@@ -6,6 +6,7 @@ source (MXNet, NumPy, Python) is re-seeded from (seed, e) and the data order is 
 (seed, e). A run resumed from the checkpoint after epoch k therefore repeats exactly what the
 uninterrupted run did in epochs k+1, k+2, ...
 """
+import dataclasses
 import os
 import time
 
@@ -21,11 +22,15 @@ from .data import make_data_source
 from .distributed import DistributedGradients
 from .metrics import EpochMeter, soft_targets
 from .network import make_network, prepare_network
+from .rundir import start_run, worker_dir
 from .runtime import epoch_seed, make_contexts, seed_everything
 from .schedule import learning_rate
 from .source import epoch_rng
 
 BEST_PARAMS, LAST_PARAMS = 'best.params', 'last.params'
+# A folder holding any of these holds a run (a new run there needs --resume or --overwrite).
+RUN_FILES = (ckpt.CHECKPOINT_NAME, BEST_PARAMS, LAST_PARAMS, reporting.LOG_NAME,
+             reporting.SUMMARY_NAME, reporting.CURVES_NAME)
 
 
 def evaluate(net, data, contexts, dtype):
@@ -73,6 +78,13 @@ def train_one_epoch(net, trainer, data, epoch, cfg, contexts, num_workers, total
         trainer.step(global_batch)
         for out, yi, li in zip(outputs, ys, losses):
             meter.update(out, yi, li)
+        # The meter has the loss on the host already; a diverged run stops in this epoch,
+        # before its end writes params and checkpoint over the last good ones.
+        if not np.isfinite(meter.loss):
+            raise FloatingPointError(f"the training loss became {meter.loss} at epoch "
+                                     f"{epoch + 1} step {i + 1}; nothing of this epoch was "
+                                     f"written, the last checkpoint stays; lower the "
+                                     f"learning rate")
     seconds = time.time() - start
     row = meter.result('train')
     row.update(lr=lr, img_per_sec=meter.count * num_workers / max(seconds, 1e-9),
@@ -97,8 +109,10 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
                          "convolution on CPU")
     kv = mx.kv.create(cfg.kv_store) if 'dist' in cfg.kv_store else cfg.kv_store
     rank, num_workers = (kv.rank, kv.num_workers) if 'dist' in cfg.kv_store else (0, 1)
-    out_dir = cfg.out_dir if num_workers == 1 else os.path.join(cfg.out_dir, f'worker{rank}')
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = worker_dir(cfg.out_dir, rank, num_workers)
+    # The worker count sets the total batch (and so the lr) like the devices do.
+    identity = cfg.identity() | {'num_workers': num_workers}
+    state = start_run(out_dir, RUN_FILES, identity, resume=cfg.resume, overwrite=cfg.overwrite)
 
     data = data or make_data_source(cfg, len(contexts), rank, num_workers)
     net = prepare_network(cfg, make_network(cfg, data.num_classes, net, symbol),
@@ -114,13 +128,7 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
     dist_sync = DistributedGradients(kv, net.collect_params()) if distributed else None
 
     history, best, start_epoch = [], {'val_top1': -1.0, 'epoch': 0}, 0
-    if cfg.resume:
-        state = ckpt.load_checkpoint(out_dir)
-        changed = {k: (state['config'].get(k), v) for k, v in cfg.identity().items()
-                   if state['config'].get(k) != v}
-        if changed:
-            raise ValueError(f"--resume with a different configuration than the checkpoint's "
-                             f"(saved, now): {changed}")
+    if state is not None:
         start_epoch = ckpt.restore_checkpoint(state, net=net, trainer=trainer)
         history, best = state['history'], state['best']
 
@@ -136,13 +144,14 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
         row.update(train_one_epoch(net, trainer, data, epoch, cfg, contexts, num_workers,
                                    total_lr, dist_sync))
         row.update(evaluate(net, data, contexts, cfg.dtype))
+        ckpt.require_finite(net, f'after epoch {epoch + 1}')
         history.append(row)
         ckpt.save_parameters(net, os.path.join(out_dir, LAST_PARAMS))
         if row['val_top1'] > best['val_top1']:
             best = {'val_top1': row['val_top1'], 'val_top5': row['val_top5'], 'epoch': epoch + 1}
             ckpt.save_parameters(net, os.path.join(out_dir, BEST_PARAMS))
         ckpt.save_checkpoint(out_dir, net=net, trainer=trainer, epoch=epoch + 1, best=best,
-                             history=history, config=cfg.identity())
+                             history=history, config=identity)
         reporting.write_log(out_dir, history)
         reporting.plot_curves(out_dir, history, title=f'{cfg.network} {cfg.norm} ({out_dir})')
         message = (f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
@@ -176,8 +185,7 @@ def make_summary(cfg, data, net, history, best, out_dir, num_workers, rank, wall
         'data': data.describe(),
         'num_workers': num_workers,
         'rank': rank,
-        'config': cfg.identity() | {'kv_store': cfg.kv_store, 'gpus': cfg.gpus,
-                                    'no_wd': cfg.no_wd, 'wd': cfg.wd},
+        'config': dataclasses.asdict(cfg),
         'files': {name: os.path.join(out_dir, name) for name in
                   (reporting.LOG_NAME, reporting.CURVES_NAME, BEST_PARAMS, LAST_PARAMS,
                    ckpt.CHECKPOINT_NAME, reporting.SUMMARY_NAME)},
