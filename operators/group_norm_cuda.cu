@@ -219,7 +219,7 @@ int forward_impl(const void* x_, const void* gamma_, const void* beta_, void* y_
   status = launch_status();
   if (status != GN_STATUS_OK) return status;
 
-  const ChannelCoefficients<Acc> coef{scale, nullptr, centre, shift};
+  const ChannelCoefficients<Acc> coef{scale, nullptr, centre, nullptr, shift};
   return launch_per_channel_affine<T>(x, nullptr, coef, y, N, C, S, channels_last, stream);
 }
 
