@@ -12,6 +12,11 @@
 #include "group_norm_kernels.h"
 
 namespace gn_cuda {
+
+// Keeps "cudaErrorName: description" of `error` for gn_cuda_last_error() on this thread
+// (group_norm_cuda.cu): a status code alone cannot say which CUDA error it was.
+void record_cuda_error(cudaError_t error);
+
 // Internal linkage: each .cu gets its own copy of the kernels and nothing but the gn_cuda_*
 // entries leaves the shared library.
 namespace {
@@ -228,7 +233,10 @@ inline int check_dtypes(int dtype, int param_dtype) {
 }
 
 inline int launch_status() {
-  return cudaGetLastError() == cudaSuccess ? GN_STATUS_OK : GN_STATUS_DEVICE_ERROR;
+  const cudaError_t error = cudaGetLastError();
+  if (error == cudaSuccess) return GN_STATUS_OK;
+  record_cuda_error(error);
+  return GN_STATUS_DEVICE_ERROR;
 }
 
 // Smallest power of two >= v, capped at `cap` (a power of two).

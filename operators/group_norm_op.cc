@@ -248,9 +248,16 @@ bool tensor_layout(const AttrMap& attrs, const MXTensor& data, Attrs* parsed, La
   return parse_attrs(attrs, parsed) && resolve_layout(*parsed, data.shape, layout);
 }
 
-MXReturnValue report(int status) {
+// A kernel call's outcome; a failed CUDA call also says which CUDA error it was.
+MXReturnValue report(int status, bool gpu) {
   if (status == GN_STATUS_OK) return MX_SUCCESS;
-  error() << kOp << gn_status_string(status);
+  Message message = error();
+  message << kOp << gn_status_string(status);
+#ifdef GN_MXNET_WITH_CUDA
+  if (gpu && status == GN_STATUS_DEVICE_ERROR) message << ": " << gn_cuda_last_error();
+#else
+  (void)gpu;
+#endif
   return MX_FAIL;
 }
 
@@ -282,13 +289,14 @@ MXReturnValue forward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
     return report(gn_cuda_forward(x.dtype, gamma.dtype, x.data_ptr, gamma.data_ptr, beta.data_ptr,
                                   (*outputs)[0].data_ptr, (*outputs)[1].data_ptr, (*outputs)[2].data_ptr,
                                   l.N, l.C, l.S, a.num_groups, l.channels_last, a.eps, ws,
-                                  res.get_cuda_stream()));
+                                  res.get_cuda_stream()), true);
   }
 #endif
   if (!workspace(res, gn_cpu_forward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), false, &ws)) return MX_FAIL;
   return report(gn_cpu_forward(x.dtype, gamma.dtype, x.data_ptr, gamma.data_ptr, beta.data_ptr,
                                (*outputs)[0].data_ptr, (*outputs)[1].data_ptr, (*outputs)[2].data_ptr,
-                               l.N, l.C, l.S, a.num_groups, l.channels_last, a.eps, ws));
+                               l.N, l.C, l.S, a.num_groups, l.channels_last, a.eps, ws),
+                false);
 }
 
 // inputs: [dy, dmean, drstd, data, gamma, beta, y, mean, rstd]; outputs: [ddata, dgamma, dbeta].
@@ -310,14 +318,16 @@ MXReturnValue backward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
     return report(gn_cuda_backward(x.dtype, gamma.dtype, dy.data_ptr, x.data_ptr, gamma.data_ptr,
                                    mean.data_ptr, rstd.data_ptr, (*outputs)[0].data_ptr,
                                    (*outputs)[1].data_ptr, (*outputs)[2].data_ptr, l.N, l.C, l.S,
-                                   a.num_groups, l.channels_last, ws, res.get_cuda_stream()));
+                                   a.num_groups, l.channels_last, ws, res.get_cuda_stream()),
+                  true);
   }
 #endif
   if (!workspace(res, gn_cpu_backward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), false, &ws)) return MX_FAIL;
   return report(gn_cpu_backward(x.dtype, gamma.dtype, dy.data_ptr, x.data_ptr, gamma.data_ptr,
                                 mean.data_ptr, rstd.data_ptr, (*outputs)[0].data_ptr,
                                 (*outputs)[1].data_ptr, (*outputs)[2].data_ptr, l.N, l.C, l.S,
-                                a.num_groups, l.channels_last, ws));
+                                a.num_groups, l.channels_last, ws),
+                false);
 }
 
 }  // namespace

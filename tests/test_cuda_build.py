@@ -13,6 +13,7 @@ reductions and barriers, not the GPU compiler or hardware: benchmarks/gpu_check.
 """
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 
@@ -134,6 +135,9 @@ def test_calls_with_nothing_to_do_return_ok(lib):
 @pytest.mark.parametrize("cl", [0, 1])
 def test_launch_without_gpu_reports_device_error(lib, call, dtypes, cl):
     assert call(lib, dtypes[0], dtypes[1], 2, 8, 12, 2, cl) == GN_STATUS_DEVICE_ERROR
+    # ... and which CUDA error it was, in CUDA's words (no device, or no driver, here).
+    assert re.fullmatch(r"cudaError\w+: \w.*", lib.gn_cuda_last_error().decode()), \
+        lib.gn_cuda_last_error()
 
 
 @pytest.mark.slow

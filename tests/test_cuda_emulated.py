@@ -1,5 +1,9 @@
 """The CUDA kernels' own source on the CPU (tests/cuda_emulation.py): exact where the math is
-exact, and small groups against the float64 reference."""
+exact, small groups against the float64 reference, and a failed launch named in CUDA's words
+(gn_cuda_last_error, which the operator appends to its MXNetError)."""
+import ctypes
+import threading
+
 import numpy as np
 import pytest
 
@@ -46,3 +50,57 @@ def test_two_and_three_element_groups_match_reference(emulated_cuda, N, C, S, G,
         *cuda_emulation.run(emulated_cuda, *inputs, G, cl, dtypes))
     for name, err in errors.items():
         assert err <= TOLERANCE[dtypes[0]], "%s: rel err %.3g" % (name, err)
+
+
+# ---- a failed launch names its CUDA error (gn_cuda_last_error) -----------------------------
+
+LAUNCH_OUT_OF_RESOURCES, INVALID_CONFIGURATION = 701, 9  # CUDA's cudaError_t codes
+DEVICE_ERROR = cuda_emulation.builder.STATUS_CODES["device_error"]
+WORDS = {LAUNCH_OUT_OF_RESOURCES: b"cudaErrorLaunchOutOfResources: too many resources "
+                                  b"requested for launch",
+         INVALID_CONFIGURATION: b"cudaErrorInvalidConfiguration: invalid configuration argument"}
+
+
+def _failing_call(lib, backward, error):
+    """One forward or backward call on real buffers whose first launch fails with `error`."""
+    N, C, S, G = 2, 8, 6, 2
+    x, dy, y, dx = (np.ones((N, C, S), np.float32) for _ in range(4))
+    gamma, beta, dgamma, dbeta = (np.ones(C, np.float32) for _ in range(4))
+    mean, rstd = np.zeros(N * G, np.float32), np.ones(N * G, np.float32)
+    size = (lib.gn_cuda_backward_workspace_bytes if backward
+            else lib.gn_cuda_forward_workspace_bytes)(N, C, S, G, 0)
+    ws = np.empty(size, np.uint8)
+    p = lambda a: a.ctypes.data  # noqa: E731
+    lib.emu_fail_next_launch.argtypes = [ctypes.c_int]
+    lib.emu_fail_next_launch(error)
+    if backward:
+        return lib.gn_cuda_backward(FLOAT32, FLOAT32, p(dy), p(x), p(gamma), p(mean), p(rstd),
+                                    p(dx), p(dgamma), p(dbeta), N, C, S, G, 0, p(ws), None)
+    return lib.gn_cuda_forward(FLOAT32, FLOAT32, p(x), p(gamma), p(beta), p(y), p(mean),
+                               p(rstd), N, C, S, G, 0, 1e-5, p(ws), None)
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("error", sorted(WORDS))
+def test_failed_launch_reports_the_cuda_error(emulated_cuda, backward, error):
+    assert _failing_call(emulated_cuda, backward, error) == DEVICE_ERROR
+    assert emulated_cuda.gn_cuda_last_error() == WORDS[error]
+
+
+def test_cuda_error_is_kept_per_thread(emulated_cuda):
+    """Each thread reads the error of its own last failed call, not another thread's later
+    one. (The threads run one after the other: the emulation itself is single-threaded.)"""
+    seen = {}
+
+    def fail_and_read(error, then=None):
+        _failing_call(emulated_cuda, False, error)
+        if then is not None:
+            then.start()
+            then.join()
+        seen[error] = emulated_cuda.gn_cuda_last_error()
+
+    other = threading.Thread(target=fail_and_read, args=(INVALID_CONFIGURATION,))
+    first = threading.Thread(target=fail_and_read, args=(LAUNCH_OUT_OF_RESOURCES, other))
+    first.start()
+    first.join()
+    assert seen == {error: WORDS[error] for error in WORDS}
