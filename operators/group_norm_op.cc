@@ -6,6 +6,8 @@
 #include <climits>
 #include <cmath>
 #include <cstdlib>
+#include <memory>
+#include <new>
 #include <sstream>
 #include <string>
 #include <unordered_map>
@@ -261,15 +263,24 @@ MXReturnValue report(int status, bool gpu) {
   return MX_FAIL;
 }
 
-// Workspace through MXNet's allocator; it takes an int, so refuse what does not fit.
-bool workspace(const OpResource& res, size_t bytes, bool gpu, void** out) {
+// Workspace through MXNet's allocator, which takes an int. A CPU workspace beyond that is the
+// library's own, in `owned`, freed when the call returns (the CPU kernels are synchronous):
+// refusing it would fail the op after MXNet queued it, and MXNet 1.9 hands such a failure to
+// the next ops that share its temp space, which then return unwritten memory without an
+// error (docs/design.md §3). On the GPU it is refused, as device memory is MXNet's to give.
+bool workspace(const OpResource& res, size_t bytes, bool gpu, void** out,
+               std::unique_ptr<char[]>* owned) {
   *out = nullptr;
   if (bytes == 0) return true;
-  if (bytes > static_cast<size_t>(INT_MAX)) {
+  if (bytes <= static_cast<size_t>(INT_MAX)) {
+    *out = gpu ? res.alloc_gpu(static_cast<int>(bytes)) : res.alloc_cpu(static_cast<int>(bytes));
+  } else if (gpu) {
     error() << kOp << "workspace of " << bytes << " bytes exceeds lib_api's 2 GiB limit";
     return false;
+  } else {
+    owned->reset(new (std::nothrow) char[bytes]);
+    *out = owned->get();
   }
-  *out = gpu ? res.alloc_gpu(static_cast<int>(bytes)) : res.alloc_cpu(static_cast<int>(bytes));
   if (*out == nullptr) error() << kOp << "could not allocate " << bytes << " bytes";
   return *out != nullptr;
 }
@@ -283,16 +294,17 @@ MXReturnValue forward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
   if (!tensor_layout(attrs, (*inputs)[0], &a, &l)) return MX_FAIL;
   const MXTensor &x = (*inputs)[0], &gamma = (*inputs)[1], &beta = (*inputs)[2];
   void* ws;
+  std::unique_ptr<char[]> owned;
 #ifdef GN_MXNET_WITH_CUDA
   if (kGpu) {
-    if (!workspace(res, gn_cuda_forward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), true, &ws)) return MX_FAIL;
+    if (!workspace(res, gn_cuda_forward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), true, &ws, &owned)) return MX_FAIL;
     return report(gn_cuda_forward(x.dtype, gamma.dtype, x.data_ptr, gamma.data_ptr, beta.data_ptr,
                                   (*outputs)[0].data_ptr, (*outputs)[1].data_ptr, (*outputs)[2].data_ptr,
                                   l.N, l.C, l.S, a.num_groups, l.channels_last, a.eps, ws,
                                   res.get_cuda_stream()), true);
   }
 #endif
-  if (!workspace(res, gn_cpu_forward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), false, &ws)) return MX_FAIL;
+  if (!workspace(res, gn_cpu_forward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), false, &ws, &owned)) return MX_FAIL;
   return report(gn_cpu_forward(x.dtype, gamma.dtype, x.data_ptr, gamma.data_ptr, beta.data_ptr,
                                (*outputs)[0].data_ptr, (*outputs)[1].data_ptr, (*outputs)[2].data_ptr,
                                l.N, l.C, l.S, a.num_groups, l.channels_last, a.eps, ws),
@@ -312,9 +324,10 @@ MXReturnValue backward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
   const MXTensor &mean = (*inputs)[7], &rstd = (*inputs)[8];
   if (!tensor_layout(attrs, x, &a, &l)) return MX_FAIL;
   void* ws;
+  std::unique_ptr<char[]> owned;
 #ifdef GN_MXNET_WITH_CUDA
   if (kGpu) {
-    if (!workspace(res, gn_cuda_backward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), true, &ws)) return MX_FAIL;
+    if (!workspace(res, gn_cuda_backward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), true, &ws, &owned)) return MX_FAIL;
     return report(gn_cuda_backward(x.dtype, gamma.dtype, dy.data_ptr, x.data_ptr, gamma.data_ptr,
                                    mean.data_ptr, rstd.data_ptr, (*outputs)[0].data_ptr,
                                    (*outputs)[1].data_ptr, (*outputs)[2].data_ptr, l.N, l.C, l.S,
@@ -322,7 +335,7 @@ MXReturnValue backward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
                   true);
   }
 #endif
-  if (!workspace(res, gn_cpu_backward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), false, &ws)) return MX_FAIL;
+  if (!workspace(res, gn_cpu_backward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), false, &ws, &owned)) return MX_FAIL;
   return report(gn_cpu_backward(x.dtype, gamma.dtype, dy.data_ptr, x.data_ptr, gamma.data_ptr,
                                 mean.data_ptr, rstd.data_ptr, (*outputs)[0].data_ptr,
                                 (*outputs)[1].data_ptr, (*outputs)[2].data_ptr, l.N, l.C, l.S,
