@@ -36,7 +36,7 @@ def build_library(output, archs, nvcc=None):
 
 
 ENTRY_POINTS = ("gn_cuda_forward_workspace_bytes", "gn_cuda_forward",
-                "gn_cuda_backward_workspace_bytes", "gn_cuda_backward")
+                "gn_cuda_backward_workspace_bytes", "gn_cuda_backward", "gn_cuda_last_error")
 
 
 def load_library(path):
@@ -52,4 +52,6 @@ def load_library(path):
     lib.gn_cuda_backward.argtypes = [c_int, c_int, vp, vp, vp, vp, vp, vp, vp, vp, i64, i64,
                                      i64, i64, c_int, vp, vp]
     lib.gn_cuda_backward.restype = c_int
+    lib.gn_cuda_last_error.argtypes = []
+    lib.gn_cuda_last_error.restype = ctypes.c_char_p  # "cudaErrorName: description"
     return lib

@@ -1,5 +1,6 @@
 // CPU GroupNorm backward (docs/design.md §2): per (n, c) sums ds = Σ dy·(x-mean) and db = Σ dy,
-// per (n, g) coefficients, then one elementwise pass dx = A[c]·dy + B[g]·(x-mean) + K[g].
+// per (n, g) coefficients, then one elementwise pass
+//   dx = A[c]·(dy - m[g]) + B[g]·(x - mean) + K[c],  A[c] = rstd·gamma[c], m[g] = mean_g(dy).
 // Centering on the forward mean avoids cancellation when |mean| >> std. That mean arrives
 // rounded to Acc, so the sums also take dev = Σ (x-mean), whose group total gives the exact
 // mean's offset r; ds and K are re-centred by it (a float32 mean's rounding times rstd^2
@@ -16,36 +17,53 @@ namespace gn {
 namespace GN_KERNEL_ISA {
 namespace {
 
+// dy is centred on its group mean m, as x is on its own. dx's leading terms rstd·gamma[c]·dy and
+// rstd·mean_g(gamma·dy) cancel exactly in a one-element group (dx = 0) and nearly in many others;
+// formed apart, one per element in Acc and one per group in double, their roundings differ and
+// leave rstd·|gamma·dy|·ulp behind (6e-5 in float32 where dx is 0). Centred, dy - m is exact
+// there and the rest, rstd·(gamma[c]·m - mean_g(gamma·dy)), is a per-channel constant taken
+// relative to the group's first gamma g0:
+//   rstd·((gamma[c] - g0)·m + g0·(m - mean_g(dy)) - Σ_d (gamma_d - g0)·db_d / M).
+// With one channel per group each product in it has a factor that is exactly 0, however the
+// compiler fuses multiplies into adds (GCC does, across statements, at -O3 with FMA).
 struct GroupCoefficients {
-  double x_coef, constant;  // dx = rstd·gamma[c]·dy + x_coef·(x - mean) + constant
-};
+  double x_coef;       // B: dx = A·(dy - dy_centre) + x_coef·(x - mean) + channel_constant
+  double dy_centre;    // m, already rounded to Acc: the elementwise pass subtracts this value
+  double gamma_pivot;  // g0
+  double dy_slope;     // rstd·m
+  double constant;     // the channel-independent rest, B·r included
 
-// offset: the exact mean minus the mean the sums were centred on.
-inline GroupCoefficients group_coefficients(double gamma_ds, double gamma_db, double rstd,
-                                            int64_t count, double offset) {
-  const double inv_count = 1.0 / static_cast<double>(count);
-  const double x_coef = -rstd * rstd * rstd * gamma_ds * inv_count;
-  return {x_coef, -rstd * gamma_db * inv_count - x_coef * offset};
-}
+  double channel_constant(double gamma_c) const {
+    return (gamma_c - gamma_pivot) * dy_slope + constant;
+  }
+};
 
 // One group's D channel sums (ds, db, dev and gamma at its first channel, count elements):
 // re-centres ds on the exact mean, Σdy·(x-m-r) = ds - r·db with r = Σdev / count (param_grads
 // reads the result), and returns the group's dx coefficients.
-template <typename P>
+template <typename Acc, typename P>
 GroupCoefficients recentred_group_coefficients(double* ds, const double* db, const double* dev,
                                                const P* gamma, double rstd, int64_t D,
                                                int64_t count) {
-  double total = 0.0;
-  for (int64_t d = 0; d < D; ++d) total += dev[d];
-  const double offset = total / static_cast<double>(count);
-  double gamma_ds = 0.0, gamma_db = 0.0;
+  const double inv_count = 1.0 / static_cast<double>(count);
+  const double gamma_pivot = static_cast<double>(Element<P>::load(gamma[0]));
+  double dev_total = 0.0, db_total = 0.0, db_spread = 0.0;  // db_spread = Σ (gamma_d - g0)·db_d
+  for (int64_t d = 0; d < D; ++d) {
+    dev_total += dev[d];
+    db_total += db[d];
+    db_spread += (static_cast<double>(Element<P>::load(gamma[d])) - gamma_pivot) * db[d];
+  }
+  const double offset = dev_total * inv_count;
+  double gamma_ds = 0.0;
   for (int64_t d = 0; d < D; ++d) {
     ds[d] -= offset * db[d];
-    const double gamma_d = static_cast<double>(Element<P>::load(gamma[d]));
-    gamma_ds += gamma_d * ds[d];
-    gamma_db += gamma_d * db[d];
+    gamma_ds += static_cast<double>(Element<P>::load(gamma[d])) * ds[d];
   }
-  return group_coefficients(gamma_ds, gamma_db, rstd, count, offset);
+  const double x_coef = -rstd * rstd * rstd * gamma_ds * inv_count;
+  const double mean_dy = db_total * inv_count;
+  const double centre = static_cast<double>(static_cast<Acc>(mean_dy));
+  return {x_coef, centre, gamma_pivot, rstd * centre,
+          rstd * (gamma_pivot * (centre - mean_dy) - db_spread * inv_count) - x_coef * offset};
 }
 
 template <typename T>
@@ -64,12 +82,16 @@ inline void row_sums(const T* dy, const T* x, int64_t length, AccOf<T> mean, dou
   *dev = static_cast<double>(sums[2]);
 }
 
+// dx over one channel's run of a group with coefficients k, dy_coef = rstd·gamma[c].
 template <typename T>
 inline void input_grad_run(const T* dy, const T* x, T* dx, int64_t length, AccOf<T> dy_coef,
-                           AccOf<T> x_coef, AccOf<T> mean, AccOf<T> constant) {
+                           AccOf<T> mean, double gamma_c, const GroupCoefficients& k) {
+  using Acc = AccOf<T>;
+  const Acc dy_centre = static_cast<Acc>(k.dy_centre), x_coef = static_cast<Acc>(k.x_coef);
+  const Acc constant = static_cast<Acc>(k.channel_constant(gamma_c));
 #pragma omp simd
   for (int64_t i = 0; i < length; ++i) {
-    dx[i] = Element<T>::store(dy_coef * Element<T>::load(dy[i]) +
+    dx[i] = Element<T>::store(dy_coef * (Element<T>::load(dy[i]) - dy_centre) +
                               x_coef * (Element<T>::load(x[i]) - mean) + constant);
   }
 }
@@ -110,13 +132,13 @@ void backward_channels_first(const T* dy, const T* x, const P* gamma, const AccO
         row_sums(dy + offset + d * S, x + offset + d * S, S, mean[t], ds + row, db + row,
                  dev + row);
       }
-      const GroupCoefficients k = recentred_group_coefficients(
+      const GroupCoefficients k = recentred_group_coefficients<Acc>(
           ds + t * D, db + t * D, dev + t * D, gamma + first_channel, rstd[t], D, M);
       if (!dx) continue;
       for (int64_t d = 0; d < D; ++d) {
-        const Acc dy_coef = rstd[t] * static_cast<Acc>(Element<P>::load(gamma[first_channel + d]));
-        input_grad_run(dy + offset + d * S, x + offset + d * S, dx + offset + d * S, S, dy_coef,
-                       static_cast<Acc>(k.x_coef), mean[t], static_cast<Acc>(k.constant));
+        const Acc gamma_c = static_cast<Acc>(Element<P>::load(gamma[first_channel + d]));
+        input_grad_run(dy + offset + d * S, x + offset + d * S, dx + offset + d * S, S,
+                       rstd[t] * gamma_c, mean[t], static_cast<double>(gamma_c), k);
       }
     }
     return;
@@ -127,16 +149,16 @@ void backward_channels_first(const T* dy, const T* x, const P* gamma, const AccO
     row_sums(dy + row * S, x + row * S, S, mean[row / D], ds + row, db + row, dev + row);
   }
   for (int64_t t = 0; t < tasks; ++t) {
-    coefs[t] = recentred_group_coefficients(ds + t * D, db + t * D, dev + t * D,
-                                            gamma + (t % G) * D, rstd[t], D, M);
+    coefs[t] = recentred_group_coefficients<Acc>(ds + t * D, db + t * D, dev + t * D,
+                                                 gamma + (t % G) * D, rstd[t], D, M);
   }
   if (!dx) return;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t row = 0; row < N * C; ++row) {
     const int64_t t = row / D;
-    const Acc dy_coef = rstd[t] * static_cast<Acc>(Element<P>::load(gamma[row % C]));
-    input_grad_run(dy + row * S, x + row * S, dx + row * S, S, dy_coef,
-                   static_cast<Acc>(coefs[t].x_coef), mean[t], static_cast<Acc>(coefs[t].constant));
+    const Acc gamma_c = static_cast<Acc>(Element<P>::load(gamma[row % C]));
+    input_grad_run(dy + row * S, x + row * S, dx + row * S, S, rstd[t] * gamma_c, mean[t],
+                   static_cast<double>(gamma_c), coefs[t]);
   }
 }
 
@@ -192,21 +214,26 @@ void add_channel_sums(const T* dy, const T* x, const AccOf<T>* sample_mean, int6
   }
 }
 
+// Channels-last dx coefficient rows (kCoefRows, C): dy coef, dy centre, x coef, mean, constant.
+constexpr int64_t kCoefRows = 5;
+
 // Re-centres group g's sums of one sample (ds, db, dev at its first channel) and, when coef is
-// given, writes its channels' dx coefficient rows (4, C): dy coef, x coef, mean, constant.
+// given, writes its channels' columns of the dx coefficient rows.
 template <typename P, typename Acc>
 void group_input_grad_coefs(double* ds, const double* db, const double* dev, const P* gamma,
                             Acc mean, Acc rstd, int64_t g, int64_t D, int64_t S, int64_t C,
                             Acc* coef) {
   const int64_t first = g * D;
-  const GroupCoefficients k = recentred_group_coefficients(ds + first, db + first, dev + first,
-                                                           gamma + first, rstd, D, D * S);
+  const GroupCoefficients k = recentred_group_coefficients<Acc>(
+      ds + first, db + first, dev + first, gamma + first, rstd, D, D * S);
   if (!coef) return;
   for (int64_t c = first; c < first + D; ++c) {
-    coef[c] = rstd * static_cast<Acc>(Element<P>::load(gamma[c]));
-    coef[C + c] = static_cast<Acc>(k.x_coef);
-    coef[2 * C + c] = mean;
-    coef[3 * C + c] = static_cast<Acc>(k.constant);
+    const Acc gamma_c = static_cast<Acc>(Element<P>::load(gamma[c]));
+    coef[c] = rstd * gamma_c;
+    coef[C + c] = static_cast<Acc>(k.dy_centre);
+    coef[2 * C + c] = static_cast<Acc>(k.x_coef);
+    coef[3 * C + c] = mean;
+    coef[4 * C + c] = static_cast<Acc>(k.channel_constant(static_cast<double>(gamma_c)));
   }
 }
 
@@ -217,9 +244,9 @@ void input_grad_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
       const int64_t i = r * C + c;
-      dx[i] = Element<T>::store(coef[c] * Element<T>::load(dy[i]) +
-                                coef[C + c] * (Element<T>::load(x[i]) - coef[2 * C + c]) +
-                                coef[3 * C + c]);
+      dx[i] = Element<T>::store(coef[c] * (Element<T>::load(dy[i]) - coef[C + c]) +
+                                coef[2 * C + c] * (Element<T>::load(x[i]) - coef[3 * C + c]) +
+                                coef[4 * C + c]);
     }
   }
 }
@@ -240,7 +267,7 @@ void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf
     {
       SumScratch<Acc> scratch(C);
       std::vector<double> sums(3 * C);
-      std::vector<Acc> coef(4 * C);
+      std::vector<Acc> coef(kCoefRows * C);
 #pragma omp for schedule(static)
       for (int64_t n = 0; n < N; ++n) {
         const int64_t offset = n * S * C;
@@ -290,14 +317,14 @@ void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf
     for (int64_t t = 0; t < N * G; ++t) {
       const int64_t n = t / G;
       group_input_grad_coefs(ds + n * C, db + n * C, dev + n * C, gamma, mean[t], rstd[t], t % G,
-                             D, S, C, dx ? channel_coefs + n * 4 * C : nullptr);
+                             D, S, C, dx ? channel_coefs + n * kCoefRows * C : nullptr);
     }
     if (dx) {
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < N * blocks; ++i) {
         const int64_t n = i / blocks, s0 = (i % blocks) * rows, offset = (n * S + s0) * C;
         input_grad_rows(dy + offset, x + offset, dx + offset, std::min(rows, S - s0), C,
-                        channel_coefs + n * 4 * C);
+                        channel_coefs + n * kCoefRows * C);
       }
     }
   }
@@ -308,9 +335,13 @@ void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf
 size_t backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G, int channels_last) {
   int64_t doubles = 3 * N * C;  // ds, db, dev
   if (channels_last) {
-    doubles += channels_last_partials(N, C, S) + N * 4 * C;
+    doubles += channels_last_partials(N, C, S) + N * kCoefRows * C;
   } else {
-    doubles += N * G * 2;
+    // Coefficients per group, kept between passes only where groups are split (fewer groups
+    // than threads: backward_channels_first).
+    if (N * G < threads_for(N * C * S)) {
+      doubles += N * G * static_cast<int64_t>(sizeof(GroupCoefficients) / sizeof(double));
+    }
   }
   return sizeof(double) * static_cast<size_t>(doubles);
 }

@@ -20,9 +20,21 @@
 //     no atomics), writes mean = pivot + ms (rounded to Acc, the output's meaning) and rstd,
 //     and the per-(n, c) coefficients (a, pivot, beta - ms*a).
 //  3. the elementwise pass (group_norm_cuda_common.cuh).
+#include <cstdio>
+
 #include "group_norm_cuda_common.cuh"
 
 namespace gn_cuda {
+
+namespace {
+thread_local char last_cuda_error[256] = "";
+}  // namespace
+
+void record_cuda_error(cudaError_t error) {
+  std::snprintf(last_cuda_error, sizeof(last_cuda_error), "%s: %s", cudaGetErrorName(error),
+                cudaGetErrorString(error));
+}
+
 namespace {
 
 // Offset of group (n, g)'s first element; only meaningful when S > 0.
@@ -219,7 +231,7 @@ int forward_impl(const void* x_, const void* gamma_, const void* beta_, void* y_
   status = launch_status();
   if (status != GN_STATUS_OK) return status;
 
-  const ChannelCoefficients<Acc> coef{scale, nullptr, centre, shift};
+  const ChannelCoefficients<Acc> coef{scale, nullptr, centre, nullptr, shift};
   return launch_per_channel_affine<T>(x, nullptr, coef, y, N, C, S, channels_last, stream);
 }
 
@@ -260,3 +272,5 @@ extern "C" int gn_cuda_forward(int dtype, int param_dtype, const void* x, const 
       return forward_impl<__half, __half>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
   }
 }
+
+extern "C" const char* gn_cuda_last_error(void) { return gn_cuda::last_cuda_error; }

@@ -2,19 +2,27 @@
 //   per (n, c):  ds = sum_s dy*(x - mean),  db = sum_s dy,  dev = sum_s (x - mean)
 //   per (n, g):  r = sum_{c in g} dev / M,  M = D*S;  ds -= r*db  (see below)
 //   dgamma[c] = sum_n ds*rstd,  dbeta[c] = sum_n db
-//   per (n, g):  gds = sum_{c in g} gamma*ds,  gdb = sum_{c in g} gamma*db
-//   dx = rstd*gamma*dy + B*(x - mean) + K - B*r,  B = -rstd^3*gds/M,  K = -rstd*gdb/M
+//   per (n, g):  gds = sum_{c in g} gamma*ds,  m = sum_{c in g} db / M,  B = -rstd^3*gds/M
+//   dx = rstd*gamma*(dy - m) + B*(x - mean - r) + rstd*(gamma*m - mean_g(gamma*dy))
 // Centering on the mean (rather than sum dy*x) keeps ds well conditioned when |mean| >> std.
 // The mean arrives rounded to Acc, up to half an ulp of |mean| off, which rstd^2 (up to 1/eps
 // when var << eps) would show in dx and dgamma. x - mean is exact for a near-constant group, so
 // r is the exact mean's offset from the rounded one; re-centring on it costs one more
 // accumulator in the pass that already reads x and dy.
+// dy is centred on its group mean m for the same reason as x on its own: rstd*gamma*dy and
+// rstd*mean_g(gamma*dy) cancel exactly in a one-element group (dx = 0), and rounded apart they
+// left rstd*|gamma*dy|*ulp there. The last term is a per-channel constant relative to the
+// group's first gamma g0, rstd*((gamma - g0)*m - sum_{c in g} (gamma - g0)*db / M), whose
+// products all have a factor that is exactly 0 when a group has one channel, so no fused
+// multiply-add leaves anything of it. (m itself is rounded to Acc: that costs what an ulp of dy
+// costs, not an ulp of the mean times rstd^2.)
 //
 // Kernels, in launch order on the caller's stream:
 //  1. partial (ds, db, dev) per (n, chunk, c): a warp per row chunk when channels-first, coalesced
 //     column tiles when channels-last; long rows are cut into `split` chunks.
 //  2. coefficients: a block per (n, g) sums the chunks in a fixed order, keeps the re-centred
-//     (ds, db) per (n, c) and writes per-(n, c) coefficients of dx = a*dy + B*(x - mean) + K.
+//     (ds, db) per (n, c) and writes per-(n, c) coefficients of
+//     dx = a*(dy - m) + B*(x - mean) + K.
 //  3. dgamma/dbeta: per channel, 8 threads stride over n and merge in a fixed order (no atomics).
 //  4. the elementwise pass (group_norm_cuda_common.cuh).
 #include "group_norm_cuda_common.cuh"
@@ -106,20 +114,26 @@ __global__ void __launch_bounds__(kThreads) grad_sums_columns_kernel(
   }
 }
 
+// What a group's coefficients are summed from: sum gamma*ds, sum gamma*db, sum dev, sum db and
+// sum (gamma - g0)*db over its channels, ds not yet re-centred.
+template <typename Acc> using GroupGradSums = Sums<Acc, 5>;
+
 template <typename Acc, typename PT>
 __global__ void __launch_bounds__(kThreads) grad_coefficients_kernel(
     const GradSums<Acc>* __restrict__ partial, int64_t split, const PT* __restrict__ gamma,
     const Acc* __restrict__ mean, const Acc* __restrict__ rstd, int64_t C, int64_t G, int64_t S,
     Acc* __restrict__ ds_total, Acc* __restrict__ db_total, Acc* __restrict__ coef_dy,
-    Acc* __restrict__ coef_x, Acc* __restrict__ centre, Acc* __restrict__ coef_k) {
-  __shared__ GradSums<Acc> scratch[32];
-  __shared__ Acc group_coefs[3];  // B, K and the mean offset r of this (n, g)
+    Acc* __restrict__ coef_x, Acc* __restrict__ centre, Acc* __restrict__ dy_centre,
+    Acc* __restrict__ coef_k) {
+  __shared__ GroupGradSums<Acc> scratch[32];
+  __shared__ Acc group_coefs[5];  // B, K's channel-independent part, r, m, rstd*m
   const int64_t ng = blockIdx.x;
   const int64_t n = ng / G;
   const int64_t g = ng - n * G;
   const int64_t D = C / G;
   const Acc r = rstd[ng];
-  GradSums<Acc> group_sums{};  // (sum gamma*ds, gdb, sum dev), ds not yet re-centred
+  const Acc gamma_pivot = to_acc(gamma[g * D]);
+  GroupGradSums<Acc> group_sums{};
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     const int64_t c = g * D + d;
     GradSums<Acc> sums{};
@@ -130,19 +144,24 @@ __global__ void __launch_bounds__(kThreads) grad_coefficients_kernel(
     group_sums.v[0] += gam * sums.v[0];
     group_sums.v[1] += gam * sums.v[1];
     group_sums.v[2] += sums.v[2];
+    group_sums.v[3] += sums.v[1];
+    group_sums.v[4] += (gam - gamma_pivot) * sums.v[1];
     coef_dy[n * C + c] = r * gam;
   }
   group_sums = block_reduce(group_sums, scratch);
   if (threadIdx.x == 0) {
     const Acc M = Acc(D) * Acc(S);
-    const Acc offset = M > Acc(0) ? group_sums.v[2] / M : Acc(0);
+    const Acc inv_m = M > Acc(0) ? Acc(1) / M : Acc(0);
+    const Acc offset = group_sums.v[2] * inv_m;
     // sum gamma*(ds - offset*db): the re-centring of every channel's ds, summed.
     const Acc gds = group_sums.v[0] - offset * group_sums.v[1];
-    const Acc b = M > Acc(0) ? -r * r * r * gds / M : Acc(0);
-    const Acc k = M > Acc(0) ? -r * group_sums.v[1] / M : Acc(0);
+    const Acc b = -r * r * r * gds * inv_m;
+    const Acc m = group_sums.v[3] * inv_m;
     group_coefs[0] = b;
-    group_coefs[1] = k - b * offset;  // B*(x - mean - offset) with x - mean exact
+    group_coefs[1] = -r * (group_sums.v[4] * inv_m) - b * offset;  // B*(x - mean - offset)
     group_coefs[2] = offset;
+    group_coefs[3] = m;
+    group_coefs[4] = r * m;
   }
   __syncthreads();
   const Acc mu = mean[ng], offset = group_coefs[2];
@@ -151,7 +170,8 @@ __global__ void __launch_bounds__(kThreads) grad_coefficients_kernel(
     ds_total[c] -= offset * db_total[c];  // this thread wrote both above
     coef_x[c] = group_coefs[0];
     centre[c] = mu;
-    coef_k[c] = group_coefs[1];
+    dy_centre[c] = group_coefs[3];
+    coef_k[c] = (to_acc(gamma[g * D + d]) - gamma_pivot) * group_coefs[4] + group_coefs[1];
   }
 }
 
@@ -205,6 +225,7 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
   Acc* coef_dy = carve.take<Acc>(N * C);
   Acc* coef_x = carve.take<Acc>(N * C);
   Acc* centre = carve.take<Acc>(N * C);
+  Acc* dy_centre = carve.take<Acc>(N * C);
   Acc* coef_k = carve.take<Acc>(N * C);
 
   int status;
@@ -238,7 +259,7 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
     const int threads = static_cast<int>(clamp64(round_up(C / G, 32), 32, kThreads));
     grad_coefficients_kernel<Acc, PT><<<static_cast<unsigned>(N * G), threads, 0, stream>>>(
         partial, split, static_cast<const PT*>(gamma_), mean, rstd, C, G, S, ds_total, db_total,
-        coef_dy, coef_x, centre, coef_k);
+        coef_dy, coef_x, centre, dy_centre, coef_k);
     if ((status = launch_status()) != GN_STATUS_OK) return status;
   }
 
@@ -249,7 +270,7 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
     if ((status = launch_status()) != GN_STATUS_OK) return status;
   }
   if (dx_ == nullptr) return GN_STATUS_OK;
-  const ChannelCoefficients<Acc> coef{coef_dy, coef_x, centre, coef_k};
+  const ChannelCoefficients<Acc> coef{coef_dy, coef_x, centre, dy_centre, coef_k};
   return launch_per_channel_affine<T>(dy, x, coef, static_cast<T*>(dx_), N, C, S, channels_last,
                                       stream);
 }
@@ -264,7 +285,7 @@ extern "C" size_t gn_cuda_backward_workspace_bytes(int64_t N, int64_t C, int64_t
   const int64_t split = backward_split(N, C, S, G, channels_last);
   // Sized for the widest accumulation type (double) so one number serves every dtype.
   return kSliceAlign + slice_bytes(N * split * C, sizeof(GradSums<double>)) +
-         6 * slice_bytes(N * C, sizeof(double));
+         7 * slice_bytes(N * C, sizeof(double));
 }
 
 extern "C" int gn_cuda_backward(int dtype, int param_dtype, const void* dy, const void* x,

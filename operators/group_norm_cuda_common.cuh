@@ -12,6 +12,11 @@
 #include "group_norm_kernels.h"
 
 namespace gn_cuda {
+
+// Keeps "cudaErrorName: description" of `error` for gn_cuda_last_error() on this thread
+// (group_norm_cuda.cu): a status code alone cannot say which CUDA error it was.
+void record_cuda_error(cudaError_t error);
+
 // Internal linkage: each .cu gets its own copy of the kernels and nothing but the gn_cuda_*
 // entries leaves the shared library.
 namespace {
@@ -228,7 +233,10 @@ inline int check_dtypes(int dtype, int param_dtype) {
 }
 
 inline int launch_status() {
-  return cudaGetLastError() == cudaSuccess ? GN_STATUS_OK : GN_STATUS_DEVICE_ERROR;
+  const cudaError_t error = cudaGetLastError();
+  if (error == cudaSuccess) return GN_STATUS_OK;
+  record_cuda_error(error);
+  return GN_STATUS_DEVICE_ERROR;
 }
 
 // Smallest power of two >= v, capped at `cap` (a power of two).
@@ -246,11 +254,13 @@ inline unsigned grid_yz(int64_t n) { return static_cast<unsigned>(clamp64(n, 1, 
 // accurate when |mean| >> std (a*x + (beta - mean*a) would cancel two large terms); x - centre
 // is then exact, and what separates centre from the exact mean is folded into the shift.
 //   forward:  y  = scale*(x - centre) + shift   centre = pivot, shift = beta - (mean - pivot)*scale
-//   backward: dx = scale*dy + x_scale*(x - centre) + shift   centre = mean, x_scale = B, shift = K
+//   backward: dx = scale*(dy - dy_centre) + x_scale*(x - centre) + shift
+//             centre = mean, dy_centre = the group mean of dy, x_scale = B, shift = K
 template <typename Acc> struct ChannelCoefficients {
   const Acc* scale;
   const Acc* x_scale;  // backward only
   const Acc* centre;
+  const Acc* dy_centre;  // backward only
   const Acc* shift;
 };
 
@@ -312,14 +322,17 @@ __global__ void __launch_bounds__(kThreads) per_channel_affine_kernel(
         const Pack<Acc, kVec> scale = channel_pack<Acc, kVec, kChannelsLast>(coef.scale, row + c);
         const Pack<Acc, kVec> centre = channel_pack<Acc, kVec, kChannelsLast>(coef.centre, row + c);
         const Pack<Acc, kVec> shift = channel_pack<Acc, kVec, kChannelsLast>(coef.shift, row + c);
-        Pack<Acc, kVec> x_scale;
-        if (kBackward) x_scale = channel_pack<Acc, kVec, kChannelsLast>(coef.x_scale, row + c);
+        Pack<Acc, kVec> x_scale, dy_centre;
+        if (kBackward) {
+          x_scale = channel_pack<Acc, kVec, kChannelsLast>(coef.x_scale, row + c);
+          dy_centre = channel_pack<Acc, kVec, kChannelsLast>(coef.dy_centre, row + c);
+        }
         Pack<T, kVec> o;
 #pragma unroll
         for (int v = 0; v < kVec; ++v) {
           Acc r;
           if (kBackward) {
-            r = scale.v[v] * to_acc(pa[u].v[v]) +
+            r = scale.v[v] * (to_acc(pa[u].v[v]) - dy_centre.v[v]) +
                 x_scale.v[v] * (to_acc(pb[u].v[v]) - centre.v[v]) + shift.v[v];
           } else {
             r = scale.v[v] * (to_acc(pa[u].v[v]) - centre.v[v]) + shift.v[v];

@@ -70,6 +70,10 @@ int gn_cuda_backward(int dtype, int param_dtype, const void* dy, const void* x,
                      const void* gamma, const void* mean, const void* rstd, void* dx,
                      void* dgamma, void* dbeta, int64_t N, int64_t C, int64_t S, int64_t G,
                      int channels_last, void* workspace, void* stream);
+// The CUDA error behind the last GN_STATUS_DEVICE_ERROR a gn_cuda_* call returned on this
+// thread, as "cudaErrorName: description" (cudaGetErrorName, cudaGetErrorString); "" before
+// any. Like errno, meaningful right after that status only.
+const char* gn_cuda_last_error(void);
 
 #ifdef __cplusplus
 }

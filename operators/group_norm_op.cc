@@ -6,6 +6,8 @@
 #include <climits>
 #include <cmath>
 #include <cstdlib>
+#include <memory>
+#include <new>
 #include <sstream>
 #include <string>
 #include <unordered_map>
@@ -21,25 +23,40 @@ namespace {
 
 constexpr char kOp[] = "GroupNormalization: ";
 
-// lib_api keeps every error message ever added and MXNet prints them all, so without this an
-// error would also list all earlier ones. MXerrorMsgs has no clear(); its message list is
-// reached through the explicit-instantiation access idiom (standard C++, no layout guessing).
-using MessageList = std::vector<std::stringstream*> mxnet::ext::MXerrorMsgs::*;
-struct MessageListTag {
-  friend MessageList message_list(MessageListTag);
-};
-template <MessageList member>
-struct ExposeMessageList {
-  friend MessageList message_list(MessageListTag) { return member; }
-};
-template struct ExposeMessageList<&mxnet::ext::MXerrorMsgs::messages>;
+// Error messages. lib_api's MX_ERROR_MSG appends to one process-wide list, unlocked, that no
+// one clears, and MXNet reads it through this library's _msgSize/_msgGet after every call into
+// the library (successes included), on the thread that made the call. Engine threads
+// (MXNET_CPU_WORKER_NTHREADS > 1, one per GPU) run forward/backward while Python threads run
+// shape inference, so a call that cleared the list raced with the others' adds and reads: a
+// failing call showed another call's message or none, or the process crashed on a freed
+// message. So each thread keeps its own messages here, emptied when one of its calls starts,
+// and this file defines the _msgSize/_msgGet that MXNet reads (gn_mxnet/operator/build.py
+// compiles lib_api.cc with its two renamed away). lib_api itself appends to its global list
+// only in its JSON parser (partitioners, graph passes) and in the default Backward of a
+// stateful op: this library registers none of those, and such messages would not be shown.
+thread_local std::vector<std::string> thread_messages;
 
-void clear_error_messages() {
-  std::vector<std::stringstream*>& messages =
-      mxnet::ext::MXerrorMsgs::get()->*message_list(MessageListTag{});
-  for (std::stringstream* message : messages) delete message;
-  messages.clear();
-}
+// error() << ...: one message of this thread's current call, kept when the statement ends.
+class Message {
+ public:
+  Message() = default;
+  Message(const Message&) = delete;
+  Message& operator=(const Message&) = delete;
+  ~Message() { thread_messages.push_back(text_.str()); }
+  template <typename V>
+  Message& operator<<(const V& value) {
+    text_ << value;
+    return *this;
+  }
+
+ private:
+  std::ostringstream text_;
+};
+
+Message error() { return Message(); }
+
+// Every callback starts here, so that MXNet reads the messages of this call only.
+void start_call() { thread_messages.clear(); }
 
 struct Attrs {
   int64_t num_groups;
@@ -60,15 +77,15 @@ bool parse_attrs(const AttrMap& attrs, Attrs* out) {
   *out = Attrs{0, 1e-5, 1};
   const auto groups = attrs.find("num_groups");
   if (groups == attrs.end()) {
-    MX_ERROR_MSG << kOp << "num_groups is required";
+    error() << kOp << "num_groups is required";
     return false;
   }
   if (!parse_integer(groups->second, &out->num_groups)) {
-    MX_ERROR_MSG << kOp << "num_groups must be an integer, got '" << groups->second << "'";
+    error() << kOp << "num_groups must be an integer, got '" << groups->second << "'";
     return false;
   }
   if (out->num_groups <= 0) {
-    MX_ERROR_MSG << kOp << "num_groups must be >= 1, got " << out->num_groups;
+    error() << kOp << "num_groups must be >= 1, got " << out->num_groups;
     return false;
   }
   const auto eps = attrs.find("eps");
@@ -76,17 +93,17 @@ bool parse_attrs(const AttrMap& attrs, Attrs* out) {
     char* end = nullptr;
     out->eps = std::strtod(eps->second.c_str(), &end);
     if (eps->second.empty() || *end != '\0') {
-      MX_ERROR_MSG << kOp << "eps must be a real number, got '" << eps->second << "'";
+      error() << kOp << "eps must be a real number, got '" << eps->second << "'";
       return false;
     }
   }
   if (!std::isfinite(out->eps) || out->eps < 0) {
-    MX_ERROR_MSG << kOp << "eps must be finite and >= 0, got " << out->eps;
+    error() << kOp << "eps must be finite and >= 0, got " << out->eps;
     return false;
   }
   const auto axis = attrs.find("axis");
   if (axis != attrs.end() && !parse_integer(axis->second, &out->axis)) {
-    MX_ERROR_MSG << kOp << "axis must be an integer, got '" << axis->second << "'";
+    error() << kOp << "axis must be an integer, got '" << axis->second << "'";
     return false;
   }
   return true;
@@ -101,25 +118,25 @@ template <typename Dim>
 bool resolve_layout(const Attrs& attrs, const std::vector<Dim>& shape, Layout* out) {
   const int64_t ndim = static_cast<int64_t>(shape.size());
   if (ndim < 2 || ndim > 5) {
-    MX_ERROR_MSG << kOp << "data must have 2 to 5 dimensions (N, C, ...), got " << ndim;
+    error() << kOp << "data must have 2 to 5 dimensions (N, C, ...), got " << ndim;
     return false;
   }
   if (attrs.axis < -ndim || attrs.axis >= ndim) {
-    MX_ERROR_MSG << kOp << "axis " << attrs.axis << " is out of range for data with " << ndim
-                 << " dimensions";
+    error() << kOp << "axis " << attrs.axis << " is out of range for data with " << ndim
+            << " dimensions";
     return false;
   }
   const int64_t axis = (attrs.axis + ndim) % ndim;
   if (axis != 1 && axis != ndim - 1) {
-    MX_ERROR_MSG << kOp << "axis must be the channel axis: 1 (channels-first) or -1 "
-                 << "(channels-last), got " << attrs.axis << " for data with " << ndim
-                 << " dimensions";
+    error() << kOp << "axis must be the channel axis: 1 (channels-first) or -1 "
+            << "(channels-last), got " << attrs.axis << " for data with " << ndim
+            << " dimensions";
     return false;
   }
   for (const Dim d : shape) {
     if (static_cast<int64_t>(d) <= 0) {
-      MX_ERROR_MSG << kOp << "data must be non-empty: its shape has a zero-size or unknown "
-                   << "dimension (MXNet 1.9 reads 0 as an unknown dimension)";
+      error() << kOp << "data must be non-empty: its shape has a zero-size or unknown "
+              << "dimension (MXNet 1.9 reads 0 as an unknown dimension)";
       return false;
     }
   }
@@ -131,15 +148,15 @@ bool resolve_layout(const Attrs& attrs, const std::vector<Dim>& shape, Layout* o
   }
   out->channels_last = axis != 1;
   if (out->C % attrs.num_groups != 0) {
-    MX_ERROR_MSG << kOp << "num_groups (" << attrs.num_groups
-                 << ") must divide the number of channels (" << out->C << ")";
+    error() << kOp << "num_groups (" << attrs.num_groups
+            << ") must divide the number of channels (" << out->C << ")";
     return false;
   }
   return true;
 }
 
 MXReturnValue parseAttrs(const AttrMap& attrs, int* num_in, int* num_out) {
-  clear_error_messages();
+  start_call();
   Attrs parsed;
   if (!parse_attrs(attrs, &parsed)) return MX_FAIL;
   *num_in = 3;
@@ -161,13 +178,13 @@ const char* dtype_name(int dtype) {
   }
 }
 
-MXReturnValue inferType(const AttrMap& attrs, std::vector<int>* in_types,
+MXReturnValue inferType(const AttrMap& /*attrs*/, std::vector<int>* in_types,
                         std::vector<int>* out_types) {
-  clear_error_messages();
+  start_call();
   const int data = (*in_types)[0];
   if (data != GN_DTYPE_FLOAT32 && data != GN_DTYPE_FLOAT64 && data != GN_DTYPE_FLOAT16) {
-    MX_ERROR_MSG << kOp << "data dtype must be one of float16, float32, float64, got "
-                 << dtype_name(data);
+    error() << kOp << "data dtype must be one of float16, float32, float64, got "
+            << dtype_name(data);
     return MX_FAIL;
   }
   const char* names[] = {"gamma", "beta"};
@@ -175,14 +192,14 @@ MXReturnValue inferType(const AttrMap& attrs, std::vector<int>* in_types,
     int& param = (*in_types)[i];
     if (param == -1) param = data;
     if (param != data && !(data == GN_DTYPE_FLOAT16 && param == GN_DTYPE_FLOAT32)) {
-      MX_ERROR_MSG << kOp << names[i - 1] << " dtype must match data (" << dtype_name(data)
-                   << (data == GN_DTYPE_FLOAT16 ? ") or be float32" : ")") << ", got "
-                   << dtype_name(param);
+      error() << kOp << names[i - 1] << " dtype must match data (" << dtype_name(data)
+              << (data == GN_DTYPE_FLOAT16 ? ") or be float32" : ")") << ", got "
+              << dtype_name(param);
       return MX_FAIL;
     }
   }
   if ((*in_types)[1] != (*in_types)[2]) {
-    MX_ERROR_MSG << kOp << "gamma and beta must have the same dtype";
+    error() << kOp << "gamma and beta must have the same dtype";
     return MX_FAIL;
   }
   const int accumulation = data == GN_DTYPE_FLOAT64 ? GN_DTYPE_FLOAT64 : GN_DTYPE_FLOAT32;
@@ -201,13 +218,13 @@ bool known(const std::vector<unsigned int>& shape) {
 
 MXReturnValue inferShape(const AttrMap& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
                          std::vector<std::vector<unsigned int>>* out_shapes) {
-  clear_error_messages();
+  start_call();
   Attrs parsed;
   Layout layout;
   if (!parse_attrs(attrs, &parsed)) return MX_FAIL;
   if (!known((*in_shapes)[0])) {
-    MX_ERROR_MSG << kOp << "the shape of data is not known (it has an unknown or zero-size "
-                 << "dimension); GroupNormalization needs it to infer gamma and beta";
+    error() << kOp << "the shape of data is not known (it has an unknown or zero-size "
+            << "dimension); GroupNormalization needs it to infer gamma and beta";
     return MX_FAIL;
   }
   if (!resolve_layout(parsed, (*in_shapes)[0], &layout)) return MX_FAIL;
@@ -217,9 +234,9 @@ MXReturnValue inferShape(const AttrMap& attrs, std::vector<std::vector<unsigned 
     std::vector<unsigned int>& shape = (*in_shapes)[i];
     if (!known(shape)) shape = per_channel;  // unknown: deferred initialization
     if (shape != per_channel) {
-      MX_ERROR_MSG << kOp << names[i - 1] << " must have shape (" << layout.C
-                   << ",) (one per channel), got a shape of " << shape.size() << " dims"
-                   << (shape.size() == 1 ? " (" + std::to_string(shape[0]) + ",)" : "");
+      error() << kOp << names[i - 1] << " must have shape (" << layout.C
+              << ",) (one per channel), got a shape of " << shape.size() << " dims"
+              << (shape.size() == 1 ? " (" + std::to_string(shape[0]) + ",)" : "");
       return MX_FAIL;
     }
   }
@@ -233,47 +250,65 @@ bool tensor_layout(const AttrMap& attrs, const MXTensor& data, Attrs* parsed, La
   return parse_attrs(attrs, parsed) && resolve_layout(*parsed, data.shape, layout);
 }
 
-MXReturnValue report(int status) {
+// A kernel call's outcome; a failed CUDA call also says which CUDA error it was.
+MXReturnValue report(int status, bool gpu) {
   if (status == GN_STATUS_OK) return MX_SUCCESS;
-  MX_ERROR_MSG << kOp << gn_status_string(status);
+  Message message = error();
+  message << kOp << gn_status_string(status);
+#ifdef GN_MXNET_WITH_CUDA
+  if (gpu && status == GN_STATUS_DEVICE_ERROR) message << ": " << gn_cuda_last_error();
+#else
+  (void)gpu;
+#endif
   return MX_FAIL;
 }
 
-// Workspace through MXNet's allocator; it takes an int, so refuse what does not fit.
-bool workspace(const OpResource& res, size_t bytes, bool gpu, void** out) {
+// Workspace through MXNet's allocator, which takes an int. A CPU workspace beyond that is the
+// library's own, in `owned`, freed when the call returns (the CPU kernels are synchronous):
+// refusing it would fail the op after MXNet queued it, and MXNet 1.9 hands such a failure to
+// the next ops that share its temp space, which then return unwritten memory without an
+// error (docs/design.md §3). On the GPU it is refused, as device memory is MXNet's to give.
+bool workspace(const OpResource& res, size_t bytes, bool gpu, void** out,
+               std::unique_ptr<char[]>* owned) {
   *out = nullptr;
   if (bytes == 0) return true;
-  if (bytes > static_cast<size_t>(INT_MAX)) {
-    MX_ERROR_MSG << kOp << "workspace of " << bytes << " bytes exceeds lib_api's 2 GiB limit";
+  if (bytes <= static_cast<size_t>(INT_MAX)) {
+    *out = gpu ? res.alloc_gpu(static_cast<int>(bytes)) : res.alloc_cpu(static_cast<int>(bytes));
+  } else if (gpu) {
+    error() << kOp << "workspace of " << bytes << " bytes exceeds lib_api's 2 GiB limit";
     return false;
+  } else {
+    owned->reset(new (std::nothrow) char[bytes]);
+    *out = owned->get();
   }
-  *out = gpu ? res.alloc_gpu(static_cast<int>(bytes)) : res.alloc_cpu(static_cast<int>(bytes));
-  if (*out == nullptr) MX_ERROR_MSG << kOp << "could not allocate " << bytes << " bytes";
+  if (*out == nullptr) error() << kOp << "could not allocate " << bytes << " bytes";
   return *out != nullptr;
 }
 
 template <bool kGpu>
 MXReturnValue forward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
                       std::vector<MXTensor>* outputs, const OpResource& res) {
-  clear_error_messages();
+  start_call();
   Attrs a;
   Layout l;
   if (!tensor_layout(attrs, (*inputs)[0], &a, &l)) return MX_FAIL;
   const MXTensor &x = (*inputs)[0], &gamma = (*inputs)[1], &beta = (*inputs)[2];
   void* ws;
+  std::unique_ptr<char[]> owned;
 #ifdef GN_MXNET_WITH_CUDA
   if (kGpu) {
-    if (!workspace(res, gn_cuda_forward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), true, &ws)) return MX_FAIL;
+    if (!workspace(res, gn_cuda_forward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), true, &ws, &owned)) return MX_FAIL;
     return report(gn_cuda_forward(x.dtype, gamma.dtype, x.data_ptr, gamma.data_ptr, beta.data_ptr,
                                   (*outputs)[0].data_ptr, (*outputs)[1].data_ptr, (*outputs)[2].data_ptr,
                                   l.N, l.C, l.S, a.num_groups, l.channels_last, a.eps, ws,
-                                  res.get_cuda_stream()));
+                                  res.get_cuda_stream()), true);
   }
 #endif
-  if (!workspace(res, gn_cpu_forward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), false, &ws)) return MX_FAIL;
+  if (!workspace(res, gn_cpu_forward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), false, &ws, &owned)) return MX_FAIL;
   return report(gn_cpu_forward(x.dtype, gamma.dtype, x.data_ptr, gamma.data_ptr, beta.data_ptr,
                                (*outputs)[0].data_ptr, (*outputs)[1].data_ptr, (*outputs)[2].data_ptr,
-                               l.N, l.C, l.S, a.num_groups, l.channels_last, a.eps, ws));
+                               l.N, l.C, l.S, a.num_groups, l.channels_last, a.eps, ws),
+                false);
 }
 
 // inputs: [dy, dmean, drstd, data, gamma, beta, y, mean, rstd]; outputs: [ddata, dgamma, dbeta].
@@ -282,27 +317,30 @@ MXReturnValue forward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
 template <bool kGpu>
 MXReturnValue backward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
                        std::vector<MXTensor>* outputs, const OpResource& res) {
-  clear_error_messages();
+  start_call();
   Attrs a;
   Layout l;
   const MXTensor &dy = (*inputs)[0], &x = (*inputs)[3], &gamma = (*inputs)[4];
   const MXTensor &mean = (*inputs)[7], &rstd = (*inputs)[8];
   if (!tensor_layout(attrs, x, &a, &l)) return MX_FAIL;
   void* ws;
+  std::unique_ptr<char[]> owned;
 #ifdef GN_MXNET_WITH_CUDA
   if (kGpu) {
-    if (!workspace(res, gn_cuda_backward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), true, &ws)) return MX_FAIL;
+    if (!workspace(res, gn_cuda_backward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), true, &ws, &owned)) return MX_FAIL;
     return report(gn_cuda_backward(x.dtype, gamma.dtype, dy.data_ptr, x.data_ptr, gamma.data_ptr,
                                    mean.data_ptr, rstd.data_ptr, (*outputs)[0].data_ptr,
                                    (*outputs)[1].data_ptr, (*outputs)[2].data_ptr, l.N, l.C, l.S,
-                                   a.num_groups, l.channels_last, ws, res.get_cuda_stream()));
+                                   a.num_groups, l.channels_last, ws, res.get_cuda_stream()),
+                  true);
   }
 #endif
-  if (!workspace(res, gn_cpu_backward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), false, &ws)) return MX_FAIL;
+  if (!workspace(res, gn_cpu_backward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), false, &ws, &owned)) return MX_FAIL;
   return report(gn_cpu_backward(x.dtype, gamma.dtype, dy.data_ptr, x.data_ptr, gamma.data_ptr,
                                 mean.data_ptr, rstd.data_ptr, (*outputs)[0].data_ptr,
                                 (*outputs)[1].data_ptr, (*outputs)[2].data_ptr, l.N, l.C, l.S,
-                                a.num_groups, l.channels_last, ws));
+                                a.num_groups, l.channels_last, ws),
+                false);
 }
 
 }  // namespace
@@ -320,7 +358,16 @@ REGISTER_OP(GroupNormalization)
     ;
 
 MXReturnValue initialize(int version) {
+  start_call();
   if (version >= 10700) return MX_SUCCESS;
-  MX_ERROR_MSG << kOp << "needs MXNet >= 1.7 (lib_api version 11), found " << version;
+  error() << kOp << "needs MXNet >= 1.7 (lib_api version 11), found " << version;
   return MX_FAIL;
+}
+
+// What MXNet reads after each call: this thread's messages (see thread_messages above).
+MX_INT_RET _msgSize() { return static_cast<int>(thread_messages.size()); }
+
+MX_VOID_RET _msgGet(int idx, const char** msg) {
+  const bool known = idx >= 0 && static_cast<size_t>(idx) < thread_messages.size();
+  *msg = known ? thread_messages[idx].c_str() : "";
 }

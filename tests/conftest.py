@@ -12,3 +12,10 @@ def native_library():
     """The built operator library; the suite fails (not skips) when it is missing."""
     import gn_mxnet
     return gn_mxnet.load_library()
+
+
+@pytest.fixture(scope='session')
+def emulated_cuda(tmp_path_factory):
+    """The CUDA kernels' source built for the CPU (tests/cuda_emulation.py), once a session."""
+    import cuda_emulation
+    return cuda_emulation.build(tmp_path_factory.mktemp('gn_cuda_emulated'))

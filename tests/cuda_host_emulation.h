@@ -37,7 +37,32 @@ struct dim3 {
 };
 typedef void* cudaStream_t;
 typedef int cudaError_t;
-enum { cudaSuccess = 0 };
+// CUDA's codes for what the emulation can report; names and words as cudaGetErrorName and
+// cudaGetErrorString give them.
+enum {
+  cudaSuccess = 0,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorNoDevice = 100,
+  cudaErrorLaunchOutOfResources = 701
+};
+inline const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
+    default: return "cudaErrorUnknown";
+  }
+}
+inline const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
+    default: return "unknown error";
+  }
+}
 
 // IEEE binary16 with round-to-nearest-even conversions, like cuda_fp16.h's.
 struct __half { _Float16 v; };
@@ -67,6 +92,7 @@ inline std::vector<int> warp_live, warp_arrived;
 inline std::vector<unsigned> warp_gen;
 inline std::vector<uint64_t> exchange;  // one 8-byte slot per lane
 inline int last_error = 0;
+inline int injected_error = 0;  // emu_fail_next_launch()
 inline uint64_t rng = 12345;
 
 inline void yield() { swapcontext(&cur->ctx, &scheduler); }
@@ -121,12 +147,17 @@ inline void trampoline() {
 }
 
 template <class F> void launch(dim3 grid, dim3 block, size_t smem, F&& fn) {
+  if (injected_error != 0) {  // a launch the device refuses: nothing runs
+    last_error = injected_error;
+    injected_error = 0;
+    return;
+  }
   const unsigned long n = 1ul * block.x * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 ||
       grid.z > 65535 || n == 0 || n > 1024 || block.z > 64 || smem > 48 * 1024) {
     fprintf(stderr, "emu: invalid launch grid(%u,%u,%u) block(%u,%u,%u) smem %zu\n", grid.x,
             grid.y, grid.z, block.x, block.y, block.z, smem);
-    last_error = 1;  // what cudaGetLastError reports for a bad configuration
+    last_error = cudaErrorInvalidConfiguration;
     return;
   }
   std::function<void()> f = fn;
@@ -185,6 +216,12 @@ template <class F> void launch(dim3 grid, dim3 block, size_t smem, F&& fn) {
 }
 
 }  // namespace emu
+
+// For tests: the next launch fails with `error` (a cudaError_t), as the device would refuse
+// it. Emitted in every unit that includes this header, merged at link time.
+extern "C" __attribute__((used)) inline void emu_fail_next_launch(int error) {
+  emu::injected_error = error;
+}
 
 inline cudaError_t cudaGetLastError() {
   const int e = emu::last_error;

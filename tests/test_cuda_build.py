@@ -16,13 +16,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-import gn_reference as ref
-from build_modules import NO_NVCC, NVCC, REPO, builder, ci_arch, cuda_build, needs_nvcc
+import cuda_emulation
+from build_modules import NO_NVCC, NVCC, builder, ci_arch, cuda_build, needs_nvcc
 
 GN_STATUS_OK, GN_STATUS_BAD_DTYPE, GN_STATUS_BAD_SHAPE, GN_STATUS_DEVICE_ERROR = (
     builder.STATUS_CODES[name] for name in ("ok", "bad_dtype", "bad_shape", "device_error"))
@@ -136,6 +135,9 @@ def test_calls_with_nothing_to_do_return_ok(lib):
 @pytest.mark.parametrize("cl", [0, 1])
 def test_launch_without_gpu_reports_device_error(lib, call, dtypes, cl):
     assert call(lib, dtypes[0], dtypes[1], 2, 8, 12, 2, cl) == GN_STATUS_DEVICE_ERROR
+    # ... and which CUDA error it was, in CUDA's words (no device, or no driver, here).
+    assert re.fullmatch(r"cudaError\w+: \w.*", lib.gn_cuda_last_error().decode()), \
+        lib.gn_cuda_last_error()
 
 
 @pytest.mark.slow
@@ -155,143 +157,12 @@ def test_full_arch_build(tmp_path):
         assert "compute_%d" % ptx in listing or "sm_%d.ptx" % ptx in listing
 
 
-# ---- the kernels' source on the CPU --------------------------------------------------------
-
-EMULATION_HEADER = os.path.join(REPO, "tests", "cuda_host_emulation.h")
-LAUNCH = re.compile(r"([A-Za-z_]\w*(?:<[^<>;]*>)?)[\s\\]*<<<(.*?)>>>\((.*?)\);", re.S)
-
-
-def _split_top_level(text):
-    parts, depth, current = [], 0, ""
-    for ch in text:
-        depth += ch in "(<"
-        depth -= ch in ")>"
-        if ch == "," and depth == 0:
-            parts.append(current.strip())
-            current = ""
-        else:
-            current += ch
-    return parts + [current.strip()]
-
-
-def _host_source(text):
-    """Rewrites launches and dynamic shared memory for cuda_host_emulation.h; counts launches."""
-    text = text.replace("extern __shared__ __align__(16) unsigned char smem_raw[];",
-                        "unsigned char* smem_raw = ::emu::dynamic_smem();")
-
-    def launch(match):
-        config = _split_top_level(match.group(2))
-        smem = config[2] if len(config) > 2 else "0"
-        args = match.group(3).replace("\\\n", " ")
-        return "::emu::launch(%s, %s, %s, [&]() { %s(%s); });" % (
-            config[0], config[1], smem, match.group(1), args)
-
-    return LAUNCH.subn(launch, text)
+# ---- the kernels' source on the CPU (tests/cuda_emulation.py) --------------------------------
 
 
 @pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
-    gxx = shutil.which("g++")
-    if gxx is None or not sys.platform.startswith("linux"):
-        pytest.skip("the emulation needs g++ and glibc's ucontext")
-    work = tmp_path_factory.mktemp("gn_cuda_emulated")
-    probe = work / "probe.cc"
-    probe.write_text("_Float16 h = 1; int main() { return static_cast<int>(h) - 1; }\n")
-    if subprocess.run([gxx, "-std=c++17", "-c", str(probe), "-o", str(work / "probe.o")],
-                      capture_output=True).returncode != 0:
-        pytest.skip("this g++ has no _Float16 (GCC >= 12 on x86-64 / aarch64 has it)")
-    shim = work / "shim"
-    shim.mkdir()
-    for name in ("cuda_runtime.h", "cuda_fp16.h"):
-        (shim / name).write_text('#include "%s"\n' % EMULATION_HEADER)
-    units, launches = [], 0
-    for name in sorted(os.listdir(builder.OPERATORS)):
-        if not name.endswith((".cu", ".cuh", ".h")):
-            continue
-        with open(os.path.join(builder.OPERATORS, name)) as f:
-            text, count = _host_source(f.read())
-        launches += count
-        target = work / (name[:-3] + ".cc" if name.endswith(".cu") else name)
-        target.write_text(text)
-        if name.endswith(".cu"):
-            units.append(str(target))
-    assert units and launches >= 10, "no CUDA sources or launches found to emulate"
-    path = str(work / "libgn_cuda_emulated.so")
-    cmd = [gxx, "-O1", "-std=c++17", "-fPIC", "-shared", "-Wno-unknown-pragmas",
-           "-I", str(shim), "-I", str(work)] + units + ["-o", path]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return cuda_build.load_library(path)
-
-
-NP_DTYPES = {FLOAT32: np.float32, FLOAT64: np.float64, FLOAT16: np.float16}
-
-
-def _reference(x, dy, gamma, beta, G, eps):
-    """tests/gn_reference.py on (N, C, S) inputs, mean and rstd flat like the kernels'."""
-    mean, rstd = ref.moments(x, G, eps)
-    dx, dgamma, dbeta = ref.backward(dy, x, gamma, G, eps)
-    return dict(y=ref.forward(x, gamma, beta, G, eps), mean=mean.ravel(), rstd=rstd.ravel(),
-                dx=dx, dgamma=dgamma, dbeta=dbeta)
-
-
-def _array(values, dtype, misaligned):
-    """A C-contiguous copy; `misaligned` puts it one element past an aligned address."""
-    flat = np.empty(values.size + 1, dtype=dtype)
-    out = flat[1:] if misaligned else flat[:-1]
-    out[...] = values.ravel()
-    return out
-
-
-def _run_emulated(lib, x64, dy64, gamma64, beta64, G, cl, dtypes, misaligned=False, eps=1e-5):
-    """Runs the emulated forward and backward on (N, C, S) float64 inputs cast to `dtypes`;
-    returns the kernels' results and the float64 reference of the cast inputs (both
-    channels-first), and the size of the terms each gradient is summed from."""
-    N, C, S = x64.shape
-    dtype, param_dtype = dtypes
-    data_t, param_t = NP_DTYPES[dtype], NP_DTYPES[param_dtype]
-    acc_t = np.float64 if dtype == FLOAT64 else np.float32
-
-    def stored(a):  # the kernel's layout: (N, C, S) or (N, S, C)
-        return a.transpose(0, 2, 1) if cl else a
-
-    x = _array(stored(x64.astype(data_t)), data_t, misaligned)
-    dy = _array(stored(dy64.astype(data_t)), data_t, misaligned)
-    gamma, beta = gamma64.astype(param_t), beta64.astype(param_t)
-    y, dx = np.empty_like(x), np.empty_like(x)
-    mean, rstd = np.empty(N * G, acc_t), np.empty(N * G, acc_t)
-    dgamma, dbeta = np.empty_like(gamma), np.empty_like(gamma)
-    ws_f = np.empty(lib.gn_cuda_forward_workspace_bytes(N, C, S, G, cl) + 16, np.uint8)
-    ws_b = np.empty(lib.gn_cuda_backward_workspace_bytes(N, C, S, G, cl) + 16, np.uint8)
-    p = lambda a: a.ctypes.data  # noqa: E731
-    assert lib.gn_cuda_forward(dtype, param_dtype, p(x), p(gamma), p(beta), p(y), p(mean),
-                               p(rstd), N, C, S, G, cl, eps, p(ws_f), None) == 0
-    assert lib.gn_cuda_backward(dtype, param_dtype, p(dy), p(x), p(gamma), p(mean), p(rstd),
-                                p(dx), p(dgamma), p(dbeta), N, C, S, G, cl, p(ws_b), None) == 0
-
-    def channels_first(a):
-        a = a.astype(np.float64).reshape((N, S, C) if cl else (N, C, S))
-        return a.transpose(0, 2, 1) if cl else a
-
-    xr, dyr = channels_first(x), channels_first(dy)
-    ref = _reference(xr, dyr, gamma.astype(np.float64), beta.astype(np.float64), G, eps)
-    # A sum whose terms cancel is only as accurate as its terms' size times the working
-    # precision, whatever the kernel (tests/test_group_norm.py's term_scales, same idea).
-    scale_c = np.repeat(ref["rstd"].reshape(N, G), C // G, 1)[..., None] * gamma[None, :, None]
-    terms = {"dx": np.abs(scale_c * dyr).max(),
-             "dgamma": np.sqrt((dyr ** 2).sum((0, 2))).max()}
-    terms["dbeta"] = terms["dgamma"]
-    ours = dict(y=channels_first(y), mean=mean, rstd=rstd, dx=channels_first(dx),
-                dgamma=dgamma, dbeta=dbeta)
-    return ours, ref, terms
-
-
-def _relative_errors(ours, ref, terms):
-    errors = {}
-    for name, want in ref.items():
-        scale = max(np.abs(want).max(), terms.get(name, 0.0), 1e-30)
-        errors[name] = np.abs(ours[name].astype(np.float64) - want).max() / scale
-    return errors
+def emulated(emulated_cuda):
+    return emulated_cuda
 
 
 @pytest.mark.parametrize("misaligned", [False, True])
@@ -312,7 +183,7 @@ def test_emulated_kernels_match_reference(emulated, N, C, S, G, cl, dtypes, misa
     dy64 = rng.standard_normal((N, C, S))
     gamma64 = rng.standard_normal(C) * 0.5 + 1.0
     beta64 = rng.standard_normal(C)
-    errors = _relative_errors(*_run_emulated(emulated, x64, dy64, gamma64, beta64, G, cl, dtypes,
+    errors = cuda_emulation.relative_errors(*cuda_emulation.run(emulated, x64, dy64, gamma64, beta64, G, cl, dtypes,
                                              misaligned))
     tol = {FLOAT32: 1e-5, FLOAT64: 1e-10, FLOAT16: 1e-2}[dtypes[0]]
     for name, err in errors.items():
@@ -339,9 +210,9 @@ def test_emulated_float32_precision_far_from_zero(emulated, N, C, S, G, cl, offs
     dy64 = rng.standard_normal((N, C, S))
     gamma64 = rng.standard_normal(C) * 0.5 + 1.0
     beta64 = rng.standard_normal(C)
-    ours, ref, terms = _run_emulated(emulated, x64, dy64, gamma64, beta64, G, cl,
+    ours, ref, terms = cuda_emulation.run(emulated, x64, dy64, gamma64, beta64, G, cl,
                                      (FLOAT32, FLOAT32))
-    errors = _relative_errors(ours, ref, terms)
+    errors = cuda_emulation.relative_errors(ours, ref, terms)
     # The mean output is the group mean rounded to float32: half an ulp off at most, plus the
     # float32 error of a mean taken relative to a pivot within a few spreads of it.
     mean_ulps = (np.abs(ours["mean"] - ref["mean"]) / np.spacing(np.abs(ref["mean"]).astype(

@@ -78,6 +78,11 @@ CPU_KERNEL_SOURCES = ('group_norm_cpu_forward.cc', 'group_norm_cpu_backward.cc',
                       'group_norm_cpu_entry.cc')
 
 
+# lib_api.cc's message readers, renamed: operators/group_norm_op.cc defines its own.
+LIB_API_RENAMES = ('-D_msgSize=mxnet_lib_api_msgSize_unused',
+                   '-D_msgGet=mxnet_lib_api_msgGet_unused')
+
+
 def cxx_flags():
     return [*CXX_FLAGS, *os.environ.get('GN_MXNET_CXXFLAGS', '').split()]
 
@@ -111,8 +116,10 @@ def cpu_compile_commands(include, lib_api, build_dir, cuda, operators=OPERATORS)
                              '-isystem', include, '-I%s' % operators, '-c',
                              os.path.join(operators, source),
                              '-o', os.path.join(build_dir, source + suffix)])
-    # lib_api.cc is MXNet's code: its warnings are not ours to fix.
-    commands.append(['g++', *flags, '-w', '-I%s' % include, '-c', lib_api,
+    # lib_api.cc is MXNet's code: its warnings are not ours to fix. Its _msgSize/_msgGet read
+    # one unlocked process-wide message list; operators/group_norm_op.cc defines thread-safe
+    # ones instead, so lib_api.cc's are renamed out of the way.
+    commands.append(['g++', *flags, '-w', *LIB_API_RENAMES, '-I%s' % include, '-c', lib_api,
                      '-o', os.path.join(build_dir, 'lib_api.cc.o')])
     return commands
 

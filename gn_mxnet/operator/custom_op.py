@@ -61,9 +61,11 @@ def backward_numpy(dy, x, gamma, attrs):
     gds = (ds * g).sum(axis=2)                               # (N, G)
     gdb = (db * g).sum(axis=2)
     coef_x = -rstd ** 3 * gds / count
-    coef_const = -rstd * gdb / count
-    dxg = (rstd[:, :, None, None] * g[None, :, :, None] * dyg
-           + coef_x[:, :, None, None] * centered + coef_const[:, :, None, None])
+    # gamma·dy less its group mean before scaling by rstd: formed apart, the two terms round
+    # differently and leave ~rstd·|gamma·dy|·1e-16 where they cancel (dx of a one-element
+    # group is exactly 0).
+    centered_dy = g[None, :, :, None] * dyg - (gdb / count)[:, :, None, None]
+    dxg = rstd[:, :, None, None] * centered_dy + coef_x[:, :, None, None] * centered
     dgamma = (ds * rstd[:, :, None]).sum(axis=0).reshape(-1)
     dbeta = db.sum(axis=0).reshape(-1)
     return (_ungrouped(dxg, x.shape, channels_last).astype(x.dtype),

@@ -1,0 +1,106 @@
+"""The CUDA kernels' own source on the CPU (tests/cuda_emulation.py): exact where the math is
+exact, small groups against the float64 reference, and a failed launch named in CUDA's words
+(gn_cuda_last_error, which the operator appends to its MXNetError)."""
+import ctypes
+import threading
+
+import numpy as np
+import pytest
+
+import cuda_emulation
+from cuda_emulation import FLOAT16, FLOAT32, FLOAT64
+
+DTYPES = [(FLOAT32, FLOAT32), (FLOAT64, FLOAT64), (FLOAT16, FLOAT16), (FLOAT16, FLOAT32)]
+TOLERANCE = {FLOAT32: 1e-5, FLOAT64: 1e-10, FLOAT16: 1e-2}
+
+
+def _inputs(N, C, S, offset, spread, seed):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((N, C, S)) * spread + offset, rng.standard_normal((N, C, S)),
+            rng.standard_normal(C) * 0.5 + 1.0, rng.standard_normal(C))
+
+
+# One element per group (G = C, S = 1): x - mean is exactly 0, so y = beta, dx = 0 and
+# dgamma = 0 exactly. Rounding rstd*gamma*dy and rstd*mean_g(gamma*dy) apart left
+# rstd*|gamma*dy|*ulp in dx (tests/test_small_groups.py has the same for every backend).
+@pytest.mark.parametrize("offset,spread", [(1000.0, 2.0), (0.0, 1e-3)])
+@pytest.mark.parametrize("dtypes", DTYPES)
+@pytest.mark.parametrize("cl", [0, 1])
+@pytest.mark.parametrize("N,C", [(2, 8), (1, 32), (3, 5), (2, 256)])
+def test_one_element_groups_are_exact(emulated_cuda, N, C, cl, dtypes, offset, spread):
+    x64, dy64, gamma64, beta64 = _inputs(N, C, 1, offset, spread, N * 100 + C + cl)
+    ours, _, _ = cuda_emulation.run(emulated_cuda, x64, dy64, gamma64, beta64, C, cl, dtypes)
+    data_t, param_t = (cuda_emulation.NP_DTYPES[d] for d in dtypes)
+    beta = beta64.astype(param_t).astype(data_t).astype(np.float64)
+    np.testing.assert_array_equal(ours["y"], np.broadcast_to(beta[None, :, None], (N, C, 1)))
+    assert np.abs(ours["dx"]).max() == 0.0, "dx of a one-element group"
+    assert np.abs(ours["dgamma"].astype(np.float64)).max() == 0.0, "dgamma"
+
+
+@pytest.mark.parametrize("offset,spread", [(0.0, 2.0), (1000.0, 2.0), (3.0, 1e-3)])
+@pytest.mark.parametrize("dtypes", DTYPES)
+@pytest.mark.parametrize("cl", [0, 1])
+@pytest.mark.parametrize("N,C,S,G", [(3, 8, 1, 4), (2, 6, 1, 2), (2, 4, 3, 4), (2, 3, 2, 3)])
+def test_two_and_three_element_groups_match_reference(emulated_cuda, N, C, S, G, cl, dtypes,
+                                                      offset, spread):
+    if dtypes[0] == FLOAT16 and offset > 100:
+        spread = 8.0  # float16 steps are 0.5 at 1000
+    inputs = _inputs(N, C, S, offset, spread, N * 1000 + C * 10 + S + cl)
+    errors = cuda_emulation.relative_errors(
+        *cuda_emulation.run(emulated_cuda, *inputs, G, cl, dtypes))
+    for name, err in errors.items():
+        assert err <= TOLERANCE[dtypes[0]], "%s: rel err %.3g" % (name, err)
+
+
+# ---- a failed launch names its CUDA error (gn_cuda_last_error) -----------------------------
+
+LAUNCH_OUT_OF_RESOURCES, INVALID_CONFIGURATION = 701, 9  # CUDA's cudaError_t codes
+DEVICE_ERROR = cuda_emulation.builder.STATUS_CODES["device_error"]
+WORDS = {LAUNCH_OUT_OF_RESOURCES: b"cudaErrorLaunchOutOfResources: too many resources "
+                                  b"requested for launch",
+         INVALID_CONFIGURATION: b"cudaErrorInvalidConfiguration: invalid configuration argument"}
+
+
+def _failing_call(lib, backward, error):
+    """One forward or backward call on real buffers whose first launch fails with `error`."""
+    N, C, S, G = 2, 8, 6, 2
+    x, dy, y, dx = (np.ones((N, C, S), np.float32) for _ in range(4))
+    gamma, beta, dgamma, dbeta = (np.ones(C, np.float32) for _ in range(4))
+    mean, rstd = np.zeros(N * G, np.float32), np.ones(N * G, np.float32)
+    size = (lib.gn_cuda_backward_workspace_bytes if backward
+            else lib.gn_cuda_forward_workspace_bytes)(N, C, S, G, 0)
+    ws = np.empty(size, np.uint8)
+    p = lambda a: a.ctypes.data  # noqa: E731
+    lib.emu_fail_next_launch.argtypes = [ctypes.c_int]
+    lib.emu_fail_next_launch(error)
+    if backward:
+        return lib.gn_cuda_backward(FLOAT32, FLOAT32, p(dy), p(x), p(gamma), p(mean), p(rstd),
+                                    p(dx), p(dgamma), p(dbeta), N, C, S, G, 0, p(ws), None)
+    return lib.gn_cuda_forward(FLOAT32, FLOAT32, p(x), p(gamma), p(beta), p(y), p(mean),
+                               p(rstd), N, C, S, G, 0, 1e-5, p(ws), None)
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("error", sorted(WORDS))
+def test_failed_launch_reports_the_cuda_error(emulated_cuda, backward, error):
+    assert _failing_call(emulated_cuda, backward, error) == DEVICE_ERROR
+    assert emulated_cuda.gn_cuda_last_error() == WORDS[error]
+
+
+def test_cuda_error_is_kept_per_thread(emulated_cuda):
+    """Each thread reads the error of its own last failed call, not another thread's later
+    one. (The threads run one after the other: the emulation itself is single-threaded.)"""
+    seen = {}
+
+    def fail_and_read(error, then=None):
+        _failing_call(emulated_cuda, False, error)
+        if then is not None:
+            then.start()
+            then.join()
+        seen[error] = emulated_cuda.gn_cuda_last_error()
+
+    other = threading.Thread(target=fail_and_read, args=(INVALID_CONFIGURATION,))
+    first = threading.Thread(target=fail_and_read, args=(LAUNCH_OUT_OF_RESOURCES, other))
+    first.start()
+    first.join()
+    assert seen == {error: WORDS[error] for error in WORDS}
