@@ -129,6 +129,27 @@ def test_r101_fpn_takes_its_stage_outputs_from_the_deeper_third_stage(native_lib
         build_mask_rcnn(['a'], depth=34)
 
 
+def test_fpn_roi_pooling_takes_each_roi_from_its_level_only(native_library):
+    """The pooled features of a RoI are ROIAlign's on its own FPN level, whatever stale memory
+    the other levels' outputs land in (MXNet's CPU ROIAlign leaves -1 RoIs' rows unwritten)."""
+    net = build_mask_rcnn(['a', 'b'], small=True)
+    strides, rng = (4, 8, 16, 32), np.random.RandomState(0)
+    features = [mx.nd.array(rng.rand(1, 8, 512 // s, 512 // s)) for s in strides]
+    # sqrt(area) 16, 112, 224, 448: levels 2, 3, 4, 5 (4 + log2(size / 224), clipped).
+    rois = mx.nd.array([[0, 8, 8, 23, 23], [0, 40, 40, 151, 151], [0, 0, 0, 223, 223],
+                        [0, 30, 30, 477, 477]])
+    expected = [mx.nd.contrib.ROIAlign(features[k], rois[k:k + 1], net._roi_size,
+                                       1.0 / strides[k], sample_ratio=2).asnumpy()[0]
+                for k in range(4)]
+    for _ in range(5):
+        stale = mx.nd.full((4, 8) + tuple(net._roi_size), float('nan'))
+        stale.wait_to_read()
+        del stale   # its memory goes back to MXNet's pool, for the next outputs
+        pooled = net._pyramid_roi_feats(mx.nd, features, rois, net._roi_size, strides)
+        for k in range(4):
+            np.testing.assert_allclose(pooled[k].asnumpy(), expected[k], rtol=1e-6, atol=1e-7)
+
+
 def test_bn_star_freezes_the_backbone_norm_and_uses_no_head_norm():
     net = build_mask_rcnn(['a', 'b'], norm='bn', small=True)
     assert not _gn_layers(net)
