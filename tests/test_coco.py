@@ -1,17 +1,21 @@
 """Mask R-CNN with GroupNorm (train/train_coco.py, gn_mxnet.detection)."""
 import csv
+import dataclasses
 import json
 import os
 import pickle
+import sys
 import time
 import warnings
+from dataclasses import replace
 
 import mxnet as mx
 import numpy as np
 import pytest
 
-from gn_mxnet.detection import coco_data, evaluation
+from gn_mxnet.detection import coco_data, engine, evaluation
 from gn_mxnet.detection.engine import DetectionConfig, run
+from gn_mxnet.training import checkpoint as ckpt
 from gn_mxnet.detection.model import build_mask_rcnn
 from gn_mxnet.convert import load_weights
 from gn_mxnet.gluon import GroupNorm
@@ -129,6 +133,27 @@ def test_r101_fpn_takes_its_stage_outputs_from_the_deeper_third_stage(native_lib
         build_mask_rcnn(['a'], depth=34)
 
 
+def test_fpn_roi_pooling_takes_each_roi_from_its_level_only(native_library):
+    """The pooled features of a RoI are ROIAlign's on its own FPN level, whatever stale memory
+    the other levels' outputs land in (MXNet's CPU ROIAlign leaves -1 RoIs' rows unwritten)."""
+    net = build_mask_rcnn(['a', 'b'], small=True)
+    strides, rng = (4, 8, 16, 32), np.random.RandomState(0)
+    features = [mx.nd.array(rng.rand(1, 8, 512 // s, 512 // s)) for s in strides]
+    # sqrt(area) 16, 112, 224, 448: levels 2, 3, 4, 5 (4 + log2(size / 224), clipped).
+    rois = mx.nd.array([[0, 8, 8, 23, 23], [0, 40, 40, 151, 151], [0, 0, 0, 223, 223],
+                        [0, 30, 30, 477, 477]])
+    expected = [mx.nd.contrib.ROIAlign(features[k], rois[k:k + 1], net._roi_size,
+                                       1.0 / strides[k], sample_ratio=2).asnumpy()[0]
+                for k in range(4)]
+    for _ in range(5):
+        stale = mx.nd.full((4, 8) + tuple(net._roi_size), float('nan'))
+        stale.wait_to_read()
+        del stale   # its memory goes back to MXNet's pool, for the next outputs
+        pooled = net._pyramid_roi_feats(mx.nd, features, rois, net._roi_size, strides)
+        for k in range(4):
+            np.testing.assert_allclose(pooled[k].asnumpy(), expected[k], rtol=1e-6, atol=1e-7)
+
+
 def test_bn_star_freezes_the_backbone_norm_and_uses_no_head_norm():
     net = build_mask_rcnn(['a', 'b'], norm='bn', small=True)
     assert not _gn_layers(net)
@@ -160,7 +185,8 @@ def test_pretrained_backbone_file_lands_in_the_detector(tmp_path, native_library
 
 
 # --- training + evaluation ------------------------------------------------------------------
-def test_a_few_iterations_evaluate_checkpoint_and_resume(embedded, tmp_path, native_library):
+def test_a_few_iterations_evaluate_checkpoint_and_resume(embedded, tmp_path, native_library,
+                                                         monkeypatch):
     cache, _, _ = embedded
     out = str(tmp_path / 'run')
     cfg = DetectionConfig(cache_dir=cache, num_train=SMALL_SPEC.num_train,
@@ -171,17 +197,48 @@ def test_a_few_iterations_evaluate_checkpoint_and_resume(embedded, tmp_path, nat
     for name in ('checkpoint.pkl', 'last.params', 'coco_log.csv', 'coco_curves.png',
                  'summary.json'):
         assert os.path.isfile(os.path.join(out, name)), name
-    cfg.epochs, cfg.resume = 2, True
+    saved = ckpt.load_checkpoint(out)
+    with pytest.raises(FileExistsError, match='--resume .* --overwrite'):
+        run(replace(cfg))                  # a new run never replaces it silently
+    with pytest.raises(ValueError, match="lr: saved 0.01, now 0.02; momentum: saved 0.9, now"):
+        run(replace(cfg, resume=True, lr=0.02, momentum=0.8))
+
+    # A NaN loss in epoch 2's first step: the run stops, epoch 1's files stay.
+    class NaNLoss(engine.MaskRCNNLoss):
+        def __call__(self, *args):
+            parts = super().__call__(*args)
+            return dict(parts, total=parts['total'] * float('nan'))
+    monkeypatch.setattr(engine, 'MaskRCNNLoss', NaNLoss)
+    with pytest.raises(FloatingPointError, match='epoch 2 step 1'):
+        run(replace(cfg, epochs=2, resume=True))
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(out)['epoch'] == 1
+    last = {k: v.asnumpy() for k, v in mx.nd.load(os.path.join(out, 'last.params')).items()}
+    for name, value in saved['params'].items():
+        np.testing.assert_array_equal(last[name], value, err_msg=name)
+
+    cfg.epochs, cfg.resume = 2, True   # the schedule does not depend on epochs: extend the run
     second = run(cfg)
     with open(os.path.join(out, 'coco_log.csv')) as f:
         rows = list(csv.DictReader(f))
     assert [int(r['epoch']) for r in rows] == [0, 1, 2]
     for row in rows[1:]:
         assert np.isfinite(float(row['loss_total'])) and float(row['loss_mask']) > 0
-    for row in rows:
-        for key in ('bbox_AP', 'segm_AP', 'bbox_AP50'):
-            assert 0.0 <= float(row[key]) <= 1.0
+    # The log holds what each run evaluated; the lr at each epoch's last step (iterations 1
+    # and 3) follows the warm-up from lr/3 over 2 iterations.
+    for row, figures in ((rows[0], first['untrained']), (rows[1], first['final']),
+                         (rows[2], second['final'])):
+        assert {k: float(row[k]) for k in figures} == pytest.approx(figures)
+    assert [float(r['lr']) for r in rows] == pytest.approx([0.0, 0.01 * 2 / 3, 0.01])
     assert second['untrained'] == first['untrained']   # epoch 0 was not re-run
+
+
+def test_detector_resume_identity_is_every_field_but_bookkeeping():
+    fields = {f.name for f in dataclasses.fields(DetectionConfig)}
+    assert set(engine.BOOKKEEPING) < fields
+    identity = DetectionConfig(gpus='0,1,2').identity()
+    assert set(identity) == fields - set(engine.BOOKKEEPING)
+    assert identity['gpus'] == 3
 
 
 # --- the default command --------------------------------------------------------------------
@@ -215,3 +272,69 @@ def test_frozen_bn_variant_trains_and_keeps_its_statistics(embedded, tmp_path):
         params = pickle.load(f)['params']
     means = [v for k, v in params.items() if k.endswith('running_mean')]
     assert means and all(np.all(m == 0) for m in means)   # BN*: statistics never updated
+
+
+# --- several workers (ps-lite dist kvstore) -------------------------------------------------
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COCO_SCRIPT = os.path.join(REPO, 'train', 'train_coco.py')
+# One worker of a real dist_sync job builds the detector's trainer and saves its states, which
+# MXNet refuses when the optimizer runs on the kvstore's servers (update_on_kvstore).
+DIST_TRAINER = """
+import warnings
+warnings.filterwarnings('ignore')
+from gn_mxnet.detection import engine
+from gn_mxnet.detection.model import build_mask_rcnn
+from gn_mxnet.training import checkpoint as ckpt
+from gn_mxnet.training.distributed import connect
+cfg = engine.DetectionConfig(kv_store='dist_sync')
+kv, rank, num_workers = connect(cfg.kv_store)
+net = build_mask_rcnn(['a', 'b'], small=True)
+trainer, dist_sync = engine._make_trainer(cfg, net, kv)
+ckpt.load_trainer_state_bytes(trainer, ckpt.trainer_state_bytes(trainer))
+assert dist_sync is not None and not trainer._update_on_kvstore
+print('states saved on worker', rank, 'of', num_workers)
+"""
+
+
+def test_detector_trainer_saves_its_states_on_a_dist_kvstore(tmp_path, native_library):
+    from gn_mxnet.training import launcher
+    job = launcher.run([sys.executable, '-c', DIST_TRAINER], num_workers=1, num_servers=1,
+                       cwd=REPO, log_dir=str(tmp_path), timeout=300)
+    assert [node.returncode for node in job.nodes] == [0, 0, 0]
+    assert 'states saved on worker 0 of 1' in (tmp_path / 'worker0.log').read_text()
+
+
+def _params(path):
+    return {k: v.asnumpy() for k, v in mx.nd.load(str(path)).items()}
+
+
+@pytest.mark.slow
+def test_two_workers_train_in_step_scale_the_lr_and_resume(embedded, tmp_path, native_library):
+    """2 workers + 1 server on loopback, 1 epoch then resumed to 2 (2 min on 2 busy cores)."""
+    from gn_mxnet.training import launcher
+    cache, _, _ = embedded
+    out = tmp_path / 'run'
+    command = [sys.executable, COCO_SCRIPT, '--kv-store', 'dist_sync', '--cache-dir', cache,
+               '--num-train', str(SMALL_SPEC.num_train), '--num-val', str(SMALL_SPEC.num_val),
+               '--train-limit', '8', '--val-limit', '1', '--lr', '0', '--warmup-iters', '0',
+               '--no-progress', '--out-dir', str(out)]
+    for epochs, extra in ((1, []), (2, ['--resume'])):
+        job = launcher.run(command + ['--epochs', str(epochs)] + extra, num_workers=2,
+                           num_servers=1, cwd=REPO, log_dir=str(tmp_path / f'logs{epochs}'),
+                           timeout=1200)
+        assert [node.returncode for node in job.nodes] == [0, 0, 0, 0]
+        summaries = [json.loads((out / f'worker{r}' / 'summary.json').read_text())
+                     for r in (0, 1)]
+        assert [(s['rank'], s['num_workers']) for s in summaries] == [(0, 2), (1, 2)]
+        # Detectron's linear rule over the total batch: 0.00125 x 2 images x 2 workers.
+        assert [s['lr0'] for s in summaries] == pytest.approx([0.005, 0.005])
+        assert all(s['final_epoch'] == epochs for s in summaries)
+        weights = [_params(out / f'worker{r}' / 'last.params') for r in (0, 1)]
+        for name in weights[0]:
+            np.testing.assert_array_equal(weights[0][name], weights[1][name], err_msg=name)
+        states = [ckpt.load_checkpoint(str(out / f'worker{r}')) for r in (0, 1)]
+        assert [s['epoch'] for s in states] == [epochs, epochs]
+        assert all(s['trainer'] and s['config']['num_workers'] == 2 for s in states)
+        with open(out / 'worker0' / 'coco_log.csv') as f:
+            rows = list(csv.DictReader(f))
+        assert [float(r['lr']) for r in rows] == pytest.approx([0.0] + [0.005] * epochs)

@@ -78,6 +78,8 @@ def parse_args(argv=None):
     run_group.add_argument('--out-dir', default=d.out_dir)
     run_group.add_argument('--resume', action='store_true',
                            help='continue from --out-dir/checkpoint.pkl')
+    run_group.add_argument('--overwrite', action='store_true',
+                           help='delete the run already in --out-dir and start afresh')
     run_group.add_argument('--no-progress', action='store_true', help='no tqdm bars')
     run_group.add_argument('--no-hybridize', action='store_true')
     args = p.parse_args(argv)
@@ -98,7 +100,7 @@ def config_from_args(args):
         batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, lr_decay=args.lr_decay,
         lr_decay_epochs=decay_epochs, warmup_iters=args.warmup_iters, momentum=args.momentum,
         wd=args.wd, train_limit=args.train_limit, val_limit=args.val_limit, seed=args.seed,
-        out_dir=args.out_dir, resume=args.resume, progress=not args.no_progress,
+        out_dir=args.out_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
         hybridize=not args.no_hybridize)
 
 

@@ -10,7 +10,6 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
-import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 from gluoncv.data.batchify import MaskRCNNTrainBatchify
@@ -18,7 +17,9 @@ from gluoncv.data.transforms.presets.rcnn import MaskRCNNDefaultTrainTransform
 
 from ..training import checkpoint as ckpt
 from ..training.config import KV_STORES as CLASSIFIER_KV_STORES
-from ..training.reporting import write_summary
+from ..training.distributed import connect, make_trainer
+from ..training.reporting import SUMMARY_NAME, write_summary
+from ..training.rundir import config_identity, start_run, worker_dir
 from ..training.runtime import epoch_seed, make_contexts, seed_everything
 from ..training.schedule import scheduled_lr
 from ..utils.progress import progress
@@ -61,9 +62,25 @@ class DetectionConfig:
     val_limit: int = 0           # 0 = every validation image
     seed: int = 0
     out_dir: str = 'runs/coco'
-    resume: bool = False
+    resume: bool = False         # continue the run in out_dir from its checkpoint
+    overwrite: bool = False      # replace the run in out_dir (its files are deleted)
     progress: bool = True
     hybridize: bool = True
+
+    def identity(self):
+        """The settings compared on resume: all but BOOKKEEPING (see config_identity)."""
+        return config_identity(self, BOOKKEEPING)
+
+
+# The fields that do not change what a run computes: where it writes and caches the embedded
+# set (generated from its spec), whether it continues or replaces the run there, whether it shows
+# bars, and its length: the schedule (warm-up iterations, decay epochs) does not depend on
+# `epochs`, so a finished run can be extended with --resume. Every other field is compared.
+BOOKKEEPING = ('out_dir', 'cache_dir', 'resume', 'overwrite', 'progress', 'epochs')
+BEST_PARAMS, LAST_PARAMS = 'best.params', 'last.params'
+# A folder holding any of these holds a run (a new run there needs resume or overwrite).
+RUN_FILES = (ckpt.CHECKPOINT_NAME, BEST_PARAMS, LAST_PARAMS, report.LOG_NAME,
+             report.CURVES_NAME, SUMMARY_NAME)
 
 
 def load_datasets(cfg):
@@ -104,19 +121,19 @@ def epoch_batches(num_images, images_per_batch, seed, epoch, limit=0, num_worker
     return batches[rank::num_workers][:steps]
 
 
-def _make_trainer(cfg, net):
+def _make_trainer(cfg, net, kv):
+    """(trainer, dist_sync) over the trainable parameters, the classifier's way (states kept
+    in this process, so checkpoints save them; gradients summed over a dist kvstore)."""
     params = trainable_parameters(net)
     for param in net.collect_params().values():
         if param.name not in params:
             param.grad_req = 'null'
-    # On one CPU a kvstore only adds copies; GPUs and multi-machine runs use the one asked for.
-    kv = (mx.kv.create(cfg.kv_store) if mx.context.num_gpus() or 'dist' in cfg.kv_store
-          else None)
-    return gluon.Trainer(params, 'sgd', {'learning_rate': 0.0, 'wd': cfg.wd,
-                                         'momentum': cfg.momentum}, kvstore=kv), kv
+    return make_trainer(params, 'sgd', {'learning_rate': 0.0, 'wd': cfg.wd,
+                                        'momentum': cfg.momentum}, kv)
 
 
-def train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn, lr0, epoch):
+def train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn, lr0, epoch,
+                dist_sync=None, num_workers=1):
     sums, steps = {}, 0
     iteration = (epoch - 1) * len(batches)
     for batch in progress(loader, cfg.progress, total=len(batches), desc='epoch %d' % epoch):
@@ -128,8 +145,10 @@ def train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn, lr0, epoc
         with autograd.record():
             losses = [loss_fn(net, *shard) for shard in shards]
         autograd.backward([parts['total'] for parts in losses])
-        # Each device's loss is already a mean over its samples; average the devices.
-        trainer.step(len(contexts))
+        if dist_sync is not None:   # summed over every worker's devices
+            dist_sync.allreduce()
+        # Each device's loss is already a mean over its samples; average all devices.
+        trainer.step(len(contexts) * num_workers)
         for parts in losses:
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + float(value.asscalar()) / len(contexts)
@@ -160,8 +179,11 @@ def _evaluate(cfg, net, val_set, contexts, epoch):
 
 def run(cfg: DetectionConfig) -> dict:
     wall_start = time.time()
-    os.makedirs(cfg.out_dir, exist_ok=True)
     contexts = make_contexts(cfg.gpus)
+    kv, rank, num_workers = connect(cfg.kv_store)
+    out_dir = worker_dir(cfg.out_dir, rank, num_workers)
+    identity = cfg.identity() | {'num_workers': num_workers}   # workers set the total batch
+    state = start_run(out_dir, RUN_FILES, identity, resume=cfg.resume, overwrite=cfg.overwrite)
     seed_everything(cfg.seed)
     train_set, val_set = load_datasets(cfg)
     classes = list(train_set.classes)
@@ -169,16 +191,15 @@ def run(cfg: DetectionConfig) -> dict:
                           backend=cfg.backend, pretrained_backbone=cfg.pretrained_backbone,
                           per_device_batch_size=cfg.batch_size, image_short=cfg.image_short,
                           image_max_size=cfg.image_max_size, small=cfg.small)
-    trainer, kv = _make_trainer(cfg, net)
-    rank, num_workers = (kv.rank, kv.num_workers) if kv is not None else (0, 1)
+    trainer, dist_sync = _make_trainer(cfg, net, kv)
     lr0 = base_lr(cfg, len(contexts) * num_workers)
     history, start_epoch, best = [], 0, {'bbox_AP': -1.0, 'epoch': 0}
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
-    if cfg.resume:
-        state = ckpt.load_checkpoint(cfg.out_dir)
+    if state is not None:
         start_epoch = ckpt.restore_checkpoint(state, net=net, trainer=trainer)
         history, best = state['history'], state['best']
     net.collect_params().reset_ctx(contexts)
+    if dist_sync is not None:   # rank 0's weights, before any forward pass
+        dist_sync.broadcast_parameters()
     # Both deep-copy parts of the net (anchor generator, features): before hybridize.
     transform = MaskRCNNDefaultTrainTransform(net.short, net.max_size, net, ashape=net.ashape,
                                               multi_stage=True)
@@ -200,23 +221,25 @@ def run(cfg: DetectionConfig) -> dict:
                                        batchify_fn=batchify,
                                        num_workers=cfg.loader_processes)
         losses, iteration = train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn,
-                                        lr0, epoch)
+                                        lr0, epoch, dist_sync, num_workers)
         train_seconds = time.time() - tic
+        ckpt.require_finite(net, 'after epoch %d' % epoch)
         result = _evaluate(cfg, net, val_set, contexts, epoch)
         print(result['report'])
         history.append(report.epoch_row(epoch, lr_at(cfg, lr0, iteration - 1, len(batches)), losses,
                                         result, train_seconds))
         if result['bbox']['AP'] > best['bbox_AP']:
             best = {'bbox_AP': result['bbox']['AP'], 'epoch': epoch}
-            ckpt.save_parameters(net, os.path.join(cfg.out_dir, 'best.params'))
-        ckpt.save_parameters(net, os.path.join(cfg.out_dir, 'last.params'))
-        report.write_log(cfg.out_dir, history)
-        ckpt.save_checkpoint(cfg.out_dir, net=net, trainer=trainer, epoch=epoch, best=best,
-                             history=history, config=config)
-    report.write_log(cfg.out_dir, history)
-    report.plot(cfg.out_dir, history, title='Mask R-CNN R-%d-FPN, %s' % (cfg.depth, cfg.norm))
+            ckpt.save_parameters(net, os.path.join(out_dir, BEST_PARAMS))
+        ckpt.save_parameters(net, os.path.join(out_dir, LAST_PARAMS))
+        report.write_log(out_dir, history)
+        ckpt.save_checkpoint(out_dir, net=net, trainer=trainer, epoch=epoch, best=best,
+                             history=history, config=identity)
+    report.write_log(out_dir, history)
+    report.plot(out_dir, history, title='Mask R-CNN R-%d-FPN, %s' % (cfg.depth, cfg.norm))
     summary = report.summary(cfg, history, best, len(train_set), len(val_set), contexts,
                              time.time() - wall_start)
-    summary['config'] = config
-    write_summary(cfg.out_dir, summary)
+    summary.update(config=asdict(cfg), out_dir=out_dir, lr0=lr0, num_workers=num_workers,
+                   rank=rank)
+    write_summary(out_dir, summary)
     return summary

@@ -17,7 +17,7 @@ import warnings
 
 import mxnet as mx
 from mxnet.gluon import nn
-from gluoncv.model_zoo.rcnn.mask_rcnn import MaskRCNN
+from gluoncv.model_zoo.rcnn.mask_rcnn import MaskRCNN as GluonCVMaskRCNN
 from gluoncv.nn.feature import FPNFeatureExpander
 
 from ..models.convert import load_weights
@@ -33,6 +33,38 @@ NUM_HEAD_CONVS = 4
 # Frozen-BN recipe: parameters matching this are trained; the stem and layer1 stay fixed.
 BN_TRAIN_PATTERNS = '|'.join(['.*dense', '.*rpn', '.*mask', 'P', '.*down(2|3|4)_conv',
                               '.*layers(2|3|4)_conv'])
+
+
+class MaskRCNN(GluonCVMaskRCNN):
+    """gluoncv's Mask R-CNN with FPN RoI pooling that does not trip over MXNet's ROIAlign.
+
+    gluoncv gives each RoI one FPN level: for every level it marks the other levels' RoIs with
+    batch index -1, pools, and sums the levels, counting on ROIAlign to write zeros for -1 RoIs.
+    MXNet 1.9.1's CPU ROIAlign leaves those rows unwritten (stale memory, sometimes NaN) and
+    writes its zeros into the first RoI's row instead: box and mask heads got garbage, losses
+    differed from run to run, and a NaN row, hidden from the loss by ReLU, made the gradients
+    NaN (0 x NaN). Here each level pools every RoI (no -1) and F.where keeps its own RoIs'
+    rows. (Same class name as gluoncv's: parameter names, and the train patterns matching
+    them, stay.)
+    """
+
+    def _pyramid_roi_feats(self, F, features, rpn_rois, roi_size, strides, roi_mode='align',
+                           roi_canonical_scale=224.0, sampling_ratio=2, eps=1e-6):
+        if roi_mode != 'align':
+            return super()._pyramid_roi_feats(F, features, rpn_rois, roi_size, strides,
+                                              roi_mode, roi_canonical_scale, sampling_ratio, eps)
+        max_stage = self._max_stage - 1 if self._max_stage > 5 else self._max_stage  # no P6
+        _, x1, y1, x2, y2 = F.split(rpn_rois, axis=-1, num_outputs=5)
+        # gluoncv's level rule: 4 + log2(sqrt(area) / 224), clipped to the pooled levels.
+        level = F.floor(4 + F.log2(F.sqrt((x2 - x1 + 1) * (y2 - y1 + 1))
+                                   / roi_canonical_scale + eps))
+        level = F.squeeze(F.clip(level, self._min_stage, max_stage))
+        pooled = []
+        for i, stage in enumerate(range(self._min_stage, max_stage + 1)):
+            feature = F.contrib.ROIAlign(features[i], rpn_rois, roi_size, 1.0 / strides[i],
+                                         sample_ratio=sampling_ratio)
+            pooled.append(F.where(level == stage, feature, F.zeros_like(feature)))
+        return F.ElementWiseSum(*pooled)
 
 
 class FPNSymbolNorm:

@@ -13,6 +13,30 @@ import threading
 import traceback
 
 import mxnet as mx
+from mxnet import gluon
+
+
+def connect(kv_store):
+    """(kvstore, rank, num_workers). A dist kvstore joins its job here (every worker needs its
+    rank before it loads its part of the data); any other stays a name for gluon.Trainer."""
+    if 'dist' in kv_store:
+        kv = mx.kv.create(kv_store)
+        return kv, kv.rank, kv.num_workers
+    return kv_store, 0, 1
+
+
+def make_trainer(params, optimizer, optimizer_params, kv):
+    """(trainer, sync): a Trainer whose optimizer states stay in this process, so checkpoints
+    can save them (with a dist kvstore Gluon would update on its servers, and MXNet refuses to
+    save states held there), and for a dist kvstore the DistributedGradients to call between
+    backward and step (None otherwise). The classifier and the detector both train this way.
+    """
+    if isinstance(kv, mx.kvstore.KVStore) and 'dist' in kv.type:
+        trainer = gluon.Trainer(params, optimizer, optimizer_params, kvstore=None,
+                                update_on_kvstore=False)
+        return trainer, DistributedGradients(kv, params)
+    return gluon.Trainer(params, optimizer, optimizer_params, kvstore=kv,
+                         update_on_kvstore=False), None
 
 
 def _end_now(code):

@@ -10,7 +10,6 @@ import dataclasses
 import os
 import time
 
-import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
@@ -19,7 +18,7 @@ from . import checkpoint as ckpt
 from . import reporting
 from .config import TrainConfig
 from .data import make_data_source
-from .distributed import DistributedGradients
+from .distributed import connect, make_trainer
 from .metrics import EpochMeter, soft_targets
 from .network import make_network, prepare_network
 from .rundir import start_run, worker_dir
@@ -107,8 +106,7 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
     if cfg.dtype == 'float16' and contexts[0].device_type == 'cpu':
         raise ValueError("--dtype float16 needs --gpus: MXNet 1.9 has no float16 GEMM or "
                          "convolution on CPU")
-    kv = mx.kv.create(cfg.kv_store) if 'dist' in cfg.kv_store else cfg.kv_store
-    rank, num_workers = (kv.rank, kv.num_workers) if 'dist' in cfg.kv_store else (0, 1)
+    kv, rank, num_workers = connect(cfg.kv_store)
     out_dir = worker_dir(cfg.out_dir, rank, num_workers)
     # The worker count sets the total batch (and so the lr) like the devices do.
     identity = cfg.identity() | {'num_workers': num_workers}
@@ -121,11 +119,7 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
     total_lr = cfg.lr if cfg.lr is not None else cfg.base_lr * total_batch / 256.0
     optimizer_params = {'learning_rate': total_lr, 'wd': cfg.wd, 'momentum': cfg.momentum,
                         'multi_precision': cfg.dtype == 'float16'}
-    # update_on_kvstore=False keeps optimizer states on the workers, so they can be checkpointed
-    distributed = 'dist' in cfg.kv_store
-    trainer = gluon.Trainer(net.collect_params(), cfg.optimizer, optimizer_params,
-                            kvstore=None if distributed else kv, update_on_kvstore=False)
-    dist_sync = DistributedGradients(kv, net.collect_params()) if distributed else None
+    trainer, dist_sync = make_trainer(net.collect_params(), cfg.optimizer, optimizer_params, kv)
 
     history, best, start_epoch = [], {'val_top1': -1.0, 'epoch': 0}, 0
     if state is not None:
