@@ -74,6 +74,16 @@ def test_one_element_groups_are_exact(native_library, backend, shape, axis, dtyp
 
 
 @pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('shape, axis', [((4, 64), 1), ((3, 1, 1, 16), -1)])
+def test_one_element_groups_are_exact_with_float32_params(native_library, backend, shape, axis):
+    groups = shape[axis]
+    x, dy, gamma, beta = make_inputs(shape, axis, 'float16', 'float32', seed=7, offset=30.0)
+    y, dx, dgamma, _ = run(backend, x, gamma, beta, dy, groups, axis)
+    np.testing.assert_array_equal(y, _per_channel(beta, shape, axis).astype('float16'))
+    assert not dx.any() and not dgamma.any()
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('dtype', DTYPES)
 def test_one_element_groups_are_exact_in_a_bound_symbol(native_library, backend, dtype):
     shape = (3, 8, 1)
