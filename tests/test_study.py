@@ -10,7 +10,7 @@ import pytest
 
 from gn_mxnet import models
 from gn_mxnet.norms import ChannelsPerGroupNorm
-from gn_mxnet.study import bn_statistics, protocol, report, runner
+from gn_mxnet.study import bn_statistics, plots, protocol, report, runner
 from gn_mxnet.gluon import GroupNorm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,9 +61,9 @@ def test_aggregate_mean_and_sample_std():
 
 def reduced(out_dir, **kw):
     """Tables 2 and 3 at batch 32 and 8, G = 8, D = 4: five runs of 1 epoch on 64 images."""
-    return protocol.StudySettings(out_dir=str(out_dir), tables=(2, 3), seeds=(0,), epochs=1,
-                               train_subset=64, val_subset=100, batch_sizes=(32, 8),
-                               groups=(8,), group_sizes=(4,), jobs=1, **kw)
+    settings = dict(out_dir=str(out_dir), tables=(2, 3), seeds=(0,), epochs=1, train_subset=64,
+                    val_subset=100, batch_sizes=(32, 8), groups=(8,), group_sizes=(4,), jobs=1)
+    return protocol.StudySettings(**{**settings, **kw})
 
 
 def read_rows(out_dir):
@@ -88,7 +88,7 @@ def test_reduced_study_writes_everything_and_resumes(tmp_path, native_library):
     assert '| BN (paper, ImageNet) | 23.6 | 24.8 |' in tables    # batch 32 and 8
     bn32 = [r for r in on_disk if r['cell'] == 'bn_b32'][0]
     assert f"| BN (ours) | {float(bn32['val_error']):.2f} |" in tables
-    for name in (report.BATCH_PLOT, report.GROUPS_PLOT):
+    for name in (plots.BATCH_PLOT, plots.GROUPS_PLOT, plots.EPOCHS_PLOT):
         with open(tmp_path / name, 'rb') as f:
             assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
@@ -136,18 +136,97 @@ def test_script_quick_help():
         assert option in out
 
 
-def test_bn_statistics_check(tmp_path, native_library):
-    s = protocol.StudySettings(out_dir=str(tmp_path), epochs=1, train_subset=128, val_subset=100)
-    rows = bn_statistics.check(s, train_batches=(8,), seeds=(0,), eval_batches=(2, 8),
-                          log=lambda _: None)
-    assert len(rows) == 1
-    row = rows[0]
-    assert row['moving'] == pytest.approx(row['study_val_error'])   # same net, same eval
-    for key in ('moving', 'precise', 'batch2', 'batch8'):
-        assert 0.0 <= row[key] <= 100.0
-    text = (tmp_path / bn_statistics.MD_NAME).read_text()
-    assert '| trained at batch | moving | precise | batch2 | batch8 |' in text
-    assert not os.path.exists(tmp_path / '_work')
+def test_bn_diagnostic_rows_come_with_the_study(tmp_path, native_library):
+    """The BN nets the study trains are the ones measured: one diagnostic row per BN run at a
+    diagnostic batch, keyed like its run, with every statistic a percentage."""
+    s = reduced(tmp_path, tables=(2,), bn_diagnostic_batches=(32, 8),
+                bn_diagnostic_eval_batches=(1, 8), bn_diagnostic_images=40)
+    runs = runner.run_study(s, log=lambda _: None)
+    rows = bn_statistics.read_rows(str(tmp_path))
+    assert sorted(r['cell'] for r in rows) == ['bn_b32', 'bn_b8']
+    by_cell = {r['cell']: r for r in runs}
+    for row in rows:
+        assert row['settings'] == by_cell[row['cell']]['settings']
+        assert row['study_val_error'] == by_cell[row['cell']]['val_error']
+        assert int(row['images']) == 40
+        for key in ('moving', 'precise', 'batch1', 'batch8'):
+            assert 0.0 <= float(row[key]) <= 100.0
+    text = (tmp_path / report.TABLES_NAME).read_text()
+    assert '| trained at batch | moving | precise | batch1 | batch8 |' in text
+
+
+def test_same_numbers_with_one_or_two_jobs(tmp_path, native_library):
+    """Every run trains in a worker of s.threads OpenMP threads, so the pool size changes no
+    digit (before, in-process runs had 2 threads and pooled runs 1, and their digits differed)."""
+    one = runner.run_study(reduced(tmp_path / 'one', tables=(2,), batch_sizes=(8,)),
+                           log=lambda _: None)
+    two = runner.run_study(reduced(tmp_path / 'two', tables=(2,), batch_sizes=(8,), jobs=2),
+                           log=lambda _: None)
+    drop = ('seconds',)
+    key = lambda r: r['cell']   # noqa: E731
+    assert [{k: v for k, v in r.items() if k not in drop} for r in sorted(one, key=key)] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in sorted(two, key=key)]
+
+
+def test_identity_holds_every_setting_that_changes_a_result(tmp_path):
+    """A resumed study reuses a row only if every result-changing setting matches: the
+    fingerprint is the whole resolved TrainConfig plus the study's data and thread settings."""
+    base = reduced(tmp_path)
+    cell = protocol.Cell('gn', 32, num_groups=8)
+    stamp = protocol.fingerprint(cell, 0, base)
+    changed = [dict(wd=1e-3), dict(threads=2), dict(image_size=28), dict(epochs=2),
+               dict(train_subset=32), dict(base_lr=0.4), dict(network='resnet14_small'),
+               dict(dataset='fashion-mnist'), dict(val_subset=50), dict(val_batch=100),
+               dict(extra={'momentum': 0.8}), dict(extra={'label_smoothing': 0.1})]
+    stamps = {protocol.fingerprint(cell, 0, reduced(tmp_path, **kw)) for kw in changed}
+    assert stamp not in stamps and len(stamps) == len(changed)
+    # Cell and seed are identified apart from the fingerprint, which a study's runs share.
+    assert protocol.fingerprint(protocol.Cell('bn', 8), 3, base) == stamp
+    rows = [dict(cell=c.key, seed=str(seed), settings=protocol.fingerprint(c, seed, base))
+            for c, seed in protocol.planned_runs(base)]
+    assert runner.pending_runs(base, rows) == []
+    assert len(runner.pending_runs(reduced(tmp_path, wd=1e-3), rows)) == len(rows)
+
+
+def test_study_settings_round_trip_and_defaults(tmp_path):
+    s = protocol.StudySettings(out_dir=str(tmp_path), dataset='fashion-mnist')
+    assert s.batch_sizes == (32, 16, 8, 4, 2, 1) and s.train_subset == 8000 and s.wd == 1e-4
+    assert protocol.StudySettings.from_json(s.to_json()) == s
+    assert protocol.StudySettings(dataset='fashion-mnist', train_subset=0).train_subset is None
+    with pytest.raises(ValueError, match='unknown study data set'):
+        protocol.StudySettings(dataset='imagenet')
+
+
+def test_readme_tables_are_generated_from_the_committed_csv():
+    """Every study block of the READMEs is what report.regenerate makes of its folder's
+    runs.csv, bn_statistics.csv and settings.json, to the character."""
+    seen = 0
+    for readme in ('README.md', os.path.join('results', 'README.md')):
+        path = os.path.join(REPO, readme)
+        with open(path) as f:
+            text = f.read()
+        for folder, body, regenerated in report.readme_blocks(text, os.path.dirname(path)):
+            assert body == regenerated, f"{readme}: the block of {folder} is stale; run " \
+                f"train/reproduce_paper.py --update-readme {readme}"
+            seen += 1
+    assert seen >= 2
+
+
+def test_readme_block_update(tmp_path):
+    rows = [dict(cell='bn_b32', seed='0', val_error='3.0')]
+    s = protocol.StudySettings(out_dir=str(tmp_path / 'study'), tables=(1,), seeds=(0,))
+    os.makedirs(s.out_dir)
+    (tmp_path / 'study' / protocol.SETTINGS_NAME).write_text(s.to_json())
+    stamp = protocol.fingerprint(protocol.Cell('bn', 32), 0, s)
+    runner.write_runs(s.out_dir, [dict({c: '' for c in protocol.CSV_COLUMNS}, **rows[0],
+                                       settings=stamp)])
+    readme = tmp_path / 'README.md'
+    readme.write_text('intro\n<!-- study tables: study -->\nold\n<!-- end of study tables -->\n')
+    assert report.update_readme(str(readme), str(tmp_path))
+    text = readme.read_text()
+    assert '| ours | 3.00 | not run | not run | not run |' in text and 'old' not in text
+    assert not report.update_readme(str(readme), str(tmp_path))
+    assert report.readme_blocks(text, str(tmp_path))[0][1] == report.regenerate(s.out_dir)
 
 
 @pytest.mark.slow
@@ -170,3 +249,25 @@ def test_full_study(tmp_path):
         bn = [r for r in csv.DictReader(f) if r['train_batch'] == '32']
     assert len(bn) == 3
     assert all(float(r['batch2']) > float(r['moving']) + 5 for r in bn)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir('/usr/share/datasets/fashion-mnist'),
+                    reason='needs Debian dataset-fashion-mnist (.ci/run installs it)')
+def test_full_fashion_mnist_study(tmp_path):
+    """The Fashion-MNIST study (results/fashion_mnist_study/PROTOCOL.md) finishes within its
+    90-minute budget on 2 cores with every cell at 3 seeds, GN's mean error at batch 2 is
+    within 0.5 points of batch 32 (the issue's figure), and every BN net of Table 2 has its
+    diagnostic row."""
+    import time
+    start = time.time()
+    subprocess.run([sys.executable, SCRIPT, '--dataset', 'fashion-mnist', '--out',
+                    str(tmp_path)], check=True)
+    assert time.time() - start < 90 * 60
+    s = protocol.StudySettings(dataset='fashion-mnist')
+    rows = protocol.rows_of(s, read_rows(tmp_path))
+    assert len(rows) == len(protocol.planned_runs(s))
+    stats = protocol.aggregate(rows)
+    assert abs(stats['gn_g8_b2'][0] - stats['gn_g8_b32'][0]) <= 0.5
+    bn = bn_statistics.read_rows(str(tmp_path))
+    assert sorted(int(r['train_batch']) for r in bn) == sorted(s.batch_sizes * 3)

@@ -1,13 +1,23 @@
-"""Markdown tables and PNG plots of the paper-reproduction study (see gn_mxnet.study.protocol)."""
+"""Markdown tables of the paper-reproduction study (see gn_mxnet.study.protocol), and the README
+blocks generated from them: the tables are a function of ``runs.csv``, ``bn_statistics.csv`` and
+``settings.json`` only, so a test recomputes every block the README quotes."""
 import math
 import os
+import re
+
+import numpy as np
 
 from ..utils.files import atomic_write_text
-from ..utils.plots import pyplot, save_figure
-from . import protocol
+from ..utils.tables import read_csv
+from . import bn_statistics, protocol
+from .plots import plot_batch, plot_epochs, plot_groups
 
 TABLES_NAME = 'tables.md'
-BATCH_PLOT, GROUPS_PLOT = 'error_vs_batch.png', 'error_vs_groups.png'
+DATA_NAMES = {
+    'mnist5k': ('MNIST-5k', 'of the fixed 4000/1000 split', 'val images (of 1000)'),
+    'fashion-mnist': ('Fashion-MNIST', 'of the 60,000 training images',
+                      'test images (of 10,000)'),
+}
 
 
 def _fmt(stat):
@@ -27,35 +37,39 @@ def _header(first, columns):
             '|' + '---|' * (len(columns) + 1)]
 
 
+def _batch_cell(s, norm, n):
+    return protocol.Cell(norm.lower(), n, num_groups=s.gn_groups if norm == 'GN' else None)
+
+
 def table2_lines(s, stats):
     sizes = list(s.batch_sizes)
-    get = {norm: [stats.get(protocol.Cell(norm.lower(), n,
-                                       num_groups=s.gn_groups if norm == 'GN' else None).key)
-                  for n in sizes] for norm in ('BN', 'GN')}
+    get = {norm: [stats.get(_batch_cell(s, norm, n).key) for n in sizes]
+           for norm in ('BN', 'GN')}
+    paper = protocol.PAPER_TABLE2
     lines = ['### Table 2: sensitivity to the per-device batch size', '',
              f'Val error (%), mean ± std over seeds; GN has G = {s.gn_groups}; '
-             f'lr = {s.base_lr} · B / 256.', '']
+             f'lr = {s.base_lr} · B / 256. The paper has no batch 1.', '']
     lines += _header('batch size', sizes)
     for norm in ('BN', 'GN'):
         lines.append(_row(f'{norm} (ours)', [_fmt(v) for v in get[norm]]))
     for norm in ('BN', 'GN'):
         lines.append(_row(f'{norm} (paper, ImageNet)',
-                          [str(protocol.PAPER_TABLE2[norm].get(n, '–')) for n in sizes]))
+                          [str(paper[norm].get(n, '–')) for n in sizes]))
     diff = [f'{g[0] - b[0]:+.2f}' if g and b else '–' for b, g in zip(get['BN'], get['GN'])]
     lines.append(_row('GN − BN (ours)', diff))
-    lines.append(_row('GN − BN (paper)',
-                      [f"{protocol.PAPER_TABLE2['GN'][n] - protocol.PAPER_TABLE2['BN'][n]:+.1f}"
-                       if n in protocol.PAPER_TABLE2['BN'] else '–' for n in sizes]))
-    lines += ['', f'Spread of the mean error from batch {sizes[0]} to {sizes[-1]} (error at '
-              'the smallest batch minus error at the largest; max − min over batches):', '']
-    for norm, label in (('BN', 'BN'), ('GN', 'GN')):
-        means = [v[0] for v in get[norm] if v]
-        if len(means) == len(sizes):
-            lines.append(f'- {label} (ours): {means[-1] - means[0]:+.2f} points; '
-                         f'max − min {max(means) - min(means):.2f}')
-        paper = [protocol.PAPER_TABLE2[norm][n] for n in sizes if n in protocol.PAPER_TABLE2[norm]]
-        lines.append(f'- {label} (paper): {paper[-1] - paper[0]:+.1f} points; '
-                     f'max − min {max(paper) - min(paper):.1f}')
+    lines.append(_row('GN − BN (paper)', [f"{paper['GN'][n] - paper['BN'][n]:+.1f}"
+                                          if n in paper['BN'] else '–' for n in sizes]))
+    lines += ['', 'Error at each batch minus error at the largest batch (points):', '']
+    lines += _header('batch size', sizes[1:])
+    for norm in ('BN', 'GN'):
+        if get[norm][0]:
+            lines.append(_row(f'{norm} (ours)', [f'{v[0] - get[norm][0][0]:+.2f}' if v else '–'
+                                                 for v in get[norm][1:]]))
+    for norm in ('BN', 'GN'):
+        base = paper[norm].get(sizes[0])
+        lines.append(_row(f'{norm} (paper)', [f'{paper[norm][n] - base:+.1f}'
+                                              if base is not None and n in paper[norm]
+                                              else '–' for n in sizes[1:]]))
     return lines
 
 
@@ -99,99 +113,96 @@ def table3_lines(s, stats):
     return lines
 
 
-def write_tables(s, stats, rows):
-    lines = ['# GN paper reproduction on MNIST-5k', '',
-             f'{s.network}, {s.epochs} epochs on {s.train_subset or "all 4000"} MNIST-5k train '
-             f'images of the fixed 4000/1000 split, {s.image_size}x{s.image_size} pixels, '
-             f'validated on {s.val_subset or "all 1000"} val images; '
-             f'cosine lr, base lr {s.base_lr} per 256 images, seeds '
-             f'{", ".join(str(x) for x in s.seeds)}; {len(rows)} runs in `{protocol.CSV_NAME}`. '
-             'The paper column is ResNet-50 on ImageNet (Wu & He, 2018), for comparison '
-             'only.', '']
+def bn_statistics_lines(s, rows):
+    if not rows:
+        return []
+    keys = ['moving', 'precise'] + [f'batch{e}' for e in s.bn_diagnostic_eval_batches]
+    images = sorted({int(r['images']) for r in rows})
+    lines = ['### BN: moving averages vs re-estimated vs per-batch statistics', '',
+             f'The study\'s BN nets, val error (%) on a fixed shuffled subset of '
+             f'{", ".join(map(str, images))} val images, mean ± std over seeds. moving: '
+             'inference with the moving averages (the study\'s number); precise: averages '
+             're-estimated on the training set with the final weights; batch b: each val '
+             'batch of b images normalized with its own statistics (the normalization BN '
+             'trains with at batch b; batch 1: one image\'s own statistics).', '']
+    lines += _header('trained at batch', keys)
+    for b in sorted({int(r['train_batch']) for r in rows}, reverse=True):
+        mine = [r for r in rows if int(r['train_batch']) == b]
+        cells = []
+        for key in keys:
+            v = [float(r[key]) for r in mine if r.get(key, '') != '']
+            std = np.std(v, ddof=1) if len(v) > 1 else math.nan
+            cells.append(_fmt((float(np.mean(v)), std, len(v))) if v else '–')
+        lines.append(_row(str(b), cells))
+    return lines
+
+
+def tables_markdown(s, rows, diagnostic_rows=()):
+    """The report's markdown: Tables 2, 1, 3 (those in ``s.tables``) and the BN diagnostic."""
+    stats = protocol.aggregate(rows)
+    name, split, val = DATA_NAMES[s.dataset]
+    seeds = ', '.join(str(x) for x in s.seeds)
+    epochs = f'{s.epochs} epoch' + ('s' if s.epochs != 1 else '')
+    lines = [f'{s.network}, {epochs} on {s.train_subset or "all"} {name} training '
+             f'images {split}, {s.image_size}x{s.image_size} pixels, validated on '
+             f'{s.val_subset or "all"} {val}; cosine lr, base lr {s.base_lr} per 256 images, '
+             f'wd {s.wd}; seeds {seeds}; {s.threads} OpenMP thread(s) per run; {len(rows)} runs '
+             f'in `{protocol.CSV_NAME}` (settings fingerprint {_fingerprints(rows)}). The paper '
+             'columns are ResNet-50 on ImageNet (Wu & He, 2018), for comparison only.', '']
     builders = {2: table2_lines, 1: table1_lines, 3: table3_lines}
     for table in (2, 1, 3):
         if table in s.tables:
             lines += builders[table](s, stats) + ['']
-    path = os.path.join(s.out_dir, TABLES_NAME)
-    atomic_write_text(path, '\n'.join(lines))
-    return path
+    lines += bn_statistics_lines(s, list(diagnostic_rows))
+    return '\n'.join(lines).rstrip() + '\n'
 
 
-def plot_batch(s, stats):
-    plt = pyplot()
-    fig, (ours, paper) = plt.subplots(1, 2, figsize=(9, 3.4))
-    sizes = list(s.batch_sizes)
-    for norm, marker in (('BN', 'o-'), ('GN', 's-')):
-        cells = [protocol.Cell(norm.lower(), n, num_groups=s.gn_groups if norm == 'GN' else None)
-                 for n in sizes]
-        have = [(n, stats[c.key]) for n, c in zip(sizes, cells) if c.key in stats]
-        if have:
-            ours.errorbar([n for n, _ in have], [v[0] for _, v in have],
-                          yerr=[0 if math.isnan(v[1]) else v[1] for _, v in have],
-                          fmt=marker, capsize=3, label=norm)
-        paper.plot(sizes, [protocol.PAPER_TABLE2[norm].get(n, math.nan) for n in sizes], marker,
-                   label=norm)
-    ours.set(title=f'ours: {s.network}, MNIST-5k', ylabel='val error (%)')
-    paper.set(title='paper: ResNet-50, ImageNet', ylabel='val error (%)')
-    for ax in (ours, paper):
-        ax.set_xscale('log', base=2)
-        ax.set_xticks(sizes)
-        ax.set_xticklabels([str(n) for n in sizes])
-        ax.invert_xaxis()
-        ax.set_xlabel('batch size per device')
-        ax.grid(alpha=0.3)
-        ax.legend()
-    path = os.path.join(s.out_dir, BATCH_PLOT)
-    save_figure(fig, path, dpi=72)
-    return path
+def _fingerprints(rows):
+    return ', '.join(sorted({r.get('settings') or '?' for r in rows})) or 'none'
 
 
-def plot_groups(s, stats):
-    plt = pyplot()
-    fig, (by_g, by_d) = plt.subplots(1, 2, figsize=(9, 3.4))
-    b = s.table_batch
-    have = [(n, stats[protocol.Cell('gn', b, num_groups=n).key]) for n in s.groups
-            if protocol.Cell('gn', b, num_groups=n).key in stats]
-    if have:
-        by_g.errorbar([n for n, _ in have], [v[0] for _, v in have],
-                      yerr=[0 if math.isnan(v[1]) else v[1] for _, v in have],
-                      fmt='s-', capsize=3, label='ours (MNIST-5k, left axis)')
-    twin = by_g.twinx()
-    paper_g = sorted(protocol.PAPER_TABLE3_GROUPS)
-    twin.plot(paper_g, [protocol.PAPER_TABLE3_GROUPS[n] for n in paper_g], 'x--', color='gray',
-              label='paper (ImageNet, right axis)')
-    twin.set_ylabel('paper val error (%)', color='gray')
-    by_g.set(xscale='log', title=f'GN groups G (batch {b})', xlabel='groups G',
-             ylabel='val error (%)')
-    by_g.set_xscale('log', base=2)
-    by_g.set_xticks(paper_g)
-    by_g.set_xticklabels([str(n) for n in paper_g])
-    by_g.legend(loc='lower left', fontsize=8)
-    twin.legend(loc='upper right', fontsize=8)
-    have = [(n, stats[protocol.Cell('gn', b, group_size=n).key]) for n in s.group_sizes
-            if protocol.Cell('gn', b, group_size=n).key in stats]
-    if have:
-        by_d.errorbar([n for n, _ in have], [v[0] for _, v in have],
-                      yerr=[0 if math.isnan(v[1]) else v[1] for _, v in have],
-                      fmt='o-', capsize=3)
-    by_d.set(title=f'channels per group D (batch {b})', xlabel='channels per group D',
-             ylabel='val error (%)')
-    by_d.set_xscale('log', base=2)
-    by_d.set_xticks(sorted(s.group_sizes))
-    by_d.set_xticklabels([str(n) for n in sorted(s.group_sizes)])
-    for ax in (by_g, by_d):
-        ax.grid(alpha=0.3)
-    path = os.path.join(s.out_dir, GROUPS_PLOT)
-    save_figure(fig, path, dpi=72)
-    return path
-
-
-def write_report(s, rows):
+def write_report(s, rows, diagnostic_rows=()):
     """tables.md and the plots of the tables in ``s.tables``; returns the paths written."""
     stats = protocol.aggregate(rows)
-    paths = [write_tables(s, stats, rows)]
+    name = DATA_NAMES[s.dataset][0]
+    path = os.path.join(s.out_dir, TABLES_NAME)
+    atomic_write_text(path, f'# GN paper reproduction on {name}\n\n'
+                      + tables_markdown(s, rows, diagnostic_rows))
+    paths = [path]
     if 2 in s.tables:
-        paths.append(plot_batch(s, stats))
+        paths.append(plot_batch(s, stats, name))
+        paths.append(plot_epochs(s, rows, name))
     if 3 in s.tables:
-        paths.append(plot_groups(s, stats))
+        paths.append(plot_groups(s, stats, name))
     return paths
+
+
+# -- README blocks ---------------------------------------------------------------------------
+BLOCK = re.compile(r'(<!-- study tables: (?P<folder>[^ ]+) -->\n)(?P<body>.*?)'
+                   r'(<!-- end of study tables -->)', re.S)
+
+
+def regenerate(out_dir):
+    """tables_markdown of the study whose results are in ``out_dir``, from its files alone."""
+    with open(os.path.join(out_dir, protocol.SETTINGS_NAME)) as f:
+        s = protocol.StudySettings.from_json(f.read(), out_dir=out_dir)
+    rows = protocol.rows_of(s, read_csv(os.path.join(out_dir, protocol.CSV_NAME)))
+    return tables_markdown(s, rows, protocol.rows_of(s, bn_statistics.read_rows(out_dir)))
+
+
+def readme_blocks(text, root):
+    """[(folder, body in the README, body regenerated)] for every study block of ``text``;
+    folders are relative to ``root``."""
+    return [(m['folder'], m['body'], regenerate(os.path.join(root, m['folder'])))
+            for m in BLOCK.finditer(text)]
+
+
+def update_readme(path, root):
+    """Rewrites every study block of the README at ``path`` from its results folder."""
+    with open(path) as f:
+        text = f.read()
+    new = BLOCK.sub(lambda m: m.group(1) + regenerate(os.path.join(root, m['folder']))
+                    + m.group(4), text)
+    if new != text:
+        atomic_write_text(path, new)
+    return new != text

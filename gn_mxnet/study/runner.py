@@ -1,66 +1,109 @@
 """Runs the study: trains every (cell, seed) of the protocol not yet in ``<out>/runs.csv`` (one
-row per finished run, the file rewritten atomically after each), in a worker pool or in process,
-then writes the report. A study that was stopped resumes by skipping the runs already there.
+row per finished run, the file rewritten atomically after each), then writes the report. A
+study that was stopped resumes by skipping the runs already there.
+
+Every run trains in a spawned worker process started with ``OMP_NUM_THREADS = s.threads``
+(``jobs`` of them in parallel), never in the calling process: MXNet's and the GN library's
+OpenMP teams are sized once per process, and a conv's or a reduction's float sums depend on
+how many threads split them, so a run trained in a process of another thread count gives other
+digits. This way a cell gives the same numbers whether one or several jobs run.
 """
+import contextlib
 import os
 import shutil
 import time
 
-from ..models import get_model
-from ..models.norms import ChannelsPerGroupNorm
-from ..training import checkpoint as ckpt
-from ..training.config import TrainConfig
-from ..training.grey_images import MNIST5kSource
-from ..training.loop import train
+from ..utils.files import atomic_write_text
 from ..utils.tables import read_csv, write_csv
-from .protocol import CSV_COLUMNS, CSV_NAME, planned_runs, run_identity
+from . import bn_statistics
+from .protocol import (CSV_COLUMNS, CSV_NAME, SETTINGS_NAME, fingerprint, planned_identity,
+                       planned_runs, rows_of, run_identity, train_config)
 from .report import write_report
 
 
-def run_one(cell, seed, s, work_dir):
-    """Train one (cell, seed); returns its CSV row. A run stopped midway resumes from its
-    checkpoint in ``work_dir``; the directory is removed when the run is done."""
-    return train_cell(cell, seed, s, work_dir)[0]
+def make_data(s, batch_size, seed):
+    from ..training.grey_images import FashionMNISTSource, MNIST5kSource
+    source = MNIST5kSource if s.dataset == 'mnist5k' else FashionMNISTSource
+    return source(batch_size, seed=seed, train_subset=s.train_subset, val_subset=s.val_subset,
+                  image_size=s.image_size, val_batch=s.val_batch)
 
 
 def train_cell(cell, seed, s, work_dir):
-    """run_one's work: returns (CSV row, the trained net, its data source)."""
+    """Train one (cell, seed) in this process; returns (CSV row, the trained net, its data).
+    A run stopped midway resumes from its checkpoint in ``work_dir``; the directory is removed
+    when the run is done. (The study calls it in its workers: see the module docstring.)"""
+    from ..models import get_model
+    from ..models.norms import ChannelsPerGroupNorm
+    from ..training import checkpoint as ckpt
+    from ..training.loop import train
+    from ..training.reporting import LOG_NAME
     start = time.time()
-    cfg = TrainConfig(network=s.network, norm=cell.norm, num_groups=cell.num_groups or 1,
-                      epochs=s.epochs, batch_size=cell.batch_size, base_lr=s.base_lr,
-                      train_subset=s.train_subset, seed=seed, out_dir=work_dir,
-                      progress=False, **s.extra)
+    cfg = train_config(cell, seed, s, work_dir)
     # The work dir is this run's own: continue its checkpoint, or replace what a run killed
     # before its first checkpoint left there.
     cfg.resume = os.path.exists(os.path.join(work_dir, ckpt.CHECKPOINT_NAME))
     cfg.overwrite = not cfg.resume
     norm = ChannelsPerGroupNorm(cell.group_size) if cell.group_size else cell.norm
     net = get_model(s.network, num_classes=10, norm=norm, num_groups=cell.num_groups or 1,
-                    last_gamma=cfg.last_gamma)
-    data = MNIST5kSource(cell.batch_size, seed=seed, train_subset=s.train_subset,
-                         val_subset=s.val_subset, image_size=s.image_size,
-                         val_batch=s.val_batch)
+                    last_gamma=cfg.resolved().last_gamma)
+    data = make_data(s, cell.batch_size, seed)
     summary = train(cfg, net=net, data=data)
     if not summary['finished']:
         raise RuntimeError(f"run {cell.key} seed {seed} did not finish")
     final = summary['final']
+    per_epoch = read_csv(os.path.join(work_dir, LOG_NAME))
     row = dict(cell=cell.key, norm=cell.norm, num_groups=cell.num_groups or '',
                group_size=cell.group_size or '', batch_size=cell.batch_size, seed=seed,
-               network=s.network, epochs=s.epochs, train_subset=s.train_subset or '',
-               image_size=s.image_size,
-               base_lr=s.base_lr, lr=s.base_lr * cell.batch_size / 256.0,
+               dataset=s.dataset, network=s.network, epochs=s.epochs,
+               train_subset=s.train_subset or '', image_size=s.image_size, base_lr=s.base_lr,
+               wd=s.wd, threads=s.threads, settings=fingerprint(cell, seed, s),
+               lr=s.base_lr * cell.batch_size / 256.0,
                val_error=100 * (1 - final['val_top1']),
                best_val_error=100 * (1 - summary['best_val_top1']),
                train_error=100 * (1 - final['train_top1']), train_loss=final['train_loss'],
+               val_errors=' '.join(f"{100 * (1 - float(r['val_top1'])):.2f}"
+                                   for r in per_epoch),
                steps=s.epochs * (data.num_train // cell.batch_size),
                seconds=round(time.time() - start, 2))
     shutil.rmtree(work_dir, ignore_errors=True)
     return row, net, data
 
 
+def run_one(cell, seed, s, work_dir):
+    """One run as the study's workers do it: (CSV row, BN diagnostic row or None)."""
+    row, net, data = train_cell(cell, seed, s, work_dir)
+    diagnostic = None
+    if cell.norm == 'bn' and cell.batch_size in s.bn_diagnostic_batches:
+        diagnostic = bn_statistics.measure(net, data, s, row)
+    return row, diagnostic
+
+
 def _run_job(args):
-    cell, seed, s, work_dir = args
-    return run_one(cell, seed, s, work_dir)
+    return run_one(*args)
+
+
+@contextlib.contextmanager
+def _environment(**values):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update({key: str(value) for key, value in values.items()})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def train_in_workers(jobs, processes, threads):
+    """Yields the results of ``_run_job(job)`` as workers finish them: spawned processes
+    that inherit OMP_NUM_THREADS = threads (see the module docstring)."""
+    import multiprocessing
+    # Kept for the pool's life: maxtasksperchild spawns fresh workers as it goes.
+    with _environment(OMP_NUM_THREADS=threads), \
+            multiprocessing.get_context('spawn').Pool(processes, maxtasksperchild=4) as pool:
+        yield from pool.imap_unordered(_run_job, jobs)
 
 
 # -- the runs' CSV ---------------------------------------------------------------------------
@@ -75,14 +118,8 @@ def write_runs(out_dir, rows):
 
 def pending_runs(s, rows):
     done = {run_identity(r) for r in rows}
-    wanted = []
-    for cell, seed in planned_runs(s):
-        ident = run_identity(dict(cell=cell.key, seed=seed, network=s.network, epochs=s.epochs,
-                                  train_subset=s.train_subset or '', base_lr=s.base_lr,
-                                  image_size=s.image_size))
-        if ident not in done:
-            wanted.append((cell, seed))
-    return wanted
+    return [(cell, seed) for cell, seed in planned_runs(s)
+            if planned_identity(cell, seed, s) not in done]
 
 
 def run_study(s, log=print):
@@ -90,34 +127,27 @@ def run_study(s, log=print):
     Returns the rows of this study's settings."""
     os.makedirs(s.out_dir, exist_ok=True)
     rows = read_runs(s.out_dir) if s.resume else []
+    diagnostics = bn_statistics.read_rows(s.out_dir) if s.resume else []
+    atomic_write_text(os.path.join(s.out_dir, SETTINGS_NAME), s.to_json())
     todo = pending_runs(s, rows)
     log(f"{len(planned_runs(s))} runs planned, {len(todo)} to train "
-        f"({s.epochs} epochs on {s.train_subset or 'all'} samples, jobs={s.jobs})")
+        f"({s.dataset}, {s.epochs} epochs on {s.train_subset or 'all'} samples, "
+        f"jobs={s.jobs}, {s.threads} thread(s) each)")
     jobs = [(cell, seed, s, os.path.join(s.out_dir, '_work', f'{cell.key}_s{seed}'))
             for cell, seed in todo]
     start = time.time()
-
-    def record(row, done):
-        rows.append(row)
-        write_runs(s.out_dir, rows)
-        log(f"[{done}/{len(jobs)} {time.time() - start:6.0f}s] {row['cell']} seed "
-            f"{row['seed']}: val error {row['val_error']:.2f}% ({row['seconds']:.0f}s)")
-
-    if s.jobs > 1 and len(jobs) > 1:
-        import multiprocessing
-        os.environ.setdefault('OMP_NUM_THREADS', '1')
-        with multiprocessing.get_context('spawn').Pool(s.jobs, maxtasksperchild=4) as pool:
-            for done, row in enumerate(pool.imap_unordered(_run_job, jobs), start=1):
-                record(row, done)
-    else:
-        for done, job in enumerate(jobs, start=1):
-            record(_run_job(job), done)
+    if jobs:
+        for done, (row, diagnostic) in enumerate(
+                train_in_workers(jobs, min(s.jobs, len(jobs)), s.threads), start=1):
+            rows.append(row)
+            write_runs(s.out_dir, rows)
+            if diagnostic is not None:
+                diagnostics = [d for d in diagnostics if run_identity(d) != run_identity(row)]
+                diagnostics.append(diagnostic)
+                bn_statistics.write_rows(s.out_dir, diagnostics, bn_statistics.columns(s))
+            log(f"[{done}/{len(jobs)} {time.time() - start:6.0f}s] {row['cell']} seed "
+                f"{row['seed']}: val error {row['val_error']:.2f}% ({row['seconds']:.0f}s)")
     shutil.rmtree(os.path.join(s.out_dir, '_work'), ignore_errors=True)
-    mine = [r for r in read_runs(s.out_dir) if r['network'] == s.network
-            and r['epochs'] == str(s.epochs) and r['base_lr'] == str(s.base_lr)
-            and r['train_subset'] == str(s.train_subset or '')
-            and r['image_size'] == str(s.image_size) and int(r['seed']) in s.seeds]
-    write_report(s, mine)
+    mine = rows_of(s, read_runs(s.out_dir))
+    write_report(s, mine, rows_of(s, bn_statistics.read_rows(s.out_dir)))
     return mine
-
-
