@@ -190,7 +190,7 @@ def test_identity_holds_every_setting_that_changes_a_result(tmp_path):
 
 def test_study_settings_round_trip_and_defaults(tmp_path):
     s = protocol.StudySettings(out_dir=str(tmp_path), dataset='fashion-mnist')
-    assert s.batch_sizes == (32, 16, 8, 4, 2, 1) and s.train_subset == 8000 and s.wd == 1e-4
+    assert s.batch_sizes == (32, 16, 8, 4, 2, 1) and s.train_subset == 4000 and s.wd == 1e-4
     assert protocol.StudySettings.from_json(s.to_json()) == s
     assert protocol.StudySettings(dataset='fashion-mnist', train_subset=0).train_subset is None
     with pytest.raises(ValueError, match='unknown study data set'):

@@ -98,12 +98,22 @@ def _environment(**values):
 
 def train_in_workers(jobs, processes, threads):
     """Yields the results of ``_run_job(job)`` as workers finish them: spawned processes
-    that inherit OMP_NUM_THREADS = threads (see the module docstring)."""
+    that inherit OMP_NUM_THREADS = threads (see the module docstring). A worker that dies
+    (killed, out of memory) stops the study with BrokenProcessPool instead of a hang; the
+    runs finished before it are in the CSV, so the study resumes from there."""
     import multiprocessing
-    # Kept for the pool's life: maxtasksperchild spawns fresh workers as it goes.
-    with _environment(OMP_NUM_THREADS=threads), \
-            multiprocessing.get_context('spawn').Pool(processes, maxtasksperchild=4) as pool:
-        yield from pool.imap_unordered(_run_job, jobs)
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    # Kept for the pool's life: fresh workers are spawned as it goes.
+    with _environment(OMP_NUM_THREADS=threads), ProcessPoolExecutor(
+            processes, mp_context=multiprocessing.get_context('spawn'),
+            max_tasks_per_child=4) as pool:
+        futures = [pool.submit(_run_job, job) for job in jobs]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 # -- the runs' CSV ---------------------------------------------------------------------------
