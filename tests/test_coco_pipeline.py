@@ -205,3 +205,12 @@ def test_default_command_takes_the_comparisons_gn_backbone_or_says_how_to_make_i
     assert train_coco.backbone_from_args(bn)[0] == ''   # only the GN one exists
     for argv in (['--pretrained-backbone', 'none'], ['--embedded', 'mnist']):
         assert train_coco.config_from_args(train_coco.parse_args(argv)).pretrained_backbone == ''
+
+
+def test_comparison_script_refuses_unknown_arms_and_bad_seeds(capsys):
+    script = _script('coco_comparison')
+    for argv, words in ((['--arms', 'gn,sync_bn'], 'sync_bn'), (['--seeds', '0,x'], 'x')):
+        with pytest.raises(SystemExit) as stop:
+            script.parse_args(argv)
+        assert stop.value.code == 2 and words in capsys.readouterr().err
+    assert script.parse_args(['--arms', 'gn,bn_star', '--seeds', '3']).seeds == (3,)
