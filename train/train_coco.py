@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Mask R-CNN ResNet-50/101-FPN on gluoncv with GroupNorm (Detectron's GN recipe) or frozen BN*.
 
-With no arguments it trains offline on the embedded MNIST-COCO set (real MNIST-5k digits on
-128 px canvases, generated once into a cache folder) and prints COCO bbox and segm AP of the
-untrained and the trained model. Real COCO 2017, 8 GPUs, Detectron's 2x schedule:
+With no arguments it trains offline on the embedded garment set (real Fashion-MNIST garments on
+128 px canvases, generated once into a cache folder), from the ResNet-50-GN backbone that
+train/coco_comparison.py pretrains when it is there (else from scratch, saying how to make it),
+and prints COCO bbox and segm AP of the untrained and the trained model. Real COCO 2017,
+8 GPUs, Detectron's 2x schedule:
 
     python train/train_coco.py --coco-root ~/datasets/coco --gpus 0,1,2,3,4,5,6,7 \\
         --kv-store nccl --loader-processes 8 --batch-size 2 --lr 0.02 --epochs 24 \\
@@ -13,6 +15,8 @@ untrained and the trained model. Real COCO 2017, 8 GPUs, Detectron's 2x schedule
 import argparse
 import warnings
 
+from gn_mxnet.detection.coco_data import EMBEDDED_SOURCES
+from gn_mxnet.detection.comparison import resolve_backbone
 from gn_mxnet.detection.engine import KV_STORES, DetectionConfig, run
 from gn_mxnet.detection.model import DETECTION_NORMS
 from gn_mxnet.operator.validation import BACKENDS
@@ -26,10 +30,12 @@ def parse_args(argv=None):
     data = p.add_argument_group('data')
     data.add_argument('--coco-root', default=d.coco_root,
                       help='COCO 2017 folder (annotations/instances_{train,val}2017.json, '
-                           'train2017/, val2017/); omitted: the embedded MNIST-COCO set')
+                           'train2017/, val2017/); omitted: the embedded set')
+    data.add_argument('--embedded', default=d.embedded, choices=tuple(EMBEDDED_SOURCES),
+                      help='the embedded set: Fashion-MNIST garments or MNIST-5k digits')
     data.add_argument('--cache-dir', default=d.cache_dir,
                       help='where the embedded set is written once '
-                           '(default ~/.cache/gn_mxnet/mnist_coco)')
+                           '(default ~/.cache/gn_mxnet/embedded_coco)')
     data.add_argument('--num-train', type=cli.positive_int, default=d.num_train,
                       help='embedded set: training images')
     data.add_argument('--num-val', type=cli.positive_int, default=d.num_val,
@@ -46,9 +52,11 @@ def parse_args(argv=None):
     model.add_argument('--num-groups', type=cli.positive_int, default=d.num_groups)
     model.add_argument('--backend', default=d.backend, choices=BACKENDS,
                        help='GroupNorm implementation')
-    model.add_argument('--pretrained-backbone', default=d.pretrained_backbone,
+    model.add_argument('--pretrained-backbone', default='auto',
                        help='backbone weights gn_mxnet.convert reads, e.g. Detectron '
-                            'R-50-GN.pkl (nothing is downloaded)')
+                            'R-50-GN.pkl (nothing is downloaded); auto: the Fashion-MNIST '
+                            'pretraining of train/coco_comparison.py for --norm, when it is '
+                            'there; none: from scratch')
     model.add_argument('--image-short', type=cli.positive_int, default=d.image_short)
     model.add_argument('--image-max-size', type=cli.positive_int, default=d.image_max_size)
     model.add_argument('--full-budgets', action='store_true',
@@ -88,12 +96,23 @@ def parse_args(argv=None):
     return args
 
 
-def config_from_args(args):
+def backbone_from_args(args):
+    """(weight file or '', what the run starts from): 'auto' is the comparison's pretraining
+    of a ResNet-50 for embedded garments only (its classes and pixels are theirs)."""
+    if args.pretrained_backbone == 'auto' and (args.coco_root or args.embedded != 'fashion'
+                                               or args.depth != 50):
+        return '', 'backbone from scratch (auto: no pretraining for this data or depth)'
+    return resolve_backbone(args.pretrained_backbone, args.norm)
+
+
+def config_from_args(args, backbone=None):
     decay_epochs = tuple(parse_decay_epochs(args.lr_decay_epochs, allow_empty=True))
+    if backbone is None:
+        backbone = backbone_from_args(args)[0]
     return DetectionConfig(
-        coco_root=args.coco_root, cache_dir=args.cache_dir, num_train=args.num_train,
-        num_val=args.num_val, depth=args.depth, norm=args.norm, num_groups=args.num_groups,
-        backend=args.backend, pretrained_backbone=args.pretrained_backbone,
+        coco_root=args.coco_root, embedded=args.embedded, cache_dir=args.cache_dir,
+        num_train=args.num_train, num_val=args.num_val, depth=args.depth, norm=args.norm,
+        num_groups=args.num_groups, backend=args.backend, pretrained_backbone=backbone,
         image_short=args.image_short, image_max_size=args.image_max_size,
         small=not args.full_budgets, gpus=args.gpus, kv_store=args.kv_store,
         loader_processes=args.loader_processes,
@@ -107,7 +126,10 @@ def config_from_args(args):
 def main(argv=None):
     # gluoncv warns about every already-initialized backbone parameter; they are expected.
     warnings.filterwarnings('ignore', message='.*already initialized.*')
-    summary = run(config_from_args(parse_args(argv)))
+    args = parse_args(argv)
+    backbone, message = backbone_from_args(args)
+    print(message, flush=True)
+    summary = run(config_from_args(args, backbone))
     for name in ('untrained', 'final'):
         ap = summary[name]
         print('%-9s bbox AP %.4f (AP50 %.4f)   segm AP %.4f (AP50 %.4f)'

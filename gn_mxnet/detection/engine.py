@@ -3,9 +3,16 @@
 Per epoch: SGD over the training images (Detectron's losses, as gluoncv computes them), then
 COCOeval bbox + segm on the validation images, one CSV row, PNG curves and an atomic checkpoint.
 The untrained model is evaluated first (row epoch 0), so every log shows where training started.
-A run resumed with ``resume=True`` continues after the last completed epoch; the image order of
-epoch e depends only on (seed, e).
+A run resumed with ``resume=True`` continues after the last completed epoch.
+
+Reproducible: the image order of epoch e depends only on (seed, e), and each training image's
+random draws (flip, RPN anchor sampling, in gluoncv's transform) only on (seed, e, image index),
+whichever process loads it: with --loader-processes the pool hands images to forked workers in
+no fixed order, and each worker inherited the same NumPy state, so the draws an image got
+depended on scheduling (the same command gave other losses and AP). The network's own draws
+(R-CNN RoI sampling) use MXNet's generator, re-seeded from (seed, e) in the training process.
 """
+import random
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -34,8 +41,9 @@ KV_STORES = CLASSIFIER_KV_STORES + ('nccl',)
 
 @dataclass
 class DetectionConfig:
-    coco_root: str = ''          # '' = the embedded MNIST-COCO set
-    cache_dir: str = ''          # embedded set's cache ('' = ~/.cache/gn_mxnet/mnist_coco)
+    coco_root: str = ''          # '' = the embedded set
+    embedded: str = 'fashion'    # the embedded set's source (coco_data.EMBEDDED_SOURCES)
+    cache_dir: str = ''          # embedded set's cache ('' = ~/.cache/gn_mxnet/embedded_coco)
     num_train: int = 160         # embedded set size
     num_val: int = 40
     depth: int = 50
@@ -86,8 +94,8 @@ RUN_FILES = (ckpt.CHECKPOINT_NAME, BEST_PARAMS, LAST_PARAMS, report.LOG_NAME,
 def load_datasets(cfg):
     if cfg.coco_root:
         return coco_data.real_coco(cfg.coco_root)
-    spec = coco_data.EmbeddedSpec(num_train=cfg.num_train, num_val=cfg.num_val,
-                                  canvas=max(cfg.image_short, 32), seed=0)
+    spec = coco_data.EmbeddedSpec(source=cfg.embedded, num_train=cfg.num_train,
+                                  num_val=cfg.num_val, canvas=max(cfg.image_short, 32), seed=0)
     return coco_data.embedded_coco(cfg.cache_dir or None, spec)
 
 
@@ -119,6 +127,30 @@ def epoch_batches(num_images, images_per_batch, seed, epoch, limit=0, num_worker
     batches = [order[i:i + images_per_batch].tolist()
                for i in range(0, count - images_per_batch + 1, images_per_batch)]
     return batches[rank::num_workers][:steps]
+
+
+def sample_seed(seed, epoch, index):
+    """The seed of one training image's random draws in epoch ``epoch``."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class SeededSamples(gluon.data.Dataset):
+    """``transform(*dataset[i])`` with NumPy's and Python's generators seeded from
+    (seed, epoch, i) first, so an image's flip and anchor samples do not depend on which
+    loader process draws it, nor on what that process drew before."""
+
+    def __init__(self, dataset, transform, seed, epoch):
+        self._dataset, self._transform = dataset, transform
+        self._seed, self._epoch = seed, epoch
+
+    def __len__(self):
+        return len(self._dataset)
+
+    def __getitem__(self, index):
+        seed = sample_seed(self._seed, self._epoch, index)
+        np.random.seed(seed)
+        random.seed(seed)
+        return self._transform(*self._dataset[index])
 
 
 def _make_trainer(cfg, net, kv):
@@ -202,7 +234,8 @@ def run(cfg: DetectionConfig) -> dict:
         dist_sync.broadcast_parameters()
     # Both deep-copy parts of the net (anchor generator, features): before hybridize.
     transform = MaskRCNNDefaultTrainTransform(net.short, net.max_size, net, ashape=net.ashape,
-                                              multi_stage=True)
+                                              multi_stage=True, mean=train_set.MEAN,
+                                              std=train_set.STD)
     batchify = MaskRCNNTrainBatchify(net, len(contexts))
 
     if start_epoch == 0:  # the untrained model's figures
@@ -214,10 +247,11 @@ def run(cfg: DetectionConfig) -> dict:
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         _rehybridize(cfg, net)
         tic = time.time()
-        seed_everything(epoch_seed(cfg.seed, epoch))  # the flips of epoch e, on resume too
+        seed_everything(epoch_seed(cfg.seed, epoch))  # the RoI samples of epoch e, on resume too
         batches = epoch_batches(len(train_set), images_per_batch, cfg.seed, epoch,
                                 cfg.train_limit, num_workers, rank)
-        loader = gluon.data.DataLoader(train_set.transform(transform), batch_sampler=batches,
+        loader = gluon.data.DataLoader(SeededSamples(train_set, transform, cfg.seed, epoch),
+                                       batch_sampler=batches,
                                        batchify_fn=batchify,
                                        num_workers=cfg.loader_processes)
         losses, iteration = train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn,

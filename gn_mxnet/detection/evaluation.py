@@ -17,7 +17,7 @@ MIN_SCORE = 0.001  # Detectron's TEST.SCORE_THRESH for evaluation
 def predict(net, dataset, contexts, short, max_size, limit=None, progress=None):
     """COCO result dicts (bbox + RLE segmentation) for the first ``limit`` images."""
     from pycocotools import mask as mask_util
-    transform = MaskRCNNDefaultValTransform(short, max_size)
+    transform = MaskRCNNDefaultValTransform(short, max_size, mean=dataset.MEAN, std=dataset.STD)
     clipper = BBoxClipToImage()
     ids = image_ids(dataset)
     count = len(dataset) if limit is None else min(limit, len(dataset))

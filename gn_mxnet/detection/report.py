@@ -50,7 +50,7 @@ def plot(out_dir, history, title=''):
 def summary(cfg, history, best, num_train, num_val, contexts, wall_seconds):
     untrained, final = history[0], history[-1]
     return {
-        'data': cfg.coco_root or 'embedded MNIST-COCO',
+        'data': cfg.coco_root or 'embedded %s COCO set' % cfg.embedded,
         'num_train_images': num_train, 'num_val_images': num_val,
         'devices': [str(c) for c in contexts],
         'untrained': {k: untrained[k] for k in AP_KEYS},

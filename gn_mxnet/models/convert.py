@@ -32,7 +32,7 @@ from .weight_files import (FORMATS, NAMING, UnsafePickleError, WeightMismatchErr
 
 __all__ = ['FORMATS', 'UnsafePickleError', 'WeightMismatchError', 'describe', 'export_tensors',
            'guess_format', 'load_tensors', 'load_weights', 'main', 'read_tensors',
-           'save_weights', 'to_our_names', 'write_tensors']
+           'save_weights', 'spread_input_channels', 'to_our_names', 'write_tensors']
 
 # Tensors a file may carry that are training state, not model weights (by naming).
 _NOT_WEIGHTS = {
@@ -198,6 +198,29 @@ def load_weights(net, path, fmt=None, skip=(), ctx=None):
     return load_tensors(net, read_tensors(path, fmt), fmt, source=path, skip=skip, ctx=ctx)
 
 
+STEM_WEIGHT = 'conv1.weight'
+
+
+def spread_input_channels(tensors, fmt, channels, net=None):
+    """A copy of ``tensors`` whose stem conv takes ``channels`` inputs: a grey classifier's
+    1-channel stem spread over them, each with 1/channels of its weight, so an image carrying
+    the grey values in every channel (the embedded detection sets) gives the grey net's
+    outputs, up to rounding. A stem that already has ``channels`` inputs is kept."""
+    ours, source_of, _ = to_our_names(tensors, fmt, net)
+    if STEM_WEIGHT not in ours:
+        raise WeightMismatchError("no stem convolution (%s) in the weights to spread over %d "
+                                  "input channels" % (STEM_WEIGHT, channels))
+    weight = ours[STEM_WEIGHT]
+    if weight.shape[1] == channels:
+        return dict(tensors)
+    if weight.shape[1] != 1:
+        raise WeightMismatchError("--input-channels spreads a 1-channel (grey) stem; %s has %d "
+                                  "input channels" % (source_of[STEM_WEIGHT], weight.shape[1]))
+    spread = dict(tensors)
+    spread[source_of[STEM_WEIGHT]] = np.repeat(weight / channels, channels, axis=1)
+    return spread
+
+
 def export_tensors(net, fmt):
     """{name: numpy array} of ``net``'s parameters in format ``fmt``'s naming."""
     naming = NAMING[check_format(fmt)]
@@ -273,6 +296,9 @@ def main(argv=None):
                              "statistics, else 'gn')")
     parser.add_argument('--num-groups', type=cli.positive_int, default=32,
                         help='GN groups (default 32)')
+    parser.add_argument('--input-channels', type=cli.positive_int,
+                        help="spread a grey (1-channel) stem over this many identical input "
+                             "channels, e.g. 3 for a detector's RGB input")
     args = parser.parse_args(argv)
 
     try:
@@ -296,6 +322,8 @@ def _convert(args):
     # The 'ops' backend needs no compiled library and gives the same weights.
     net = get_model(model, num_classes=num_classes, norm=norm, num_groups=args.num_groups,
                     backend='ops', last_gamma=False)
+    if args.input_channels:
+        tensors = spread_input_channels(tensors, source_format, args.input_channels, net)
     load_tensors(net, tensors, source_format, source=args.source)
     save_weights(net, args.destination, args.destination_format)
     count = sum(int(np.prod(p.shape)) for p in net.collect_params().values())

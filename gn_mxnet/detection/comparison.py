@@ -1,0 +1,228 @@
+"""GN against BN* on the embedded garments: pretrain -> convert -> fine-tune -> COCO AP.
+
+The arms (Wu & He 2018, Table 4's COCO comparison at toy scale):
+
+- ``gn``: ResNet-50-GN pretrained on Fashion-MNIST classification by the classifier's trainer
+  (what ``train/train_imagenet.py`` runs, see :func:`pretrain_command`), its grey stem spread
+  over three channels by ``gn_mxnet.convert --input-channels 3``, fine-tuned with GN in backbone,
+  FPN, 4conv1fc box head and mask head;
+- ``bn_star``: the BN twin, pretrained the same way, frozen in the detector (statistics and
+  affine fixed: Detectron's AffineChannel) with the 2fc box head;
+- ``gn_scratch``: the GN recipe with the backbone from scratch.
+
+Every arm fine-tunes with the same schedule, once per seed. ``root`` holds ``pretrain/<norm>/``
+(the classifier run) and its ``backbone.params``, ``finetune/<arm>_seed<k>/`` (the detector run),
+``runs.csv`` (one row per finished fine-tune, rewritten atomically) and ``comparison.md``.
+Stopped, it resumes: finished rows are kept, a half-done run continues from its checkpoint.
+"""
+import os
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..models import convert
+from ..training import checkpoint as ckpt
+from ..training.config import TrainConfig
+from ..training.loop import train
+from ..training.reporting import SUMMARY_NAME
+from ..utils.files import atomic_write_text
+from ..utils.tables import read_csv, write_csv
+from .engine import DetectionConfig, run
+
+DEFAULT_ROOT = os.path.join('runs', 'coco_comparison')
+BACKBONE_NAME = 'backbone.params'
+CSV_NAME, REPORT_NAME = 'runs.csv', 'comparison.md'
+BACKBONE_DEPTH = 50
+NUM_GROUPS = 32
+# arm -> (detector norm, backbone pretraining norm or None for from scratch)
+ARMS = {'gn': ('gn', 'gn'), 'bn_star': ('bn', 'bn'), 'gn_scratch': ('gn', None)}
+AP_COLUMNS = ('bbox_AP', 'bbox_AP50', 'bbox_AP75', 'segm_AP', 'segm_AP50', 'segm_AP75')
+CSV_COLUMNS = (('arm', 'norm', 'pretrained', 'seed') + AP_COLUMNS
+               + ('pretrain_val_top1', 'epochs', 'num_train', 'seconds'))
+
+
+@dataclass
+class ComparisonSettings:
+    root: str = DEFAULT_ROOT
+    arms: tuple = tuple(ARMS)
+    seeds: tuple = (0, 1)
+    # Classifier pretraining (one per norm, seed 0): ResNet-50 on 28x28 Fashion-MNIST. One
+    # epoch of 20,000 images: 640 images took 28 s on 2 cores at load 5 (23 img/s), so about
+    # 15 min per norm there; not yet run at this size.
+    pretrain_epochs: int = 1
+    pretrain_subset: int = 20000     # a fixed random part of the 60,000 training images
+    pretrain_val_subset: int = 2000
+    pretrain_batch: int = 32
+    pretrain_seed: int = 0
+    # Fine-tuning: DetectionConfig's fields (the default command's unless given here).
+    finetune: dict = field(default_factory=dict)
+    progress: bool = True
+
+
+def pretrain_dir(root, norm):
+    return os.path.join(root, 'pretrain', norm)
+
+
+def backbone_path(root, norm):
+    """Where the comparison leaves the converted ResNet-50 backbone pretrained with ``norm``."""
+    return os.path.join(pretrain_dir(root, norm), BACKBONE_NAME)
+
+
+def pretrain_command(s, norm):
+    """The train/train_imagenet.py command line that pretrains the ``norm`` backbone."""
+    return ['python', 'train/train_imagenet.py', '--dataset', 'fashion-mnist',
+            '--network', 'resnet%d_v1b' % BACKBONE_DEPTH, '--norm', norm,
+            '--num-groups', str(NUM_GROUPS), '--last-gamma', '--epochs', str(s.pretrain_epochs),
+            '--batch-size', str(s.pretrain_batch), '--train-subset', str(s.pretrain_subset),
+            '--val-subset', str(s.pretrain_val_subset), '--seed', str(s.pretrain_seed),
+            '--out-dir', pretrain_dir(s.root, norm)]
+
+
+def convert_command(s, norm):
+    """The gn_mxnet.convert command line that makes the detector's backbone file."""
+    return ['python', '-m', 'gn_mxnet.convert',
+            os.path.join(pretrain_dir(s.root, norm), 'last.params'), backbone_path(s.root, norm),
+            '--num-groups', str(NUM_GROUPS), '--input-channels', '3']
+
+
+def pretrain_config(s, norm):
+    """The TrainConfig that pretrain_command's arguments give (tests check they agree)."""
+    return TrainConfig(dataset='fashion-mnist', network='resnet%d_v1b' % BACKBONE_DEPTH,
+                       norm=norm, num_groups=NUM_GROUPS, last_gamma=True,
+                       epochs=s.pretrain_epochs, batch_size=s.pretrain_batch,
+                       train_subset=s.pretrain_subset, val_subset=s.pretrain_val_subset,
+                       seed=s.pretrain_seed, out_dir=pretrain_dir(s.root, norm),
+                       progress=s.progress)
+
+
+def how_to_pretrain(root=DEFAULT_ROOT, norm='gn'):
+    """The commands that make backbone_path(root, norm), as text for a message."""
+    s = ComparisonSettings(root=root)
+    return ('python train/coco_comparison.py --stage pretrain --out-dir %s\n'
+            '  (that is: %s\n   then: %s)' % (root, ' '.join(pretrain_command(s, norm)),
+                                              ' '.join(convert_command(s, norm))))
+
+
+def resolve_backbone(value, norm, root=DEFAULT_ROOT):
+    """(path or '', message) for train_coco.py's --pretrained-backbone: 'auto' takes the
+    comparison's pretrained backbone for ``norm`` when it exists, 'none' trains from scratch."""
+    if value == 'none':
+        return '', 'backbone from scratch (--pretrained-backbone none)'
+    if value != 'auto':
+        return value, 'backbone from %s' % value
+    path = backbone_path(root, norm)
+    if os.path.isfile(path):
+        return path, 'backbone pretrained on Fashion-MNIST: %s' % path
+    return '', ('no pretrained %s backbone at %s: training the backbone from scratch. Make it '
+                'with\n  %s' % (norm.upper(), path, how_to_pretrain(root, norm)))
+
+
+def pretrain(s, norm):
+    """Pretrain (or finish pretraining) the ``norm`` backbone and convert it; returns
+    (backbone path, final val top-1)."""
+    cfg = pretrain_config(s, norm)
+    out = cfg.out_dir
+    summary_path = os.path.join(out, SUMMARY_NAME)
+    done = os.path.isfile(summary_path) and ckpt.load_checkpoint(out)['epoch'] == cfg.epochs
+    if not done:
+        cfg.resume = os.path.exists(os.path.join(out, ckpt.CHECKPOINT_NAME))
+        cfg.overwrite = not cfg.resume
+        summary = train(cfg)
+        if not summary['finished']:
+            raise RuntimeError('pretraining %s in %s did not finish' % (norm, out))
+    top1 = ckpt.load_checkpoint(out)['history'][-1]['val_top1']
+    path = backbone_path(s.root, norm)
+    if not os.path.isfile(path):
+        if convert.main(convert_command(s, norm)[3:]) != 0:
+            raise RuntimeError('converting %s failed' % out)
+    return path, top1
+
+
+def finetune_config(s, arm, seed, backbone):
+    norm = ARMS[arm][0]
+    out = os.path.join(s.root, 'finetune', '%s_seed%d' % (arm, seed))
+    cfg = replace(DetectionConfig(**s.finetune), norm=norm, seed=seed, out_dir=out,
+                  pretrained_backbone=backbone, progress=s.progress, num_groups=NUM_GROUPS,
+                  depth=BACKBONE_DEPTH)
+    cfg.resume = os.path.exists(os.path.join(out, ckpt.CHECKPOINT_NAME))
+    cfg.overwrite = not cfg.resume
+    return cfg
+
+
+def planned(s):
+    unknown = [arm for arm in s.arms if arm not in ARMS]
+    if unknown:
+        raise ValueError('unknown arm(s) %s; choose from %s' % (unknown, ', '.join(ARMS)))
+    return [(arm, seed) for arm in s.arms for seed in s.seeds]
+
+
+def run_comparison(s, stage='all', log=print):
+    """Runs what ``root/runs.csv`` lacks; returns its rows. ``stage='pretrain'`` stops after
+    the backbones."""
+    os.makedirs(s.root, exist_ok=True)
+    csv_path = os.path.join(s.root, CSV_NAME)
+    rows = read_csv(csv_path) if os.path.isfile(csv_path) else []
+    done = {(r['arm'], int(r['seed'])) for r in rows}
+    todo = [(arm, seed) for arm, seed in planned(s) if (arm, seed) not in done]
+    arms = s.arms if stage == 'pretrain' else {arm for arm, _ in todo}
+    backbones = {}
+    for norm in sorted({ARMS[arm][1] for arm in arms} - {None}):
+        tic = time.time()
+        backbones[norm] = pretrain(s, norm)
+        log('pretrained %s backbone: val top-1 %.4f (%s, %.0f s)'
+            % (norm, backbones[norm][1], backbones[norm][0], time.time() - tic))
+    if stage == 'pretrain':
+        return rows
+    for arm, seed in todo:
+        tic = time.time()
+        norm_of_pretraining = ARMS[arm][1]
+        path, top1 = backbones.get(norm_of_pretraining, ('', ''))
+        cfg = finetune_config(s, arm, seed, path)
+        summary = run(cfg)
+        row = dict(arm=arm, norm=cfg.norm, pretrained=path, seed=seed,
+                   pretrain_val_top1=top1, epochs=cfg.epochs, num_train=cfg.num_train,
+                   seconds=round(time.time() - tic, 1), **summary['final'])
+        rows.append(row)
+        write_csv(csv_path, rows, CSV_COLUMNS)
+        log('%s seed %d: bbox AP %.4f segm AP %.4f (%.0f s)'
+            % (arm, seed, row['bbox_AP'], row['segm_AP'], row['seconds']))
+    write_report(s.root, rows)
+    return rows
+
+
+def summarize(rows):
+    """{arm: {column: (mean, min, max, n)}} over the seeds, AP in percent."""
+    table = {}
+    for arm in ARMS:
+        mine = [r for r in rows if r['arm'] == arm]
+        if mine:
+            table[arm] = {c: _spread([100 * float(r[c]) for r in mine]) for c in AP_COLUMNS}
+    return table
+
+
+def _spread(values):
+    return float(np.mean(values)), float(np.min(values)), float(np.max(values)), len(values)
+
+
+def write_report(root, rows):
+    """comparison.md: AP per arm (mean, min-max over seeds) and GN - BN* per seed pair."""
+    table = summarize(rows)
+    lines = ['| arm | seeds | bbox AP | bbox AP50 | segm AP | segm AP50 |', '|---|---|---|---|---|---|']
+    for arm, stats in table.items():
+        cells = ['%.1f (%.1f-%.1f)' % stats[c][:3]
+                 for c in ('bbox_AP', 'bbox_AP50', 'segm_AP', 'segm_AP50')]
+        lines.append('| %s | %d | %s |' % (arm, stats['bbox_AP'][3], ' | '.join(cells)))
+    by_seed = {(r['arm'], int(r['seed'])): r for r in rows}
+    diffs = {c: [100 * (float(by_seed['gn', k][c]) - float(by_seed['bn_star', k][c]))
+                 for a, k in by_seed if a == 'gn' and ('bn_star', k) in by_seed]
+             for c in ('bbox_AP', 'segm_AP')}
+    if diffs['bbox_AP']:
+        lines.append('')
+        for c, values in diffs.items():
+            mean, low, high, n = _spread(values)
+            lines.append('GN - BN* %s: %+.1f (per seed %s; %d seeds)'
+                         % (c, mean, ', '.join('%+.1f' % v for v in values), n))
+    text = '\n'.join(lines) + '\n'
+    atomic_write_text(os.path.join(root, REPORT_NAME), text)
+    return text

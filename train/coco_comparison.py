@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""GN vs BN* Mask R-CNN on the embedded garments: pretrain ResNet-50-GN and its BN twin on
+Fashion-MNIST, convert them, fine-tune GN, BN* (frozen) and GN from scratch per seed, and write
+COCO AP to OUT/runs.csv and OUT/comparison.md. Stopped, the same command resumes.
+
+    python train/coco_comparison.py                      # everything, 2 seeds
+    python train/coco_comparison.py --stage pretrain     # only the two pretrained backbones
+
+The library code is gn_mxnet.detection.comparison; this script only parses arguments.
+"""
+import argparse
+import warnings
+
+from gn_mxnet.detection.comparison import ARMS, DEFAULT_ROOT, ComparisonSettings, run_comparison
+from gn_mxnet.utils import cli
+
+
+def parse_args(argv=None):
+    d = ComparisonSettings()
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--out-dir', default=DEFAULT_ROOT)
+    p.add_argument('--stage', default='all', choices=('all', 'pretrain'))
+    p.add_argument('--arms', default=','.join(d.arms),
+                   help='comma-separated, from %s' % ', '.join(ARMS))
+    p.add_argument('--seeds', default=','.join(str(k) for k in d.seeds),
+                   help='fine-tuning seeds, comma-separated')
+    p.add_argument('--pretrain-epochs', type=cli.positive_int, default=d.pretrain_epochs)
+    p.add_argument('--pretrain-subset', type=cli.positive_int, default=d.pretrain_subset,
+                   help='Fashion-MNIST training images the classifier sees')
+    p.add_argument('--finetune-epochs', type=cli.positive_int,
+                   help="detector epochs (default: train_coco.py's)")
+    p.add_argument('--no-progress', action='store_true')
+    args = p.parse_args(argv)
+    with cli.usage_errors(p):
+        args.arms = tuple(a for a in args.arms.split(',') if a)
+        unknown = [a for a in args.arms if a not in ARMS]
+        if unknown or not args.arms:
+            raise ValueError('--arms: unknown %s; choose from %s' % (unknown, ', '.join(ARMS)))
+        args.seeds = tuple(int(k) for k in args.seeds.split(',') if k)
+    return args
+
+
+def main(argv=None):
+    warnings.filterwarnings('ignore', message='.*already initialized.*')
+    args = parse_args(argv)
+    finetune = {} if args.finetune_epochs is None else {'epochs': args.finetune_epochs}
+    settings = ComparisonSettings(root=args.out_dir, arms=args.arms, seeds=args.seeds,
+                                  pretrain_epochs=args.pretrain_epochs,
+                                  pretrain_subset=args.pretrain_subset, finetune=finetune,
+                                  progress=not args.no_progress)
+    return run_comparison(settings, stage=args.stage)
+
+
+if __name__ == '__main__':
+    main()
