@@ -158,9 +158,9 @@ def test_bn_diagnostic_rows_come_with_the_study(tmp_path, native_library):
 def test_same_numbers_with_one_or_two_jobs(tmp_path, native_library):
     """Every run trains in a worker of s.threads OpenMP threads, so the pool size changes no
     digit (before, in-process runs had 2 threads and pooled runs 1, and their digits differed)."""
-    one = runner.run_study(reduced(tmp_path / 'one', tables=(2,), batch_sizes=(8,)),
+    one = runner.run_study(reduced(tmp_path / 'one', tables=(2,)),
                            log=lambda _: None)
-    two = runner.run_study(reduced(tmp_path / 'two', tables=(2,), batch_sizes=(8,), jobs=2),
+    two = runner.run_study(reduced(tmp_path / 'two', tables=(2,), jobs=2),
                            log=lambda _: None)
     drop = ('seconds',)
     key = lambda r: r['cell']   # noqa: E731

@@ -103,10 +103,12 @@ def train_in_workers(jobs, processes, threads):
     runs finished before it are in the CSV, so the study resumes from there."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
-    # Kept for the pool's life: fresh workers are spawned as it goes.
+    # No max_tasks_per_child: with it, Python 3.11's executor was seen to hang once its first
+    # workers retired (8 runs done, no worker left, no error). A worker trains run after run;
+    # each run re-seeds every generator and builds a fresh net, so its digits do not depend
+    # on what the worker ran before (tests/test_study.py compares 1 and 2 jobs).
     with _environment(OMP_NUM_THREADS=threads), ProcessPoolExecutor(
-            processes, mp_context=multiprocessing.get_context('spawn'),
-            max_tasks_per_child=4) as pool:
+            processes, mp_context=multiprocessing.get_context('spawn')) as pool:
         futures = [pool.submit(_run_job, job) for job in jobs]
         try:
             for future in as_completed(futures):
