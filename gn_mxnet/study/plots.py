@@ -72,6 +72,7 @@ def plot_epochs(s, rows, data_name):
             ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15)
     ax.set(title=f'{s.network}, {data_name}: val error per epoch', xlabel='epoch',
            ylabel='val error (%)')
+    ax.set_xticks(range(1, s.epochs + 1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path = os.path.join(s.out_dir, EPOCHS_PLOT)
