@@ -28,8 +28,8 @@ def main(argv=None):
                    help='timed rounds per norm (median)')
     p.add_argument('--warmup', type=cli.non_negative_int, default=5)
     p.add_argument('--breakdown', action='store_true',
-                   help='profile --steps steps of bn, gn and a net without norm layers '
-                        '(mx.profiler, oneDNN reorders) and print where the time goes')
+                   help='profile --rounds x --steps steps of bn, gn and the net without norm '
+                        'layers (mx.profiler, oneDNN reorders) and print where the time goes')
     args = p.parse_args(argv)
     if args.breakdown:
         return breakdown(args)
@@ -61,10 +61,11 @@ def breakdown(args):
         found = step_profile.profile_norms(
             args.network, ('bn', 'gn', 'none'), args.batch_size, parse_shape(args.data_shape),
             args.num_classes, args.num_groups, args.gn_backend, args.gpus, args.steps,
-            args.warmup, log)
+            args.warmup, log, args.rounds)
         print(f"{args.network}, batch {args.batch_size}, input {args.data_shape}, "
-              f"G={args.num_groups}, GN backend {args.gn_backend}, {args.steps} profiled steps "
-              f"after {args.warmup} warm-up, unbulked, oneDNN verbose on")
+              f"G={args.num_groups}, GN backend {args.gn_backend}, {args.rounds} rounds of "
+              f"{args.steps} profiled steps per norm after {args.warmup} warm-up steps, "
+              f"operators unbulked, oneDNN verbose on")
         print(step_profile.format_report(found))
         print(f"after the run: {step_profile.machine_header()}")
     return found

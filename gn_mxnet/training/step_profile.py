@@ -150,43 +150,64 @@ def _operator_times(stats):
     return {name: [entry['Count'], entry['Total']] for name, entry in table.items()}
 
 
+def _profiled(step, steps, log):
+    """({op: [count, ms]}, {reorder kind: [count, ms]} or {}, wall seconds) of `steps` steps."""
+    mark = log.mark() if log else None
+    profiler.set_config(profile_all=True, aggregate_stats=True,
+                        filename=os.path.join(tempfile.gettempdir(),
+                                              f'gn_mxnet_profile_{os.getpid()}.json'))
+    profiler.set_state('run')
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    mx.nd.waitall()
+    elapsed = time.perf_counter() - start
+    profiler.set_state('stop')
+    ops = _operator_times(profiler.dumps(reset=True, format='json'))
+    if any(',' in name for name in ops):
+        raise RuntimeError('operators were bulked into one profiler event; build the networks '
+                           'with ' + ' and '.join(f'{k}=0' for k in UNBULKED))
+    return ops, parse_onednn_log(log.read_since(mark)) if log else {}, elapsed
+
+
+def _add(total, part):
+    for key, (count, ms) in part.items():
+        entry = total.setdefault(key, [0, 0.0])
+        entry[0] += count
+        entry[1] += ms
+
+
 def profile_norms(network='resnet8_small', norms=('bn', 'gn', 'none'), batch_size=32,
                   data_shape=(1, 28, 28), num_classes=10, num_groups=8, backend='native',
-                  gpus='', steps=3, warmup=2, log=None):
+                  gpus='', steps=3, warmup=2, log=None, rounds=2):
     """{norm: {'step_ms', 'rows': {row: [count, ms]}, 'reorders': {kind: [count, ms]},
     'ops': {op: [count, ms]}}}, every figure per step. `log` is a NativeStdoutLog (None: no
-    reorder counts). Steps are profiled one norm at a time, after `warmup` steps of each."""
+    reorder counts). After `warmup` steps of each net, `rounds` blocks of `steps` steps are
+    profiled, the norms taking turns so that a change in the machine's load hits all alike."""
     contexts = make_contexts(gpus)
-    found = {}
-    for norm in norms:
-        step, _ = build_step(network, norm, batch_size, data_shape, num_classes, num_groups,
-                             backend, contexts)
+    steps_of = {norm: build_step(network, norm, batch_size, data_shape, num_classes,
+                                 num_groups, backend, contexts)[0] for norm in norms}
+    for step in steps_of.values():
         for _ in range(warmup):
             step()
         mx.nd.waitall()
-        mark = log.mark() if log else None
-        profiler.set_config(profile_all=True, aggregate_stats=True,
-                            filename=os.path.join(tempfile.gettempdir(),
-                                                  f'gn_mxnet_profile_{os.getpid()}.json'))
-        profiler.set_state('run')
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        mx.nd.waitall()
-        elapsed = time.perf_counter() - start
-        profiler.set_state('stop')
-        ops = _operator_times(profiler.dumps(reset=True, format='json'))
-        if any(',' in name for name in ops):
-            raise RuntimeError('operators were bulked into one profiler event; build the '
-                               'networks with MXNET_EXEC_BULK_EXEC_TRAIN=0 (see UNBULKED)')
+    totals = {norm: ({}, {}, [0.0]) for norm in norms}
+    for _ in range(rounds):
+        for norm, step in steps_of.items():
+            ops, reorders, elapsed = _profiled(step, steps, log)
+            _add(totals[norm][0], ops)
+            _add(totals[norm][1], reorders)
+            totals[norm][2][0] += elapsed
+    found = {}
+    for norm, (ops, reorders, (elapsed,)) in totals.items():
+        n = steps * rounds
         rows = {row: [0, 0.0] for row in ROWS}
-        for name, (count, total) in ops.items():
-            rows[cause(name)][0] += count / steps
-            rows[cause(name)][1] += total / steps
-        reorders = parse_onednn_log(log.read_since(mark)) if log else {}
-        found[norm] = {'step_ms': 1e3 * elapsed / steps, 'rows': rows,
-                       'reorders': {k: [c / steps, ms / steps] for k, (c, ms) in reorders.items()},
-                       'ops': {k: [c / steps, ms / steps] for k, (c, ms) in ops.items()}}
+        for name, (count, ms) in ops.items():
+            _add(rows, {cause(name): [count, ms]})
+        found[norm] = {'step_ms': 1e3 * elapsed / n,
+                       'rows': {k: [c / n, ms / n] for k, (c, ms) in rows.items()},
+                       'reorders': {k: [c / n, ms / n] for k, (c, ms) in reorders.items()},
+                       'ops': {k: [c / n, ms / n] for k, (c, ms) in ops.items()}}
     return found
 
 
