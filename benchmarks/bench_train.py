@@ -34,9 +34,11 @@ def main(argv=None):
     if args.breakdown:
         return breakdown(args)
     from gn_mxnet.training.config import parse_shape
+    from gn_mxnet.training.step_profile import machine_header
     from gn_mxnet.training.throughput import compare_norms
     with cli.usage_errors(p):
         data_shape = parse_shape(args.data_shape)
+    print(machine_header())
     rates = compare_norms(args.network, ('bn', 'gn'), args.batch_size,
                           data_shape, args.num_classes, args.num_groups,
                           args.gn_backend, args.gpus, args.steps, args.warmup, args.rounds)
@@ -48,6 +50,7 @@ def main(argv=None):
         print(f"{norm:<6}{rate:>10.1f}")
     ratio = rates['gn'] / rates['bn']
     print(f"GN / BN img/s ratio: {ratio:.3f}")
+    print(f"after the run: {machine_header()}")
     return rates
 
 
