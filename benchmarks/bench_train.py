@@ -30,6 +30,9 @@ def main(argv=None):
     p.add_argument('--breakdown', action='store_true',
                    help='profile --rounds x --steps steps of bn, gn and the net without norm '
                         'layers (mx.profiler, oneDNN reorders) and print where the time goes')
+    p.add_argument('--without-plain-copy', action='store_true',
+                   help="with --breakdown: also GN without the native front's plain-copy "
+                        "Reshape (what MXNet's lib_api dispatcher does alone)")
     args = p.parse_args(argv)
     if args.breakdown:
         return breakdown(args)
@@ -64,7 +67,7 @@ def breakdown(args):
         found = step_profile.profile_norms(
             args.network, ('bn', 'gn', 'none'), args.batch_size, parse_shape(args.data_shape),
             args.num_classes, args.num_groups, args.gn_backend, args.gpus, args.steps,
-            args.warmup, log, args.rounds)
+            args.warmup, log, args.rounds, args.without_plain_copy)
         print(f"{args.network}, batch {args.batch_size}, input {args.data_shape}, "
               f"G={args.num_groups}, GN backend {args.gn_backend}, {args.rounds} rounds of "
               f"{args.steps} profiled steps per norm after {args.warmup} warm-up steps, "

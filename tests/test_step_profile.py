@@ -61,7 +61,7 @@ def test_breakdown_of_a_tiny_run_shows_gn_conversions(native_library):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'benchmarks', 'bench_train.py'), '--breakdown',
          '--batch-size', '2', '--steps', '1', '--rounds', '1', '--warmup', '1'],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert out.startswith('CPU: ') and 'load average' in out

@@ -17,6 +17,11 @@ def _may_accumulate(F, value):
     return value.get_children() is None
 
 
+# Whether MKLDNN graphs give the op a plain-layout copy of its input (below); a switch so that
+# `bench_train.py --breakdown --without-plain-copy` can measure the alternative side by side.
+PLAIN_COPY = True
+
+
 def _mkldnn_enabled():
     """Whether convolutions in a CPU graph may hand the op MKLDNN-blocked data."""
     return (mx.runtime.Features().is_enabled('MKLDNN')
@@ -31,7 +36,7 @@ def native_group_norm(F, data, gamma, beta, attrs, name=None):
     # into a write into a temporary, which the identity's backward then adds as asked.
     gamma, beta, data = (F.identity(v) if _may_accumulate(F, v) else v
                          for v in (gamma, beta, data))
-    if F is mx.sym and _mkldnn_enabled():
+    if F is mx.sym and PLAIN_COPY and _mkldnn_enabled():
         # MXNet converts an MKLDNN-blocked input of a lib_api op to the default layout into
         # fresh memory on every call, and again for the backward, which gets every forward
         # input (docs/design.md §3). MKLDNN's Reshape writes that layout once, into memory the

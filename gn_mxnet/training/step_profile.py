@@ -17,6 +17,7 @@ import time
 import mxnet as mx
 from mxnet import profiler
 
+from ..operator import native
 from ..operator.op_inputs import OP_NAME
 from .runtime import make_contexts
 from .throughput import build_step
@@ -179,32 +180,49 @@ def _add(total, part):
 
 def profile_norms(network='resnet8_small', norms=('bn', 'gn', 'none'), batch_size=32,
                   data_shape=(1, 28, 28), num_classes=10, num_groups=8, backend='native',
-                  gpus='', steps=3, warmup=2, log=None, rounds=2):
-    """{norm: {'step_ms', 'rows': {row: [count, ms]}, 'reorders': {kind: [count, ms]},
-    'ops': {op: [count, ms]}}}, every figure per step. `log` is a NativeStdoutLog (None: no
-    reorder counts). After `warmup` steps of each net, `rounds` blocks of `steps` steps are
-    profiled, the norms taking turns so that a change in the machine's load hits all alike."""
+                  gpus='', steps=3, warmup=2, log=None, rounds=2, without_plain_copy=False):
+    """`profile_steps` of `network` built with each of `norms`; `without_plain_copy` adds GN
+    with the native front's plain-copy Reshape switched off, as 'gn, no plain copy'."""
     contexts = make_contexts(gpus)
-    steps_of = {norm: build_step(network, norm, batch_size, data_shape, num_classes,
-                                 num_groups, backend, contexts)[0] for norm in norms}
+
+    def built(norm):
+        return build_step(network, norm, batch_size, data_shape, num_classes, num_groups,
+                          backend, contexts)[0]
+    steps_of = {norm: built(norm) for norm in norms}
+    if without_plain_copy:
+        native.PLAIN_COPY = False
+        try:
+            steps_of['gn, no plain copy'] = step = built('gn')
+            step()  # the graph is traced on the first call: with the switch off
+        finally:
+            native.PLAIN_COPY = True
+    return profile_steps(steps_of, steps, warmup, log, rounds)
+
+
+def profile_steps(steps_of, steps=3, warmup=2, log=None, rounds=2):
+    """{name: {'step_ms', 'rows': {row: [count, ms]}, 'reorders': {kind: [count, ms]},
+    'ops': {op: [count, ms]}}}, every figure per step, for each training-step function of
+    `steps_of` ({name: step}). `log` is a NativeStdoutLog (None: no reorder counts). After
+    `warmup` steps of each, `rounds` blocks of `steps` steps are profiled, the nets taking
+    turns so that a change in the machine's load hits all alike."""
     for step in steps_of.values():
         for _ in range(warmup):
             step()
         mx.nd.waitall()
-    totals = {norm: ({}, {}, [0.0]) for norm in norms}
+    totals = {name: ({}, {}, [0.0]) for name in steps_of}
     for _ in range(rounds):
-        for norm, step in steps_of.items():
+        for name, step in steps_of.items():
             ops, reorders, elapsed = _profiled(step, steps, log)
-            _add(totals[norm][0], ops)
-            _add(totals[norm][1], reorders)
-            totals[norm][2][0] += elapsed
+            _add(totals[name][0], ops)
+            _add(totals[name][1], reorders)
+            totals[name][2][0] += elapsed
     found = {}
-    for norm, (ops, reorders, (elapsed,)) in totals.items():
-        n = steps * rounds
+    n = steps * rounds
+    for name, (ops, reorders, (elapsed,)) in totals.items():
         rows = {row: [0, 0.0] for row in ROWS}
-        for name, (count, ms) in ops.items():
-            _add(rows, {cause(name): [count, ms]})
-        found[norm] = {'step_ms': 1e3 * elapsed / n,
+        for op, (count, ms) in ops.items():
+            _add(rows, {cause(op): [count, ms]})
+        found[name] = {'step_ms': 1e3 * elapsed / n,
                        'rows': {k: [c / n, ms / n] for k, (c, ms) in rows.items()},
                        'reorders': {k: [c / n, ms / n] for k, (c, ms) in reorders.items()},
                        'ops': {k: [c / n, ms / n] for k, (c, ms) in ops.items()}}
