@@ -4,8 +4,10 @@
   python benchmarks/bench_train.py                                   # the default MNIST net
   python benchmarks/bench_train.py --network resnet50_v1b --data-shape 3,224,224 \
       --num-classes 1000 --num-groups 32 --gpus 0 --batch-size 32
+  python benchmarks/bench_train.py --breakdown          # where each norm's step time goes
 """
 import argparse
+import os
 
 from gn_mxnet.utils import cli
 
@@ -25,11 +27,21 @@ def main(argv=None):
     p.add_argument('--rounds', type=cli.positive_int, default=5,
                    help='timed rounds per norm (median)')
     p.add_argument('--warmup', type=cli.non_negative_int, default=5)
+    p.add_argument('--breakdown', action='store_true',
+                   help='profile --rounds x --steps steps of bn, gn and the net without norm '
+                        'layers (mx.profiler, oneDNN reorders) and print where the time goes')
+    p.add_argument('--without-plain-copy', action='store_true',
+                   help="with --breakdown: also GN without the native front's plain-copy "
+                        "Reshape (what MXNet's lib_api dispatcher does alone)")
     args = p.parse_args(argv)
+    if args.breakdown:
+        return breakdown(args)
     from gn_mxnet.training.config import parse_shape
+    from gn_mxnet.training.step_profile import machine_header
     from gn_mxnet.training.throughput import compare_norms
     with cli.usage_errors(p):
         data_shape = parse_shape(args.data_shape)
+    print(machine_header())
     rates = compare_norms(args.network, ('bn', 'gn'), args.batch_size,
                           data_shape, args.num_classes, args.num_groups,
                           args.gn_backend, args.gpus, args.steps, args.warmup, args.rounds)
@@ -41,7 +53,28 @@ def main(argv=None):
         print(f"{norm:<6}{rate:>10.1f}")
     ratio = rates['gn'] / rates['bn']
     print(f"GN / BN img/s ratio: {ratio:.3f}")
+    print(f"after the run: {machine_header()}")
     return rates
+
+
+def breakdown(args):
+    from gn_mxnet.training import step_profile
+    for name, value in step_profile.environment_for_profiling().items():
+        os.environ.setdefault(name, value)  # before MXNet builds its first graph
+    from gn_mxnet.training.config import parse_shape
+    with step_profile.NativeStdoutLog() as log:
+        print(step_profile.machine_header())
+        found = step_profile.profile_norms(
+            args.network, ('bn', 'gn', 'none'), args.batch_size, parse_shape(args.data_shape),
+            args.num_classes, args.num_groups, args.gn_backend, args.gpus, args.steps,
+            args.warmup, log, args.rounds, args.without_plain_copy)
+        print(f"{args.network}, batch {args.batch_size}, input {args.data_shape}, "
+              f"G={args.num_groups}, GN backend {args.gn_backend}, {args.rounds} rounds of "
+              f"{args.steps} profiled steps per norm after {args.warmup} warm-up steps, "
+              f"operators unbulked, oneDNN verbose on")
+        print(step_profile.format_report(found))
+        print(f"after the run: {step_profile.machine_header()}")
+    return found
 
 
 if __name__ == '__main__':

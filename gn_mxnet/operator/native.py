@@ -17,6 +17,17 @@ def _may_accumulate(F, value):
     return value.get_children() is None
 
 
+# Whether MKLDNN graphs give the op a plain-layout copy of its input (below); a switch so that
+# `bench_train.py --breakdown --without-plain-copy` can measure the alternative side by side.
+PLAIN_COPY = True
+
+
+def _mkldnn_enabled():
+    """Whether convolutions in a CPU graph may hand the op MKLDNN-blocked data."""
+    return (mx.runtime.Features().is_enabled('MKLDNN')
+            and os.environ.get('MXNET_MKLDNN_ENABLED', '1') != '0')
+
+
 def native_group_norm(F, data, gamma, beta, attrs, name=None):
     """The C++/CUDA op GroupNormalization, y only; attrs come from the shared validator."""
     load_library()
@@ -25,6 +36,13 @@ def native_group_norm(F, data, gamma, beta, attrs, name=None):
     # into a write into a temporary, which the identity's backward then adds as asked.
     gamma, beta, data = (F.identity(v) if _may_accumulate(F, v) else v
                          for v in (gamma, beta, data))
+    if F is mx.sym and PLAIN_COPY and _mkldnn_enabled():
+        # MXNet converts an MKLDNN-blocked input of a lib_api op to the default layout into
+        # fresh memory on every call, and again for the backward, which gets every forward
+        # input (docs/design.md §3). MKLDNN's Reshape writes that layout once, into memory the
+        # graph's planner reuses, and the backward then reads the same plain copy
+        # (`bench_train.py --breakdown`; README, "Where GN's time goes").
+        data = F.reshape(data, shape=(0, 0, -2))
     outputs = F.GroupNormalization(data, gamma, beta, num_groups=attrs.num_groups,
                                    eps=repr(attrs.eps), axis=attrs.axis, name=name)
     # The op also returns mean and rstd (lib_api cannot hide outputs); users get y only.

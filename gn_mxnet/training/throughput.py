@@ -3,6 +3,7 @@
 Rounds alternate between the norms so that load from other processes on a shared machine hits
 all of them alike; each norm's figure is the median over its rounds.
 """
+import dataclasses
 import time
 
 import mxnet as mx
@@ -19,7 +20,10 @@ def build_step(network, norm, batch_size, data_shape, num_classes, num_groups, b
                contexts, seed=0):
     """A function running one SGD step of `network` with `norm` on a fixed synthetic batch."""
     mx.random.seed(seed)
-    cfg = TrainConfig(norm=norm, num_groups=num_groups, gn_backend=backend).resolved()
+    # Set after validation: the config accepts the norms one trains with, and 'none' (the net
+    # without norm layers, a profiling baseline) is not one.
+    cfg = dataclasses.replace(TrainConfig(num_groups=num_groups, gn_backend=backend).resolved(),
+                              norm=norm)
     net = get_model(network, num_classes=num_classes, norm=norm, num_groups=num_groups,
                     backend=backend, last_gamma=False)
     prepare_network(cfg, net, data_shape, contexts)
