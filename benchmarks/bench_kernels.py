@@ -16,6 +16,7 @@ from gn_mxnet.utils import cli
 
 SHAPES = ((32, 64, 56, 56), (32, 256, 56, 56), (32, 1024, 14, 14), (8, 256, 64, 64))
 FLOAT32 = builder.DTYPE_CODES['float32']
+ACT_CODES = builder.ACT_CODES
 
 
 def add_timing_arguments(parser):
@@ -37,10 +38,12 @@ def check_groups(parser, groups, shapes):
 def load_kernels():
     lib = ctypes.CDLL(gn_mxnet.library_path())
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.gn_cpu_forward.argtypes = [c_int, c_int, p, p, p, p, p, p, i64, i64, i64, i64, c_int,
-                                   ctypes.c_double, p]
-    lib.gn_cpu_backward.argtypes = [c_int, c_int, p, p, p, p, p, p, p, p, i64, i64, i64, i64,
-                                    c_int, p]
+    # operators/group_norm_kernels.h: residual after beta, act after channels_last; backward
+    # also takes beta, residual and dresidual.
+    lib.gn_cpu_forward.argtypes = [c_int, c_int, p, p, p, p, p, p, p, i64, i64, i64, i64, c_int,
+                                   c_int, ctypes.c_double, p]
+    lib.gn_cpu_backward.argtypes = [c_int, c_int, p, p, p, p, p, p, p, p, p, p, p, i64, i64, i64,
+                                    i64, c_int, c_int, p]
     for name in ('gn_cpu_forward_workspace_bytes', 'gn_cpu_backward_workspace_bytes'):
         getattr(lib, name).argtypes = [i64, i64, i64, i64, c_int]
         getattr(lib, name).restype = ctypes.c_size_t
