@@ -13,18 +13,27 @@ namespace gn {
 namespace GN_KERNEL_ISA {
 namespace {
 
-// dz over one run with per-element coefficients at (a, b) and centre m: z = (x - m)*a + b + r.
-// mean is the forward's rounded mean, not its exact split: z differs from the forward's by an
-// Acc rounding, which moves relu's kink only for z within that rounding of 0.
-template <int kAct, typename T>
+// dz over one run, z = (x - m[k])*a[k] + b[k] + r with k = 0 along a channel's run (kRow
+// false) or k = i along a channels-last row. mean is the forward's rounded mean, not its exact
+// split: z differs from the forward's by an Acc rounding, which moves relu's kink only for z
+// within that rounding of 0.
+template <int kAct, bool kRow, typename T>
 inline void slope_run(const T* dy, const T* x, const T* r, T* dz, int64_t length,
-                      const AccOf<T>* m, const AccOf<T>* a, const AccOf<T>* b, int64_t step) {
+                      const AccOf<T>* m, const AccOf<T>* a, const AccOf<T>* b) {
   using Acc = AccOf<T>;
+  if (r) {
+#pragma omp simd
+    for (int64_t i = 0; i < length; ++i) {
+      const int64_t k = kRow ? i : 0;
+      const Acc z = (Element<T>::load(x[i]) - m[k]) * a[k] + b[k] + Element<T>::load(r[i]);
+      dz[i] = Element<T>::store(Element<T>::load(dy[i]) * gn_act::slope<kAct>(z));
+    }
+    return;
+  }
 #pragma omp simd
   for (int64_t i = 0; i < length; ++i) {
-    const int64_t k = i * step;  // step 0: one channel's run; 1: a channels-last row
-    Acc z = (Element<T>::load(x[i]) - m[k]) * a[k] + b[k];
-    if (r) z += Element<T>::load(r[i]);
+    const int64_t k = kRow ? i : 0;
+    const Acc z = (Element<T>::load(x[i]) - m[k]) * a[k] + b[k];
     dz[i] = Element<T>::store(Element<T>::load(dy[i]) * gn_act::slope<kAct>(z));
   }
 }
@@ -42,8 +51,8 @@ void slopes(const T* dy, const T* x, const P* gamma, const P* beta, const T* r,
       const int64_t c = row % C, t = row / D;
       const Acc m = mean[t], a = static_cast<Acc>(Element<P>::load(gamma[c])) * rstd[t];
       const Acc b = static_cast<Acc>(Element<P>::load(beta[c]));
-      slope_run<kAct>(dy + row * S, x + row * S, r ? r + row * S : nullptr, dz + row * S, S,
-                      &m, &a, &b, 0);
+      slope_run<kAct, false>(dy + row * S, x + row * S, r ? r + row * S : nullptr,
+                             dz + row * S, S, &m, &a, &b);
     }
     return;
   }
@@ -63,8 +72,8 @@ void slopes(const T* dy, const T* x, const P* gamma, const P* beta, const T* r,
         coef_n = n;
       }
       const int64_t k = row * C;
-      slope_run<kAct>(dy + k, x + k, r ? r + k : nullptr, dz + k, C, coef.data(),
-                      coef.data() + C, coef.data() + 2 * C, 1);
+      slope_run<kAct, true>(dy + k, x + k, r ? r + k : nullptr, dz + k, C, coef.data(),
+                            coef.data() + C, coef.data() + 2 * C);
     }
   }
 }
