@@ -1,6 +1,7 @@
 """The CPU kernels alone, through their C ABI, on preallocated buffers: forward, backward and
 forward+backward against a plain copy of x (numpy.copyto), on the ResNet-50 shapes of
-docs/design.md §8. Without MXNet's per-call allocations, which on these machines page-fault
+docs/design.md §8, and the fused form y = relu(GN(x) + residual) beside the plain forward
+(timed alternately, so both see the same machine load). Without MXNet's per-call allocations, which on these machines page-fault
 unpredictably, this isolates the kernels' own cost. Prints medians and ratios of one run.
 """
 import argparse
@@ -16,6 +17,7 @@ from gn_mxnet.utils import cli
 
 SHAPES = ((32, 64, 56, 56), (32, 256, 56, 56), (32, 1024, 14, 14), (8, 256, 64, 64))
 FLOAT32 = builder.DTYPE_CODES['float32']
+ACT_CODES = builder.ACT_CODES
 
 
 def add_timing_arguments(parser):
@@ -37,10 +39,12 @@ def check_groups(parser, groups, shapes):
 def load_kernels():
     lib = ctypes.CDLL(gn_mxnet.library_path())
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.gn_cpu_forward.argtypes = [c_int, c_int, p, p, p, p, p, p, i64, i64, i64, i64, c_int,
-                                   ctypes.c_double, p]
-    lib.gn_cpu_backward.argtypes = [c_int, c_int, p, p, p, p, p, p, p, p, i64, i64, i64, i64,
-                                    c_int, p]
+    # operators/group_norm_kernels.h: residual after beta, act after channels_last; backward
+    # also takes beta, residual and dresidual.
+    lib.gn_cpu_forward.argtypes = [c_int, c_int, p, p, p, p, p, p, p, i64, i64, i64, i64, c_int,
+                                   c_int, ctypes.c_double, p]
+    lib.gn_cpu_backward.argtypes = [c_int, c_int, p, p, p, p, p, p, p, p, p, p, p, i64, i64, i64,
+                                    i64, c_int, c_int, p]
     for name in ('gn_cpu_forward_workspace_bytes', 'gn_cpu_backward_workspace_bytes'):
         getattr(lib, name).argtypes = [i64, i64, i64, i64, c_int]
         getattr(lib, name).restype = ctypes.c_size_t
@@ -58,11 +62,25 @@ def median_ms(fn, repeat):
     return float(np.median(times))
 
 
+def paired_median_ms(fn_a, fn_b, repeat):
+    """Medians of fn_a and fn_b called alternately: a busy machine slows both alike."""
+    for fn in (fn_a, fn_b, fn_a, fn_b):
+        fn()
+    times = ([], [])
+    for _ in range(repeat):
+        for fn, out in zip((fn_a, fn_b), times):
+            start = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - start) * 1e3)
+    return tuple(float(np.median(t)) for t in times)
+
+
 def bench(lib, shape, groups, channels_last, repeat):
     rng = np.random.RandomState(0)
     N, C, S = shape[0], shape[1], int(np.prod(shape[2:]))
     x, dy = rng.randn(N * C * S).astype(np.float32), rng.randn(N * C * S).astype(np.float32)
-    y, dx = np.empty_like(x), np.empty_like(x)
+    residual = rng.randn(N * C * S).astype(np.float32)
+    y, dx, dresidual = np.empty_like(x), np.empty_like(x), np.empty_like(x)
     gamma, beta = rng.randn(C).astype(np.float32), rng.randn(C).astype(np.float32)
     dgamma, dbeta = np.empty_like(gamma), np.empty_like(beta)
     mean, rstd = np.empty((N, groups), np.float32), np.empty((N, groups), np.float32)
@@ -70,23 +88,25 @@ def bench(lib, shape, groups, channels_last, repeat):
     bwd_ws = np.empty(max(1, lib.gn_cpu_backward_workspace_bytes(N, C, S, groups, channels_last)), np.uint8)
     ptr = lambda a: a.ctypes.data
 
-    def forward():
-        status = lib.gn_cpu_forward(FLOAT32, FLOAT32, ptr(x), ptr(gamma), ptr(beta), ptr(y),
-                                    ptr(mean), ptr(rstd), N, C, S, groups, channels_last, 1e-5,
-                                    ptr(fwd_ws))
+    def forward(act='none', r=None):
+        status = lib.gn_cpu_forward(FLOAT32, FLOAT32, ptr(x), ptr(gamma), ptr(beta), r, ptr(y),
+                                    ptr(mean), ptr(rstd), N, C, S, groups, channels_last,
+                                    ACT_CODES[act], 1e-5, ptr(fwd_ws))
         assert status == 0, status
 
-    def backward():
-        status = lib.gn_cpu_backward(FLOAT32, FLOAT32, ptr(dy), ptr(x), ptr(gamma), ptr(mean),
-                                     ptr(rstd), ptr(dx), ptr(dgamma), ptr(dbeta), N, C, S,
-                                     groups, channels_last, ptr(bwd_ws))
+    def backward(act='none', r=None, dr=None):
+        status = lib.gn_cpu_backward(FLOAT32, FLOAT32, ptr(dy), ptr(x), ptr(gamma), ptr(beta),
+                                     r, ptr(mean), ptr(rstd), ptr(dx), ptr(dgamma), ptr(dbeta),
+                                     dr, N, C, S, groups, channels_last, ACT_CODES[act],
+                                     ptr(bwd_ws))
         assert status == 0, status
 
     copy = median_ms(lambda: np.copyto(y, x), repeat)
-    fwd = median_ms(forward, repeat)
-    bwd = median_ms(backward, repeat)
+    fwd, fused_fwd = paired_median_ms(forward, lambda: forward('relu', ptr(residual)), repeat)
+    bwd, fused_bwd = paired_median_ms(
+        backward, lambda: backward('relu', ptr(residual), ptr(dresidual)), repeat)
     both = median_ms(lambda: (forward(), backward()), repeat)
-    return copy, fwd, bwd, both
+    return copy, fwd, bwd, both, fused_fwd, fused_bwd
 
 
 def main():
@@ -99,11 +119,16 @@ def main():
     layout = 'NHWC' if args.channels_last else 'NCHW'
     print(f"CPU kernels ({gn_mxnet.cpu_isa()} build), float32, {layout}, G={args.groups}, "
           f"median of {args.repeat} (ms)")
+    print("fused: y = relu(GN(x) + residual); fused/plain fwd is the ratio of medians of "
+          "forwards timed alternately")
     print(' '.join(f'{h:>13}' for h in ('shape', 'copy', 'fwd', 'bwd', 'fwd+bwd', 'fwd/copy',
-                                         '(fwd+bwd)/copy')))
+                                         '(fwd+bwd)/copy', 'fused fwd', 'fused bwd',
+                                         'fused/plain fwd')))
     for shape in SHAPES:
-        copy, fwd, bwd, both = bench(lib, shape, args.groups, int(args.channels_last), args.repeat)
-        cells = ['x'.join(map(str, shape)), copy, fwd, bwd, both, fwd / copy, both / copy]
+        copy, fwd, bwd, both, fused_fwd, fused_bwd = bench(
+            lib, shape, args.groups, int(args.channels_last), args.repeat)
+        cells = ['x'.join(map(str, shape)), copy, fwd, bwd, both, fwd / copy, both / copy,
+                 fused_fwd, fused_bwd, fused_fwd / fwd]
         print(' '.join(f'{c:>13.2f}' if isinstance(c, float) else f'{c:>13}' for c in cells),
               flush=True)
 

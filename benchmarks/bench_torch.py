@@ -90,8 +90,10 @@ def our_forward_error(lib, shape, groups, offset, spread):
         workspace = np.empty(max(1, lib.gn_cpu_forward_workspace_bytes(N, C, S, groups, 0)),
                              np.uint8)
         status = lib.gn_cpu_forward(code, code, xs.ctypes.data, ws.ctypes.data, bs.ctypes.data,
-                                    y.ctypes.data, stats[0].ctypes.data, stats[1].ctypes.data,
-                                    N, C, S, groups, 0, 1e-5, workspace.ctypes.data)
+                                    None, y.ctypes.data, stats[0].ctypes.data,
+                                    stats[1].ctypes.data, N, C, S, groups, 0,
+                                    bench_kernels.ACT_CODES['none'], 1e-5,
+                                    workspace.ctypes.data)
         assert status == 0, status
         outputs[code] = y.astype(np.float64)
     return float(np.abs(outputs[0] - outputs[1]).max() / np.abs(outputs[1]).max())

@@ -46,11 +46,13 @@ def load_library(path):
         fn = getattr(lib, name)
         fn.argtypes = [i64, i64, i64, i64, c_int]
         fn.restype = ctypes.c_size_t
-    lib.gn_cuda_forward.argtypes = [c_int, c_int, vp, vp, vp, vp, vp, vp, i64, i64, i64, i64,
-                                    c_int, ctypes.c_double, vp, vp]
+    # operators/group_norm_kernels.h: residual after beta, act after channels_last; backward
+    # also takes beta, residual and dresidual.
+    lib.gn_cuda_forward.argtypes = [c_int, c_int, vp, vp, vp, vp, vp, vp, vp, i64, i64, i64,
+                                    i64, c_int, c_int, ctypes.c_double, vp, vp]
     lib.gn_cuda_forward.restype = c_int
-    lib.gn_cuda_backward.argtypes = [c_int, c_int, vp, vp, vp, vp, vp, vp, vp, vp, i64, i64,
-                                     i64, i64, c_int, vp, vp]
+    lib.gn_cuda_backward.argtypes = [c_int, c_int, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp,
+                                     i64, i64, i64, i64, c_int, c_int, vp, vp]
     lib.gn_cuda_backward.restype = c_int
     lib.gn_cuda_last_error.argtypes = []
     lib.gn_cuda_last_error.restype = ctypes.c_char_p  # "cudaErrorName: description"

@@ -8,6 +8,7 @@ from cuda_build import builder
 DTYPE_CODES = builder.DTYPE_CODES  # operators/group_norm_kernels.h's, by torch's dtype names
 TOLERANCE = {"float32": 1e-5, "float16": 1e-2, "float64": 1e-10}
 EPS = 1e-5
+ACT_NONE = builder.ACT_CODES['none']
 DEVICE = "cuda"  # a CPU dry run of the harness logic swaps this and the kernels
 
 # ---- the cases ---------------------------------------------------------------------------
@@ -79,8 +80,8 @@ class Kernels:
         N, C, S, G, cl = dims
         status = self.lib.gn_cuda_forward(
             DTYPE_CODES[dtype_name(x)], DTYPE_CODES[dtype_name(gamma)], x.data_ptr(),
-            gamma.data_ptr(), beta.data_ptr(), y.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
-            N, C, S, G, cl, EPS, ws.data_ptr(), self._stream())
+            gamma.data_ptr(), beta.data_ptr(), None, y.data_ptr(), mean.data_ptr(),
+            rstd.data_ptr(), N, C, S, G, cl, ACT_NONE, EPS, ws.data_ptr(), self._stream())
         if status != 0:
             raise RuntimeError("gn_cuda_forward returned %d" % status)
 
@@ -88,8 +89,9 @@ class Kernels:
         N, C, S, G, cl = dims
         status = self.lib.gn_cuda_backward(
             DTYPE_CODES[dtype_name(x)], DTYPE_CODES[dtype_name(gamma)], dy.data_ptr(),
-            x.data_ptr(), gamma.data_ptr(), mean.data_ptr(), rstd.data_ptr(), dx.data_ptr(),
-            dgamma.data_ptr(), dbeta.data_ptr(), N, C, S, G, cl, ws.data_ptr(), self._stream())
+            x.data_ptr(), gamma.data_ptr(), None, None, mean.data_ptr(), rstd.data_ptr(),
+            dx.data_ptr(), dgamma.data_ptr(), dbeta.data_ptr(), None, N, C, S, G, cl, ACT_NONE,
+            ws.data_ptr(), self._stream())
         if status != 0:
             raise RuntimeError("gn_cuda_backward returned %d" % status)
 

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "group_norm_activation.h"
 #include "group_norm_cpu_entries.h"
 #include "group_norm_kernels.h"
 
@@ -11,6 +12,11 @@ namespace {
 
 bool valid_shape(int64_t N, int64_t C, int64_t S, int64_t G) {
   return N >= 0 && C > 0 && S >= 0 && G > 0 && C % G == 0;
+}
+
+// The fused backward stages dz in dresidual or dx, so with an activation one must be given.
+bool valid_backward(int act, const void* dx, const void* dresidual) {
+  return gn_act::valid(act) && (act == GN_ACT_NONE || dx || dresidual);
 }
 
 // GN_MXNET_CPU_ISA=generic forces the generic build (to compare or test both).
@@ -39,6 +45,7 @@ const char* gn_status_string(int status) {
     case GN_STATUS_BAD_DTYPE: return "unsupported dtype combination (data float32/float64/float16; gamma/beta as data, or float32 with float16 data)";
     case GN_STATUS_BAD_SHAPE: return "invalid shape: need N >= 0, C > 0, S >= 0, num_groups > 0 dividing C";
     case GN_STATUS_DEVICE_ERROR: return "device error (no usable CUDA device or a failed launch)";
+    case GN_STATUS_BAD_ARGUMENT: return "invalid argument: act must be a GN_ACT_* code, and a fused backward (act other than none) needs dx or dresidual";
     default: return "unknown status";
   }
 }
@@ -58,32 +65,38 @@ size_t gn_cpu_backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t 
 }
 
 int gn_cpu_forward(int dtype, int param_dtype, const void* x, const void* gamma,
-                   const void* beta, void* y, void* mean, void* rstd, int64_t N, int64_t C,
-                   int64_t S, int64_t G, int channels_last, double eps, void* workspace) {
+                   const void* beta, const void* residual, void* y, void* mean, void* rstd,
+                   int64_t N, int64_t C, int64_t S, int64_t G, int channels_last, int act,
+                   double eps, void* workspace) {
   if (!valid_shape(N, C, S, G)) return GN_STATUS_BAD_SHAPE;
+  if (!gn_act::valid(act)) return GN_STATUS_BAD_ARGUMENT;
 #ifdef GN_MXNET_WITH_AVX2
   if (use_avx2()) {
-    return gn::avx2::forward_entry(dtype, param_dtype, x, gamma, beta, y, mean, rstd, N, C, S,
-                                   G, channels_last, eps, workspace);
+    return gn::avx2::forward_entry(dtype, param_dtype, x, gamma, beta, residual, y, mean, rstd,
+                                   N, C, S, G, channels_last, act, eps, workspace);
   }
 #endif
-  return gn::generic::forward_entry(dtype, param_dtype, x, gamma, beta, y, mean, rstd, N, C,
-                                    S, G, channels_last, eps, workspace);
+  return gn::generic::forward_entry(dtype, param_dtype, x, gamma, beta, residual, y, mean,
+                                    rstd, N, C, S, G, channels_last, act, eps, workspace);
 }
 
 int gn_cpu_backward(int dtype, int param_dtype, const void* dy, const void* x,
-                    const void* gamma, const void* mean, const void* rstd, void* dx,
-                    void* dgamma, void* dbeta, int64_t N, int64_t C, int64_t S, int64_t G,
-                    int channels_last, void* workspace) {
+                    const void* gamma, const void* beta, const void* residual,
+                    const void* mean, const void* rstd, void* dx, void* dgamma, void* dbeta,
+                    void* dresidual, int64_t N, int64_t C, int64_t S, int64_t G,
+                    int channels_last, int act, void* workspace) {
   if (!valid_shape(N, C, S, G)) return GN_STATUS_BAD_SHAPE;
+  if (!valid_backward(act, dx, dresidual)) return GN_STATUS_BAD_ARGUMENT;
 #ifdef GN_MXNET_WITH_AVX2
   if (use_avx2()) {
-    return gn::avx2::backward_entry(dtype, param_dtype, dy, x, gamma, mean, rstd, dx, dgamma,
-                                    dbeta, N, C, S, G, channels_last, workspace);
+    return gn::avx2::backward_entry(dtype, param_dtype, dy, x, gamma, beta, residual, mean,
+                                    rstd, dx, dgamma, dbeta, dresidual, N, C, S, G,
+                                    channels_last, act, workspace);
   }
 #endif
-  return gn::generic::backward_entry(dtype, param_dtype, dy, x, gamma, mean, rstd, dx, dgamma,
-                                     dbeta, N, C, S, G, channels_last, workspace);
+  return gn::generic::backward_entry(dtype, param_dtype, dy, x, gamma, beta, residual, mean,
+                                     rstd, dx, dgamma, dbeta, dresidual, N, C, S, G,
+                                     channels_last, act, workspace);
 }
 
 }  // extern "C"

@@ -14,12 +14,14 @@
   size_t backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G,                \
                                   int channels_last);                                        \
   int forward_entry(int dtype, int param_dtype, const void* x, const void* gamma,            \
-                    const void* beta, void* y, void* mean, void* rstd, int64_t N, int64_t C, \
-                    int64_t S, int64_t G, int channels_last, double eps, void* workspace);   \
+                    const void* beta, const void* residual, void* y, void* mean, void* rstd, \
+                    int64_t N, int64_t C, int64_t S, int64_t G, int channels_last, int act,  \
+                    double eps, void* workspace);                                            \
   int backward_entry(int dtype, int param_dtype, const void* dy, const void* x,              \
-                     const void* gamma, const void* mean, const void* rstd, void* dx,        \
-                     void* dgamma, void* dbeta, int64_t N, int64_t C, int64_t S, int64_t G,  \
-                     int channels_last, void* workspace);                                    \
+                     const void* gamma, const void* beta, const void* residual,              \
+                     const void* mean, const void* rstd, void* dx, void* dgamma,             \
+                     void* dbeta, void* dresidual, int64_t N, int64_t C, int64_t S,          \
+                     int64_t G, int channels_last, int act, void* workspace);                \
   }                                                                                          \
   }
 

@@ -1,4 +1,5 @@
 // dtype dispatch onto the typed CPU kernels, compiled once per instruction set like them.
+#include <algorithm>
 #include <type_traits>
 
 #include "group_norm_cpu.h"
@@ -22,24 +23,27 @@ int dispatch(int dtype, int param_dtype, Fn&& fn) {
 }  // namespace
 
 int forward_entry(int dtype, int param_dtype, const void* x, const void* gamma,
-                  const void* beta, void* y, void* mean, void* rstd, int64_t N, int64_t C,
-                  int64_t S, int64_t G, int channels_last, double eps, void* workspace) {
+                  const void* beta, const void* residual, void* y, void* mean, void* rstd,
+                  int64_t N, int64_t C, int64_t S, int64_t G, int channels_last, int act,
+                  double eps, void* workspace) {
   return dispatch(dtype, param_dtype, [&](auto* t_tag, auto* p_tag) {
     using T = std::remove_pointer_t<decltype(t_tag)>;
     using P = std::remove_pointer_t<decltype(p_tag)>;
     using A = AccOf<T>;
     if (N == 0 || S == 0) return static_cast<int>(GN_STATUS_OK);  // empty: nothing to write
     forward<T, P>(static_cast<const T*>(x), static_cast<const P*>(gamma),
-                  static_cast<const P*>(beta), static_cast<T*>(y), static_cast<A*>(mean),
-                  static_cast<A*>(rstd), N, C, S, G, channels_last, eps, workspace);
+                  static_cast<const P*>(beta), static_cast<const T*>(residual),
+                  static_cast<T*>(y), static_cast<A*>(mean), static_cast<A*>(rstd), N, C, S,
+                  G, channels_last, act, eps, workspace);
     return static_cast<int>(GN_STATUS_OK);
   });
 }
 
 int backward_entry(int dtype, int param_dtype, const void* dy, const void* x,
-                   const void* gamma, const void* mean, const void* rstd, void* dx,
-                   void* dgamma, void* dbeta, int64_t N, int64_t C, int64_t S, int64_t G,
-                   int channels_last, void* workspace) {
+                   const void* gamma, const void* beta, const void* residual,
+                   const void* mean, const void* rstd, void* dx, void* dgamma, void* dbeta,
+                   void* dresidual, int64_t N, int64_t C, int64_t S, int64_t G,
+                   int channels_last, int act, void* workspace) {
   return dispatch(dtype, param_dtype, [&](auto* t_tag, auto* p_tag) {
     using T = std::remove_pointer_t<decltype(t_tag)>;
     using P = std::remove_pointer_t<decltype(p_tag)>;
@@ -51,7 +55,19 @@ int backward_entry(int dtype, int param_dtype, const void* dy, const void* x,
       }
       return static_cast<int>(GN_STATUS_OK);
     }
-    backward<T, P>(static_cast<const T*>(dy), static_cast<const T*>(x),
+    const T* grad = static_cast<const T*>(dy);  // of GN's output: dz in the fused form
+    const int64_t elements = N * C * S;
+    if (act != GN_ACT_NONE) {
+      T* dz = static_cast<T*>(dresidual ? dresidual : dx);  // the caller checked one is given
+      activation_grad<T, P>(grad, static_cast<const T*>(x), static_cast<const P*>(gamma),
+                            static_cast<const P*>(beta), static_cast<const T*>(residual),
+                            static_cast<const A*>(mean), static_cast<const A*>(rstd), dz, N,
+                            C, S, G, channels_last, act);
+      grad = dz;
+    } else if (dresidual) {
+      std::copy(grad, grad + elements, static_cast<T*>(dresidual));
+    }
+    backward<T, P>(grad, static_cast<const T*>(x),
                    static_cast<const P*>(gamma), static_cast<const A*>(mean),
                    static_cast<const A*>(rstd), static_cast<T*>(dx), static_cast<P*>(dgamma),
                    static_cast<P*>(dbeta), N, C, S, G, channels_last, workspace);

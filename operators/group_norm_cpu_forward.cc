@@ -1,11 +1,13 @@
 // CPU GroupNorm forward: statistics per (n, g) and the affine normalization, fused so a group is
-// read from memory once (it stays in cache between the statistics and the normalize pass).
+// read from memory once (it stays in cache between the statistics and the normalize pass). The
+// fused form's residual add and activation (kAct, a GN_ACT_* code) ride on the normalize pass.
 #include <omp.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "cpu_common.h"
+#include "group_norm_activation.h"
 #include "group_norm_cpu.h"
 
 namespace gn {
@@ -28,31 +30,47 @@ inline A shift_of(double beta, const SplitMean<A>& mean, A a) {
   return static_cast<A>(beta - mean.lo * static_cast<double>(a));
 }
 
-// y = (x - mean) * a + shift over one contiguous run, a = gamma * rstd. Folding mean into the
-// shift instead (x * a + b) would cancel badly when rstd is large (near-constant groups).
+// r + k, or null for no residual.
 template <typename T>
-inline void affine_run(const T* x, T* y, int64_t length, AccOf<T> mean, AccOf<T> a,
+inline const T* at(const T* r, int64_t k) {
+  return r ? r + k : nullptr;
+}
+
+// y = act((x - mean) * a + shift [+ r]) over one contiguous run, a = gamma * rstd. Folding mean
+// into the shift instead (x * a + b) would cancel badly when rstd is large (near-constant groups).
+template <int kAct, typename T>
+inline void affine_run(const T* x, const T* r, T* y, int64_t length, AccOf<T> mean, AccOf<T> a,
                        AccOf<T> beta) {
+  if (r) {
+#pragma omp simd
+    for (int64_t i = 0; i < length; ++i) {
+      y[i] = Element<T>::store(gn_act::apply<kAct>((Element<T>::load(x[i]) - mean) * a + beta +
+                                                   Element<T>::load(r[i])));
+    }
+    return;
+  }
 #pragma omp simd
   for (int64_t i = 0; i < length; ++i) {
-    y[i] = Element<T>::store((Element<T>::load(x[i]) - mean) * a + beta);
+    y[i] = Element<T>::store(gn_act::apply<kAct>((Element<T>::load(x[i]) - mean) * a + beta));
   }
 }
 
 // Channels-first rows of one group: D rows of S elements, channel c = first_channel + d.
-template <typename T, typename P>
-inline void normalize_group(const T* x, T* y, const P* gamma, const P* beta, int64_t D,
-                            int64_t S, const SplitMean<AccOf<T>>& mean, AccOf<T> rstd) {
+template <int kAct, typename T, typename P>
+inline void normalize_group(const T* x, const T* r, T* y, const P* gamma, const P* beta,
+                            int64_t D, int64_t S, const SplitMean<AccOf<T>>& mean,
+                            AccOf<T> rstd) {
   using Acc = AccOf<T>;
   for (int64_t d = 0; d < D; ++d) {
     const Acc a = static_cast<Acc>(Element<P>::load(gamma[d])) * rstd;
     const double b = static_cast<double>(Element<P>::load(beta[d]));
-    affine_run(x + d * S, y + d * S, S, mean.hi, a, shift_of(b, mean, a));
+    affine_run<kAct>(x + d * S, at(r, d * S), y + d * S, S, mean.hi, a, shift_of(b, mean, a));
   }
 }
 
-template <typename T, typename P>
-void forward_channels_first(const T* x, const P* gamma, const P* beta, T* y, AccOf<T>* mean,
+template <int kAct, typename T, typename P>
+void forward_channels_first(const T* x, const P* gamma, const P* beta, const T* r, T* y,
+                            AccOf<T>* mean,
                             AccOf<T>* rstd, int64_t N, int64_t C, int64_t S, int64_t G,
                             double eps, double* workspace) {
   const int64_t D = C / G, M = D * S, tasks = N * G;
@@ -72,8 +90,8 @@ void forward_channels_first(const T* x, const P* gamma, const P* beta, T* y, Acc
       }
       const SplitMean<AccOf<T>> split = finalize(moments, eps, mean + t, rstd + t);
       const int64_t first_channel = (t % G) * D;
-      normalize_group(xg, y + t * M, gamma + first_channel, beta + first_channel, D, S, split,
-                      rstd[t]);
+      normalize_group<kAct>(xg, at(r, t * M), y + t * M, gamma + first_channel,
+                            beta + first_channel, D, S, split, rstd[t]);
     }
     return;
   }
@@ -99,8 +117,8 @@ void forward_channels_first(const T* x, const P* gamma, const P* beta, T* y, Acc
     using Acc = AccOf<T>;
     const Acc a = static_cast<Acc>(Element<P>::load(gamma[c])) * rstd[t];
     const double b = static_cast<double>(Element<P>::load(beta[c]));
-    affine_run(x + row * S, y + row * S, S, mean[t], a,
-               static_cast<Acc>(b - mean_lo[t] * static_cast<double>(a)));
+    affine_run<kAct>(x + row * S, at(r, row * S), y + row * S, S, mean[t], a,
+                     static_cast<Acc>(b - mean_lo[t] * static_cast<double>(a)));
   }
 }
 
@@ -170,15 +188,27 @@ void group_affine(const Moments& moments, double eps, const P* gamma, const P* b
   }
 }
 
-template <typename T>
-void normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const AccOf<T>* affine) {
+template <int kAct, typename T>
+void normalize_rows(const T* x, const T* residual, T* y, int64_t rows, int64_t C,
+                    const AccOf<T>* affine) {
   const AccOf<T>* m = affine;
   const AccOf<T>* a = affine + C;
   const AccOf<T>* b = affine + 2 * C;
   for (int64_t r = 0; r < rows; ++r) {
+    const int64_t row = r * C;
+    if (residual) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        y[row + c] = Element<T>::store(gn_act::apply<kAct>(
+            (Element<T>::load(x[row + c]) - m[c]) * a[c] + b[c] +
+            Element<T>::load(residual[row + c])));
+      }
+      continue;
+    }
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
-      y[r * C + c] = Element<T>::store((Element<T>::load(x[r * C + c]) - m[c]) * a[c] + b[c]);
+      y[row + c] = Element<T>::store(
+          gn_act::apply<kAct>((Element<T>::load(x[row + c]) - m[c]) * a[c] + b[c]));
     }
   }
 }
@@ -187,8 +217,9 @@ void normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const AccOf<T>* a
 // thread, each task takes its sample's moments block by block, then normalizes it while it
 // is still in L2/L3, so x comes from memory once. With fewer samples than threads, blocks of
 // rows are spread over the threads and x is read twice.
-template <typename T, typename P>
-void forward_channels_last(const T* x, const P* gamma, const P* beta, T* y, AccOf<T>* mean,
+template <int kAct, typename T, typename P>
+void forward_channels_last(const T* x, const P* gamma, const P* beta, const T* r, T* y,
+                           AccOf<T>* mean,
                            AccOf<T>* rstd, int64_t N, int64_t C, int64_t S, int64_t G,
                            double eps, double* workspace) {
   using Acc = AccOf<T>;
@@ -215,7 +246,8 @@ void forward_channels_last(const T* x, const P* gamma, const P* beta, T* y, AccO
           group_affine(groups[g], eps, gamma, beta, g, D, C, mean + n * G + g, rstd + n * G + g,
                        affine.data());
         }
-        normalize_rows(x + n * S * C, y + n * S * C, S, C, affine.data());
+        normalize_rows<kAct>(x + n * S * C, at(r, n * S * C), y + n * S * C, S, C,
+                             affine.data());
       }
     }
     return;
@@ -245,8 +277,8 @@ void forward_channels_last(const T* x, const P* gamma, const P* beta, T* y, AccO
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < N * blocks; ++i) {
       const int64_t n = i / blocks, s0 = (i % blocks) * rows;
-      normalize_rows(x + (n * S + s0) * C, y + (n * S + s0) * C, std::min(rows, S - s0), C,
-                     affine + n * 3 * C);
+      normalize_rows<kAct>(x + (n * S + s0) * C, at(r, (n * S + s0) * C),
+                           y + (n * S + s0) * C, std::min(rows, S - s0), C, affine + n * 3 * C);
     }
   }
 }
@@ -262,21 +294,38 @@ size_t forward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G, int c
   return sizeof(double) * static_cast<size_t>(N * G * (ceil_div((C / G) * S, kChunk) * 2 + 1));
 }
 
-template <typename T, typename P>
-void forward(const T* x, const P* gamma, const P* beta, T* y, AccOf<T>* mean, AccOf<T>* rstd,
-             int64_t N, int64_t C, int64_t S, int64_t G, int channels_last, double eps,
-             void* workspace) {
-  double* ws = static_cast<double*>(workspace);
+namespace {
+
+template <int kAct, typename T, typename P>
+void forward_layout(const T* x, const P* gamma, const P* beta, const T* r, T* y, AccOf<T>* mean,
+                    AccOf<T>* rstd, int64_t N, int64_t C, int64_t S, int64_t G,
+                    int channels_last, double eps, double* ws) {
   if (channels_last) {
-    forward_channels_last(x, gamma, beta, y, mean, rstd, N, C, S, G, eps, ws);
+    forward_channels_last<kAct>(x, gamma, beta, r, y, mean, rstd, N, C, S, G, eps, ws);
   } else {
-    forward_channels_first(x, gamma, beta, y, mean, rstd, N, C, S, G, eps, ws);
+    forward_channels_first<kAct>(x, gamma, beta, r, y, mean, rstd, N, C, S, G, eps, ws);
   }
 }
 
+}  // namespace
+
+template <typename T, typename P>
+void forward(const T* x, const P* gamma, const P* beta, const T* residual, T* y,
+             AccOf<T>* mean, AccOf<T>* rstd, int64_t N, int64_t C, int64_t S, int64_t G,
+             int channels_last, int act, double eps, void* workspace) {
+  double* ws = static_cast<double*>(workspace);
+  const auto run = [&](auto kernel) {
+    kernel(x, gamma, beta, residual, y, mean, rstd, N, C, S, G, channels_last, eps, ws);
+  };
+  if (act == GN_ACT_RELU) return run(forward_layout<GN_ACT_RELU, T, P>);
+  if (act == GN_ACT_SILU) return run(forward_layout<GN_ACT_SILU, T, P>);
+  run(forward_layout<GN_ACT_NONE, T, P>);
+}
+
 #define GN_INSTANTIATE_FORWARD(T, P)                                                         \
-  template void forward<T, P>(const T*, const P*, const P*, T*, AccOf<T>*, AccOf<T>*,       \
-                              int64_t, int64_t, int64_t, int64_t, int, double, void*);
+  template void forward<T, P>(const T*, const P*, const P*, const T*, T*, AccOf<T>*,        \
+                              AccOf<T>*, int64_t, int64_t, int64_t, int64_t, int, int,       \
+                              double, void*);
 GN_INSTANTIATE_FORWARD(float, float)
 GN_INSTANTIATE_FORWARD(double, double)
 GN_INSTANTIATE_FORWARD(Half, Half)

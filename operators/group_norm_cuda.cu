@@ -19,7 +19,8 @@
 //  2. finalize: one block per (n, g) merges its partials in a fixed order (deterministic,
 //     no atomics), writes mean = pivot + ms (rounded to Acc, the output's meaning) and rstd,
 //     and the per-(n, c) coefficients (a, pivot, beta - ms*a).
-//  3. the elementwise pass (group_norm_cuda_common.cuh).
+//  3. the elementwise pass (group_norm_cuda_common.cuh), which also adds the fused form's
+//     residual and applies its activation.
 #include <cstdio>
 
 #include "group_norm_cuda_common.cuh"
@@ -177,9 +178,9 @@ int threads_for(int64_t work_items) {
 }
 
 template <typename T, typename PT>
-int forward_impl(const void* x_, const void* gamma_, const void* beta_, void* y_, void* mean_,
-                 void* rstd_, int64_t N, int64_t C, int64_t S, int64_t G, int channels_last,
-                 double eps, void* workspace, cudaStream_t stream) {
+int forward_impl(const void* x_, const void* gamma_, const void* beta_, const void* residual,
+                 void* y_, void* mean_, void* rstd_, int64_t N, int64_t C, int64_t S, int64_t G,
+                 int channels_last, int act, double eps, void* workspace, cudaStream_t stream) {
   using Acc = typename AccOf<T>::type;
   const T* x = static_cast<const T*>(x_);
   T* y = static_cast<T*>(y_);
@@ -232,7 +233,8 @@ int forward_impl(const void* x_, const void* gamma_, const void* beta_, void* y_
   if (status != GN_STATUS_OK) return status;
 
   const ChannelCoefficients<Acc> coef{scale, nullptr, centre, nullptr, shift};
-  return launch_per_channel_affine<T>(x, nullptr, coef, y, N, C, S, channels_last, stream);
+  return launch_per_channel_affine<T>(x, static_cast<const T*>(residual), coef, y, N, C, S,
+                                      channels_last, act, stream);
 }
 
 }  // namespace
@@ -249,10 +251,12 @@ extern "C" size_t gn_cuda_forward_workspace_bytes(int64_t N, int64_t C, int64_t 
 }
 
 extern "C" int gn_cuda_forward(int dtype, int param_dtype, const void* x, const void* gamma,
-                               const void* beta, void* y, void* mean, void* rstd, int64_t N,
-                               int64_t C, int64_t S, int64_t G, int channels_last, double eps,
-                               void* workspace, void* stream) {
+                               const void* beta, const void* residual, void* y, void* mean,
+                               void* rstd, int64_t N, int64_t C, int64_t S, int64_t G,
+                               int channels_last, int act, double eps, void* workspace,
+                               void* stream) {
   using namespace gn_cuda;
+  if (!gn_act::valid(act)) return GN_STATUS_BAD_ARGUMENT;
   int status = check_dtypes(dtype, param_dtype);
   if (status != GN_STATUS_OK) return status;
   status = check_shape(N, C, S, G);
@@ -263,13 +267,13 @@ extern "C" int gn_cuda_forward(int dtype, int param_dtype, const void* x, const 
   const int cl = channels_last ? 1 : 0;
   switch (dtype) {
     case GN_DTYPE_FLOAT32:
-      return forward_impl<float, float>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
+      return forward_impl<float, float>(x, gamma, beta, residual, y, mean, rstd, N, C, S, G, cl, act, eps, workspace, s);
     case GN_DTYPE_FLOAT64:
-      return forward_impl<double, double>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
+      return forward_impl<double, double>(x, gamma, beta, residual, y, mean, rstd, N, C, S, G, cl, act, eps, workspace, s);
     default:
       if (param_dtype == GN_DTYPE_FLOAT32)
-        return forward_impl<__half, float>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
-      return forward_impl<__half, __half>(x, gamma, beta, y, mean, rstd, N, C, S, G, cl, eps, workspace, s);
+        return forward_impl<__half, float>(x, gamma, beta, residual, y, mean, rstd, N, C, S, G, cl, act, eps, workspace, s);
+      return forward_impl<__half, __half>(x, gamma, beta, residual, y, mean, rstd, N, C, S, G, cl, act, eps, workspace, s);
   }
 }
 

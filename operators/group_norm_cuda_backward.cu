@@ -205,10 +205,53 @@ __global__ void __launch_bounds__(kThreads) param_grads_kernel(
   if (dbeta) dbeta[c] = FromAcc<PT>::cast(sums.v[1]);
 }
 
+// The fused form's prologue: dz = dy * act'(z), z = GN(x) + residual recomputed per element
+// from the forward's mean and rstd (no hidden output). kAct = GN_ACT_NONE copies dy (d residual
+// of the unactivated form). dz may be dx's buffer: each element is read before it is written.
+template <typename T, typename PT, int kAct, typename Acc = typename AccOf<T>::type>
+__global__ void __launch_bounds__(kThreads) activation_grad_kernel(
+    const T* dy, const T* __restrict__ x, const PT* __restrict__ gamma,
+    const PT* __restrict__ beta, const T* __restrict__ residual, const Acc* __restrict__ mean,
+    const Acc* __restrict__ rstd, T* dz, int64_t N, int64_t C, int64_t S, int64_t G,
+    bool channels_last) {
+  const int64_t total = N * C * S, D = C / G;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    Acc slope = Acc(1);
+    if (kAct != GN_ACT_NONE) {
+      const int64_t n = i / (C * S);
+      const int64_t c = channels_last ? i % C : (i / S) % C;
+      const int64_t t = n * G + c / D;
+      Acc z = (to_acc(x[i]) - mean[t]) * (to_acc(gamma[c]) * rstd[t]) + to_acc(beta[c]);
+      if (residual) z += to_acc(residual[i]);
+      slope = gn_act::slope<kAct>(z);
+    }
+    dz[i] = FromAcc<T>::cast(to_acc(dy[i]) * slope);
+  }
+}
+
 template <typename T, typename PT>
-int backward_impl(const void* dy_, const void* x_, const void* gamma_, const void* mean_,
-                  const void* rstd_, void* dx_, void* dgamma_, void* dbeta_, int64_t N,
-                  int64_t C, int64_t S, int64_t G, int channels_last, void* workspace,
+int launch_activation_grad(const T* dy, const T* x, const PT* gamma, const PT* beta,
+                           const T* residual, const typename AccOf<T>::type* mean,
+                           const typename AccOf<T>::type* rstd, T* dz, int64_t N, int64_t C,
+                           int64_t S, int64_t G, int channels_last, int act,
+                           cudaStream_t stream) {
+  const unsigned grid = static_cast<unsigned>(clamp64(ceil_div(N * C * S, kThreads), 1, 65535));
+  const bool cl = channels_last != 0;
+  if (act == GN_ACT_RELU)
+    activation_grad_kernel<T, PT, GN_ACT_RELU><<<grid, kThreads, 0, stream>>>(dy, x, gamma, beta, residual, mean, rstd, dz, N, C, S, G, cl);
+  else if (act == GN_ACT_SILU)
+    activation_grad_kernel<T, PT, GN_ACT_SILU><<<grid, kThreads, 0, stream>>>(dy, x, gamma, beta, residual, mean, rstd, dz, N, C, S, G, cl);
+  else
+    activation_grad_kernel<T, PT, GN_ACT_NONE><<<grid, kThreads, 0, stream>>>(dy, x, gamma, beta, residual, mean, rstd, dz, N, C, S, G, cl);
+  return launch_status();
+}
+
+template <typename T, typename PT>
+int backward_impl(const void* dy_, const void* x_, const void* gamma_, const void* beta_,
+                  const void* residual_, const void* mean_, const void* rstd_, void* dx_,
+                  void* dgamma_, void* dbeta_, void* dresidual_, int64_t N, int64_t C,
+                  int64_t S, int64_t G, int channels_last, int act, void* workspace,
                   cudaStream_t stream) {
   using Acc = typename AccOf<T>::type;
   const T* dy = static_cast<const T*>(dy_);
@@ -229,6 +272,15 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
   Acc* coef_k = carve.take<Acc>(N * C);
 
   int status;
+  if (N > 0 && S > 0 && (act != GN_ACT_NONE || dresidual_)) {  // GN's backward then runs on dz
+    T* dz = static_cast<T*>(dresidual_ ? dresidual_ : dx_);
+    status = launch_activation_grad<T, PT>(dy, x, static_cast<const PT*>(gamma_),
+                                           static_cast<const PT*>(beta_),
+                                           static_cast<const T*>(residual_), mean, rstd, dz, N,
+                                           C, S, G, channels_last, act, stream);
+    if (status != GN_STATUS_OK) return status;
+    dy = dz;
+  }
   if (N > 0) {
     if (!channels_last) {
       const int64_t chunk = round_up(ceil_div(S, split), 8);
@@ -272,7 +324,7 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
   if (dx_ == nullptr) return GN_STATUS_OK;
   const ChannelCoefficients<Acc> coef{coef_dy, coef_x, centre, dy_centre, coef_k};
   return launch_per_channel_affine<T>(dy, x, coef, static_cast<T*>(dx_), N, C, S, channels_last,
-                                      stream);
+                                      GN_ACT_NONE, stream);
 }
 
 }  // namespace
@@ -289,26 +341,32 @@ extern "C" size_t gn_cuda_backward_workspace_bytes(int64_t N, int64_t C, int64_t
 }
 
 extern "C" int gn_cuda_backward(int dtype, int param_dtype, const void* dy, const void* x,
-                                const void* gamma, const void* mean, const void* rstd, void* dx,
-                                void* dgamma, void* dbeta, int64_t N, int64_t C, int64_t S,
-                                int64_t G, int channels_last, void* workspace, void* stream) {
+                                const void* gamma, const void* beta, const void* residual,
+                                const void* mean, const void* rstd, void* dx, void* dgamma,
+                                void* dbeta, void* dresidual, int64_t N, int64_t C, int64_t S,
+                                int64_t G, int channels_last, int act, void* workspace,
+                                void* stream) {
   using namespace gn_cuda;
+  // The fused backward stages dz in dresidual or dx (group_norm_kernels.h).
+  if (!gn_act::valid(act) || (act != GN_ACT_NONE && !dx && !dresidual)) {
+    return GN_STATUS_BAD_ARGUMENT;
+  }
   int status = check_dtypes(dtype, param_dtype);
   if (status != GN_STATUS_OK) return status;
   status = check_shape(N, C, S, G);
   if (status != GN_STATUS_OK) return status;
   if (N * G > INT32_MAX) return GN_STATUS_BAD_SHAPE;  // one coefficient block per (n, g)
-  if (dx == nullptr && dgamma == nullptr && dbeta == nullptr) return GN_STATUS_OK;
+  if (!dx && !dgamma && !dbeta && !dresidual) return GN_STATUS_OK;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int cl = channels_last ? 1 : 0;
   switch (dtype) {
     case GN_DTYPE_FLOAT32:
-      return backward_impl<float, float>(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, N, C, S, G, cl, workspace, s);
+      return backward_impl<float, float>(dy, x, gamma, beta, residual, mean, rstd, dx, dgamma, dbeta, dresidual, N, C, S, G, cl, act, workspace, s);
     case GN_DTYPE_FLOAT64:
-      return backward_impl<double, double>(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, N, C, S, G, cl, workspace, s);
+      return backward_impl<double, double>(dy, x, gamma, beta, residual, mean, rstd, dx, dgamma, dbeta, dresidual, N, C, S, G, cl, act, workspace, s);
     default:
       if (param_dtype == GN_DTYPE_FLOAT32)
-        return backward_impl<__half, float>(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, N, C, S, G, cl, workspace, s);
-      return backward_impl<__half, __half>(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, N, C, S, G, cl, workspace, s);
+        return backward_impl<__half, float>(dy, x, gamma, beta, residual, mean, rstd, dx, dgamma, dbeta, dresidual, N, C, S, G, cl, act, workspace, s);
+      return backward_impl<__half, __half>(dy, x, gamma, beta, residual, mean, rstd, dx, dgamma, dbeta, dresidual, N, C, S, G, cl, act, workspace, s);
   }
 }

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "group_norm_activation.h"
 #include "group_norm_kernels.h"
 
 namespace gn_cuda {
@@ -253,7 +254,8 @@ inline unsigned grid_yz(int64_t n) { return static_cast<unsigned>(clamp64(n, 1, 
 // Per-(n, c) coefficients. Centring on a value near the data before scaling keeps the result
 // accurate when |mean| >> std (a*x + (beta - mean*a) would cancel two large terms); x - centre
 // is then exact, and what separates centre from the exact mean is folded into the shift.
-//   forward:  y  = scale*(x - centre) + shift   centre = pivot, shift = beta - (mean - pivot)*scale
+//   forward:  y  = act(scale*(x - centre) + shift [+ residual])
+//             centre = pivot, shift = beta - (mean - pivot)*scale
 //   backward: dx = scale*(dy - dy_centre) + x_scale*(x - centre) + shift
 //             centre = mean, dy_centre = the group mean of dy, x_scale = B, shift = K
 template <typename Acc> struct ChannelCoefficients {
@@ -282,12 +284,14 @@ __device__ __forceinline__ Pack<Acc, kVec> channel_pack(const Acc* __restrict__ 
   return p;
 }
 
-// in_a = x (forward) or dy (backward); in_b = x in backward, null in forward.
-template <typename T, int kVec, bool kChannelsLast, bool kBackward>
+// in_a = x (forward) or dy (backward); in_b = x in backward, the residual or null in forward;
+// kAct is the forward's GN_ACT_* activation. in_a and out are not __restrict__: the fused
+// backward stages dz in dx (group_norm_kernels.h), so they may be one buffer, every element
+// read (all loads come first) by the thread that then writes it.
+template <typename T, int kVec, bool kChannelsLast, bool kBackward, int kAct>
 __global__ void __launch_bounds__(kThreads) per_channel_affine_kernel(
-    const T* __restrict__ in_a, const T* __restrict__ in_b,
-    ChannelCoefficients<typename AccOf<T>::type> coef, T* __restrict__ out, int64_t N, int64_t C,
-    int64_t S) {
+    const T* in_a, const T* __restrict__ in_b, ChannelCoefficients<typename AccOf<T>::type> coef,
+    T* out, int64_t N, int64_t C, int64_t S) {
   using Acc = typename AccOf<T>::type;
   const int64_t per_sample = C * S;
   const int64_t packs = per_sample / kVec;
@@ -303,7 +307,7 @@ __global__ void __launch_bounds__(kThreads) per_channel_affine_kernel(
         const int64_t pk = (tile * kApplyUnroll + u) * kThreads + threadIdx.x;
         if (pk < packs) {
           pa[u] = load_pack<T, kVec>(in_a + sample + pk * kVec);
-          if (kBackward) pb[u] = load_pack<T, kVec>(in_b + sample + pk * kVec);
+          if (in_b) pb[u] = load_pack<T, kVec>(in_b + sample + pk * kVec);
         }
       }
 #pragma unroll
@@ -336,6 +340,8 @@ __global__ void __launch_bounds__(kThreads) per_channel_affine_kernel(
                 x_scale.v[v] * (to_acc(pb[u].v[v]) - centre.v[v]) + shift.v[v];
           } else {
             r = scale.v[v] * (to_acc(pa[u].v[v]) - centre.v[v]) + shift.v[v];
+            if (in_b) r += to_acc(pb[u].v[v]);
+            r = gn_act::apply<kAct>(r);
           }
           o.v[v] = FromAcc<T>::cast(r);
         }
@@ -345,11 +351,12 @@ __global__ void __launch_bounds__(kThreads) per_channel_affine_kernel(
   }
 }
 
-// Returns GN_STATUS_*; a no-op when there is nothing to write.
+// Returns GN_STATUS_*; a no-op when there is nothing to write. `act` (GN_ACT_*) is the
+// forward's; the backward (coef.x_scale given) passes GN_ACT_NONE.
 template <typename T>
 int launch_per_channel_affine(const T* in_a, const T* in_b,
                               const ChannelCoefficients<typename AccOf<T>::type>& coef, T* out,
-                              int64_t N, int64_t C, int64_t S, int channels_last,
+                              int64_t N, int64_t C, int64_t S, int channels_last, int act,
                               cudaStream_t stream) {
   if (N == 0 || S == 0) return GN_STATUS_OK;
   constexpr int kMax = max_vec<T>();
@@ -362,11 +369,17 @@ int launch_per_channel_affine(const T* in_a, const T* in_b,
                   grid_yz(N));
 #define GN_AFFINE(VEC, CL)                                                                     \
   do {                                                                                         \
-    if (in_b)                                                                                  \
-      per_channel_affine_kernel<T, VEC, CL, true>                                              \
+    if (coef.x_scale)                                                                          \
+      per_channel_affine_kernel<T, VEC, CL, true, GN_ACT_NONE>                                 \
+          <<<grid, kThreads, 0, stream>>>(in_a, in_b, coef, out, N, C, S);                     \
+    else if (act == GN_ACT_RELU)                                                               \
+      per_channel_affine_kernel<T, VEC, CL, false, GN_ACT_RELU>                                \
+          <<<grid, kThreads, 0, stream>>>(in_a, in_b, coef, out, N, C, S);                     \
+    else if (act == GN_ACT_SILU)                                                               \
+      per_channel_affine_kernel<T, VEC, CL, false, GN_ACT_SILU>                                \
           <<<grid, kThreads, 0, stream>>>(in_a, in_b, coef, out, N, C, S);                     \
     else                                                                                       \
-      per_channel_affine_kernel<T, VEC, CL, false>                                             \
+      per_channel_affine_kernel<T, VEC, CL, false, GN_ACT_NONE>                                \
           <<<grid, kThreads, 0, stream>>>(in_a, in_b, coef, out, N, C, S);                     \
   } while (0)
   if (vec) {

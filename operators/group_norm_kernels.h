@@ -5,6 +5,9 @@
 // gamma/beta are per channel (C,). mean/rstd are (N, G) in the accumulation type:
 // float for float32/float16 data, double for float64 data.
 //
+// Fused form: y = act(GN(x) + residual), act a GN_ACT_* code, residual of x's shape, layout and
+// dtype, or null for none. The add and the activation happen in the normalize pass.
+//
 // dtype and param_dtype are GN_DTYPE_* codes (float16 is IEEE binary16). param_dtype is the dtype
 // of gamma/beta/dgamma/dbeta: equal to dtype, or float32 with float16 data.
 //
@@ -33,7 +36,15 @@ enum {
   GN_STATUS_OK = 0,
   GN_STATUS_BAD_DTYPE = 1,
   GN_STATUS_BAD_SHAPE = 2,
-  GN_STATUS_DEVICE_ERROR = 3
+  GN_STATUS_DEVICE_ERROR = 3,
+  GN_STATUS_BAD_ARGUMENT = 4
+};
+
+// The activation of the fused form; Python reads these too (the act_type attribute's values).
+enum {
+  GN_ACT_NONE = 0,
+  GN_ACT_RELU = 1,
+  GN_ACT_SILU = 2
 };
 
 const char* gn_status_string(int status);
@@ -45,31 +56,39 @@ const char* gn_cpu_isa(void);
 size_t gn_cpu_forward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G,
                                       int channels_last);
 int gn_cpu_forward(int dtype, int param_dtype, const void* x, const void* gamma,
-                   const void* beta, void* y, void* mean, void* rstd, int64_t N, int64_t C,
-                   int64_t S, int64_t G, int channels_last, double eps, void* workspace);
+                   const void* beta, const void* residual, void* y, void* mean, void* rstd,
+                   int64_t N, int64_t C, int64_t S, int64_t G, int channels_last, int act,
+                   double eps, void* workspace);
 
 size_t gn_cpu_backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G,
                                        int channels_last);
-// dx, dgamma, dbeta are written (not accumulated); any of them may be null to skip it.
+// dx, dgamma, dbeta, dresidual are written (not accumulated); any of them may be null to skip
+// it. The fused backward recomputes z = GN(x) + residual from x, mean, rstd, gamma, beta and
+// residual (no hidden output), takes dz = dy * act'(z) (= d residual) and runs the plain
+// backward on dz. With act != GN_ACT_NONE dz is staged in dresidual, else in dx (each element
+// read before it is overwritten); with neither given that is GN_STATUS_BAD_ARGUMENT. beta and
+// residual are read only when act != GN_ACT_NONE (beta may then not be null).
 int gn_cpu_backward(int dtype, int param_dtype, const void* dy, const void* x,
-                    const void* gamma, const void* mean, const void* rstd, void* dx,
-                    void* dgamma, void* dbeta, int64_t N, int64_t C, int64_t S, int64_t G,
-                    int channels_last, void* workspace);
+                    const void* gamma, const void* beta, const void* residual,
+                    const void* mean, const void* rstd, void* dx, void* dgamma, void* dbeta,
+                    void* dresidual, int64_t N, int64_t C, int64_t S, int64_t G,
+                    int channels_last, int act, void* workspace);
 
 // CUDA twins (operators/group_norm_cuda.cu): device pointers, `stream` is a cudaStream_t
 // (null = default stream), workspace is device memory. Launches are asynchronous on `stream`.
 size_t gn_cuda_forward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G,
                                        int channels_last);
 int gn_cuda_forward(int dtype, int param_dtype, const void* x, const void* gamma,
-                    const void* beta, void* y, void* mean, void* rstd, int64_t N, int64_t C,
-                    int64_t S, int64_t G, int channels_last, double eps, void* workspace,
-                    void* stream);
+                    const void* beta, const void* residual, void* y, void* mean, void* rstd,
+                    int64_t N, int64_t C, int64_t S, int64_t G, int channels_last, int act,
+                    double eps, void* workspace, void* stream);
 size_t gn_cuda_backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G,
                                         int channels_last);
 int gn_cuda_backward(int dtype, int param_dtype, const void* dy, const void* x,
-                     const void* gamma, const void* mean, const void* rstd, void* dx,
-                     void* dgamma, void* dbeta, int64_t N, int64_t C, int64_t S, int64_t G,
-                     int channels_last, void* workspace, void* stream);
+                     const void* gamma, const void* beta, const void* residual,
+                     const void* mean, const void* rstd, void* dx, void* dgamma, void* dbeta,
+                     void* dresidual, int64_t N, int64_t C, int64_t S, int64_t G,
+                     int channels_last, int act, void* workspace, void* stream);
 // The CUDA error behind the last GN_STATUS_DEVICE_ERROR a gn_cuda_* call returned on this
 // thread, as "cudaErrorName: description" (cudaGetErrorName, cudaGetErrorString); "" before
 // any. Like errno, meaningful right after that status only.

@@ -1,6 +1,7 @@
 // Registers the kernels with MXNet's lib_api as the operator `GroupNormalization`
-// (never `GroupNorm`: that name belongs to MXNet's built-in op). Inputs: data, gamma, beta.
-// Outputs: y, mean (N, G), rstd (N, G); the Python front returns y only.
+// (never `GroupNorm`: that name belongs to MXNet's built-in op). Inputs: data, gamma, beta, and
+// residual when has_residual=1. Outputs: y = act(GN(data) [+ residual]) with act from act_type,
+// mean (N, G), rstd (N, G); the Python front returns y only.
 // Messages match gn_mxnet/operator/validation.py word for word where the check is the same.
 #include <cerrno>
 #include <climits>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "group_norm_kernels.h"
+#include "group_norm_op_messages.h"
 #include "mxnet/lib_api.h"
 
 using namespace mxnet::ext;  // lib_api's registration macros and MX_SUCCESS/MX_FAIL expect it
@@ -23,46 +25,35 @@ namespace {
 
 constexpr char kOp[] = "GroupNormalization: ";
 
-// Error messages. lib_api's MX_ERROR_MSG appends to one process-wide list, unlocked, that no
-// one clears, and MXNet reads it through this library's _msgSize/_msgGet after every call into
-// the library (successes included), on the thread that made the call. Engine threads
-// (MXNET_CPU_WORKER_NTHREADS > 1, one per GPU) run forward/backward while Python threads run
-// shape inference, so a call that cleared the list raced with the others' adds and reads: a
-// failing call showed another call's message or none, or the process crashed on a freed
-// message. So each thread keeps its own messages here, emptied when one of its calls starts,
-// and this file defines the _msgSize/_msgGet that MXNet reads (gn_mxnet/operator/build.py
-// compiles lib_api.cc with its two renamed away). lib_api itself appends to its global list
-// only in its JSON parser (partitioners, graph passes) and in the default Backward of a
-// stateful op: this library registers none of those, and such messages would not be shown.
-thread_local std::vector<std::string> thread_messages;
-
-// error() << ...: one message of this thread's current call, kept when the statement ends.
-class Message {
- public:
-  Message() = default;
-  Message(const Message&) = delete;
-  Message& operator=(const Message&) = delete;
-  ~Message() { thread_messages.push_back(text_.str()); }
-  template <typename V>
-  Message& operator<<(const V& value) {
-    text_ << value;
-    return *this;
-  }
-
- private:
-  std::ostringstream text_;
-};
-
-Message error() { return Message(); }
-
-// Every callback starts here, so that MXNet reads the messages of this call only.
-void start_call() { thread_messages.clear(); }
-
 struct Attrs {
   int64_t num_groups;
   double eps;
   int64_t axis;
+  int act;            // GN_ACT_*
+  bool has_residual;  // a fourth input, added before the activation
 };
+
+// act_type's values, named as gn_mxnet/operator/validation.py names them.
+bool parse_act(const AttrMap& attrs, Attrs* out) {
+  static const std::unordered_map<std::string, int> codes{
+      {"none", GN_ACT_NONE}, {"relu", GN_ACT_RELU}, {"silu", GN_ACT_SILU}};
+  const auto act = attrs.find("act_type");
+  const auto code = act == attrs.end() ? codes.find("none") : codes.find(act->second);
+  if (code == codes.end()) {
+    error() << kOp << "act_type must be one of 'none', 'relu', 'silu', got '" << act->second
+            << "'";
+    return false;
+  }
+  out->act = code->second;
+  const auto residual = attrs.find("has_residual");
+  const std::string flag = residual == attrs.end() ? "0" : residual->second;
+  if (flag != "0" && flag != "1") {
+    error() << kOp << "has_residual must be 0 or 1, got '" << flag << "'";
+    return false;
+  }
+  out->has_residual = flag == "1";
+  return true;
+}
 
 bool parse_integer(const std::string& text, int64_t* out) {
   char* end = nullptr;
@@ -74,7 +65,7 @@ bool parse_integer(const std::string& text, int64_t* out) {
 }
 
 bool parse_attrs(const AttrMap& attrs, Attrs* out) {
-  *out = Attrs{0, 1e-5, 1};
+  *out = Attrs{0, 1e-5, 1, GN_ACT_NONE, false};
   const auto groups = attrs.find("num_groups");
   if (groups == attrs.end()) {
     error() << kOp << "num_groups is required";
@@ -106,7 +97,7 @@ bool parse_attrs(const AttrMap& attrs, Attrs* out) {
     error() << kOp << "axis must be an integer, got '" << axis->second << "'";
     return false;
   }
-  return true;
+  return parse_act(attrs, out);
 }
 
 struct Layout {
@@ -159,7 +150,7 @@ MXReturnValue parseAttrs(const AttrMap& attrs, int* num_in, int* num_out) {
   start_call();
   Attrs parsed;
   if (!parse_attrs(attrs, &parsed)) return MX_FAIL;
-  *num_in = 3;
+  *num_in = parsed.has_residual ? 4 : 3;
   *num_out = 3;
   return MX_SUCCESS;
 }
@@ -202,6 +193,15 @@ MXReturnValue inferType(const AttrMap& /*attrs*/, std::vector<int>* in_types,
     error() << kOp << "gamma and beta must have the same dtype";
     return MX_FAIL;
   }
+  if (in_types->size() == 4) {  // has_residual: its dtype is data's
+    int& residual = (*in_types)[3];
+    if (residual == -1) residual = data;
+    if (residual != data) {
+      error() << kOp << "residual dtype must match data (" << dtype_name(data) << "), got "
+              << dtype_name(residual);
+      return MX_FAIL;
+    }
+  }
   const int accumulation = data == GN_DTYPE_FLOAT64 ? GN_DTYPE_FLOAT64 : GN_DTYPE_FLOAT32;
   *out_types = {data, accumulation, accumulation};
   return MX_SUCCESS;
@@ -214,6 +214,12 @@ bool known(const std::vector<unsigned int>& shape) {
     if (d == 0u || d == static_cast<unsigned int>(-1)) return false;
   }
   return true;
+}
+
+std::string shape_text(const std::vector<unsigned int>& shape) {
+  std::string text;
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + (shape.size() == 1 ? "," : "");
 }
 
 MXReturnValue inferShape(const AttrMap& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
@@ -237,6 +243,15 @@ MXReturnValue inferShape(const AttrMap& attrs, std::vector<std::vector<unsigned 
       error() << kOp << names[i - 1] << " must have shape (" << layout.C
               << ",) (one per channel), got a shape of " << shape.size() << " dims"
               << (shape.size() == 1 ? " (" + std::to_string(shape[0]) + ",)" : "");
+      return MX_FAIL;
+    }
+  }
+  if (parsed.has_residual) {
+    std::vector<unsigned int>& shape = (*in_shapes)[3];
+    if (!known(shape)) shape = (*in_shapes)[0];
+    if (shape != (*in_shapes)[0]) {
+      error() << kOp << "residual must have data's shape (" << shape_text((*in_shapes)[0])
+              << "), got (" << shape_text(shape) << ")";
       return MX_FAIL;
     }
   }
@@ -293,53 +308,62 @@ MXReturnValue forward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
   Layout l;
   if (!tensor_layout(attrs, (*inputs)[0], &a, &l)) return MX_FAIL;
   const MXTensor &x = (*inputs)[0], &gamma = (*inputs)[1], &beta = (*inputs)[2];
+  const void* residual = a.has_residual ? (*inputs)[3].data_ptr : nullptr;
   void* ws;
   std::unique_ptr<char[]> owned;
 #ifdef GN_MXNET_WITH_CUDA
   if (kGpu) {
     if (!workspace(res, gn_cuda_forward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), true, &ws, &owned)) return MX_FAIL;
     return report(gn_cuda_forward(x.dtype, gamma.dtype, x.data_ptr, gamma.data_ptr, beta.data_ptr,
-                                  (*outputs)[0].data_ptr, (*outputs)[1].data_ptr, (*outputs)[2].data_ptr,
-                                  l.N, l.C, l.S, a.num_groups, l.channels_last, a.eps, ws,
-                                  res.get_cuda_stream()), true);
+                                  residual, (*outputs)[0].data_ptr, (*outputs)[1].data_ptr,
+                                  (*outputs)[2].data_ptr, l.N, l.C, l.S, a.num_groups,
+                                  l.channels_last, a.act, a.eps, ws, res.get_cuda_stream()), true);
   }
 #endif
   if (!workspace(res, gn_cpu_forward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), false, &ws, &owned)) return MX_FAIL;
   return report(gn_cpu_forward(x.dtype, gamma.dtype, x.data_ptr, gamma.data_ptr, beta.data_ptr,
-                               (*outputs)[0].data_ptr, (*outputs)[1].data_ptr, (*outputs)[2].data_ptr,
-                               l.N, l.C, l.S, a.num_groups, l.channels_last, a.eps, ws),
+                               residual, (*outputs)[0].data_ptr, (*outputs)[1].data_ptr,
+                               (*outputs)[2].data_ptr, l.N, l.C, l.S, a.num_groups,
+                               l.channels_last, a.act, a.eps, ws),
                 false);
 }
 
-// inputs: [dy, dmean, drstd, data, gamma, beta, y, mean, rstd]; outputs: [ddata, dgamma, dbeta].
-// The mean/rstd outputs are statistics, not part of the function users differentiate, so their
-// incoming gradients are ignored.
+// inputs: [dy, dmean, drstd, data, gamma, beta, (residual,) y, mean, rstd]; outputs: [ddata,
+// dgamma, dbeta(, dresidual)]. The mean/rstd outputs are statistics, not part of the function
+// users differentiate, so their incoming gradients are ignored. The fused form's pre-activation
+// is recomputed from the inputs (group_norm_kernels.h), not kept as a hidden output.
 template <bool kGpu>
 MXReturnValue backward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
                        std::vector<MXTensor>* outputs, const OpResource& res) {
   start_call();
   Attrs a;
   Layout l;
+  if (!tensor_layout(attrs, (*inputs)[3], &a, &l)) return MX_FAIL;
+  const size_t r = a.has_residual ? 1 : 0;  // inputs after beta shift by the residual
   const MXTensor &dy = (*inputs)[0], &x = (*inputs)[3], &gamma = (*inputs)[4];
-  const MXTensor &mean = (*inputs)[7], &rstd = (*inputs)[8];
-  if (!tensor_layout(attrs, x, &a, &l)) return MX_FAIL;
+  const MXTensor &beta = (*inputs)[5], &mean = (*inputs)[7 + r], &rstd = (*inputs)[8 + r];
+  const void* residual = r ? (*inputs)[6].data_ptr : nullptr;
+  void* dresidual = r ? (*outputs)[3].data_ptr : nullptr;
   void* ws;
   std::unique_ptr<char[]> owned;
 #ifdef GN_MXNET_WITH_CUDA
   if (kGpu) {
     if (!workspace(res, gn_cuda_backward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), true, &ws, &owned)) return MX_FAIL;
     return report(gn_cuda_backward(x.dtype, gamma.dtype, dy.data_ptr, x.data_ptr, gamma.data_ptr,
-                                   mean.data_ptr, rstd.data_ptr, (*outputs)[0].data_ptr,
-                                   (*outputs)[1].data_ptr, (*outputs)[2].data_ptr, l.N, l.C, l.S,
-                                   a.num_groups, l.channels_last, ws, res.get_cuda_stream()),
+                                   beta.data_ptr, residual, mean.data_ptr, rstd.data_ptr,
+                                   (*outputs)[0].data_ptr, (*outputs)[1].data_ptr,
+                                   (*outputs)[2].data_ptr, dresidual, l.N, l.C, l.S,
+                                   a.num_groups, l.channels_last, a.act, ws,
+                                   res.get_cuda_stream()),
                   true);
   }
 #endif
   if (!workspace(res, gn_cpu_backward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), false, &ws, &owned)) return MX_FAIL;
   return report(gn_cpu_backward(x.dtype, gamma.dtype, dy.data_ptr, x.data_ptr, gamma.data_ptr,
-                                mean.data_ptr, rstd.data_ptr, (*outputs)[0].data_ptr,
-                                (*outputs)[1].data_ptr, (*outputs)[2].data_ptr, l.N, l.C, l.S,
-                                a.num_groups, l.channels_last, ws),
+                                beta.data_ptr, residual, mean.data_ptr, rstd.data_ptr,
+                                (*outputs)[0].data_ptr, (*outputs)[1].data_ptr,
+                                (*outputs)[2].data_ptr, dresidual, l.N, l.C, l.S, a.num_groups,
+                                l.channels_last, a.act, ws),
                 false);
 }
 

@@ -5,6 +5,9 @@ ResNet-18/34/50/101/152 (v1b: the stride sits on the 3x3 conv, as in gluoncv, De
 torchvision), height <= 32 the small-image ResNet of depth 6n+2 (basic) or 9n+2 (bottleneck).
 Names mirror the Gluon nets of ``gn_mxnet.models`` (conv1, bn1, layer<s>_<i>_conv<k>,
 layer<s>_<i>_bn<k>, layer<s>_<i>_downsample_0/1, fc) so the two load the same weights.
+With a group-wise norm and ``fused=True`` (the default), norm → relu and a block's
+norm → add → relu are one fused GroupNorm node named as the norm; the variables (and so the
+argument names) are the unfused net's.
 """
 import mxnet as mx
 
@@ -16,7 +19,16 @@ from .common import cast_input, conv, parse_image_shape, relu, softmax_head
 BOTTLENECK_EXPANSION = 4
 
 
-def residual_block(data, name, in_channels, planes, stride, bottleneck, norm, last_gamma):
+def norm_relu(norm, data, name, channels, fused, zero_gamma=False, residual=None):
+    """relu(norm(data) [+ residual]): one fused node where ``fused`` and the norm fuses."""
+    if fused and norm.fuses:
+        return norm.symbol(data, name, channels, zero_gamma, act_type='relu', residual=residual)
+    out = norm.symbol(data, name, channels, zero_gamma)
+    return relu(out if residual is None else out + residual)
+
+
+def residual_block(data, name, in_channels, planes, stride, bottleneck, norm, last_gamma,
+                   fused=True):
     """One residual block, basic (3x3, 3x3) or bottleneck (1x1, 3x3 with the stride, 1x1).
 
     The same code serves every norm: ``norm`` is a :class:`gn_mxnet.norms.Norm`.
@@ -28,41 +40,41 @@ def residual_block(data, name, in_channels, planes, stride, bottleneck, norm, la
     else:
         out_channels = planes
         convs = [(planes, 3, stride), (planes, 3, 1)]
+    shortcut = data
+    if stride != 1 or in_channels != out_channels:
+        shortcut = conv(data, name + '_downsample_0', out_channels, 1, stride)
+        shortcut = norm.symbol(shortcut, name + '_downsample_1', out_channels)
     body = data
     for index, (channels, kernel, conv_stride) in enumerate(convs, start=1):
         is_last = index == len(convs)
         body = conv(body, '%s_conv%d' % (name, index), channels, kernel, conv_stride,
                     pad=kernel // 2)
-        body = norm.symbol(body, '%s_bn%d' % (name, index), channels,
-                           zero_gamma=is_last and last_gamma)
-        if not is_last:
-            body = relu(body)
-    shortcut = data
-    if stride != 1 or in_channels != out_channels:
-        shortcut = conv(data, name + '_downsample_0', out_channels, 1, stride)
-        shortcut = norm.symbol(shortcut, name + '_downsample_1', out_channels)
-    return relu(body + shortcut), out_channels
+        body = norm_relu(norm, body, '%s_bn%d' % (name, index), channels, fused,
+                         zero_gamma=is_last and last_gamma,
+                         residual=shortcut if is_last else None)
+    return body, out_channels
 
 
 def residual_stages(data, in_channels, stage_planes, units, bottleneck, first_stride, norm,
-                    last_gamma):
+                    last_gamma, fused=True):
     """Stages layer1, layer2, ...; the first block of every stage but the first strides by 2."""
     channels = in_channels
     for stage, planes in enumerate(stage_planes, start=1):
         for unit in range(units[stage - 1]):
             stride = (first_stride if stage == 1 else 2) if unit == 0 else 1
             data, channels = residual_block(data, 'layer%d_%d' % (stage, unit), channels,
-                                            planes, stride, bottleneck, norm, last_gamma)
+                                            planes, stride, bottleneck, norm, last_gamma,
+                                            fused)
     return data, channels
 
 
 def get_symbol(num_classes, num_layers, image_shape, norm='gn', num_groups=32,
-               last_gamma=True, dtype='float32', backend='native', **kwargs):
+               last_gamma=True, dtype='float32', backend='native', fused=True, **kwargs):
     """ResNet-``num_layers`` Symbol ending in SoftmaxOutput(name='softmax').
 
     norm: 'bn' | 'gn' | 'ln' | 'in' | 'none'; backend: GroupNorm backend ('native' needs
-    ``gn_mxnet.load_library()`` first). Other keyword arguments (MXNet's example scripts
-    pass all their options) are ignored.
+    ``gn_mxnet.load_library()`` first); fused: see the module docstring. Other keyword
+    arguments (MXNet's example scripts pass all their options) are ignored.
     """
     _, height, _ = parse_image_shape(image_shape)
     norm = make_norm(norm, num_groups, backend)
@@ -72,7 +84,7 @@ def get_symbol(num_classes, num_layers, image_shape, norm='gn', num_groups=32,
         stage_planes, units = SMALL_IMAGE_PLANES, [per_stage] * len(SMALL_IMAGE_PLANES)
         stem_width = stage_planes[0]
         body = conv(data, 'conv1', stem_width, 3, 1, 1)
-        body = relu(norm.symbol(body, 'bn1', stem_width))
+        body = norm_relu(norm, body, 'bn1', stem_width, fused)
     else:
         if num_layers not in IMAGENET_RESNETS:
             raise ValueError("no ImageNet ResNet of depth %r; choose one of %s"
@@ -81,10 +93,10 @@ def get_symbol(num_classes, num_layers, image_shape, norm='gn', num_groups=32,
         bottleneck = block.expansion == BOTTLENECK_EXPANSION
         stage_planes, stem_width = (64, 128, 256, 512), 64
         body = conv(data, 'conv1', stem_width, 7, 2, 3)
-        body = relu(norm.symbol(body, 'bn1', stem_width))
+        body = norm_relu(norm, body, 'bn1', stem_width, fused)
         body = mx.sym.Pooling(body, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type='max')
     body, channels = residual_stages(body, stem_width, stage_planes, units, bottleneck, 1,
-                                     norm, last_gamma)
+                                     norm, last_gamma, fused)
     pooled = mx.sym.Pooling(body, global_pool=True, kernel=(1, 1), pool_type='avg')
     logits = mx.sym.FullyConnected(mx.sym.Flatten(pooled), num_hidden=num_classes, name='fc')
     return softmax_head(logits, dtype)

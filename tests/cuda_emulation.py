@@ -20,6 +20,7 @@ from build_modules import REPO, builder, cuda_build
 
 FLOAT32, FLOAT64, FLOAT16 = (
     builder.DTYPE_CODES[name] for name in ("float32", "float64", "float16"))
+ACT_CODES = builder.ACT_CODES
 
 EMULATION_HEADER = os.path.join(REPO, "tests", "cuda_host_emulation.h")
 LAUNCH = re.compile(r"([A-Za-z_]\w*(?:<[^<>;]*>)?)[\s\\]*<<<(.*?)>>>\((.*?)\);", re.S)
@@ -100,12 +101,17 @@ def build(work):
 NP_DTYPES = {FLOAT32: np.float32, FLOAT64: np.float64, FLOAT16: np.float16}
 
 
-def reference(x, dy, gamma, beta, G, eps):
-    """tests/gn_reference.py on (N, C, S) inputs, mean and rstd flat like the kernels'."""
+def reference(x, dy, gamma, beta, G, eps, act="none", residual=None):
+    """tests/gn_reference.py on (N, C, S) inputs, mean and rstd flat like the kernels'; with a
+    residual, its gradient too."""
     mean, rstd = ref.moments(x, G, eps)
-    dx, dgamma, dbeta = ref.backward(dy, x, gamma, G, eps)
-    return dict(y=ref.forward(x, gamma, beta, G, eps), mean=mean.ravel(), rstd=rstd.ravel(),
-                dx=dx, dgamma=dgamma, dbeta=dbeta)
+    dx, dgamma, dbeta, dresidual = ref.fused_backward(dy, x, gamma, beta, G, eps, 1, act,
+                                                      residual)
+    out = dict(y=ref.fused_forward(x, gamma, beta, G, eps, 1, act, residual), mean=mean.ravel(),
+               rstd=rstd.ravel(), dx=dx, dgamma=dgamma, dbeta=dbeta)
+    if residual is not None:
+        out["dresidual"] = dresidual
+    return out
 
 
 def _array(values, dtype, misaligned):
@@ -116,10 +122,12 @@ def _array(values, dtype, misaligned):
     return out
 
 
-def run(lib, x64, dy64, gamma64, beta64, G, cl, dtypes, misaligned=False, eps=1e-5):
-    """Runs the emulated forward and backward on (N, C, S) float64 inputs cast to `dtypes`;
-    returns the kernels' results and the float64 reference of the cast inputs (both
-    channels-first), and the size of the terms each gradient is summed from."""
+def run(lib, x64, dy64, gamma64, beta64, G, cl, dtypes, misaligned=False, eps=1e-5, act="none",
+        residual64=None):
+    """Runs the emulated forward and backward on (N, C, S) float64 inputs cast to `dtypes`
+    (the fused form with `act` and, when given, the residual); returns the kernels' results and
+    the float64 reference of the cast inputs (both channels-first), and the size of the terms
+    each gradient is summed from."""
     N, C, S = x64.shape
     dtype, param_dtype = dtypes
     data_t, param_t = NP_DTYPES[dtype], NP_DTYPES[param_dtype]
@@ -131,23 +139,29 @@ def run(lib, x64, dy64, gamma64, beta64, G, cl, dtypes, misaligned=False, eps=1e
     x = _array(stored(x64.astype(data_t)), data_t, misaligned)
     dy = _array(stored(dy64.astype(data_t)), data_t, misaligned)
     gamma, beta = gamma64.astype(param_t), beta64.astype(param_t)
+    r = None if residual64 is None else _array(stored(residual64.astype(data_t)), data_t,
+                                               misaligned)
     y, dx = np.empty_like(x), np.empty_like(x)
+    dr = None if r is None else np.empty_like(x)
     mean, rstd = np.empty(N * G, acc_t), np.empty(N * G, acc_t)
     dgamma, dbeta = np.empty_like(gamma), np.empty_like(gamma)
     ws_f = np.empty(lib.gn_cuda_forward_workspace_bytes(N, C, S, G, cl) + 16, np.uint8)
     ws_b = np.empty(lib.gn_cuda_backward_workspace_bytes(N, C, S, G, cl) + 16, np.uint8)
-    p = lambda a: a.ctypes.data  # noqa: E731
-    assert lib.gn_cuda_forward(dtype, param_dtype, p(x), p(gamma), p(beta), p(y), p(mean),
-                               p(rstd), N, C, S, G, cl, eps, p(ws_f), None) == 0
-    assert lib.gn_cuda_backward(dtype, param_dtype, p(dy), p(x), p(gamma), p(mean), p(rstd),
-                                p(dx), p(dgamma), p(dbeta), N, C, S, G, cl, p(ws_b), None) == 0
+    p = lambda a: None if a is None else a.ctypes.data  # noqa: E731
+    code = ACT_CODES[act]
+    assert lib.gn_cuda_forward(dtype, param_dtype, p(x), p(gamma), p(beta), p(r), p(y), p(mean),
+                               p(rstd), N, C, S, G, cl, code, eps, p(ws_f), None) == 0
+    assert lib.gn_cuda_backward(dtype, param_dtype, p(dy), p(x), p(gamma), p(beta), p(r),
+                                p(mean), p(rstd), p(dx), p(dgamma), p(dbeta), p(dr), N, C, S, G,
+                                cl, code, p(ws_b), None) == 0
 
     def channels_first(a):
         a = a.astype(np.float64).reshape((N, S, C) if cl else (N, C, S))
         return a.transpose(0, 2, 1) if cl else a
 
     xr, dyr = channels_first(x), channels_first(dy)
-    ref = reference(xr, dyr, gamma.astype(np.float64), beta.astype(np.float64), G, eps)
+    rr = None if r is None else channels_first(r)
+    ref = reference(xr, dyr, gamma.astype(np.float64), beta.astype(np.float64), G, eps, act, rr)
     # A sum whose terms cancel is only as accurate as its terms' size times the working
     # precision, whatever the kernel (tests/test_group_norm.py's term_scales, same idea).
     scale_c = np.repeat(ref["rstd"].reshape(N, G), C // G, 1)[..., None] * gamma[None, :, None]
@@ -156,6 +170,9 @@ def run(lib, x64, dy64, gamma64, beta64, G, cl, dtypes, misaligned=False, eps=1e
     terms["dbeta"] = terms["dgamma"]
     ours = dict(y=channels_first(y), mean=mean, rstd=rstd, dx=channels_first(dx),
                 dgamma=dgamma, dbeta=dbeta)
+    if dr is not None:
+        ours["dresidual"] = channels_first(dr)
+        terms["dresidual"] = np.abs(dyr).max()
     return ours, ref, terms
 
 

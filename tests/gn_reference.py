@@ -48,3 +48,34 @@ def backward(dy, x, gamma, G, eps=1e-5, axis=1):
     dgamma = (dy * xhat).sum(axis=reduce_axes)
     dbeta = dy.sum(axis=reduce_axes)
     return _restore(dxg.reshape(x.shape), axis, x.ndim), dgamma, dbeta
+
+
+# ---- the fused form y = act(GN(x) + residual) ------------------------------------------------
+
+def _sigmoid(z):
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free, unlike 1 / (1 + exp(-z))
+
+
+# act_type -> (act(z), act'(z)); relu's slope at 0 is 0, as MXNet's relu takes it.
+ACTIVATIONS = {
+    'none': (lambda z: z, np.ones_like),
+    'relu': (lambda z: np.where(z < 0, 0.0, z), lambda z: (z > 0).astype(np.float64)),
+    'silu': (lambda z: z * _sigmoid(z),
+             lambda z: _sigmoid(z) + z * _sigmoid(z) * (1.0 - _sigmoid(z))),
+}
+
+
+def pre_activation(x, gamma, beta, G, eps=1e-5, axis=1, residual=None):
+    z = forward(x, gamma, beta, G, eps, axis)
+    return z if residual is None else z + np.asarray(residual, np.float64)
+
+
+def fused_forward(x, gamma, beta, G, eps=1e-5, axis=1, act='none', residual=None):
+    return ACTIVATIONS[act][0](pre_activation(x, gamma, beta, G, eps, axis, residual))
+
+
+def fused_backward(dy, x, gamma, beta, G, eps=1e-5, axis=1, act='none', residual=None):
+    """Returns dx, dgamma, dbeta, dresidual (dy times act' at the pre-activation)."""
+    z = pre_activation(x, gamma, beta, G, eps, axis, residual)
+    dz = np.asarray(dy, np.float64) * ACTIVATIONS[act][1](z)
+    return backward(dz, x, gamma, G, eps, axis) + (dz,)

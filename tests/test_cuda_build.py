@@ -27,6 +27,7 @@ GN_STATUS_OK, GN_STATUS_BAD_DTYPE, GN_STATUS_BAD_SHAPE, GN_STATUS_DEVICE_ERROR =
     builder.STATUS_CODES[name] for name in ("ok", "bad_dtype", "bad_shape", "device_error"))
 FLOAT32, FLOAT64, FLOAT16 = (
     builder.DTYPE_CODES[name] for name in ("float32", "float64", "float16"))
+ACT_NONE = builder.ACT_CODES["none"]
 
 
 def _exported_symbols(path):
@@ -104,13 +105,13 @@ FAKE = ctypes.c_void_p(0x10000)  # never dereferenced: these calls return before
 
 
 def _forward(lib, dtype, param_dtype, N, C, S, G, cl=0):
-    return lib.gn_cuda_forward(dtype, param_dtype, FAKE, FAKE, FAKE, FAKE, FAKE, FAKE, N, C, S,
-                               G, cl, 1e-5, FAKE, None)
+    return lib.gn_cuda_forward(dtype, param_dtype, FAKE, FAKE, FAKE, None, FAKE, FAKE, FAKE, N,
+                               C, S, G, cl, ACT_NONE, 1e-5, FAKE, None)
 
 
 def _backward(lib, dtype, param_dtype, N, C, S, G, cl=0, grads=(FAKE, FAKE, FAKE)):
-    return lib.gn_cuda_backward(dtype, param_dtype, FAKE, FAKE, FAKE, FAKE, FAKE, *grads, N, C,
-                                S, G, cl, FAKE, None)
+    return lib.gn_cuda_backward(dtype, param_dtype, FAKE, FAKE, FAKE, FAKE, None, FAKE, FAKE,
+                                *grads, None, N, C, S, G, cl, ACT_NONE, FAKE, None)
 
 
 @pytest.mark.parametrize("call", [_forward, _backward])

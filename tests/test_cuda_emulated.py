@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import cuda_emulation
-from cuda_emulation import FLOAT16, FLOAT32, FLOAT64
+from cuda_emulation import ACT_CODES, FLOAT16, FLOAT32, FLOAT64
 
 DTYPES = [(FLOAT32, FLOAT32), (FLOAT64, FLOAT64), (FLOAT16, FLOAT16), (FLOAT16, FLOAT32)]
 TOLERANCE = {FLOAT32: 1e-5, FLOAT64: 1e-10, FLOAT16: 1e-2}
@@ -52,6 +52,37 @@ def test_two_and_three_element_groups_match_reference(emulated_cuda, N, C, S, G,
         assert err <= TOLERANCE[dtypes[0]], "%s: rel err %.3g" % (name, err)
 
 
+# The fused form y = act(GN(x) + residual): the residual add and the activation in the
+# elementwise pass, dz = dy * act'(z) recomputed in the backward, d residual = dz.
+@pytest.mark.parametrize("act", ["none", "relu", "silu"])
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("dtypes", DTYPES)
+@pytest.mark.parametrize("cl", [0, 1])
+@pytest.mark.parametrize("N,C,S,G", [(2, 8, 6, 4), (1, 16, 8, 2)])
+def test_fused_matches_reference(emulated_cuda, N, C, S, G, cl, dtypes, act, with_residual):
+    x64, dy64, gamma64, beta64 = _inputs(N, C, S, 0.5, 2.0, N * 7 + C + S + cl)
+    residual = np.random.default_rng(C + S).standard_normal((N, C, S)) if with_residual else None
+    ours, ref, terms = cuda_emulation.run(emulated_cuda, x64, dy64, gamma64, beta64, G, cl,
+                                          dtypes, act=act, residual64=residual)
+    assert ("dresidual" in ours) == with_residual
+    for name, err in cuda_emulation.relative_errors(ours, ref, terms).items():
+        assert err <= TOLERANCE[dtypes[0]], "%s: rel err %.3g" % (name, err)
+
+
+def test_fused_refuses_bad_act_and_missing_dz_buffer(emulated_cuda):
+    lib, bad = emulated_cuda, max(ACT_CODES.values()) + 1
+    x = np.ones((2, 4, 3), np.float32)
+    p = lambda a: a.ctypes.data  # noqa: E731
+    status = lib.gn_cuda_forward(FLOAT32, FLOAT32, p(x), p(x), p(x), None, p(x), p(x), p(x),
+                                 2, 4, 3, 2, 0, bad, 1e-5, p(x), None)
+    assert status == cuda_emulation.builder.STATUS_CODES["bad_argument"]
+    # relu's backward with neither dx nor dresidual has nowhere to stage dz
+    status = lib.gn_cuda_backward(FLOAT32, FLOAT32, p(x), p(x), p(x), p(x), None, p(x), p(x),
+                                  None, p(x), p(x), None, 2, 4, 3, 2, 0, ACT_CODES["relu"],
+                                  p(x), None)
+    assert status == cuda_emulation.builder.STATUS_CODES["bad_argument"]
+
+
 # ---- a failed launch names its CUDA error (gn_cuda_last_error) -----------------------------
 
 LAUNCH_OUT_OF_RESOURCES, INVALID_CONFIGURATION = 701, 9  # CUDA's cudaError_t codes
@@ -74,10 +105,12 @@ def _failing_call(lib, backward, error):
     lib.emu_fail_next_launch.argtypes = [ctypes.c_int]
     lib.emu_fail_next_launch(error)
     if backward:
-        return lib.gn_cuda_backward(FLOAT32, FLOAT32, p(dy), p(x), p(gamma), p(mean), p(rstd),
-                                    p(dx), p(dgamma), p(dbeta), N, C, S, G, 0, p(ws), None)
-    return lib.gn_cuda_forward(FLOAT32, FLOAT32, p(x), p(gamma), p(beta), p(y), p(mean),
-                               p(rstd), N, C, S, G, 0, 1e-5, p(ws), None)
+        return lib.gn_cuda_backward(FLOAT32, FLOAT32, p(dy), p(x), p(gamma), p(beta), None,
+                                    p(mean), p(rstd), p(dx), p(dgamma), p(dbeta), None, N, C,
+                                    S, G, 0, ACT_CODES['none'], p(ws), None)
+    return lib.gn_cuda_forward(FLOAT32, FLOAT32, p(x), p(gamma), p(beta), None, p(y), p(mean),
+                               p(rstd), N, C, S, G, 0, ACT_CODES['none'], 1e-5, p(ws),
+                               None)
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])

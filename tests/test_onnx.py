@@ -264,3 +264,13 @@ def test_repaired_stock_op_translations_match_mxnet(build, shape, tmp_path):
     (want,) = mxnet_outputs(symbol, {}, data=x)
     assert got.shape == want.shape, json.loads(symbol.tojson())['nodes'][-1]
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('backend', ['native', 'custom'])
+def test_fused_group_norm_is_refused_not_exported_wrong(backend, tmp_path):
+    data, gamma, beta = (mx.sym.Variable(n) for n in ('data', 'gn_gamma', 'gn_beta'))
+    y = gn_mxnet.group_norm(data, gamma, beta, 2, backend=backend, act_type='relu')
+    with pytest.raises(ValueError, match=r"ONNX export of the fused GroupNorm node .*"
+                                         r"act_type='relu'"):
+        gn_onnx.export_model(y, gn_params('gn', 4, np.random), [(1, 4, 2, 2)], np.float32,
+                             str(tmp_path / 'fused.onnx'))

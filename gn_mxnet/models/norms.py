@@ -96,6 +96,13 @@ class Norm:
     def has_parameters(self):
         return self.norm != 'none'
 
+    @property
+    def fuses(self):
+        """Whether its layers can be the fused y = act(GN(x) + residual): the group-wise norms
+        (Gluon: ``norm(in_channels=C, activation='relu')`` called as ``layer(x, residual)``;
+        Symbol: ``norm.symbol(..., act_type=, residual=)``)."""
+        return self.norm in GROUP_NORMS
+
     def groups_for(self, channels):
         """GroupNorm groups over ``channels`` channels (None for 'bn' and 'none')."""
         return num_groups_for(self.norm, channels, self.num_groups)
@@ -118,12 +125,16 @@ class Norm:
                          epsilon=self.epsilon, backend=self.backend, **kwargs)
 
     # -- Symbol ------------------------------------------------------------------------------
-    def symbol(self, data, name, channels, zero_gamma=False):
+    def symbol(self, data, name, channels, zero_gamma=False, act_type='none', residual=None):
         """Normalize Symbol ``data`` (NCHW, ``channels`` channels); variables named after ``name``.
 
         ``zero_gamma`` marks gamma to be initialized to zeros (the residual-block recipe);
-        Module's initializers honour a variable's ``init`` attribute.
+        Module's initializers honour a variable's ``init`` attribute. ``act_type`` and
+        ``residual`` make it the fused form (only where :attr:`fuses`).
         """
+        if (act_type != 'none' or residual is not None) and not self.fuses:
+            raise ValueError(f"norm={self.norm!r} has no fused form (act_type, residual); "
+                             f"only {', '.join(GROUP_NORMS)} do")
         if self.norm == 'none':
             return data
         gamma_init = {'init': mx.init.Zero()} if zero_gamma else {}
@@ -136,7 +147,8 @@ class Norm:
                                     momentum=self.momentum, fix_gamma=False, name=name)
         return SymbolGroupNorm(data=data, gamma=gamma, beta=beta,
                                num_groups=self.groups_for(channels), eps=self.epsilon, axis=1,
-                               name=name, backend=self.backend)
+                               name=name, backend=self.backend, act_type=act_type,
+                               residual=residual)
 
 
 class ChannelsPerGroupNorm(Norm):

@@ -56,8 +56,10 @@ def header_codes(prefix, header=KERNELS_HEADER):
     return codes
 
 
-# DTYPE_CODES (keyed by the dtype's name as NumPy and PyTorch spell it) and STATUS_CODES.
-_HEADER_ENUMS = {'DTYPE_CODES': 'GN_DTYPE_', 'STATUS_CODES': 'GN_STATUS_'}
+# DTYPE_CODES (keyed by the dtype's name as NumPy and PyTorch spell it), STATUS_CODES and
+# ACT_CODES (the act_type attribute's values: 'none', 'relu', 'silu').
+_HEADER_ENUMS = {'DTYPE_CODES': 'GN_DTYPE_', 'STATUS_CODES': 'GN_STATUS_',
+                 'ACT_CODES': 'GN_ACT_'}
 
 
 def __getattr__(name):
@@ -75,7 +77,7 @@ CXX_FLAGS = ('-std=c++17', '-O3', '-fPIC', '-fopenmp', '-Wall', '-Wextra', '-DND
 # picks one at run time (group_norm_cpu.cc). AVX2 + FMA doubles the vector width of the
 # generic x86-64 build, which is what makes the kernels memory-bound rather than compute-bound.
 CPU_KERNEL_SOURCES = ('group_norm_cpu_forward.cc', 'group_norm_cpu_backward.cc',
-                      'group_norm_cpu_entry.cc')
+                      'group_norm_cpu_activation.cc', 'group_norm_cpu_entry.cc')
 
 
 # lib_api.cc's message readers, renamed: operators/group_norm_op.cc defines its own.

@@ -6,7 +6,7 @@ implementation to check the native op against, and runs wherever MXNet's CustomO
 import mxnet as mx
 import numpy as np
 
-from .validation import check_dtype, check_param_dtype, layout, parse_attrs
+from .validation import check_dtype, check_param_dtype, check_residual, layout, parse_attrs
 
 OP_TYPE = 'gn_mxnet_group_norm'
 
@@ -38,13 +38,40 @@ def _grouped_statistics(x, attrs):
     return xg, mean, 1.0 / np.sqrt(var + attrs.eps), channels_last
 
 
-def forward_numpy(x, gamma, beta, attrs):
-    """Returns y (x's dtype), mean and rstd of shape (N, G) in float64."""
+def _sigmoid(z):
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+# act_type -> (act(z), act'(z)) in float64; relu's slope at 0 is 0, as MXNet's relu takes it.
+_ACTIVATIONS = {
+    'none': (lambda z: z, np.ones_like),
+    'relu': (lambda z: np.where(z < 0, 0.0, z), lambda z: (z > 0).astype(z.dtype)),
+    'silu': (lambda z: z * _sigmoid(z), lambda z: _sigmoid(z) * (1.0 + z * (1.0 - _sigmoid(z)))),
+}
+
+
+def _pre_activation(x, gamma, beta, attrs, residual):
+    """z = GN(x) + residual in float64, x's layout; mean and rstd (N, G)."""
     xg, mean, rstd, channels_last = _grouped_statistics(x, attrs)
     g = gamma.astype(xg.dtype).reshape(1, attrs.num_groups, -1, 1)
     b = beta.astype(xg.dtype).reshape(1, attrs.num_groups, -1, 1)
-    yg = (xg - mean[:, :, None, None]) * rstd[:, :, None, None] * g + b
-    return _ungrouped(yg, x.shape, channels_last).astype(x.dtype), mean, rstd
+    z = _ungrouped((xg - mean[:, :, None, None]) * rstd[:, :, None, None] * g + b, x.shape,
+                   channels_last)
+    return (z if residual is None else z + residual.astype(np.float64)), mean, rstd
+
+
+def forward_numpy(x, gamma, beta, attrs, residual=None):
+    """Returns y = act(GN(x) + residual) (x's dtype), mean and rstd of shape (N, G) in
+    float64."""
+    z, mean, rstd = _pre_activation(x, gamma, beta, attrs, residual)
+    return _ACTIVATIONS[attrs.act_type][0](z).astype(x.dtype), mean, rstd
+
+
+def fused_backward_numpy(dy, x, gamma, beta, attrs, residual=None):
+    """Returns dx, dgamma, dbeta and d residual (= dz, x's dtype) of the fused form."""
+    z, _, _ = _pre_activation(x, gamma, beta, attrs, residual)
+    dz = dy.astype(np.float64) * _ACTIVATIONS[attrs.act_type][1](z)
+    return backward_numpy(dz, x, gamma, attrs) + (dz.astype(x.dtype),)
 
 
 def backward_numpy(dy, x, gamma, attrs):
@@ -78,13 +105,14 @@ class _GroupNormOp(mx.operator.CustomOp):
         self.attrs = attrs
 
     def forward(self, is_train, req, in_data, out_data, aux):
-        x, gamma, beta = (a.asnumpy() for a in in_data)
-        y, _, _ = forward_numpy(x, gamma, beta, self.attrs)
+        x, gamma, beta, *residual = (a.asnumpy() for a in in_data)
+        y, _, _ = forward_numpy(x, gamma, beta, self.attrs, *residual)
         self.assign(out_data[0], req[0], mx.nd.array(y, dtype=y.dtype, ctx=x_ctx(in_data)))
 
     def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
-        x, gamma = in_data[0].asnumpy(), in_data[1].asnumpy()
-        grads = backward_numpy(out_grad[0].asnumpy(), x, gamma, self.attrs)
+        x, gamma, beta, *residual = (a.asnumpy() for a in in_data)
+        grads = fused_backward_numpy(out_grad[0].asnumpy(), x, gamma, beta, self.attrs,
+                                     *residual)[:len(in_grad)]
         for i, grad in enumerate(grads):
             self.assign(in_grad[i], req[i], mx.nd.array(grad, dtype=grad.dtype,
                                                         ctx=x_ctx(in_data)))
@@ -96,12 +124,13 @@ def x_ctx(in_data):
 
 @mx.operator.register(OP_TYPE)
 class _GroupNormProp(mx.operator.CustomOpProp):
-    def __init__(self, num_groups, eps='1e-05', axis='1'):
+    def __init__(self, num_groups, eps='1e-05', axis='1', act_type='none', has_residual='0'):
         super().__init__(need_top_grad=True)
-        self.attrs = parse_attrs(int(num_groups), float(eps), int(axis))
+        self.attrs = parse_attrs(int(num_groups), float(eps), int(axis), act_type)
+        self.has_residual = has_residual == '1'
 
     def list_arguments(self):
-        return ['data', 'gamma', 'beta']
+        return ['data', 'gamma', 'beta'] + (['residual'] if self.has_residual else [])
 
     def list_outputs(self):
         return ['output']
@@ -112,34 +141,43 @@ class _GroupNormProp(mx.operator.CustomOpProp):
         if not data_shape or min(data_shape) <= 0:
             return in_shape, [data_shape], []
         known = [tuple(s) if len(s) and min(s) > 0 else None for s in in_shape[1:]]
-        channels = layout(self.attrs, data_shape, *known).channels
-        return [data_shape, (channels,), (channels,)], [data_shape], []
+        channels = layout(self.attrs, data_shape, *known[:2]).channels
+        if self.has_residual and known[2] is not None:
+            check_residual(data_shape, np.float64, known[2], np.float64)
+        residual = [data_shape] if self.has_residual else []
+        return [data_shape, (channels,), (channels,)] + residual, [data_shape], []
 
     def infer_type(self, in_type):
         # MXNet's CustomOp wants numpy scalar types (np.float32), not dtype objects.
         data_type = np.dtype(check_dtype(in_type[0])).type
         param_types = []
-        for name, given in zip(('gamma', 'beta'), in_type[1:]):
+        for name, given in zip(('gamma', 'beta'), in_type[1:3]):
             if given is None or given == -1:
                 param_types.append(data_type)
             else:
                 check_param_dtype(data_type, given, name)
                 param_types.append(np.dtype(given).type)
+        if self.has_residual:
+            if in_type[3] not in (None, -1):
+                check_residual((), data_type, (), in_type[3])
+            param_types.append(data_type)
         return [data_type] + param_types, [data_type], []
 
     def declare_backward_dependency(self, out_grad, in_data, out_data):
-        return [out_grad[0], in_data[0], in_data[1]]
+        return [out_grad[0]] + list(in_data)
 
     def create_operator(self, ctx, in_shapes, in_dtypes):
         return _GroupNormOp(self.attrs)
 
 
-def custom_group_norm(F, data, gamma, beta, attrs, name=None):
+def custom_group_norm(F, data, gamma, beta, attrs, name=None, residual=None):
     """The CustomOp applied through MXNet's Custom op, y only."""
     # Both ways: the data it reads, and the gradient its backward reads (which the next
     # layer's MKLDNN backward may leave blocked).
-    out = F.Custom(_in_default_layout(F, data), gamma, beta, op_type=OP_TYPE,
+    extra = () if residual is None else (_in_default_layout(F, residual),)
+    out = F.Custom(_in_default_layout(F, data), gamma, beta, *extra, op_type=OP_TYPE,
                    num_groups=attrs.num_groups, eps=repr(attrs.eps), axis=attrs.axis,
+                   act_type=attrs.act_type, has_residual=int(residual is not None),
                    name=name)
     return _in_default_layout(F, out)
 

@@ -11,13 +11,16 @@ class GroupNorm(HybridBlock):
     gamma and beta have shape (in_channels,); with in_channels=0 they are created on the
     first forward pass. center=False / scale=False freeze beta at 0 / gamma at 1. `axis` as in
     `gn_mxnet.group_norm`: hybridized, an axis other than 1 / -1 fixes the ndim (3: 4-D).
+    `activation` None, 'relu' or 'silu' makes it the fused layer y = act(GN(x) + residual),
+    called as layer(x) or layer(x, residual); its parameters are the plain layer's.
     """
 
     def __init__(self, num_groups=32, in_channels=0, epsilon=1e-5, center=True, scale=True,
                  axis=1, backend='native', beta_initializer='zeros',
-                 gamma_initializer='ones', **kwargs):
+                 gamma_initializer='ones', activation=None, **kwargs):
         super().__init__(**kwargs)
-        self._attrs = parse_attrs(num_groups, epsilon, axis)
+        self._attrs = parse_attrs(num_groups, epsilon, axis,
+                                  'none' if activation is None else activation)
         axis_layout(self._attrs.axis)  # hybridized, the layout comes from the axis alone
         # Not `_backend`: HybridBlock uses that name for its graph-partitioning backend.
         self._gn_backend = check_backend(backend)
@@ -46,11 +49,13 @@ class GroupNorm(HybridBlock):
         self.gamma.shape = (channels,)
         self.beta.shape = (channels,)
 
-    def hybrid_forward(self, F, x, gamma, beta):
-        return normalize(F, x, gamma, beta, self._attrs, self._gn_backend)
+    def hybrid_forward(self, F, x, residual=None, *, gamma, beta):
+        return normalize(F, x, gamma, beta, self._attrs, self._gn_backend, residual=residual)
 
     def __repr__(self):
         channels = self.gamma.shape[0] if self.gamma.shape else 0
         return (f"{self.__class__.__name__}(num_groups={self._attrs.num_groups}, "
                 f"in_channels={channels or None}, eps={self._attrs.eps}, "
-                f"axis={self._attrs.axis}, backend={self._gn_backend!r})")
+                f"axis={self._attrs.axis}, backend={self._gn_backend!r}"
+                + (f", activation={self._attrs.act_type!r})" if self._attrs.act_type != 'none'
+                   else ")"))

@@ -166,11 +166,22 @@ def _statistics_used(kwargs):
                for node in nodes[idx + 1:] for entry in node['inputs'])
 
 
+def _refuse_fused(name, attrs):
+    """The fused form y = act(GN(x) + residual) has no translation here yet: refused by name
+    rather than exported as a plain GroupNorm, which would drop its add and activation."""
+    act, residual = attrs.get('act_type', 'none'), str(attrs.get('has_residual', '0'))
+    if act != 'none' or residual not in ('0', 'False'):
+        raise ValueError(f"ONNX export of the fused GroupNorm node {name!r} (act_type={act!r}, "
+                         f"has_residual={residual}) is not supported; export a network built "
+                         f"unfused (plain GroupNorm, then the add and the activation)")
+
+
 @MXNetGraph.register(OP_NAME, opset_version=12)
 def convert_group_normalization(node, **kwargs):
     """The compiled op: outputs name0 (y), name1 (mean), name2 (rstd), as the exporter names a
     multi-output node's outputs; mean/rstd only where something reads them."""
     name, inputs, attrs = get_inputs(node, kwargs)
+    _refuse_fused(name, attrs)
     dtype = get_input_dtypes(node, kwargs)[0]
     if not _statistics_used(kwargs):
         return _group_norm_nodes(name, inputs, attrs, dtype, kwargs, name + '0')
@@ -194,6 +205,7 @@ def convert_custom(node, **kwargs):
                                  f"with op_type={op_type!r} yet.")
         return _previous_custom(node, **kwargs)
     name, inputs, attrs = get_inputs(node, kwargs)
+    _refuse_fused(name, attrs)
     dtype = get_input_dtypes(node, kwargs)[0]
     return _group_norm_nodes(name, inputs, attrs, dtype, kwargs, name)
 

@@ -13,7 +13,8 @@ import functools
 import mxnet as mx
 
 OP_NAME = 'GroupNormalization'
-INPUT_NAMES = ('data', 'gamma', 'beta')
+INPUT_NAMES = ('data', 'gamma', 'beta', 'residual')  # residual: only with has_residual=1
+REQUIRED = 3
 _FRONT = ("gn_mxnet.sym.GroupNorm(data=..., name=...) (it creates <name>_gamma and "
           "<name>_beta) or gn_mxnet.group_norm(data, gamma, beta, num_groups)")
 
@@ -28,13 +29,13 @@ def _arranged(args, kwargs):
             raise TypeError(f"{OP_NAME} got {input_name} both as positional input "
                             f"{position} and as a keyword")
         inputs[position] = kwargs.pop(input_name)
-    missing = [n for n, value in zip(INPUT_NAMES, inputs) if value is None]
+    missing = [n for n, value in zip(INPUT_NAMES[:REQUIRED], inputs) if value is None]
     if len(inputs) != len(INPUT_NAMES) or missing:
-        raise ValueError(f"{OP_NAME} (the compiled op) takes exactly the inputs data, gamma "
-                         f"and beta, got {len(args)} positional and missing "
-                         f"{', '.join(missing) or 'none'}; for a layer that makes its own "
-                         f"gamma/beta use {_FRONT}")
-    return inputs
+        raise ValueError(f"{OP_NAME} (the compiled op) takes the inputs data, gamma "
+                         f"and beta (and residual with has_residual=1), got {len(args)} "
+                         f"positional and missing {', '.join(missing) or 'none'}; for a layer "
+                         f"that makes its own gamma/beta use {_FRONT}")
+    return inputs if inputs[REQUIRED] is not None else inputs[:REQUIRED]
 
 
 def _accepting_keywords(generated):

@@ -76,7 +76,18 @@ def _bind_time_checks(F, work, ndim, dtype_seen):
     return [F.reshape(F.zeros_like(check), shape=(1,)) for check in checks]
 
 
-def stock_ops_group_norm(F, data, gamma, beta, attrs, name=None):
+def _fused_tail(F, out, residual, act_type, name):
+    """act(out + residual) in stock ops, the last node named `name`."""
+    if residual is not None:
+        out = F.elemwise_add(out, residual, name=name if act_type == 'none' else None)
+    if act_type == 'relu':
+        return F.relu(out, name=name)
+    if act_type == 'silu':
+        return F.elemwise_mul(out, F.sigmoid(out), name=name)
+    return out
+
+
+def stock_ops_group_norm(F, data, gamma, beta, attrs, name=None, residual=None):
     """GroupNorm composed of stock MXNet ops; works on any device and any ndim.
 
     An NDArray's layout and dtype come from the validator and the array. A Symbol's are
@@ -86,8 +97,11 @@ def stock_ops_group_norm(F, data, gamma, beta, attrs, name=None):
     float32 either way; float16 data that nothing typed is refused at bind time (MXNetError
     from the node 'groupnorm_ops_float16_needs_typed_data'): type the data variable
     (`mx.sym.var('data', dtype='float16')`), cast it, or give float16 gamma/beta.
-    `name` names the node that returns y.
+    `name` names the node that returns y. The fused form adds `residual` and applies
+    attrs.act_type after the affine step, in float32 for float16 data.
     """
+    fused = residual is not None or attrs.act_type != 'none'
+    final_name, name = name, (None if fused else name)
     G, eps = attrs.num_groups, attrs.eps
     if F is mx.nd:
         channels_last, ndim = layout(attrs, data.shape).channels_last, None
@@ -131,4 +145,9 @@ def stock_ops_group_norm(F, data, gamma, beta, attrs, name=None):
     else:
         out = F.broadcast_add(F.broadcast_mul(normalized, gamma), beta,
                               name=None if half else name)
+    if fused:
+        if half and residual is not None:
+            residual = F.cast(residual, 'float32')
+        out = _fused_tail(F, out, residual, attrs.act_type, None if half else final_name)
+        name = final_name
     return F.cast(out, 'float16', name=name) if half else out

@@ -36,21 +36,22 @@ def _active_name_manager():
 
 
 def GroupNorm(data=None, gamma=None, beta=None, num_groups=32, eps=1e-5, axis=1, name=None,
-              backend='native'):
+              backend='native', act_type='none', residual=None):
     """Group Normalization of Symbol `data` over `num_groups` groups of the channel `axis`.
 
     gamma/beta: Symbols of shape (C,), or None for new variables `<name>_gamma`/`<name>_beta`
     (their shape is inferred from data). name: the layer's name; None takes a unique one
     (groupnorm0, groupnorm1, ...) from MXNet's NameManager, whose prefix (mx.name.Prefix) applies
-    as it does to MXNet's own ops. Returns y only.
+    as it does to MXNet's own ops. act_type ('none', 'relu', 'silu') and residual (a Symbol of
+    data's shape, or None) give the fused form y = act(GN(data) + residual). Returns y only.
     """
     if not isinstance(data, mx.sym.Symbol):
         raise TypeError(f"data must be an mxnet Symbol (for NDArrays use gn_mxnet.group_norm), "
                         f"got {type(data).__name__}")
-    for what, value in (('gamma', gamma), ('beta', beta)):
+    for what, value in (('gamma', gamma), ('beta', beta), ('residual', residual)):
         if value is not None and not isinstance(value, mx.sym.Symbol):
             raise TypeError(f"{what} must be a Symbol or None, got {type(value).__name__}")
-    attrs = validation.parse_attrs(num_groups, eps, axis)
+    attrs = validation.parse_attrs(num_groups, eps, axis, act_type)
     backend = validation.check_backend(backend)
     name = _active_name_manager().get(name, NAME_HINT)
     if gamma is None:
@@ -58,4 +59,5 @@ def GroupNorm(data=None, gamma=None, beta=None, num_groups=32, eps=1e-5, axis=1,
     if beta is None:
         beta = mx.sym.Variable(name + '_beta', init=mx.init.Zero())
     with _NamedAfter(name):
-        return normalize(mx.sym, data, gamma, beta, attrs, backend, name=name)
+        return normalize(mx.sym, data, gamma, beta, attrs, backend, name=name,
+                         residual=residual)

@@ -11,12 +11,16 @@ import numpy as np
 SUPPORTED_DTYPES = ('float16', 'float32', 'float64')
 # 'native': the compiled op (operators/); 'custom': the Python CustomOp; 'ops': stock MXNet ops.
 BACKENDS = ('native', 'custom', 'ops')
+# The fused form's activations, y = act(GN(x) + residual); their codes are
+# operators/group_norm_kernels.h's GN_ACT_* (build.ACT_CODES), the names the op's act_type.
+ACT_TYPES = ('none', 'relu', 'silu')
 
 
 class GroupNormAttrs(NamedTuple):
     num_groups: int
     eps: float
     axis: int
+    act_type: str = 'none'
 
 
 class AxisLayout(NamedTuple):
@@ -34,7 +38,7 @@ class GroupNormLayout(NamedTuple):
     channels_last: bool
 
 
-def parse_attrs(num_groups, eps=1e-5, axis=1) -> GroupNormAttrs:
+def parse_attrs(num_groups, eps=1e-5, axis=1, act_type='none') -> GroupNormAttrs:
     """Validate attribute values (types and ranges that need no shape)."""
     if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
         raise ValueError(f"num_groups must be an integer, got {num_groups!r}")
@@ -46,7 +50,24 @@ def parse_attrs(num_groups, eps=1e-5, axis=1) -> GroupNormAttrs:
         raise ValueError(f"eps must be finite and >= 0, got {eps}")
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise ValueError(f"axis must be an integer, got {axis!r}")
-    return GroupNormAttrs(int(num_groups), float(eps), int(axis))
+    return GroupNormAttrs(int(num_groups), float(eps), int(axis), check_act_type(act_type))
+
+
+def check_act_type(act_type) -> str:
+    if act_type not in ACT_TYPES:
+        raise ValueError(f"act_type must be one of {', '.join(repr(a) for a in ACT_TYPES)}, "
+                         f"got {act_type!r}")
+    return act_type
+
+
+def check_residual(data_shape, data_dtype, residual_shape, residual_dtype) -> None:
+    """The fused form's residual: data's shape and dtype."""
+    data_shape, residual_shape = tuple(data_shape), tuple(residual_shape)
+    if residual_shape != data_shape:
+        raise ValueError(f"residual must have data's shape {data_shape}, got {residual_shape}")
+    data_name, residual_name = np.dtype(data_dtype).name, np.dtype(residual_dtype).name
+    if residual_name != data_name:
+        raise ValueError(f"residual dtype must match data ({data_name}), got {residual_name}")
 
 
 def channel_axis(axis: int, ndim: int) -> int:
