@@ -48,7 +48,8 @@ def table2_lines(s, stats):
     paper = protocol.PAPER_TABLE2
     lines = ['### Table 2: sensitivity to the per-device batch size', '',
              f'Val error (%), mean ± std over seeds; GN has G = {s.gn_groups}; '
-             f'lr = {s.base_lr} · B / 256. The paper has no batch 1.', '']
+             f'lr = {s.base_lr} · B / 256.'
+             + (' The paper has no batch 1.' if 1 in sizes else ''), '']
     lines += _header('batch size', sizes)
     for norm in ('BN', 'GN'):
         lines.append(_row(f'{norm} (ours)', [_fmt(v) for v in get[norm]]))
