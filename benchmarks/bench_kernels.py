@@ -119,16 +119,16 @@ def main():
     layout = 'NHWC' if args.channels_last else 'NCHW'
     print(f"CPU kernels ({gn_mxnet.cpu_isa()} build), float32, {layout}, G={args.groups}, "
           f"median of {args.repeat} (ms)")
-    print("fused: y = relu(GN(x) + residual); fused/plain fwd is the ratio of medians of "
-          "forwards timed alternately")
+    print("fused: y = relu(GN(x) + residual); fused/plain fwd (bwd) is the ratio of medians of "
+          "forwards (backwards) timed alternately")
     print(' '.join(f'{h:>13}' for h in ('shape', 'copy', 'fwd', 'bwd', 'fwd+bwd', 'fwd/copy',
                                          '(fwd+bwd)/copy', 'fused fwd', 'fused bwd',
-                                         'fused/plain fwd')))
+                                         'fused/plain fwd', 'fused/plain bwd')))
     for shape in SHAPES:
         copy, fwd, bwd, both, fused_fwd, fused_bwd = bench(
             lib, shape, args.groups, int(args.channels_last), args.repeat)
         cells = ['x'.join(map(str, shape)), copy, fwd, bwd, both, fwd / copy, both / copy,
-                 fused_fwd, fused_bwd, fused_fwd / fwd]
+                 fused_fwd, fused_bwd, fused_fwd / fwd, fused_bwd / bwd]
         print(' '.join(f'{c:>13.2f}' if isinstance(c, float) else f'{c:>13}' for c in cells),
               flush=True)
 

@@ -14,7 +14,8 @@ bool valid_shape(int64_t N, int64_t C, int64_t S, int64_t G) {
   return N >= 0 && C > 0 && S >= 0 && G > 0 && C % G == 0;
 }
 
-// The fused backward stages dz in dresidual or dx, so with an activation one must be given.
+// The CUDA backward stages dz in dresidual or dx; the CPU one needs neither, but both keep
+// one ABI (group_norm_kernels.h), so with an activation one must be given here too.
 bool valid_backward(int act, const void* dx, const void* dresidual) {
   return gn_act::valid(act) && (act == GN_ACT_NONE || dx || dresidual);
 }

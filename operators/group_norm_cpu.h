@@ -19,17 +19,13 @@ void forward(const T* x, const P* gamma, const P* beta, const T* residual, T* y,
              AccOf<T>* mean, AccOf<T>* rstd, int64_t N, int64_t C, int64_t S, int64_t G,
              int channels_last, int act, double eps, void* workspace);
 
-// dz = dy * act'(GN(x) + residual) for act != GN_ACT_NONE; dz may be dy's or x's buffer
-// elementwise (each element is read before it is written). residual may be null.
+// The fused form's backward (act a GN_ACT_* code, residual and dresidual may be null): dz =
+// dy·act'(GN(x) + residual) is formed inside the passes, dresidual = dz is written with dx.
 template <typename T, typename P>
-void activation_grad(const T* dy, const T* x, const P* gamma, const P* beta, const T* residual,
-                     const AccOf<T>* mean, const AccOf<T>* rstd, T* dz, int64_t N, int64_t C,
-                     int64_t S, int64_t G, int channels_last, int act);
-
-template <typename T, typename P>
-void backward(const T* dy, const T* x, const P* gamma, const AccOf<T>* mean,
-              const AccOf<T>* rstd, T* dx, P* dgamma, P* dbeta, int64_t N, int64_t C,
-              int64_t S, int64_t G, int channels_last, void* workspace);
+void backward(const T* dy, const T* x, const P* gamma, const P* beta, const T* residual,
+              const AccOf<T>* mean, const AccOf<T>* rstd, T* dx, P* dgamma, P* dbeta,
+              T* dresidual, int64_t N, int64_t C, int64_t S, int64_t G, int channels_last,
+              int act, void* workspace);
 
 }  // namespace GN_KERNEL_ISA
 }  // namespace gn

@@ -5,120 +5,29 @@
 // rounded to Acc, so the sums also take dev = Σ (x-mean), whose group total gives the exact
 // mean's offset r; ds and K are re-centred by it (a float32 mean's rounding times rstd^2
 // would otherwise show in dx when var << eps).
+// The fused form (kAct, kRes): both passes use dz = dy·act'(z) in place of dy, z recomputed
+// from x, mean, rstd, gamma, beta and the residual (gn_act::grad_through); the dx pass also
+// writes d residual = dz. No dz pass, no dz buffer.
 #include <omp.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_common.h"
+#include "group_norm_activation.h"
 #include "group_norm_cpu.h"
+#include "group_norm_cpu_backward_runs.h"
 
 namespace gn {
 namespace GN_KERNEL_ISA {
 namespace {
 
-// dy is centred on its group mean m, as x is on its own. dx's leading terms rstd·gamma[c]·dy and
-// rstd·mean_g(gamma·dy) cancel exactly in a one-element group (dx = 0) and nearly in many others;
-// formed apart, one per element in Acc and one per group in double, their roundings differ and
-// leave rstd·|gamma·dy|·ulp behind (6e-5 in float32 where dx is 0). Centred, dy - m is exact
-// there and the rest, rstd·(gamma[c]·m - mean_g(gamma·dy)), is a per-channel constant taken
-// relative to the group's first gamma g0:
-//   rstd·((gamma[c] - g0)·m + g0·(m - mean_g(dy)) - Σ_d (gamma_d - g0)·db_d / M).
-// With one channel per group each product in it has a factor that is exactly 0, however the
-// compiler fuses multiplies into adds (GCC does, across statements, at -O3 with FMA).
-struct GroupCoefficients {
-  double x_coef;       // B: dx = A·(dy - dy_centre) + x_coef·(x - mean) + channel_constant
-  double dy_centre;    // m, already rounded to Acc: the elementwise pass subtracts this value
-  double gamma_pivot;  // g0
-  double dy_slope;     // rstd·m
-  double constant;     // the channel-independent rest, B·r included
-
-  double channel_constant(double gamma_c) const {
-    return (gamma_c - gamma_pivot) * dy_slope + constant;
-  }
-};
-
-// One group's D channel sums (ds, db, dev and gamma at its first channel, count elements):
-// re-centres ds on the exact mean, Σdy·(x-m-r) = ds - r·db with r = Σdev / count (param_grads
-// reads the result), and returns the group's dx coefficients.
-template <typename Acc, typename P>
-GroupCoefficients recentred_group_coefficients(double* ds, const double* db, const double* dev,
-                                               const P* gamma, double rstd, int64_t D,
-                                               int64_t count) {
-  const double inv_count = 1.0 / static_cast<double>(count);
-  const double gamma_pivot = static_cast<double>(Element<P>::load(gamma[0]));
-  double dev_total = 0.0, db_total = 0.0, db_spread = 0.0;  // db_spread = Σ (gamma_d - g0)·db_d
-  for (int64_t d = 0; d < D; ++d) {
-    dev_total += dev[d];
-    db_total += db[d];
-    db_spread += (static_cast<double>(Element<P>::load(gamma[d])) - gamma_pivot) * db[d];
-  }
-  const double offset = dev_total * inv_count;
-  double gamma_ds = 0.0;
-  for (int64_t d = 0; d < D; ++d) {
-    ds[d] -= offset * db[d];
-    gamma_ds += static_cast<double>(Element<P>::load(gamma[d])) * ds[d];
-  }
-  const double x_coef = -rstd * rstd * rstd * gamma_ds * inv_count;
-  const double mean_dy = db_total * inv_count;
-  const double centre = static_cast<double>(static_cast<Acc>(mean_dy));
-  return {x_coef, centre, gamma_pivot, rstd * centre,
-          rstd * (gamma_pivot * (centre - mean_dy) - db_spread * inv_count) - x_coef * offset};
-}
-
-template <typename T>
-inline void row_sums(const T* dy, const T* x, int64_t length, AccOf<T> mean, double* ds,
-                     double* db, double* dev) {
-  using Acc = AccOf<T>;
-  Acc sums[3];
-  lane_reduce_many<Acc, 3>(length, [dy, x, mean](int64_t i, Acc* t) {
-    const Acc g = Element<T>::load(dy[i]), centred = Element<T>::load(x[i]) - mean;
-    t[0] = g * centred;
-    t[1] = g;
-    t[2] = centred;
-  }, sums);
-  *ds = static_cast<double>(sums[0]);
-  *db = static_cast<double>(sums[1]);
-  *dev = static_cast<double>(sums[2]);
-}
-
-// dx over one channel's run of a group with coefficients k, dy_coef = rstd·gamma[c].
-template <typename T>
-inline void input_grad_run(const T* dy, const T* x, T* dx, int64_t length, AccOf<T> dy_coef,
-                           AccOf<T> mean, double gamma_c, const GroupCoefficients& k) {
-  using Acc = AccOf<T>;
-  const Acc dy_centre = static_cast<Acc>(k.dy_centre), x_coef = static_cast<Acc>(k.x_coef);
-  const Acc constant = static_cast<Acc>(k.channel_constant(gamma_c));
-#pragma omp simd
-  for (int64_t i = 0; i < length; ++i) {
-    dx[i] = Element<T>::store(dy_coef * (Element<T>::load(dy[i]) - dy_centre) +
-                              x_coef * (Element<T>::load(x[i]) - mean) + constant);
-  }
-}
-
-// dgamma[c] = Σ_n ds[n,c]·rstd[n,g], dbeta[c] = Σ_n db[n,c].
-template <typename P, typename A>
-void param_grads(const double* ds, const double* db, const A* rstd, P* dgamma, P* dbeta,
-                 int64_t N, int64_t C, int64_t G) {
-  const int64_t D = C / G;
-  const int threads = threads_for(N * C);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t c = 0; c < C; ++c) {
-    double gamma_grad = 0.0, beta_grad = 0.0;
-    for (int64_t n = 0; n < N; ++n) {
-      gamma_grad += ds[n * C + c] * static_cast<double>(rstd[n * G + c / D]);
-      beta_grad += db[n * C + c];
-    }
-    if (dgamma) dgamma[c] = Element<P>::store(static_cast<AccOf<P>>(gamma_grad));
-    if (dbeta) dbeta[c] = Element<P>::store(static_cast<AccOf<P>>(beta_grad));
-  }
-}
-
-template <typename T, typename P>
-void backward_channels_first(const T* dy, const T* x, const P* gamma, const AccOf<T>* mean,
-                             const AccOf<T>* rstd, T* dx, double* ds, double* db,
-                             double* dev, GroupCoefficients* coefs, int64_t N, int64_t C,
-                             int64_t S, int64_t G) {
+template <int kAct, bool kRes, typename T, typename P>
+void backward_channels_first(const T* dy, const T* x, const P* gamma, FusedOperands<T, P> f,
+                             const AccOf<T>* mean, const AccOf<T>* rstd, T* dx, double* ds,
+                             double* db, double* dev, GroupCoefficients* coefs, int64_t N,
+                             int64_t C, int64_t S, int64_t G) {
   using Acc = AccOf<T>;
   const int64_t D = C / G, M = D * S, tasks = N * G;
   const int threads = threads_for(N * C * S);
@@ -128,17 +37,20 @@ void backward_channels_first(const T* dy, const T* x, const P* gamma, const AccO
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t first_channel = (t % G) * D, offset = t * M;
       for (int64_t d = 0; d < D; ++d) {
-        const int64_t row = t * D + d;
-        row_sums(dy + offset + d * S, x + offset + d * S, S, mean[t], ds + row, db + row,
-                 dev + row);
+        const int64_t row = t * D + d, at = offset + d * S;
+        const Acc gamma_c = static_cast<Acc>(Element<P>::load(gamma[first_channel + d]));
+        row_sums<kAct, kRes>(dy + at, x + at, f.r_at(at), S, mean[t], rstd[t] * gamma_c,
+                             f.shift(first_channel + d), ds + row, db + row, dev + row);
       }
       const GroupCoefficients k = recentred_group_coefficients<Acc>(
           ds + t * D, db + t * D, dev + t * D, gamma + first_channel, rstd[t], D, M);
-      if (!dx) continue;
+      if (!dx && !f.dr) continue;
       for (int64_t d = 0; d < D; ++d) {
+        const int64_t at = offset + d * S;
         const Acc gamma_c = static_cast<Acc>(Element<P>::load(gamma[first_channel + d]));
-        input_grad_run(dy + offset + d * S, x + offset + d * S, dx + offset + d * S, S,
-                       rstd[t] * gamma_c, mean[t], static_cast<double>(gamma_c), k);
+        input_grad_run<kAct, kRes>(dy + at, x + at, f.r_at(at), dx ? dx + at : nullptr,
+                                   f.dr_at(at), S, rstd[t] * gamma_c, mean[t],
+                                   f.shift(first_channel + d), static_cast<double>(gamma_c), k);
       }
     }
     return;
@@ -146,19 +58,24 @@ void backward_channels_first(const T* dy, const T* x, const P* gamma, const AccO
   // Fewer groups than threads: parallelize over channel rows instead.
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t row = 0; row < N * C; ++row) {
-    row_sums(dy + row * S, x + row * S, S, mean[row / D], ds + row, db + row, dev + row);
+    const Acc gamma_c = static_cast<Acc>(Element<P>::load(gamma[row % C]));
+    row_sums<kAct, kRes>(dy + row * S, x + row * S, f.r_at(row * S), S, mean[row / D],
+                         rstd[row / D] * gamma_c, f.shift(row % C), ds + row, db + row,
+                         dev + row);
   }
   for (int64_t t = 0; t < tasks; ++t) {
     coefs[t] = recentred_group_coefficients<Acc>(ds + t * D, db + t * D, dev + t * D,
                                                  gamma + (t % G) * D, rstd[t], D, M);
   }
-  if (!dx) return;
+  if (!dx && !f.dr) return;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t row = 0; row < N * C; ++row) {
     const int64_t t = row / D;
     const Acc gamma_c = static_cast<Acc>(Element<P>::load(gamma[row % C]));
-    input_grad_run(dy + row * S, x + row * S, dx + row * S, S, rstd[t] * gamma_c, mean[t],
-                   static_cast<double>(gamma_c), coefs[t]);
+    input_grad_run<kAct, kRes>(dy + row * S, x + row * S, f.r_at(row * S),
+                               dx ? dx + row * S : nullptr, f.dr_at(row * S), S,
+                               rstd[t] * gamma_c, mean[t], f.shift(row % C),
+                               static_cast<double>(gamma_c), coefs[t]);
   }
 }
 
@@ -174,21 +91,30 @@ inline int64_t channels_last_partials(int64_t N, int64_t C, int64_t S) {
 
 template <typename Acc>
 struct SumScratch {
-  std::vector<Acc> dy_centred, dy, centred, mean;
-  explicit SumScratch(int64_t C) : dy_centred(C), dy(C), centred(C), mean(C) {}
+  std::vector<Acc> dy_centred, dy, centred, mean, scale, shift;
+  explicit SumScratch(int64_t C)
+      : dy_centred(C), dy(C), centred(C), mean(C), scale(C), shift(C) {}
 };
 
 // Adds Σ dy·(x-mean), Σ dy and Σ (x-mean) per channel over rows [s0, s1) of one sample (dy, x
 // at its first row) into the rows of out (3, C): float within a cache-resident block of rows,
 // double across blocks.
-template <typename T>
-void add_channel_sums(const T* dy, const T* x, const AccOf<T>* sample_mean, int64_t s0,
-                      int64_t s1, int64_t C, int64_t G, SumScratch<AccOf<T>>& scratch,
-                      double* out) {
+// The fused form sums dz for dy (r at the sample's first row; rstd, gamma, beta give z).
+template <int kAct, bool kRes, typename T, typename P>
+void add_channel_sums(const T* dy, const T* x, const T* r, const AccOf<T>* sample_mean,
+                      const AccOf<T>* sample_rstd, const P* gamma, const FusedOperands<T, P>& f,
+                      int64_t s0, int64_t s1, int64_t C, int64_t G,
+                      SumScratch<AccOf<T>>& scratch, double* out) {
   using Acc = AccOf<T>;
   const int64_t D = C / G, rows = rows_per_block(C);
   Acc* centre = scratch.mean.data();
-  for (int64_t c = 0; c < C; ++c) centre[c] = sample_mean[c / D];
+  Acc* scale = scratch.scale.data();
+  Acc* shift = scratch.shift.data();
+  for (int64_t c = 0; c < C; ++c) {
+    centre[c] = sample_mean[c / D];
+    scale[c] = sample_rstd[c / D] * static_cast<Acc>(Element<P>::load(gamma[c]));
+    shift[c] = f.shift(c);
+  }
   for (int64_t b0 = s0; b0 < s1; b0 += rows) {
     Acc* dy_centred = scratch.dy_centred.data();
     Acc* dy_sum = scratch.dy.data();
@@ -199,8 +125,8 @@ void add_channel_sums(const T* dy, const T* x, const AccOf<T>* sample_mean, int6
     for (int64_t s = b0; s < std::min(s1, b0 + rows); ++s) {
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
-        const Acc g = Element<T>::load(dy[s * C + c]);
         const Acc centred = Element<T>::load(x[s * C + c]) - centre[c];
+        const Acc g = grad_at<kAct, kRes>(dy, r, s * C + c, centred, scale[c], shift[c]);
         dy_centred[c] += g * centred;
         dy_sum[c] += g;
         centred_sum[c] += centred;
@@ -214,15 +140,16 @@ void add_channel_sums(const T* dy, const T* x, const AccOf<T>* sample_mean, int6
   }
 }
 
-// Channels-last dx coefficient rows (kCoefRows, C): dy coef, dy centre, x coef, mean, constant.
-constexpr int64_t kCoefRows = 5;
+// Channels-last dx coefficient rows (kCoefRows, C): dy coef, dy centre, x coef, mean, constant,
+// beta (z's shift).
+constexpr int64_t kCoefRows = 6;
 
 // Re-centres group g's sums of one sample (ds, db, dev at its first channel) and, when coef is
 // given, writes its channels' columns of the dx coefficient rows.
-template <typename P, typename Acc>
+template <typename T, typename P, typename Acc>
 void group_input_grad_coefs(double* ds, const double* db, const double* dev, const P* gamma,
-                            Acc mean, Acc rstd, int64_t g, int64_t D, int64_t S, int64_t C,
-                            Acc* coef) {
+                            const FusedOperands<T, P>& f, Acc mean, Acc rstd, int64_t g,
+                            int64_t D, int64_t S, int64_t C, Acc* coef) {
   const int64_t first = g * D;
   const GroupCoefficients k = recentred_group_coefficients<Acc>(
       ds + first, db + first, dev + first, gamma + first, rstd, D, D * S);
@@ -234,32 +161,50 @@ void group_input_grad_coefs(double* ds, const double* db, const double* dev, con
     coef[2 * C + c] = static_cast<Acc>(k.x_coef);
     coef[3 * C + c] = mean;
     coef[4 * C + c] = static_cast<Acc>(k.channel_constant(static_cast<double>(gamma_c)));
+    coef[5 * C + c] = f.shift(c);
   }
 }
 
-template <typename T>
-void input_grad_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,
-                     const AccOf<T>* coef) {
-  for (int64_t r = 0; r < rows; ++r) {
+// dx (may be null) and d residual (where dr is given) over rows of (rows, C).
+template <int kAct, bool kRes, typename T>
+void input_grad_rows(const T* dy, const T* x, const T* r, T* dx, T* dr, int64_t rows,
+                     int64_t C, const AccOf<T>* coef) {
+  using Acc = AccOf<T>;
+  auto pass = [&](auto write_dx, auto write_dr) {  // as in input_grad_run
+    for (int64_t row = 0; row < rows; ++row) {
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t i = r * C + c;
-      dx[i] = Element<T>::store(coef[c] * (Element<T>::load(dy[i]) - coef[C + c]) +
-                                coef[2 * C + c] * (Element<T>::load(x[i]) - coef[3 * C + c]) +
-                                coef[4 * C + c]);
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t i = row * C + c;
+        const Acc centred = Element<T>::load(x[i]) - coef[3 * C + c];
+        const Acc g = grad_at<kAct, kRes>(dy, r, i, centred, coef[c], coef[5 * C + c]);
+        if constexpr (decltype(write_dr)::value) dr[i] = Element<T>::store(g);
+        if constexpr (decltype(write_dx)::value) {
+          dx[i] = Element<T>::store(coef[c] * (g - coef[C + c]) + coef[2 * C + c] * centred +
+                                    coef[4 * C + c]);
+        }
+      }
     }
+  };
+  if (!kRes || !dr) {
+    pass(std::true_type{}, std::false_type{});
+  } else if (dx) {
+    pass(std::true_type{}, std::true_type{});
+  } else {
+    pass(std::false_type{}, std::true_type{});
   }
 }
 
 // Channels-last (N, S, C). With a sample per thread, each task sums its sample, then writes its
 // dx while the sample's x and dy are still in L2/L3. With fewer samples than threads, pieces of
 // samples are summed in parallel and reduced per (n, c), and dx is a separate pass.
-template <typename T, typename P>
-void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf<T>* mean,
-                            const AccOf<T>* rstd, T* dx, double* ds, double* db,
-                            double* dev, double* partials, AccOf<T>* channel_coefs, int64_t N,
-                            int64_t C, int64_t S, int64_t G) {
+template <int kAct, bool kRes, typename T, typename P>
+void backward_channels_last(const T* dy, const T* x, const P* gamma, FusedOperands<T, P> f,
+                            const AccOf<T>* mean, const AccOf<T>* rstd, T* dx, double* ds,
+                            double* db, double* dev, double* partials,
+                            AccOf<T>* channel_coefs, int64_t N, int64_t C, int64_t S,
+                            int64_t G) {
   using Acc = AccOf<T>;
+  const bool grads = dx || f.dr;  // an elementwise pass is needed
   const int64_t D = C / G, rows = rows_per_block(C), blocks = ceil_div(S, rows);
   const int threads = threads_for(N * C * S);
   if (N >= threads) {
@@ -272,16 +217,20 @@ void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf
       for (int64_t n = 0; n < N; ++n) {
         const int64_t offset = n * S * C;
         std::fill(sums.begin(), sums.end(), 0.0);
-        add_channel_sums(dy + offset, x + offset, mean + n * G, 0, S, C, G, scratch,
-                         sums.data());
+        add_channel_sums<kAct, kRes>(dy + offset, x + offset, f.r_at(offset), mean + n * G,
+                                     rstd + n * G, gamma, f, 0, S, C, G, scratch, sums.data());
         std::copy(sums.begin(), sums.begin() + C, ds + n * C);
         std::copy(sums.begin() + C, sums.begin() + 2 * C, db + n * C);
         std::copy(sums.begin() + 2 * C, sums.end(), dev + n * C);
         for (int64_t g = 0; g < G; ++g) {
-          group_input_grad_coefs(ds + n * C, db + n * C, dev + n * C, gamma, mean[n * G + g],
-                                 rstd[n * G + g], g, D, S, C, dx ? coef.data() : nullptr);
+          group_input_grad_coefs(ds + n * C, db + n * C, dev + n * C, gamma, f, mean[n * G + g],
+                                 rstd[n * G + g], g, D, S, C, grads ? coef.data() : nullptr);
         }
-        if (dx) input_grad_rows(dy + offset, x + offset, dx + offset, S, C, coef.data());
+        if (grads) {
+          input_grad_rows<kAct, kRes>(dy + offset, x + offset, f.r_at(offset),
+                                      dx ? dx + offset : nullptr, f.dr_at(offset), S, C,
+                                      coef.data());
+        }
       }
     }
     return;
@@ -296,8 +245,9 @@ void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf
       const int64_t n = i / pieces, s0 = std::min(S, (i % pieces) * rows_per_piece);
       double* out = partials + i * 3 * C;
       std::fill(out, out + 3 * C, 0.0);
-      add_channel_sums(dy + n * S * C, x + n * S * C, mean + n * G, s0,
-                       std::min(S, s0 + rows_per_piece), C, G, scratch, out);
+      add_channel_sums<kAct, kRes>(dy + n * S * C, x + n * S * C, f.r_at(n * S * C),
+                                   mean + n * G, rstd + n * G, gamma, f, s0,
+                                   std::min(S, s0 + rows_per_piece), C, G, scratch, out);
     }
 #pragma omp for schedule(static)
     for (int64_t nc = 0; nc < N * C; ++nc) {
@@ -316,15 +266,17 @@ void backward_channels_last(const T* dy, const T* x, const P* gamma, const AccOf
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < N * G; ++t) {
       const int64_t n = t / G;
-      group_input_grad_coefs(ds + n * C, db + n * C, dev + n * C, gamma, mean[t], rstd[t], t % G,
-                             D, S, C, dx ? channel_coefs + n * kCoefRows * C : nullptr);
+      group_input_grad_coefs(ds + n * C, db + n * C, dev + n * C, gamma, f, mean[t], rstd[t],
+                             t % G, D, S, C, grads ? channel_coefs + n * kCoefRows * C : nullptr);
     }
-    if (dx) {
+    if (grads) {
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < N * blocks; ++i) {
         const int64_t n = i / blocks, s0 = (i % blocks) * rows, offset = (n * S + s0) * C;
-        input_grad_rows(dy + offset, x + offset, dx + offset, std::min(rows, S - s0), C,
-                        channel_coefs + n * kCoefRows * C);
+        input_grad_rows<kAct, kRes>(dy + offset, x + offset, f.r_at(offset),
+                                    dx ? dx + offset : nullptr, f.dr_at(offset),
+                                    std::min(rows, S - s0), C,
+                                    channel_coefs + n * kCoefRows * C);
       }
     }
   }
@@ -346,10 +298,13 @@ size_t backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G, int 
   return sizeof(double) * static_cast<size_t>(doubles);
 }
 
-template <typename T, typename P>
-void backward(const T* dy, const T* x, const P* gamma, const AccOf<T>* mean,
-              const AccOf<T>* rstd, T* dx, P* dgamma, P* dbeta, int64_t N, int64_t C,
-              int64_t S, int64_t G, int channels_last, void* workspace) {
+namespace {
+
+template <int kAct, bool kRes, typename T, typename P>
+void backward_passes(const T* dy, const T* x, const P* gamma, FusedOperands<T, P> f,
+                     const AccOf<T>* mean, const AccOf<T>* rstd, T* dx, P* dgamma, P* dbeta,
+                     int64_t N, int64_t C, int64_t S, int64_t G, int channels_last,
+                     void* workspace) {
   double* ds = static_cast<double*>(workspace);
   double* db = ds + N * C;
   double* dev = db + N * C;
@@ -358,19 +313,54 @@ void backward(const T* dy, const T* x, const P* gamma, const AccOf<T>* mean,
     double* partials = rest;
     AccOf<T>* channel_coefs =
         reinterpret_cast<AccOf<T>*>(partials + channels_last_partials(N, C, S));
-    backward_channels_last(dy, x, gamma, mean, rstd, dx, ds, db, dev, partials, channel_coefs,
-                           N, C, S, G);
+    backward_channels_last<kAct, kRes>(dy, x, gamma, f, mean, rstd, dx, ds, db, dev, partials,
+                                       channel_coefs, N, C, S, G);
   } else {
-    backward_channels_first(dy, x, gamma, mean, rstd, dx, ds, db, dev,
-                            reinterpret_cast<GroupCoefficients*>(rest), N, C, S, G);
+    backward_channels_first<kAct, kRes>(dy, x, gamma, f, mean, rstd, dx, ds, db, dev,
+                                        reinterpret_cast<GroupCoefficients*>(rest), N, C, S, G);
   }
   if (dgamma || dbeta) param_grads(ds, db, rstd, dgamma, dbeta, N, C, G);
 }
 
+template <int kAct, typename T, typename P>
+void backward_act(const T* dy, const T* x, const P* gamma, FusedOperands<T, P> f,
+                  const AccOf<T>* mean, const AccOf<T>* rstd, T* dx, P* dgamma, P* dbeta,
+                  int64_t N, int64_t C, int64_t S, int64_t G, int channels_last, void* ws) {
+  if (f.r) {
+    backward_passes<kAct, true>(dy, x, gamma, f, mean, rstd, dx, dgamma, dbeta, N, C, S, G,
+                                channels_last, ws);
+  } else {
+    backward_passes<kAct, false>(dy, x, gamma, f, mean, rstd, dx, dgamma, dbeta, N, C, S, G,
+                                 channels_last, ws);
+  }
+}
+
+}  // namespace
+
+template <typename T, typename P>
+void backward(const T* dy, const T* x, const P* gamma, const P* beta, const T* residual,
+              const AccOf<T>* mean, const AccOf<T>* rstd, T* dx, P* dgamma, P* dbeta,
+              T* dresidual, int64_t N, int64_t C, int64_t S, int64_t G, int channels_last,
+              int act, void* workspace) {
+  // The plain op reads neither beta nor a residual: its passes get none, so z is never formed.
+  const FusedOperands<T, P> f{act == GN_ACT_NONE ? nullptr : beta, residual,
+                              residual ? dresidual : nullptr};
+  if (act == GN_ACT_RELU) {
+    backward_act<GN_ACT_RELU>(dy, x, gamma, f, mean, rstd, dx, dgamma, dbeta, N, C, S, G,
+                              channels_last, workspace);
+  } else if (act == GN_ACT_SILU) {
+    backward_act<GN_ACT_SILU>(dy, x, gamma, f, mean, rstd, dx, dgamma, dbeta, N, C, S, G,
+                              channels_last, workspace);
+  } else {
+    backward_act<GN_ACT_NONE>(dy, x, gamma, f, mean, rstd, dx, dgamma, dbeta, N, C, S, G,
+                              channels_last, workspace);
+  }
+}
+
 #define GN_INSTANTIATE_BACKWARD(T, P)                                                        \
-  template void backward<T, P>(const T*, const T*, const P*, const AccOf<T>*,               \
-                               const AccOf<T>*, T*, P*, P*, int64_t, int64_t, int64_t,       \
-                               int64_t, int, void*);
+  template void backward<T, P>(const T*, const T*, const P*, const P*, const T*,         \
+                               const AccOf<T>*, const AccOf<T>*, T*, P*, P*, T*, int64_t,    \
+                               int64_t, int64_t, int64_t, int, int, void*);
 GN_INSTANTIATE_BACKWARD(float, float)
 GN_INSTANTIATE_BACKWARD(double, double)
 GN_INSTANTIATE_BACKWARD(Half, Half)

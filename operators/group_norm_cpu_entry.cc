@@ -55,22 +55,12 @@ int backward_entry(int dtype, int param_dtype, const void* dy, const void* x,
       }
       return static_cast<int>(GN_STATUS_OK);
     }
-    const T* grad = static_cast<const T*>(dy);  // of GN's output: dz in the fused form
-    const int64_t elements = N * C * S;
-    if (act != GN_ACT_NONE) {
-      T* dz = static_cast<T*>(dresidual ? dresidual : dx);  // the caller checked one is given
-      activation_grad<T, P>(grad, static_cast<const T*>(x), static_cast<const P*>(gamma),
-                            static_cast<const P*>(beta), static_cast<const T*>(residual),
-                            static_cast<const A*>(mean), static_cast<const A*>(rstd), dz, N,
-                            C, S, G, channels_last, act);
-      grad = dz;
-    } else if (dresidual) {
-      std::copy(grad, grad + elements, static_cast<T*>(dresidual));
-    }
-    backward<T, P>(grad, static_cast<const T*>(x),
-                   static_cast<const P*>(gamma), static_cast<const A*>(mean),
+    backward<T, P>(static_cast<const T*>(dy), static_cast<const T*>(x),
+                   static_cast<const P*>(gamma), static_cast<const P*>(beta),
+                   static_cast<const T*>(residual), static_cast<const A*>(mean),
                    static_cast<const A*>(rstd), static_cast<T*>(dx), static_cast<P*>(dgamma),
-                   static_cast<P*>(dbeta), N, C, S, G, channels_last, workspace);
+                   static_cast<P*>(dbeta), static_cast<T*>(dresidual), N, C, S, G,
+                   channels_last, act, workspace);
     return static_cast<int>(GN_STATUS_OK);
   });
 }

@@ -103,7 +103,8 @@ def test_no_file_but_the_builder_spells_out_a_build_flag():
 
 def test_dtype_and_status_codes_live_in_the_kernels_header():
     assert set(builder.DTYPE_CODES) == {"float32", "float64", "float16"}
-    assert set(builder.STATUS_CODES) == {"ok", "bad_dtype", "bad_shape", "device_error"}
+    assert set(builder.STATUS_CODES) == {"ok", "bad_dtype", "bad_shape", "device_error",
+                                         "bad_argument"}
     for codes in (builder.DTYPE_CODES, builder.STATUS_CODES):
         assert len(set(codes.values())) == len(codes)
     # A dtype name given a number: `kFloat32 = 0`, `FLOAT16 = 2`, `"float64": 1`.

@@ -77,7 +77,7 @@ CXX_FLAGS = ('-std=c++17', '-O3', '-fPIC', '-fopenmp', '-Wall', '-Wextra', '-DND
 # picks one at run time (group_norm_cpu.cc). AVX2 + FMA doubles the vector width of the
 # generic x86-64 build, which is what makes the kernels memory-bound rather than compute-bound.
 CPU_KERNEL_SOURCES = ('group_norm_cpu_forward.cc', 'group_norm_cpu_backward.cc',
-                      'group_norm_cpu_activation.cc', 'group_norm_cpu_entry.cc')
+                      'group_norm_cpu_entry.cc')
 
 
 # lib_api.cc's message readers, renamed: operators/group_norm_op.cc defines its own.
