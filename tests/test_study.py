@@ -136,6 +136,21 @@ def test_script_quick_help():
         assert option in out
 
 
+@pytest.mark.skipif(not os.path.isdir('/usr/share/datasets/fashion-mnist'),
+                    reason='needs Debian dataset-fashion-mnist (.ci/run installs it)')
+def test_quick_fashion_mnist_study_end_to_end(tmp_path):
+    """The README's smoke command: every table, the plots, the diagnostic and the settings,
+    from the script, on the real files."""
+    subprocess.run([sys.executable, SCRIPT, '--quick', '--dataset', 'fashion-mnist', '--out',
+                    str(tmp_path)], check=True, capture_output=True)
+    rows = read_rows(tmp_path)
+    assert len(rows) == 7 and {r['dataset'] for r in rows} == {'fashion-mnist'}
+    assert sorted(r['cell'] for r in bn_statistics.read_rows(str(tmp_path))) == ['bn_b2', 'bn_b32']
+    assert report.regenerate(str(tmp_path)) in (tmp_path / report.TABLES_NAME).read_text()
+    for name in (plots.BATCH_PLOT, plots.GROUPS_PLOT, plots.EPOCHS_PLOT):
+        assert (tmp_path / name).read_bytes()[:4] == b'\x89PNG'
+
+
 def test_bn_diagnostic_rows_come_with_the_study(tmp_path, native_library):
     """The BN nets the study trains are the ones measured: one diagnostic row per BN run at a
     diagnostic batch, keyed like its run, with every statistic a percentage."""
