@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -211,17 +212,19 @@ void backward_channels_last(const T* dy, const T* x, const P* gamma, FusedOperan
 #pragma omp parallel num_threads(threads)
     {
       SumScratch<Acc> scratch(C);
-      std::vector<double> sums(3 * C);
+      // Not a std::vector<double>: GCC may clone its constructor (.constprop) in this TU, a
+      // function outside gn::avx2 with AVX code in it (test_cpu_build).
+      std::unique_ptr<double[]> sums(new double[3 * C]);
       std::vector<Acc> coef(kCoefRows * C);
 #pragma omp for schedule(static)
       for (int64_t n = 0; n < N; ++n) {
         const int64_t offset = n * S * C;
-        std::fill(sums.begin(), sums.end(), 0.0);
+        std::fill(sums.get(), sums.get() + 3 * C, 0.0);
         add_channel_sums<kAct, kRes>(dy + offset, x + offset, f.r_at(offset), mean + n * G,
-                                     rstd + n * G, gamma, f, 0, S, C, G, scratch, sums.data());
-        std::copy(sums.begin(), sums.begin() + C, ds + n * C);
-        std::copy(sums.begin() + C, sums.begin() + 2 * C, db + n * C);
-        std::copy(sums.begin() + 2 * C, sums.end(), dev + n * C);
+                                     rstd + n * G, gamma, f, 0, S, C, G, scratch, sums.get());
+        std::copy(sums.get(), sums.get() + C, ds + n * C);
+        std::copy(sums.get() + C, sums.get() + 2 * C, db + n * C);
+        std::copy(sums.get() + 2 * C, sums.get() + 3 * C, dev + n * C);
         for (int64_t g = 0; g < G; ++g) {
           group_input_grad_coefs(ds + n * C, db + n * C, dev + n * C, gamma, f, mean[n * G + g],
                                  rstd[n * G + g], g, D, S, C, grads ? coef.data() : nullptr);

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "cpu_common.h"
@@ -229,7 +230,9 @@ void forward_channels_last(const T* x, const P* gamma, const P* beta, const T* r
 #pragma omp parallel num_threads(threads)
     {
       ChannelScratch<Acc> scratch(C);
-      std::vector<double> block(2 * G);
+      // Not a std::vector<double>: GCC cloned its constructor (.constprop) in this TU, a
+      // function outside gn::avx2 with AVX code in it (test_cpu_build).
+      std::unique_ptr<double[]> block(new double[2 * G]);
       std::vector<Moments> groups(G);
       std::vector<Acc> affine(3 * C);
 #pragma omp for schedule(static)
@@ -237,7 +240,7 @@ void forward_channels_last(const T* x, const P* gamma, const P* beta, const T* r
         std::fill(groups.begin(), groups.end(), Moments());
         for (int64_t s0 = 0; s0 < S; s0 += rows) {
           const int64_t block_rows = std::min(rows, S - s0);
-          block_moments(x + (n * S + s0) * C, block_rows, C, G, scratch, block.data());
+          block_moments(x + (n * S + s0) * C, block_rows, C, G, scratch, block.get());
           for (int64_t g = 0; g < G; ++g) {
             groups[g].merge(static_cast<double>(block_rows * D), block[2 * g], block[2 * g + 1]);
           }
