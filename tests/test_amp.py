@@ -58,10 +58,18 @@ def around_the_op(sym, **input_types):
             return node['name']
         single = node['name'] + '_output'
         return single if single in dtypes else '%s_output%d' % (node['name'], index)
+    def producer(node_id):
+        while nodes[node_id]['op'] == 'Reshape':
+            node_id = nodes[node_id]['inputs'][0][0]
+        return nodes[node_id]['op']
+
     found = []
     for node in nodes:
         if node['op'] == OP:
-            inputs = tuple((nodes[i]['op'], dtypes[entry(i, j)]) for i, j, _ in node['inputs'])
+            # x, gamma, beta (a fused node's 4th input, the residual, is data-typed like x);
+            # the op the input comes from, seen through the native front's plain-copy
+            # Reshape (MKLDNN graphs), with the dtype the op receives.
+            inputs = tuple((producer(i), dtypes[entry(i, j)]) for i, j, _ in node['inputs'][:3])
             outputs = tuple(dtypes['%s_output%d' % (node['name'], k)] for k in range(3))
             found.append((inputs, outputs))
     return found

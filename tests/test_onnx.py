@@ -267,10 +267,26 @@ def test_repaired_stock_op_translations_match_mxnet(build, shape, tmp_path):
 
 
 @pytest.mark.parametrize('backend', ['native', 'custom'])
-def test_fused_group_norm_is_refused_not_exported_wrong(backend, tmp_path):
-    data, gamma, beta = (mx.sym.Variable(n) for n in ('data', 'gn_gamma', 'gn_beta'))
-    y = gn_mxnet.group_norm(data, gamma, beta, 2, backend=backend, act_type='relu')
-    with pytest.raises(ValueError, match=r"ONNX export of the fused GroupNorm node .*"
-                                         r"act_type='relu'"):
-        gn_onnx.export_model(y, gn_params('gn', 4, np.random), [(1, 4, 2, 2)], np.float32,
-                             str(tmp_path / 'fused.onnx'))
+@pytest.mark.parametrize('act_type, with_residual', [('relu', False), ('relu', True),
+                                                      ('silu', True), ('none', True)])
+def test_fused_group_norm_exports_as_the_op_computes(backend, act_type, with_residual, tmp_path):
+    """y = act(GN(x) + residual) becomes the GN nodes, an Add and Relu or x·Sigmoid(x)."""
+    names = ('data', 'gn_gamma', 'gn_beta', 'res')
+    data, gamma, beta, res = (mx.sym.Variable(n) for n in names)
+    y = gn_mxnet.group_norm(data, gamma, beta, 2, backend=backend, act_type=act_type,
+                            residual=res if with_residual else None)
+    rng = np.random.RandomState(3)
+    params = gn_params('gn', 4, rng)
+    shapes = [(2, 4, 3, 3)] + ([(2, 4, 3, 3)] if with_residual else [])
+    path = str(tmp_path / 'fused.onnx')
+    gn_onnx.export_model(y, params, shapes, np.float32, path)
+    feeds = {'data': rng.standard_normal(shapes[0]).astype(np.float32)}
+    if with_residual:
+        feeds['res'] = rng.standard_normal(shapes[0]).astype(np.float32)
+    _, (got,) = run_onnxruntime(path, feeds)
+    args = {k: mx.nd.array(v) for k, v in feeds.items()}
+    args.update({k: v for k, v in params.items()})
+    want = y.eval(ctx=mx.cpu(), **args)[0].asnumpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert ('Relu' in op_types(path)) == (act_type == 'relu')
+    assert ('Sigmoid' in op_types(path)) == (act_type == 'silu')

@@ -156,8 +156,10 @@ def build_backbone(depth, norm, num_groups, backend, pretrained_backbone=None):
         raise ValueError('Mask R-CNN FPN is built for ResNet-50 or ResNet-101, got depth %r'
                          % (depth,))
     if norm == 'gn':
+        # Unfused: gluoncv's FPN takes the stage outputs by their relu nodes' names
+        # (stage_output_names), which the fused form has no longer.
         backbone = resnet_v1b(depth, norm='gn', num_groups=num_groups, backend=backend,
-                              last_gamma=False)
+                              last_gamma=False, fused=False)
     else:
         # use_global_stats freezes mean/var: Detectron's BN* (an affine layer).
         backbone = resnet_v1b(depth, norm='bn', last_gamma=False, use_global_stats=True)

@@ -166,14 +166,41 @@ def _statistics_used(kwargs):
                for node in nodes[idx + 1:] for entry in node['inputs'])
 
 
-def _refuse_fused(name, attrs):
-    """The fused form y = act(GN(x) + residual) has no translation here yet: refused by name
-    rather than exported as a plain GroupNorm, which would drop its add and activation."""
-    act, residual = attrs.get('act_type', 'none'), str(attrs.get('has_residual', '0'))
-    if act != 'none' or residual not in ('0', 'False'):
-        raise ValueError(f"ONNX export of the fused GroupNorm node {name!r} (act_type={act!r}, "
-                         f"has_residual={residual}) is not supported; export a network built "
-                         f"unfused (plain GroupNorm, then the add and the activation)")
+def _fused_form(attrs):
+    """(act_type, whether a residual is the 4th input) of a GroupNorm node's attrs."""
+    residual = str(attrs.get('has_residual', '0')) not in ('0', 'False', 'false')
+    return attrs.get('act_type', 'none'), residual
+
+
+def _fused_nodes(name, attrs, inputs, y_plain, y_name):
+    """y = act(GN(x) + residual) from the plain GroupNorm output y_plain: an Add, then Relu or
+    x·Sigmoid(x) (silu), the last one writing y_name. The op rounds once where these round at
+    each step: within float32 rounding of the op."""
+    make = helper.make_node
+    act, residual = _fused_form(attrs)
+    nodes, current = [], y_plain
+    if residual:
+        summed = y_name if act == 'none' else name + '_gn_summed'
+        nodes.append(make('Add', [current, inputs[3]], [summed]))
+        current = summed
+    if act == 'relu':
+        nodes.append(make('Relu', [current], [y_name]))
+    elif act == 'silu':
+        nodes += [make('Sigmoid', [current], [name + '_gn_sigmoid']),
+                  make('Mul', [current, name + '_gn_sigmoid'], [y_name])]
+    elif act != 'none':
+        raise ValueError(f"ONNX export of GroupNorm node {name!r}: unknown act_type {act!r}")
+    return nodes
+
+
+def _group_norm_with_tail(name, inputs, attrs, dtype, kwargs, y_name, stat_names=()):
+    """The plain GroupNorm nodes, followed by the fused form's add and activation if any."""
+    act, residual = _fused_form(attrs)
+    if act == 'none' and not residual:
+        return _group_norm_nodes(name, inputs[:3], attrs, dtype, kwargs, y_name, stat_names)
+    plain = name + '_gn_plain'
+    return (_group_norm_nodes(name, inputs[:3], attrs, dtype, kwargs, plain, stat_names)
+            + _fused_nodes(name, attrs, inputs, plain, y_name))
 
 
 @MXNetGraph.register(OP_NAME, opset_version=12)
@@ -181,13 +208,12 @@ def convert_group_normalization(node, **kwargs):
     """The compiled op: outputs name0 (y), name1 (mean), name2 (rstd), as the exporter names a
     multi-output node's outputs; mean/rstd only where something reads them."""
     name, inputs, attrs = get_inputs(node, kwargs)
-    _refuse_fused(name, attrs)
     dtype = get_input_dtypes(node, kwargs)[0]
     if not _statistics_used(kwargs):
-        return _group_norm_nodes(name, inputs, attrs, dtype, kwargs, name + '0')
+        return _group_norm_with_tail(name, inputs, attrs, dtype, kwargs, name + '0')
     acc = _accumulation_dtype(dtype)
-    nodes = _group_norm_nodes(name, inputs, attrs, dtype, kwargs, name + '0',
-                              (name + '1', name + '2'))
+    nodes = _group_norm_with_tail(name, inputs, attrs, dtype, kwargs, name + '0',
+                                  (name + '1', name + '2'))
     return nodes, (dtype, acc, acc)
 
 
@@ -205,9 +231,8 @@ def convert_custom(node, **kwargs):
                                  f"with op_type={op_type!r} yet.")
         return _previous_custom(node, **kwargs)
     name, inputs, attrs = get_inputs(node, kwargs)
-    _refuse_fused(name, attrs)
     dtype = get_input_dtypes(node, kwargs)[0]
-    return _group_norm_nodes(name, inputs, attrs, dtype, kwargs, name)
+    return _group_norm_with_tail(name, inputs, attrs, dtype, kwargs, name)
 
 
 def export_model(sym, params, in_shapes=None, in_types=np.float32,
