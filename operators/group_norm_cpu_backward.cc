@@ -186,13 +186,7 @@ void input_grad_rows(const T* dy, const T* x, const T* r, T* dx, T* dr, int64_t 
       }
     }
   };
-  if (!kRes || !dr) {
-    pass(std::true_type{}, std::false_type{});
-  } else if (dx) {
-    pass(std::true_type{}, std::true_type{});
-  } else {
-    pass(std::false_type{}, std::true_type{});
-  }
+  with_write_flags<kRes>(dx, dr, pass);
 }
 
 // Channels-last (N, S, C). With a sample per thread, each task sums its sample, then writes its

@@ -89,6 +89,19 @@ inline void row_sums(const T* dy, const T* x, const T* r, int64_t length, AccOf<
 
 // dx (and d residual, where dr is given) over one channel's run of a group with coefficients
 // k, dy_coef = rstd·gamma[c], shift = beta[c]. dx may be null when dr is not.
+// Calls pass(write_dx, write_dr) with the compile-time flags the outputs ask for: dx alone
+// (the plain op, or no dresidual wanted), dx and dresidual, or dresidual alone.
+template <bool kRes, typename T, typename Pass>
+inline void with_write_flags(const T* dx, const T* dr, Pass&& pass) {
+  if (!kRes || !dr) {
+    pass(std::true_type{}, std::false_type{});
+  } else if (dx) {
+    pass(std::true_type{}, std::true_type{});
+  } else {
+    pass(std::false_type{}, std::true_type{});
+  }
+}
+
 template <int kAct, bool kRes, typename T>
 inline void input_grad_run(const T* dy, const T* x, const T* r, T* dx, T* dr, int64_t length,
                            AccOf<T> dy_coef, AccOf<T> mean, AccOf<T> shift, double gamma_c,
@@ -108,13 +121,7 @@ inline void input_grad_run(const T* dy, const T* x, const T* r, T* dx, T* dr, in
       }
     }
   };
-  if (!kRes || !dr) {
-    pass(std::true_type{}, std::false_type{});
-  } else if (dx) {
-    pass(std::true_type{}, std::true_type{});
-  } else {
-    pass(std::false_type{}, std::true_type{});
-  }
+  with_write_flags<kRes>(dx, dr, pass);
 }
 
 // The fused form's extra operands; all null for the plain op (see backward()).
