@@ -52,7 +52,7 @@ RUN_IDENTITY = ('cell', 'seed', 'settings')
 DATASET_DEFAULTS = {
     'mnist5k': dict(epochs=3, train_subset=None, wd=5e-4, batch_sizes=(32, 16, 8, 4, 2),
                     bn_diagnostic_batches=(32, 2)),
-    'fashion-mnist': dict(epochs=3, train_subset=4000, wd=1e-4,
+    'fashion-mnist': dict(epochs=12, train_subset=4000, wd=1e-4,
                           batch_sizes=(32, 16, 8, 4, 2, 1),
                           bn_diagnostic_batches=(32, 16, 8, 4, 2, 1)),
 }
