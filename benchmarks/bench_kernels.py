@@ -1,8 +1,15 @@
 """The CPU kernels alone, through their C ABI, on preallocated buffers: forward, backward and
 forward+backward against a plain copy of x (numpy.copyto), on the ResNet-50 shapes of
-docs/design.md §8, and the fused form y = relu(GN(x) + residual) beside the plain forward
-(timed alternately, so both see the same machine load). Without MXNet's per-call allocations, which on these machines page-fault
-unpredictably, this isolates the kernels' own cost. Prints medians and ratios of one run.
+docs/design.md §8, and the fused forms y = relu(GN(x)) and y = relu(GN(x) + residual) beside
+the plain op (timed alternately, so both see the same machine load). Without MXNet's per-call
+allocations, which on these machines page-fault unpredictably, this isolates the kernels' own
+cost. Prints medians and ratios of one run.
+
+GB/s counts the arrays of x's size each pass moves through memory: a group stays in cache
+between the kernels' two passes, so the plain forward moves x and y once (2 arrays), the fused
+one also the residual (3); the plain backward dy, x and dx (3), the fused one also the residual
+and d residual (5). Where both run at the memory's speed, fused/plain can be no lower than 1.5
+(forward) and 1.67 (backward): the residual's own bytes.
 """
 import argparse
 import ctypes
@@ -16,6 +23,8 @@ from gn_mxnet.operator import validation
 from gn_mxnet.utils import cli
 
 SHAPES = ((32, 64, 56, 56), (32, 256, 56, 56), (32, 1024, 14, 14), (8, 256, 64, 64))
+# Arrays of x's size each pass moves through memory (see the module docstring).
+ARRAYS_MOVED = {'copy': 2, 'fwd': 2, 'fused fwd': 3, 'bwd': 3, 'fused bwd': 5}
 FLOAT32 = builder.DTYPE_CODES['float32']
 ACT_CODES = builder.ACT_CODES
 
@@ -25,6 +34,14 @@ def add_timing_arguments(parser):
     parser.add_argument('--groups', type=cli.positive_int, default=32)
     parser.add_argument('--repeat', type=cli.int_range(5), default=15,
                         help='timed runs per cell (>= 5)')
+
+
+def shape_list(text):
+    """'32x64x56x56,8x256x64x64' -> [(32, 64, 56, 56), (8, 256, 64, 64)], sizes positive."""
+    shapes = [tuple(cli.positive_int(d) for d in s.split('x')) for s in text.split(',')]
+    if any(len(shape) < 2 for shape in shapes):
+        raise argparse.ArgumentTypeError(f"shapes look like 32x64x56x56, got {text!r}")
+    return shapes
 
 
 def check_groups(parser, groups, shapes):
@@ -103,34 +120,51 @@ def bench(lib, shape, groups, channels_last, repeat):
 
     copy = median_ms(lambda: np.copyto(y, x), repeat)
     fwd, fused_fwd = paired_median_ms(forward, lambda: forward('relu', ptr(residual)), repeat)
+    _, relu_fwd = paired_median_ms(forward, lambda: forward('relu'), repeat)
     bwd, fused_bwd = paired_median_ms(
         backward, lambda: backward('relu', ptr(residual), ptr(dresidual)), repeat)
     both = median_ms(lambda: (forward(), backward()), repeat)
-    return copy, fwd, bwd, both, fused_fwd, fused_bwd
+    times = {'copy': copy, 'fwd': fwd, 'fused fwd': fused_fwd, 'bwd': bwd,
+             'fused bwd': fused_bwd}
+    gb_per_s = {k: ARRAYS_MOVED[k] * x.nbytes / (t * 1e-3) / 1e9 for k, t in times.items()}
+    return dict(copy=copy, fwd=fwd, bwd=bwd, both=both, fused_fwd=fused_fwd,
+                fused_bwd=fused_bwd, relu_fwd=relu_fwd, gb_per_s=gb_per_s)
+
+
+def print_row(cells):
+    print(' '.join(f'{c:>15.2f}' if isinstance(c, float) else f'{c:>15}' for c in cells),
+          flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     add_timing_arguments(parser)
     parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--shapes', type=shape_list, default=SHAPES,
+                        help="e.g. '32x64x56x56,8x256x64x64'")
     args = parser.parse_args()
-    check_groups(parser, args.groups, SHAPES)
+    check_groups(parser, args.groups, args.shapes)
     lib = load_kernels()
     layout = 'NHWC' if args.channels_last else 'NCHW'
     print(f"CPU kernels ({gn_mxnet.cpu_isa()} build), float32, {layout}, G={args.groups}, "
           f"median of {args.repeat} (ms)")
-    print("fused: y = relu(GN(x) + residual); fused/plain fwd (bwd) is the ratio of medians of "
-          "forwards (backwards) timed alternately")
-    print(' '.join(f'{h:>13}' for h in ('shape', 'copy', 'fwd', 'bwd', 'fwd+bwd', 'fwd/copy',
-                                         '(fwd+bwd)/copy', 'fused fwd', 'fused bwd',
-                                         'fused/plain fwd', 'fused/plain bwd')))
-    for shape in SHAPES:
-        copy, fwd, bwd, both, fused_fwd, fused_bwd = bench(
-            lib, shape, args.groups, int(args.channels_last), args.repeat)
-        cells = ['x'.join(map(str, shape)), copy, fwd, bwd, both, fwd / copy, both / copy,
-                 fused_fwd, fused_bwd, fused_fwd / fwd, fused_bwd / bwd]
-        print(' '.join(f'{c:>13.2f}' if isinstance(c, float) else f'{c:>13}' for c in cells),
-              flush=True)
+    print("fused: y = relu(GN(x) + residual), relu: y = relu(GN(x)); X/plain is the ratio of "
+          "medians timed alternately; GB/s counts the arrays each pass moves (docstring)")
+    print_row(('shape', 'copy', 'fwd', 'bwd', 'fwd+bwd', 'fwd/copy', '(fwd+bwd)/copy',
+               'fused fwd', 'fused bwd', 'fused/plain fwd', 'fused/plain bwd', 'relu/plain fwd',
+               'copy GB/s', 'fwd GB/s', 'fused fwd GB/s', 'bwd GB/s', 'fused bwd GB/s'))
+    for shape in args.shapes:
+        t = bench(lib, shape, args.groups, int(args.channels_last), args.repeat)
+        rates = t['gb_per_s']
+        print_row(['x'.join(map(str, shape)), t['copy'], t['fwd'], t['bwd'], t['both'],
+                   t['fwd'] / t['copy'], t['both'] / t['copy'], t['fused_fwd'], t['fused_bwd'],
+                   t['fused_fwd'] / t['fwd'], t['fused_bwd'] / t['bwd'],
+                   t['relu_fwd'] / t['fwd'], rates['copy'], rates['fwd'], rates['fused fwd'],
+                   rates['bwd'], rates['fused bwd']])
+    print(f"memory-traffic floor of fused/plain: fwd "
+          f"{ARRAYS_MOVED['fused fwd'] / ARRAYS_MOVED['fwd']:.2f}, bwd "
+          f"{ARRAYS_MOVED['fused bwd'] / ARRAYS_MOVED['bwd']:.2f} (when both run at the "
+          f"memory's speed)")
 
 
 if __name__ == '__main__':

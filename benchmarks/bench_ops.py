@@ -28,9 +28,6 @@ import numpy as np
 import bench_kernels
 import gn_mxnet
 from gn_mxnet.operator.validation import SUPPORTED_DTYPES
-from gn_mxnet.utils import cli
-
-SHAPES = ((32, 64, 56, 56), (32, 256, 56, 56), (32, 1024, 14, 14), (8, 256, 64, 64))
 
 
 def median_ms(fn, repeat, warmup=2):
@@ -168,20 +165,12 @@ def print_raw_table(rows):
         print(' '.join(f'{c:>11.2f}' if isinstance(c, float) else f'{c:>11}' for c in cells))
 
 
-def shape_list(text):
-    """'32x64x56x56,8x256x64x64' -> [(32, 64, 56, 56), (8, 256, 64, 64)], sizes positive."""
-    shapes = [tuple(cli.positive_int(d) for d in s.split('x')) for s in text.split(',')]
-    if any(len(shape) < 2 for shape in shapes):
-        raise argparse.ArgumentTypeError(f"shapes look like 32x64x56x56, got {text!r}")
-    return shapes
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     bench_kernels.add_timing_arguments(parser)
     parser.set_defaults(repeat=7)
     parser.add_argument('--dtype', default='float32', choices=SUPPORTED_DTYPES)
-    parser.add_argument('--shapes', type=shape_list, default=SHAPES,
+    parser.add_argument('--shapes', type=bench_kernels.shape_list, default=bench_kernels.SHAPES,
                         help="e.g. '32x64x56x56,8x256x64x64'")
     parser.add_argument('--tables', choices=('both', 'imperative', 'graph'), default='both')
     args = parser.parse_args()

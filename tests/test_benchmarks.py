@@ -29,3 +29,27 @@ def test_bench_torch_without_torch_says_how_to_get_it(native_library):
                             capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 2
     assert '--torch-python must name the python of an environment with torch' in result.stderr
+
+
+def test_bench_kernels_prints_the_fused_forms_and_their_traffic(native_library):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'bench_kernels.py'),
+         '--shapes', '2x64x8x8', '--repeat', '5'],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.split()[:1] == ['shape'])
+    assert 'relu/plain fwd' in header and 'fused bwd GB/s' in header
+    rows = [line.split() for line in lines if line.split()[:1] == ['2x64x8x8']]
+    assert len(rows) == 1 and len(rows[0]) == 17
+    # Times print with 2 decimals (a tiny copy shows 0.00 ms); ratios and rates are positive.
+    assert all(float(cell) >= 0 for cell in rows[0][1:])
+    assert all(float(cell) > 0 for cell in rows[0][5:])
+    assert 'memory-traffic floor of fused/plain: fwd 1.50, bwd 1.67' in lines[-1]
+
+
+def test_bench_kernels_refuses_a_bad_shape(native_library):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'bench_kernels.py'),
+         '--shapes', '2x0x8'], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and '--shapes' in result.stderr
