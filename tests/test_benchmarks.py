@@ -6,17 +6,23 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def run_benchmark(script, *args, timeout=300, env=None):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', script), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def table_rows(stdout, first_cell):
+    return [line.split() for line in stdout.splitlines() if line.split()[:1] == [first_cell]]
+
+
 def test_bench_ops_prints_both_tables(native_library):
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'benchmarks', 'bench_ops.py'),
-         '--shapes', '2x64x8x8', '--repeat', '5'],
-        capture_output=True, text=True, timeout=300)
+    result = run_benchmark('bench_ops.py', '--shapes', '2x64x8x8', '--repeat', '5')
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert any(line.startswith('imperative') for line in lines)
     assert any(line.startswith('bound graph') for line in lines)
     assert any(line.startswith('bound graph, the raw op') for line in lines)
-    rows = [line.split() for line in lines if line.split()[:1] == ['2x64x8x8']]
+    rows = table_rows(result.stdout, '2x64x8x8')
     assert len(rows) == 3
     for row in rows[:2]:
         ours, mxnet_gn, ours_fb = float(row[2]), float(row[3]), float(row[9])
@@ -25,22 +31,18 @@ def test_bench_ops_prints_both_tables(native_library):
 
 def test_bench_torch_without_torch_says_how_to_get_it(native_library):
     env = {k: v for k, v in os.environ.items() if k != 'GN_MXNET_TORCH_PYTHON'}
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'bench_torch.py')],
-                            capture_output=True, text=True, timeout=120, env=env)
+    result = run_benchmark('bench_torch.py', timeout=120, env=env)
     assert result.returncode == 2
     assert '--torch-python must name the python of an environment with torch' in result.stderr
 
 
 def test_bench_kernels_prints_the_fused_forms_and_their_traffic(native_library):
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'benchmarks', 'bench_kernels.py'),
-         '--shapes', '2x64x8x8', '--repeat', '5'],
-        capture_output=True, text=True, timeout=300)
+    result = run_benchmark('bench_kernels.py', '--shapes', '2x64x8x8', '--repeat', '5')
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.split()[:1] == ['shape'])
     assert 'relu/plain fwd' in header and 'fused bwd GB/s' in header
-    rows = [line.split() for line in lines if line.split()[:1] == ['2x64x8x8']]
+    rows = table_rows(result.stdout, '2x64x8x8')
     assert len(rows) == 1 and len(rows[0]) == 17
     # Times print with 2 decimals (a tiny copy shows 0.00 ms); ratios and rates are positive.
     assert all(float(cell) >= 0 for cell in rows[0][1:])
@@ -49,7 +51,5 @@ def test_bench_kernels_prints_the_fused_forms_and_their_traffic(native_library):
 
 
 def test_bench_kernels_refuses_a_bad_shape(native_library):
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'benchmarks', 'bench_kernels.py'),
-         '--shapes', '2x0x8'], capture_output=True, text=True, timeout=120)
+    result = run_benchmark('bench_kernels.py', '--shapes', '2x0x8', timeout=120)
     assert result.returncode == 2 and '--shapes' in result.stderr
