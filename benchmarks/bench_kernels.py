@@ -124,11 +124,10 @@ def bench(lib, shape, groups, channels_last, repeat):
     bwd, fused_bwd = paired_median_ms(
         backward, lambda: backward('relu', ptr(residual), ptr(dresidual)), repeat)
     both = median_ms(lambda: (forward(), backward()), repeat)
-    times = {'copy': copy, 'fwd': fwd, 'fused fwd': fused_fwd, 'bwd': bwd,
-             'fused bwd': fused_bwd}
-    gb_per_s = {k: ARRAYS_MOVED[k] * x.nbytes / (t * 1e-3) / 1e9 for k, t in times.items()}
-    return dict(copy=copy, fwd=fwd, bwd=bwd, both=both, fused_fwd=fused_fwd,
-                fused_bwd=fused_bwd, relu_fwd=relu_fwd, gb_per_s=gb_per_s)
+    times = {'copy': copy, 'fwd': fwd, 'bwd': bwd, 'fwd+bwd': both, 'fused fwd': fused_fwd,
+             'fused bwd': fused_bwd, 'relu fwd': relu_fwd}
+    gb_per_s = {k: n * x.nbytes / (times[k] * 1e-3) / 1e9 for k, n in ARRAYS_MOVED.items()}
+    return times, gb_per_s
 
 
 def print_row(cells):
@@ -154,12 +153,11 @@ def main():
                'fused fwd', 'fused bwd', 'fused/plain fwd', 'fused/plain bwd', 'relu/plain fwd',
                'copy GB/s', 'fwd GB/s', 'fused fwd GB/s', 'bwd GB/s', 'fused bwd GB/s'))
     for shape in args.shapes:
-        t = bench(lib, shape, args.groups, int(args.channels_last), args.repeat)
-        rates = t['gb_per_s']
-        print_row(['x'.join(map(str, shape)), t['copy'], t['fwd'], t['bwd'], t['both'],
-                   t['fwd'] / t['copy'], t['both'] / t['copy'], t['fused_fwd'], t['fused_bwd'],
-                   t['fused_fwd'] / t['fwd'], t['fused_bwd'] / t['bwd'],
-                   t['relu_fwd'] / t['fwd'], rates['copy'], rates['fwd'], rates['fused fwd'],
+        t, rates = bench(lib, shape, args.groups, int(args.channels_last), args.repeat)
+        print_row(['x'.join(map(str, shape)), t['copy'], t['fwd'], t['bwd'], t['fwd+bwd'],
+                   t['fwd'] / t['copy'], t['fwd+bwd'] / t['copy'], t['fused fwd'],
+                   t['fused bwd'], t['fused fwd'] / t['fwd'], t['fused bwd'] / t['bwd'],
+                   t['relu fwd'] / t['fwd'], rates['copy'], rates['fwd'], rates['fused fwd'],
                    rates['bwd'], rates['fused bwd']])
     print(f"memory-traffic floor of fused/plain: fwd "
           f"{ARRAYS_MOVED['fused fwd'] / ARRAYS_MOVED['fwd']:.2f}, bwd "
