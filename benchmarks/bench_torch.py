@@ -124,7 +124,8 @@ def main():
     lib = bench_kernels.load_kernels()
     rows = []
     for shape in bench_kernels.SHAPES:
-        _, fwd, _, both = bench_kernels.bench(lib, shape, args.groups, 0, args.repeat)
+        ours, _ = bench_kernels.bench(lib, shape, args.groups, 0, args.repeat)
+        fwd, both = ours['fwd'], ours['fwd+bwd']
         as_used = time_torch(args.torch_python, list(shape), args.groups, args.repeat, threads)
         kept = time_torch(args.torch_python, list(shape), args.groups, args.repeat, threads,
                           KEEP_FREED_MEMORY)
