@@ -17,7 +17,7 @@ import warnings
 
 from gn_mxnet.detection.coco_data import EMBEDDED_SOURCES
 from gn_mxnet.detection.comparison import resolve_backbone
-from gn_mxnet.detection.engine import KV_STORES, DetectionConfig, run
+from gn_mxnet.detection.engine import EVALUATE, KV_STORES, DetectionConfig, run
 from gn_mxnet.detection.model import DETECTION_NORMS
 from gn_mxnet.operator.validation import BACKENDS
 from gn_mxnet.training.schedule import parse_decay_epochs
@@ -90,6 +90,9 @@ def parse_args(argv=None):
                            help='delete the run already in --out-dir and start afresh')
     run_group.add_argument('--no-progress', action='store_true', help='no tqdm bars')
     run_group.add_argument('--no-hybridize', action='store_true')
+    run_group.add_argument('--evaluate', default=d.evaluate, choices=tuple(EVALUATE),
+                           help='when COCO AP is computed: %s' % '; '.join(
+                               '%s = %s' % kv for kv in EVALUATE.items()))
     args = p.parse_args(argv)
     with cli.usage_errors(p):
         parse_decay_epochs(args.lr_decay_epochs, allow_empty=True)
@@ -120,7 +123,7 @@ def config_from_args(args, backbone=None):
         lr_decay_epochs=decay_epochs, warmup_iters=args.warmup_iters, momentum=args.momentum,
         wd=args.wd, train_limit=args.train_limit, val_limit=args.val_limit, seed=args.seed,
         out_dir=args.out_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-        hybridize=not args.no_hybridize)
+        hybridize=not args.no_hybridize, evaluate=args.evaluate)
 
 
 def main(argv=None):
@@ -132,6 +135,8 @@ def main(argv=None):
     summary = run(config_from_args(args, backbone))
     for name in ('untrained', 'final'):
         ap = summary[name]
+        if ap is None:   # --evaluate last
+            continue
         print('%-9s bbox AP %.4f (AP50 %.4f)   segm AP %.4f (AP50 %.4f)'
               % (name, ap['bbox_AP'], ap['bbox_AP50'], ap['segm_AP'], ap['segm_AP50']))
     print('wall time %.1f s; logs in %s' % (summary['wall_seconds'], summary['config']['out_dir']))

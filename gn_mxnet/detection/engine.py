@@ -2,7 +2,8 @@
 
 Per epoch: SGD over the training images (Detectron's losses, as gluoncv computes them), then
 COCOeval bbox + segm on the validation images, one CSV row, PNG curves and an atomic checkpoint.
-The untrained model is evaluated first (row epoch 0), so every log shows where training started.
+The untrained model is evaluated first (row epoch 0), so every log shows where training started
+(``evaluate='last'`` skips that and the evaluations before the final epoch).
 A run resumed with ``resume=True`` continues after the last completed epoch.
 
 Reproducible: the image order of epoch e depends only on (seed, e), and each training image's
@@ -74,17 +75,29 @@ class DetectionConfig:
     overwrite: bool = False      # replace the run in out_dir (its files are deleted)
     progress: bool = True
     hybridize: bool = True
+    evaluate: str = 'every'      # EVALUATE's keys: when COCOeval runs
+
+    def __post_init__(self):
+        if self.evaluate not in EVALUATE:
+            raise ValueError('evaluate=%r: choose from %s' % (self.evaluate, ', '.join(EVALUATE)))
 
     def identity(self):
         """The settings compared on resume: all but BOOKKEEPING (see config_identity)."""
         return config_identity(self, BOOKKEEPING)
 
 
+# When COCOeval runs. Evaluation draws nothing from the training's generators (each epoch
+# re-seeds them), so 'last' trains the same weights as 'every' and only saves its ~40-50 s per
+# skipped evaluation (the comparison's fine-tunes use it).
+EVALUATE = {'every': 'the untrained model (epoch 0) and after every epoch',
+            'last': 'only after the final epoch'}
+
+
 # The fields that do not change what a run computes: where it writes and caches the embedded
 # set (generated from its spec), whether it continues or replaces the run there, whether it shows
-# bars, and its length: the schedule (warm-up iterations, decay epochs) does not depend on
+# bars, when it evaluates, and its length: the schedule (warm-up iterations, decay epochs) does not depend on
 # `epochs`, so a finished run can be extended with --resume. Every other field is compared.
-BOOKKEEPING = ('out_dir', 'cache_dir', 'resume', 'overwrite', 'progress', 'epochs')
+BOOKKEEPING = ('out_dir', 'cache_dir', 'resume', 'overwrite', 'progress', 'epochs', 'evaluate')
 BEST_PARAMS, LAST_PARAMS = 'best.params', 'last.params'
 # A folder holding any of these holds a run (a new run there needs resume or overwrite).
 RUN_FILES = (ckpt.CHECKPOINT_NAME, BEST_PARAMS, LAST_PARAMS, report.LOG_NAME,
@@ -238,7 +251,7 @@ def run(cfg: DetectionConfig) -> dict:
                                               std=train_set.STD)
     batchify = MaskRCNNTrainBatchify(net, len(contexts))
 
-    if start_epoch == 0:  # the untrained model's figures
+    if start_epoch == 0 and cfg.evaluate == 'every':  # the untrained model's figures
         result = _evaluate(cfg, net, val_set, contexts, 0)
         history.append(report.epoch_row(0, 0.0, {}, result, 0.0))
         print(result['report'])
@@ -258,11 +271,13 @@ def run(cfg: DetectionConfig) -> dict:
                                         lr0, epoch, dist_sync, num_workers)
         train_seconds = time.time() - tic
         ckpt.require_finite(net, 'after epoch %d' % epoch)
-        result = _evaluate(cfg, net, val_set, contexts, epoch)
-        print(result['report'])
+        result = None
+        if cfg.evaluate == 'every' or epoch == cfg.epochs:
+            result = _evaluate(cfg, net, val_set, contexts, epoch)
+            print(result['report'])
         history.append(report.epoch_row(epoch, lr_at(cfg, lr0, iteration - 1, len(batches)), losses,
                                         result, train_seconds))
-        if result['bbox']['AP'] > best['bbox_AP']:
+        if result is not None and result['bbox']['AP'] > best['bbox_AP']:
             best = {'bbox_AP': result['bbox']['AP'], 'epoch': epoch}
             ckpt.save_parameters(net, os.path.join(out_dir, BEST_PARAMS))
         ckpt.save_parameters(net, os.path.join(out_dir, LAST_PARAMS))

@@ -12,15 +12,17 @@ LOG_NAME, CURVES_NAME = 'coco_log.csv', 'coco_curves.png'
 
 
 def epoch_row(epoch, lr, losses, result, train_seconds):
-    """One CSV row; epoch 0 is the untrained model (no losses)."""
+    """One CSV row; epoch 0 is the untrained model (no losses), ``result`` None an epoch that
+    was not evaluated (AP NaN)."""
+    nan = float('nan')
     row = {'epoch': epoch, 'lr': lr, 'train_seconds': round(train_seconds, 2),
-           'eval_seconds': round(result['seconds'], 2),
-           'num_detections': result['num_detections']}
+           'eval_seconds': round(result['seconds'], 2) if result else 0.0,
+           'num_detections': result['num_detections'] if result else 0}
     for key in LOSS_KEYS:
-        row['loss_' + key] = losses.get(key, float('nan'))
+        row['loss_' + key] = losses.get(key, nan)
     for kind in ('bbox', 'segm'):
         for stat in ('AP', 'AP50', 'AP75'):
-            row['%s_%s' % (kind, stat)] = result[kind][stat]
+            row['%s_%s' % (kind, stat)] = result[kind][stat] if result else nan
     return row
 
 
@@ -49,11 +51,12 @@ def plot(out_dir, history, title=''):
 
 def summary(cfg, history, best, num_train, num_val, contexts, wall_seconds):
     untrained, final = history[0], history[-1]
+    evaluated_untrained = untrained['epoch'] == 0
     return {
         'data': cfg.coco_root or 'embedded %s COCO set' % cfg.embedded,
         'num_train_images': num_train, 'num_val_images': num_val,
         'devices': [str(c) for c in contexts],
-        'untrained': {k: untrained[k] for k in AP_KEYS},
+        'untrained': {k: untrained[k] for k in AP_KEYS} if evaluated_untrained else None,
         'final': {k: final[k] for k in AP_KEYS}, 'final_epoch': final['epoch'],
         'best': best, 'wall_seconds': round(wall_seconds, 1),
     }
