@@ -241,7 +241,7 @@ def test_evaluating_only_the_last_epoch_trains_the_same_weights(tmp_path, native
         DetectionConfig(evaluate='sometimes')
 
 
-# --- the full comparison and the default command (2 h on 2 idle cores) ----------------------
+# --- the full comparison and the default command (~80 min on 2 idle cores) ----------------
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir('/usr/share/datasets/fashion-mnist'),
                     reason='needs Debian dataset-fashion-mnist (.ci/run installs it)')

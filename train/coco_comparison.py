@@ -11,6 +11,9 @@ The library code is gn_mxnet.detection.comparison; this script only parses argum
 import argparse
 import warnings
 
+from gn_mxnet.utils.threads import use_every_core
+
+use_every_core()   # before MXNet starts: it fixes its thread count then (gn_mxnet.utils.threads)
 from gn_mxnet.detection.comparison import ARMS, DEFAULT_ROOT, ComparisonSettings, run_comparison
 from gn_mxnet.utils import cli
 

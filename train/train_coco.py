@@ -15,6 +15,9 @@ and prints COCO bbox and segm AP of the untrained and the trained model. Real CO
 import argparse
 import warnings
 
+from gn_mxnet.utils.threads import use_every_core
+
+use_every_core()   # before MXNet starts: it fixes its thread count then (gn_mxnet.utils.threads)
 from gn_mxnet.detection.coco_data import EMBEDDED_SOURCES
 from gn_mxnet.detection.comparison import resolve_backbone
 from gn_mxnet.detection.engine import EVALUATE, KV_STORES, DetectionConfig, run

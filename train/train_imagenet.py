@@ -14,6 +14,9 @@ import argparse
 import json
 import re
 
+from gn_mxnet.utils.threads import use_every_core
+
+use_every_core()   # before MXNet starts: it fixes its thread count then (gn_mxnet.utils.threads)
 from gn_mxnet.utils import cli
 
 CONFIG = 'gn_mxnet.training.config'  # the home of the option lists (docs/design.md §9)

@@ -1,0 +1,41 @@
+"""gn_mxnet.utils.threads: the training scripts' OpenMP thread count."""
+import os
+import subprocess
+import sys
+
+from gn_mxnet.utils import threads
+
+PROBE = ("import os, sys; from gn_mxnet.utils.threads import use_every_core; "
+         "print(use_every_core(), os.environ.get('OMP_NUM_THREADS'))")
+
+
+def _probe(env_threads=None, import_mxnet_first=False):
+    env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}
+    if env_threads is not None:
+        env['OMP_NUM_THREADS'] = env_threads
+    code = ('import mxnet; ' if import_mxnet_first else '') + PROBE
+    return subprocess.run([sys.executable, '-c', code], env=env, check=True,
+                          capture_output=True, text=True).stdout.split()
+
+
+def test_every_physical_core_unless_the_user_chose():
+    cores = threads.physical_cores()
+    assert 1 <= cores <= (os.cpu_count() or 1)
+    assert _probe() == [str(cores), str(cores)]
+    assert _probe('3') == ['3', '3']                 # the user's value is kept
+    # After MXNet started nothing changes (it has read its count already).
+    assert _probe(import_mxnet_first=True) == ['None', 'None']
+
+
+def test_the_training_scripts_set_it_before_mxnet_starts():
+    """Importing each script (what `python train/<script>` runs before main) leaves
+    OMP_NUM_THREADS set: use_every_core() ran before anything imported MXNet."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}
+    for script in ('train_imagenet.py', 'train_coco.py', 'coco_comparison.py'):
+        code = ("import importlib.util, os; spec = importlib.util.spec_from_file_location("
+                "'script', %r); spec.loader.exec_module(importlib.util.module_from_spec(spec)); "
+                "print(os.environ.get('OMP_NUM_THREADS'))" % os.path.join(repo, 'train', script))
+        out = subprocess.run([sys.executable, '-c', code], env=env, check=True,
+                             capture_output=True, text=True).stdout.split()
+        assert out[-1:] == [str(threads.physical_cores())], script
