@@ -233,8 +233,8 @@ int forward_impl(const void* x_, const void* gamma_, const void* beta_, const vo
   if (status != GN_STATUS_OK) return status;
 
   const ChannelCoefficients<Acc> coef{scale, nullptr, centre, nullptr, shift};
-  return launch_per_channel_affine<T>(x, static_cast<const T*>(residual), coef, y, N, C, S,
-                                      channels_last, act, stream);
+  return launch_per_channel_affine<T>(x, static_cast<const T*>(residual), nullptr, coef, y,
+                                      nullptr, N, C, S, channels_last, act, stream);
 }
 
 }  // namespace

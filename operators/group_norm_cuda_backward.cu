@@ -17,6 +17,11 @@
 // multiply-add leaves anything of it. (m itself is rounded to Acc: that costs what an ulp of dy
 // costs, not an ulp of the mean times rstd^2.)
 //
+// The fused form, y = act(GN(x) [+ residual]): every sum above and dx take dz = dy*act'(z) for
+// dy, z recomputed per element from x, mean, rstd, gamma, beta [and the residual] in the two
+// passes that read dy (gn_act::grad_through, as on the CPU), so no dz pass or buffer exists;
+// the elementwise pass also writes d residual = dz.
+//
 // Kernels, in launch order on the caller's stream:
 //  1. partial (ds, db, dev) per (n, chunk, c): a warp per row chunk when channels-first, coalesced
 //     column tiles when channels-last; long rows are cut into `split` chunks.
@@ -41,11 +46,19 @@ __device__ __forceinline__ void accumulate(GradSums<Acc>& acc, Acc dy, Acc centr
   acc.v[2] += centred;
 }
 
-template <typename T, int kVec>
+// What the fused form's sums need to recompute z (the activation is the kernels' kAct).
+template <typename T, typename PT> struct FusedInputs {
+  const PT* gamma;
+  const PT* beta;
+  const T* residual;  // may be null
+  const typename AccOf<T>::type* rstd;
+};
+
+template <typename T, typename PT, int kVec, int kAct>
 __global__ void __launch_bounds__(kThreads) grad_sums_rows_kernel(
     const T* __restrict__ dy, const T* __restrict__ x,
-    const typename AccOf<T>::type* __restrict__ mean, int64_t N, int64_t C, int64_t S,
-    int64_t G, int64_t split, int64_t chunk,
+    const typename AccOf<T>::type* __restrict__ mean, FusedInputs<T, PT> fused, int64_t N,
+    int64_t C, int64_t S, int64_t G, int64_t split, int64_t chunk,
     GradSums<typename AccOf<T>::type>* __restrict__ partial) {
   using Acc = typename AccOf<T>::type;
   const int64_t item = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
@@ -55,29 +68,45 @@ __global__ void __launch_bounds__(kThreads) grad_sums_rows_kernel(
   const int64_t p = item - row * split;
   const int64_t n = row / C;
   const int64_t c = row - n * C;
-  const Acc mu = mean[n * G + c / (C / G)];
+  const int64_t t = n * G + c / (C / G);
+  const Acc mu = mean[t];
+  Acc scale = Acc(0), shift = Acc(0);
+  const bool residual = kAct != GN_ACT_NONE && fused.residual;
+  if (kAct != GN_ACT_NONE) {
+    scale = to_acc(fused.gamma[c]) * fused.rstd[t];
+    shift = to_acc(fused.beta[c]);
+  }
   const int64_t begin = p * chunk;
   const int64_t end = begin + chunk < S ? begin + chunk : S;
   const T* dy_row = dy + row * S;
   const T* x_row = x + row * S;
+  const T* r_row = residual ? fused.residual + row * S : nullptr;
   GradSums<Acc> acc{};
 #pragma unroll 4
   for (int64_t i = begin + lane * kVec; i < end; i += 32 * kVec) {
     const Pack<T, kVec> g = load_pack<T, kVec>(dy_row + i);
     const Pack<T, kVec> xv = load_pack<T, kVec>(x_row + i);
+    Pack<T, kVec> rv;
+    if (residual) rv = load_pack<T, kVec>(r_row + i);
 #pragma unroll
-    for (int v = 0; v < kVec; ++v) accumulate(acc, to_acc(g.v[v]), to_acc(xv.v[v]) - mu);
+    for (int v = 0; v < kVec; ++v) {
+      const Acc centred = to_acc(xv.v[v]) - mu;
+      const Acc dz = gn_act::grad_through<kAct>(to_acc(g.v[v]), centred, scale, shift,
+                                                residual ? to_acc(rv.v[v]) : Acc(0));
+      accumulate(acc, dz, centred);
+    }
   }
   acc = warp_reduce(acc);
   if (lane == 0) partial[(n * split + p) * C + c] = acc;
 }
 
 // Same tiling as moments_columns_kernel: blockDim = (TX, TY), TX*TY == kThreads.
-template <typename T, int kVec>
+template <typename T, typename PT, int kVec, int kAct>
 __global__ void __launch_bounds__(kThreads) grad_sums_columns_kernel(
     const T* __restrict__ dy, const T* __restrict__ x,
-    const typename AccOf<T>::type* __restrict__ mean, int64_t N, int64_t S, int64_t C,
-    int64_t G, int64_t rows_per_chunk, GradSums<typename AccOf<T>::type>* __restrict__ partial) {
+    const typename AccOf<T>::type* __restrict__ mean, FusedInputs<T, PT> fused, int64_t N,
+    int64_t S, int64_t C, int64_t G, int64_t rows_per_chunk,
+    GradSums<typename AccOf<T>::type>* __restrict__ partial) {
   using Acc = typename AccOf<T>::type;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   GradSums<Acc>* smem = reinterpret_cast<GradSums<Acc>*>(smem_raw);
@@ -90,13 +119,20 @@ __global__ void __launch_bounds__(kThreads) grad_sums_columns_kernel(
   const int64_t s_begin = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
   const int64_t s_end = s_begin + rows_per_chunk < S ? s_begin + rows_per_chunk : S;
   GradSums<Acc>* mine = smem + (ty * TX + tx) * kVec;
+  const bool residual = kAct != GN_ACT_NONE && fused.residual;
   for (int64_t n = blockIdx.z; n < N; n += gridDim.z) {
     GradSums<Acc> acc[kVec];
-    Acc mu[kVec];
+    Acc mu[kVec], scale[kVec], shift[kVec];
 #pragma unroll
     for (int v = 0; v < kVec; ++v) {
       acc[v] = GradSums<Acc>{};
-      mu[v] = active ? mean[n * G + (c0 + v) / D] : Acc(0);
+      const int64_t t = n * G + (c0 + v) / D;
+      mu[v] = active ? mean[t] : Acc(0);
+      scale[v] = shift[v] = Acc(0);
+      if (kAct != GN_ACT_NONE && active) {
+        scale[v] = to_acc(fused.gamma[c0 + v]) * fused.rstd[t];
+        shift[v] = to_acc(fused.beta[c0 + v]);
+      }
     }
     if (active) {
       const int64_t offset = n * S * C + c0;
@@ -104,8 +140,15 @@ __global__ void __launch_bounds__(kThreads) grad_sums_columns_kernel(
       for (int64_t s = s_begin + ty; s < s_end; s += TY) {
         const Pack<T, kVec> g = load_pack<T, kVec>(dy + offset + s * C);
         const Pack<T, kVec> xv = load_pack<T, kVec>(x + offset + s * C);
+        Pack<T, kVec> rv;
+        if (residual) rv = load_pack<T, kVec>(fused.residual + offset + s * C);
 #pragma unroll
-        for (int v = 0; v < kVec; ++v) accumulate(acc[v], to_acc(g.v[v]), to_acc(xv.v[v]) - mu[v]);
+        for (int v = 0; v < kVec; ++v) {
+          const Acc centred = to_acc(xv.v[v]) - mu[v];
+          const Acc dz = gn_act::grad_through<kAct>(to_acc(g.v[v]), centred, scale[v], shift[v],
+                                                    residual ? to_acc(rv.v[v]) : Acc(0));
+          accumulate(acc[v], dz, centred);
+        }
       }
     }
 #pragma unroll
@@ -124,7 +167,7 @@ __global__ void __launch_bounds__(kThreads) grad_coefficients_kernel(
     const Acc* __restrict__ mean, const Acc* __restrict__ rstd, int64_t C, int64_t G, int64_t S,
     Acc* __restrict__ ds_total, Acc* __restrict__ db_total, Acc* __restrict__ coef_dy,
     Acc* __restrict__ coef_x, Acc* __restrict__ centre, Acc* __restrict__ dy_centre,
-    Acc* __restrict__ coef_k) {
+    Acc* __restrict__ coef_k, const PT* __restrict__ beta, Acc* __restrict__ act_shift) {
   __shared__ GroupGradSums<Acc> scratch[32];
   __shared__ Acc group_coefs[5];  // B, K's channel-independent part, r, m, rstd*m
   const int64_t ng = blockIdx.x;
@@ -172,6 +215,7 @@ __global__ void __launch_bounds__(kThreads) grad_coefficients_kernel(
     centre[c] = mu;
     dy_centre[c] = group_coefs[3];
     coef_k[c] = (to_acc(gamma[g * D + d]) - gamma_pivot) * group_coefs[4] + group_coefs[1];
+    if (act_shift) act_shift[c] = to_acc(beta[g * D + d]);  // the fused form's z
   }
 }
 
@@ -205,45 +249,40 @@ __global__ void __launch_bounds__(kThreads) param_grads_kernel(
   if (dbeta) dbeta[c] = FromAcc<PT>::cast(sums.v[1]);
 }
 
-// The fused form's prologue: dz = dy * act'(z), z = GN(x) + residual recomputed per element
-// from the forward's mean and rstd (no hidden output). kAct = GN_ACT_NONE copies dy (d residual
-// of the unactivated form). dz may be dx's buffer: each element is read before it is written.
-template <typename T, typename PT, int kAct, typename Acc = typename AccOf<T>::type>
-__global__ void __launch_bounds__(kThreads) activation_grad_kernel(
-    const T* dy, const T* __restrict__ x, const PT* __restrict__ gamma,
-    const PT* __restrict__ beta, const T* __restrict__ residual, const Acc* __restrict__ mean,
-    const Acc* __restrict__ rstd, T* dz, int64_t N, int64_t C, int64_t S, int64_t G,
-    bool channels_last) {
-  const int64_t total = N * C * S, D = C / G;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    Acc slope = Acc(1);
-    if (kAct != GN_ACT_NONE) {
-      const int64_t n = i / (C * S);
-      const int64_t c = channels_last ? i % C : (i / S) % C;
-      const int64_t t = n * G + c / D;
-      Acc z = (to_acc(x[i]) - mean[t]) * (to_acc(gamma[c]) * rstd[t]) + to_acc(beta[c]);
-      if (residual) z += to_acc(residual[i]);
-      slope = gn_act::slope<kAct>(z);
-    }
-    dz[i] = FromAcc<T>::cast(to_acc(dy[i]) * slope);
+// Pass 1 for one activation: partial (ds, db, dev) of dz per (n, chunk, c).
+template <typename T, typename PT, int kAct>
+int launch_grad_sums(const T* dy, const T* x, const typename AccOf<T>::type* mean,
+                     const FusedInputs<T, PT>& fused, int64_t N, int64_t C, int64_t S,
+                     int64_t G, int64_t split, int channels_last,
+                     GradSums<typename AccOf<T>::type>* partial, cudaStream_t stream) {
+  using Acc = typename AccOf<T>::type;
+  constexpr int kMax = max_vec<T>();
+  const bool aligned = aligned16(dy) && aligned16(x) &&
+                       (kAct == GN_ACT_NONE || aligned16(fused.residual));
+  if (!channels_last) {
+    const int64_t chunk = round_up(ceil_div(S, split), 8);
+    const bool vec = S % kMax == 0 && aligned;
+    const int64_t blocks = ceil_div(N * C * split, kWarpsPerBlock);
+    if (blocks > INT32_MAX) return GN_STATUS_BAD_SHAPE;
+    const unsigned grid = static_cast<unsigned>(blocks);
+    if (vec)
+      grad_sums_rows_kernel<T, PT, kMax, kAct><<<grid, kThreads, 0, stream>>>(dy, x, mean, fused, N, C, S, G, split, chunk, partial);
+    else
+      grad_sums_rows_kernel<T, PT, 1, kAct><<<grid, kThreads, 0, stream>>>(dy, x, mean, fused, N, C, S, G, split, chunk, partial);
+  } else {
+    const int64_t rows_per_chunk = ceil_div(S, split);
+    const bool vec = C % kMax == 0 && aligned;
+    const int pack = vec ? kMax : 1;
+    const int tx = pow2_at_least(ceil_div(C, pack), 32);
+    const dim3 block(tx, kThreads / tx);
+    const dim3 grid(static_cast<unsigned>(ceil_div(C, static_cast<int64_t>(tx) * pack)),
+                    static_cast<unsigned>(split), grid_yz(N));
+    const size_t smem = static_cast<size_t>(kThreads) * pack * sizeof(GradSums<Acc>);
+    if (vec)
+      grad_sums_columns_kernel<T, PT, kMax, kAct><<<grid, block, smem, stream>>>(dy, x, mean, fused, N, S, C, G, rows_per_chunk, partial);
+    else
+      grad_sums_columns_kernel<T, PT, 1, kAct><<<grid, block, smem, stream>>>(dy, x, mean, fused, N, S, C, G, rows_per_chunk, partial);
   }
-}
-
-template <typename T, typename PT>
-int launch_activation_grad(const T* dy, const T* x, const PT* gamma, const PT* beta,
-                           const T* residual, const typename AccOf<T>::type* mean,
-                           const typename AccOf<T>::type* rstd, T* dz, int64_t N, int64_t C,
-                           int64_t S, int64_t G, int channels_last, int act,
-                           cudaStream_t stream) {
-  const unsigned grid = static_cast<unsigned>(clamp64(ceil_div(N * C * S, kThreads), 1, 65535));
-  const bool cl = channels_last != 0;
-  if (act == GN_ACT_RELU)
-    activation_grad_kernel<T, PT, GN_ACT_RELU><<<grid, kThreads, 0, stream>>>(dy, x, gamma, beta, residual, mean, rstd, dz, N, C, S, G, cl);
-  else if (act == GN_ACT_SILU)
-    activation_grad_kernel<T, PT, GN_ACT_SILU><<<grid, kThreads, 0, stream>>>(dy, x, gamma, beta, residual, mean, rstd, dz, N, C, S, G, cl);
-  else
-    activation_grad_kernel<T, PT, GN_ACT_NONE><<<grid, kThreads, 0, stream>>>(dy, x, gamma, beta, residual, mean, rstd, dz, N, C, S, G, cl);
   return launch_status();
 }
 
@@ -256,10 +295,12 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
   using Acc = typename AccOf<T>::type;
   const T* dy = static_cast<const T*>(dy_);
   const T* x = static_cast<const T*>(x_);
+  const T* residual = static_cast<const T*>(residual_);
+  const PT* gamma = static_cast<const PT*>(gamma_);
+  const PT* beta = static_cast<const PT*>(beta_);
   const Acc* mean = static_cast<const Acc*>(mean_);
   const Acc* rstd = static_cast<const Acc*>(rstd_);
   const int64_t split = backward_split(N, C, S, G, channels_last);
-  constexpr int kMax = max_vec<T>();
 
   WorkspaceCarver carve(workspace);
   GradSums<Acc>* partial = carve.take<GradSums<Acc>>(N * split * C);
@@ -270,48 +311,23 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
   Acc* centre = carve.take<Acc>(N * C);
   Acc* dy_centre = carve.take<Acc>(N * C);
   Acc* coef_k = carve.take<Acc>(N * C);
+  Acc* act_shift = act != GN_ACT_NONE ? carve.take<Acc>(N * C) : nullptr;
 
   int status;
-  if (N > 0 && S > 0 && (act != GN_ACT_NONE || dresidual_)) {  // GN's backward then runs on dz
-    T* dz = static_cast<T*>(dresidual_ ? dresidual_ : dx_);
-    status = launch_activation_grad<T, PT>(dy, x, static_cast<const PT*>(gamma_),
-                                           static_cast<const PT*>(beta_),
-                                           static_cast<const T*>(residual_), mean, rstd, dz, N,
-                                           C, S, G, channels_last, act, stream);
-    if (status != GN_STATUS_OK) return status;
-    dy = dz;
-  }
   if (N > 0) {
-    if (!channels_last) {
-      const int64_t chunk = round_up(ceil_div(S, split), 8);
-      const bool vec = S % kMax == 0 && aligned16(dy) && aligned16(x);
-      const int64_t blocks = ceil_div(N * C * split, kWarpsPerBlock);
-      if (blocks > INT32_MAX) return GN_STATUS_BAD_SHAPE;
-      const unsigned grid = static_cast<unsigned>(blocks);
-      if (vec)
-        grad_sums_rows_kernel<T, kMax><<<grid, kThreads, 0, stream>>>(dy, x, mean, N, C, S, G, split, chunk, partial);
-      else
-        grad_sums_rows_kernel<T, 1><<<grid, kThreads, 0, stream>>>(dy, x, mean, N, C, S, G, split, chunk, partial);
-    } else {
-      const int64_t rows_per_chunk = ceil_div(S, split);
-      const bool vec = C % kMax == 0 && aligned16(dy) && aligned16(x);
-      const int pack = vec ? kMax : 1;
-      const int tx = pow2_at_least(ceil_div(C, pack), 32);
-      const dim3 block(tx, kThreads / tx);
-      const dim3 grid(static_cast<unsigned>(ceil_div(C, static_cast<int64_t>(tx) * pack)),
-                      static_cast<unsigned>(split), grid_yz(N));
-      const size_t smem = static_cast<size_t>(kThreads) * pack * sizeof(GradSums<Acc>);
-      if (vec)
-        grad_sums_columns_kernel<T, kMax><<<grid, block, smem, stream>>>(dy, x, mean, N, S, C, G, rows_per_chunk, partial);
-      else
-        grad_sums_columns_kernel<T, 1><<<grid, block, smem, stream>>>(dy, x, mean, N, S, C, G, rows_per_chunk, partial);
-    }
-    if ((status = launch_status()) != GN_STATUS_OK) return status;
+    const FusedInputs<T, PT> fused{gamma, beta, residual, rstd};
+    if (act == GN_ACT_RELU)
+      status = launch_grad_sums<T, PT, GN_ACT_RELU>(dy, x, mean, fused, N, C, S, G, split, channels_last, partial, stream);
+    else if (act == GN_ACT_SILU)
+      status = launch_grad_sums<T, PT, GN_ACT_SILU>(dy, x, mean, fused, N, C, S, G, split, channels_last, partial, stream);
+    else
+      status = launch_grad_sums<T, PT, GN_ACT_NONE>(dy, x, mean, fused, N, C, S, G, split, channels_last, partial, stream);
+    if (status != GN_STATUS_OK) return status;
 
     const int threads = static_cast<int>(clamp64(round_up(C / G, 32), 32, kThreads));
     grad_coefficients_kernel<Acc, PT><<<static_cast<unsigned>(N * G), threads, 0, stream>>>(
-        partial, split, static_cast<const PT*>(gamma_), mean, rstd, C, G, S, ds_total, db_total,
-        coef_dy, coef_x, centre, dy_centre, coef_k);
+        partial, split, gamma, mean, rstd, C, G, S, ds_total, db_total, coef_dy, coef_x, centre,
+        dy_centre, coef_k, beta, act_shift);
     if ((status = launch_status()) != GN_STATUS_OK) return status;
   }
 
@@ -321,10 +337,12 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
         ds_total, db_total, rstd, N, C, G, static_cast<PT*>(dgamma_), static_cast<PT*>(dbeta_));
     if ((status = launch_status()) != GN_STATUS_OK) return status;
   }
-  if (dx_ == nullptr) return GN_STATUS_OK;
-  const ChannelCoefficients<Acc> coef{coef_dy, coef_x, centre, dy_centre, coef_k};
-  return launch_per_channel_affine<T>(dy, x, coef, static_cast<T*>(dx_), N, C, S, channels_last,
-                                      GN_ACT_NONE, stream);
+  if (dx_ == nullptr && dresidual_ == nullptr) return GN_STATUS_OK;
+  ChannelCoefficients<Acc> coef{coef_dy, coef_x, centre, dy_centre, coef_k};
+  coef.act_shift = act_shift;
+  return launch_per_channel_affine<T>(dy, x, residual, coef, static_cast<T*>(dx_),
+                                      static_cast<T*>(dresidual_), N, C, S, channels_last, act,
+                                      stream);
 }
 
 }  // namespace
@@ -336,8 +354,9 @@ extern "C" size_t gn_cuda_backward_workspace_bytes(int64_t N, int64_t C, int64_t
   if (check_shape(N, C, S, G) != GN_STATUS_OK || N == 0) return 0;
   const int64_t split = backward_split(N, C, S, G, channels_last);
   // Sized for the widest accumulation type (double) so one number serves every dtype.
+  // 8 per-(n, c) slices: 7 coefficients and the fused form's act_shift.
   return kSliceAlign + slice_bytes(N * split * C, sizeof(GradSums<double>)) +
-         7 * slice_bytes(N * C, sizeof(double));
+         8 * slice_bytes(N * C, sizeof(double));
 }
 
 extern "C" int gn_cuda_backward(int dtype, int param_dtype, const void* dy, const void* x,
@@ -347,10 +366,7 @@ extern "C" int gn_cuda_backward(int dtype, int param_dtype, const void* dy, cons
                                 int64_t G, int channels_last, int act, void* workspace,
                                 void* stream) {
   using namespace gn_cuda;
-  // The fused backward stages dz in dresidual or dx (group_norm_kernels.h).
-  if (!gn_act::valid(act) || (act != GN_ACT_NONE && !dx && !dresidual)) {
-    return GN_STATUS_BAD_ARGUMENT;
-  }
+  if (!gn_act::valid(act)) return GN_STATUS_BAD_ARGUMENT;
   int status = check_dtypes(dtype, param_dtype);
   if (status != GN_STATUS_OK) return status;
   status = check_shape(N, C, S, G);

@@ -64,10 +64,10 @@ size_t gn_cpu_backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t 
                                        int channels_last);
 // dx, dgamma, dbeta, dresidual are written (not accumulated); any of them may be null to skip
 // it. The fused backward recomputes z = GN(x) + residual from x, mean, rstd, gamma, beta and
-// residual (no hidden output) and takes dz = dy * act'(z) (= d residual) for dy (CPU: inside
-// its passes; CUDA: staged in dresidual, else in dx, each element read before it is
-// overwritten). With act != GN_ACT_NONE and neither given: GN_STATUS_BAD_ARGUMENT. beta and
-// residual are read only when act != GN_ACT_NONE (beta may then not be null).
+// residual (no hidden output) and takes dz = dy * act'(z) (= d residual) for dy inside the
+// passes that read dy (CPU and CUDA alike: no dz pass or buffer). An unknown act:
+// GN_STATUS_BAD_ARGUMENT. beta and residual are read only when act != GN_ACT_NONE (beta may
+// then not be null).
 int gn_cpu_backward(int dtype, int param_dtype, const void* dy, const void* x,
                     const void* gamma, const void* beta, const void* residual,
                     const void* mean, const void* rstd, void* dx, void* dgamma, void* dbeta,

@@ -69,18 +69,51 @@ def test_fused_matches_reference(emulated_cuda, N, C, S, G, cl, dtypes, act, wit
         assert err <= TOLERANCE[dtypes[0]], "%s: rel err %.3g" % (name, err)
 
 
-def test_fused_refuses_bad_act_and_missing_dz_buffer(emulated_cuda):
+def test_fused_refuses_an_unknown_act(emulated_cuda):
     lib, bad = emulated_cuda, max(ACT_CODES.values()) + 1
     x = np.ones((2, 4, 3), np.float32)
     p = lambda a: a.ctypes.data  # noqa: E731
     status = lib.gn_cuda_forward(FLOAT32, FLOAT32, p(x), p(x), p(x), None, p(x), p(x), p(x),
                                  2, 4, 3, 2, 0, bad, 1e-5, p(x), None)
     assert status == cuda_emulation.builder.STATUS_CODES["bad_argument"]
-    # relu's backward with neither dx nor dresidual has nowhere to stage dz
     status = lib.gn_cuda_backward(FLOAT32, FLOAT32, p(x), p(x), p(x), p(x), None, p(x), p(x),
-                                  None, p(x), p(x), None, 2, 4, 3, 2, 0, ACT_CODES["relu"],
-                                  p(x), None)
+                                  p(x), p(x), p(x), None, 2, 4, 3, 2, 0, bad, p(x), None)
     assert status == cuda_emulation.builder.STATUS_CODES["bad_argument"]
+
+
+@pytest.mark.parametrize("cl", [0, 1])
+@pytest.mark.parametrize("act", ["relu", "silu"])
+def test_fused_backward_writes_any_subset_of_its_outputs(emulated_cuda, cl, act):
+    """dz is recomputed inside the passes (no staging buffer), so a fused backward asked for
+    dgamma/dbeta only, or d residual only, computes what the full call gives for them."""
+    lib = emulated_cuda
+    N, C, S, G = 2, 8, 6, 4
+    rng = np.random.default_rng(5 + cl)
+    x, dy, r = (rng.standard_normal((N, C, S)).astype(np.float32) for _ in range(3))
+    gamma, beta = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    mean, rstd = np.empty(N * G, np.float32), np.empty(N * G, np.float32)
+    p = lambda a: None if a is None else a.ctypes.data  # noqa: E731
+    code = ACT_CODES[act]
+    ws_f = np.empty(lib.gn_cuda_forward_workspace_bytes(N, C, S, G, cl) + 16, np.uint8)
+    y = np.empty_like(x)
+    assert lib.gn_cuda_forward(FLOAT32, FLOAT32, p(x), p(gamma), p(beta), p(r), p(y), p(mean),
+                               p(rstd), N, C, S, G, cl, code, 1e-5, p(ws_f), None) == 0
+
+    def backward(want):
+        out = {name: np.full_like(gamma if name in ("dgamma", "dbeta") else x, np.nan)
+               if name in want else None for name in ("dx", "dgamma", "dbeta", "dresidual")}
+        ws = np.empty(lib.gn_cuda_backward_workspace_bytes(N, C, S, G, cl) + 16, np.uint8)
+        assert lib.gn_cuda_backward(FLOAT32, FLOAT32, p(dy), p(x), p(gamma), p(beta), p(r),
+                                    p(mean), p(rstd), p(out["dx"]), p(out["dgamma"]),
+                                    p(out["dbeta"]), p(out["dresidual"]), N, C, S, G, cl, code,
+                                    p(ws), None) == 0
+        return {k: v for k, v in out.items() if v is not None}
+
+    full = backward({"dx", "dgamma", "dbeta", "dresidual"})
+    assert all(np.isfinite(v).all() for v in full.values())
+    for subset in ({"dgamma", "dbeta"}, {"dresidual"}, {"dx"}):
+        for name, value in backward(subset).items():
+            np.testing.assert_array_equal(value, full[name], err_msg=name)
 
 
 # ---- a failed launch names its CUDA error (gn_cuda_last_error) -----------------------------

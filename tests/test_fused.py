@@ -146,3 +146,45 @@ def test_gluon_layer_with_residual_hybridized():
     assert "activation='relu'" in repr(layer)
     with pytest.raises(ValueError, match='act_type must be one of'):
         gn_mxnet.gluon.GroupNorm(2, activation='tanh')
+
+
+def test_cpu_fused_backward_writes_any_subset_of_its_outputs(native_library):
+    """The C ABI (operators/group_norm_kernels.h): dz is recomputed inside the passes, so a
+    fused backward asked for dgamma/dbeta only, or d residual only, needs no dx buffer and
+    computes what the full call gives for them."""
+    import ctypes
+    lib = ctypes.CDLL(gn_mxnet.library_path())
+    for name in ('gn_cpu_forward_workspace_bytes', 'gn_cpu_backward_workspace_bytes'):
+        getattr(lib, name).restype = ctypes.c_size_t
+        getattr(lib, name).argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int]
+    lib.gn_cpu_forward.argtypes = ([ctypes.c_int] * 2 + [ctypes.c_void_p] * 7
+                                   + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
+                                   + [ctypes.c_double, ctypes.c_void_p])
+    lib.gn_cpu_backward.argtypes = ([ctypes.c_int] * 2 + [ctypes.c_void_p] * 11
+                                    + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
+                                    + [ctypes.c_void_p])
+    N, C, S, G, act = 2, 8, 6, 4, build.ACT_CODES['relu']
+    f32 = build.DTYPE_CODES['float32']
+    rng = np.random.default_rng(3)
+    x, dy, r = (rng.standard_normal((N, C, S)).astype(np.float32) for _ in range(3))
+    gamma, beta = (rng.standard_normal(C).astype(np.float32) for _ in range(2))
+    y, mean, rstd = np.empty_like(x), np.empty(N * G, np.float32), np.empty(N * G, np.float32)
+    p = lambda a: None if a is None else a.ctypes.data  # noqa: E731
+    ws = np.empty(max(lib.gn_cpu_forward_workspace_bytes(N, C, S, G, 0),
+                      lib.gn_cpu_backward_workspace_bytes(N, C, S, G, 0)) + 64, np.uint8)
+    assert lib.gn_cpu_forward(f32, f32, p(x), p(gamma), p(beta), p(r), p(y), p(mean), p(rstd),
+                              N, C, S, G, 0, act, 1e-5, p(ws)) == 0
+
+    def backward(want):
+        out = {name: np.full_like(gamma if name in ('dgamma', 'dbeta') else x, np.nan)
+               if name in want else None for name in ('dx', 'dgamma', 'dbeta', 'dresidual')}
+        assert lib.gn_cpu_backward(f32, f32, p(dy), p(x), p(gamma), p(beta), p(r), p(mean),
+                                   p(rstd), p(out['dx']), p(out['dgamma']), p(out['dbeta']),
+                                   p(out['dresidual']), N, C, S, G, 0, act, p(ws)) == 0
+        return {k: v for k, v in out.items() if v is not None}
+
+    full = backward({'dx', 'dgamma', 'dbeta', 'dresidual'})
+    assert all(np.isfinite(v).all() for v in full.values())
+    for subset in ({'dgamma', 'dbeta'}, {'dresidual'}):
+        for name, value in backward(subset).items():
+            np.testing.assert_array_equal(value, full[name], err_msg=name)
