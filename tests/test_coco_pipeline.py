@@ -161,6 +161,8 @@ def test_comparison_runs_each_arm_and_seed_once_and_resumes(tmp_path, monkeypatc
         assert len(list(csv.DictReader(f))) == len(rows) == 6
     report = (tmp_path / comparison.REPORT_NAME).read_text()
     assert 'GN - BN* bbox_AP: +10.0 (per seed +10.0, +10.0; 2 seeds)' in report
+    assert '| gn_scratch | 2 | 30.5 (30.0-31.0) |' in report and '| scratch |' in report
+    assert 'BN* 38.6 box / 34.5 mask AP, GN 40.3 / 35.7 (GN - BN* +1.7 / +1.2)' in report
     calls.clear()
     assert len(comparison.run_comparison(s, log=lambda *_: None)) == 6 and calls == []
     with pytest.raises(ValueError, match='unknown arm'):

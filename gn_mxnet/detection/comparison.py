@@ -211,14 +211,26 @@ def _spread(values):
     return float(np.mean(values)), float(np.min(values)), float(np.max(values)), len(values)
 
 
+# Detectron's COCO figures for the same comparison (Wu & He 2018, Table 4: Mask R-CNN
+# R-50-FPN, 2x schedule, ImageNet-pretrained backbones): arm -> (box AP, mask AP).
+DETECTRON_COCO = {'bn_star': (38.6, 34.5), 'gn': (40.3, 35.7)}
+
+
 def write_report(root, rows):
-    """comparison.md: AP per arm (mean, min-max over seeds) and GN - BN* per seed pair."""
+    """comparison.md: AP per arm (mean, min-max over seeds), GN - BN* per seed pair, and
+    Detectron's COCO figures for the same arms."""
     table = summarize(rows)
-    lines = ['| arm | seeds | bbox AP | bbox AP50 | segm AP | segm AP50 |', '|---|---|---|---|---|---|']
+    lines = ['| arm | seeds | bbox AP | bbox AP50 | segm AP | segm AP50 | backbone val top-1 '
+             '| min per fine-tune |', '|---|---|---|---|---|---|---|---|']
     for arm, stats in table.items():
         cells = ['%.1f (%.1f-%.1f)' % stats[c][:3]
                  for c in ('bbox_AP', 'bbox_AP50', 'segm_AP', 'segm_AP50')]
-        lines.append('| %s | %d | %s |' % (arm, stats['bbox_AP'][3], ' | '.join(cells)))
+        mine = [r for r in rows if r['arm'] == arm]
+        top1 = mine[0]['pretrain_val_top1']
+        pretrained = '%.1f %%' % (100 * float(top1)) if top1 not in ('', None) else 'scratch'
+        minutes = np.mean([float(r['seconds']) for r in mine]) / 60
+        lines.append('| %s | %d | %s | %s | %.1f |' % (arm, stats['bbox_AP'][3],
+                                                        ' | '.join(cells), pretrained, minutes))
     by_seed = {(r['arm'], int(r['seed'])): r for r in rows}
     diffs = {c: [100 * (float(by_seed['gn', k][c]) - float(by_seed['bn_star', k][c]))
                  for a, k in by_seed if a == 'gn' and ('bn_star', k) in by_seed]
@@ -229,6 +241,10 @@ def write_report(root, rows):
             mean, low, high, n = _spread(values)
             lines.append('GN - BN* %s: %+.1f (per seed %s; %d seeds)'
                          % (c, mean, ', '.join('%+.1f' % v for v in values), n))
+    (bn_box, bn_mask), (gn_box, gn_mask) = DETECTRON_COCO['bn_star'], DETECTRON_COCO['gn']
+    lines += ['', "Detectron on COCO (R-50-FPN Mask R-CNN, 2x, ImageNet-pretrained): BN* %.1f box "
+              "/ %.1f mask AP, GN %.1f / %.1f (GN - BN* %+.1f / %+.1f)."
+              % (bn_box, bn_mask, gn_box, gn_mask, gn_box - bn_box, gn_mask - bn_mask)]
     text = '\n'.join(lines) + '\n'
     atomic_write_text(os.path.join(root, REPORT_NAME), text)
     return text
