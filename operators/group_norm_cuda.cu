@@ -19,11 +19,11 @@
 //  2. finalize: one block per (n, g) merges its partials in a fixed order (deterministic,
 //     no atomics), writes mean = pivot + ms (rounded to Acc, the output's meaning) and rstd,
 //     and the per-(n, c) coefficients (a, pivot, beta - ms*a).
-//  3. the elementwise pass (group_norm_cuda_common.cuh), which also adds the fused form's
+//  3. the elementwise pass (group_norm_cuda_affine.cuh), which also adds the fused form's
 //     residual and applies its activation.
 #include <cstdio>
 
-#include "group_norm_cuda_common.cuh"
+#include "group_norm_cuda_affine.cuh"  // and group_norm_cuda_common.cuh
 
 namespace gn_cuda {
 

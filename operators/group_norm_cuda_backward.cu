@@ -29,8 +29,8 @@
 //     (ds, db) per (n, c) and writes per-(n, c) coefficients of
 //     dx = a*(dy - m) + B*(x - mean) + K.
 //  3. dgamma/dbeta: per channel, 8 threads stride over n and merge in a fixed order (no atomics).
-//  4. the elementwise pass (group_norm_cuda_common.cuh).
-#include "group_norm_cuda_common.cuh"
+//  4. the elementwise pass (group_norm_cuda_affine.cuh), which also writes d residual.
+#include "group_norm_cuda_affine.cuh"  // and group_norm_cuda_common.cuh
 
 namespace gn_cuda {
 namespace {

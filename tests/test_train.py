@@ -196,20 +196,25 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 """
 
 
-def test_resume_after_sigkill_equals_uninterrupted(uninterrupted, tmp_path):
-    _, out = uninterrupted
-    killed = str(tmp_path / 'killed')
-    args = [SCRIPT, '--out-dir', killed, '--epochs', '3', '--train-subset', '512',
-            '--val-subset', '200', '--no-progress']
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    # Float sums depend on the thread count, and the wrapper imports MXNet before the script
+    # can choose it (gn_mxnet.utils.threads): every run here gets the same one.
+    env = dict(os.environ, OMP_NUM_THREADS='2')
+    out, killed = str(tmp_path / 'whole'), str(tmp_path / 'killed')
+    options = ['--epochs', '3', '--train-subset', '512', '--val-subset', '200', '--no-progress']
+    subprocess.run([sys.executable, SCRIPT, '--out-dir', out] + options, cwd=REPO, check=True,
+                   timeout=300, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [SCRIPT, '--out-dir', killed] + options
     died = subprocess.run([sys.executable, '-c', KILLED_IN_SECOND_CHECKPOINT] + args, cwd=REPO,
-                          timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          timeout=300, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
     assert died.returncode == -signal.SIGKILL
     state = ckpt.load_checkpoint(killed)   # the last complete checkpoint, epoch 1's
     assert 1 <= state['epoch'] < 3
     assert state['epoch'] == 1
     assert [n for n in os.listdir(killed) if n.startswith('.checkpoint.pkl.')]
     subprocess.run([sys.executable] + args + ['--resume'], cwd=REPO, check=True, timeout=300,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert_same_params(os.path.join(out, 'last.params'), os.path.join(killed, 'last.params'))
     assert not [n for n in os.listdir(killed) if n.endswith('.tmp')]   # cleared at the start
 
