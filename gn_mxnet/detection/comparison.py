@@ -26,7 +26,7 @@ from ..training import checkpoint as ckpt
 from ..training.config import TrainConfig
 from ..training.loop import train
 from ..training.reporting import SUMMARY_NAME
-from ..training.rundir import require_same_run
+from ..training.rundir import require_same_run, run_identity
 from ..utils.files import atomic_write_text
 from ..utils.tables import read_csv, write_csv
 from .engine import DetectionConfig, run
@@ -128,7 +128,7 @@ def pretrain(s, norm):
     done = False
     if started:   # another pretraining there (other images, epochs) must not pass for this one
         state = ckpt.load_checkpoint(out)
-        require_same_run(state['config'], cfg.resolved().identity() | {'num_workers': 1}, out)
+        require_same_run(state['config'], run_identity(cfg.resolved(), 1), out)
         done = os.path.isfile(os.path.join(out, SUMMARY_NAME)) and state['epoch'] == cfg.epochs
     if not done:
         cfg.resume = started

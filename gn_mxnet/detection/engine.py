@@ -27,7 +27,7 @@ from ..training import checkpoint as ckpt
 from ..training.config import KV_STORES as CLASSIFIER_KV_STORES
 from ..training.distributed import connect, make_trainer
 from ..training.reporting import SUMMARY_NAME, write_summary
-from ..training.rundir import config_identity, start_run, worker_dir
+from ..training.rundir import config_identity, run_identity, start_run, worker_dir
 from ..training.runtime import epoch_seed, make_contexts, seed_everything
 from ..training.schedule import scheduled_lr
 from ..utils.progress import progress
@@ -227,7 +227,7 @@ def run(cfg: DetectionConfig) -> dict:
     contexts = make_contexts(cfg.gpus)
     kv, rank, num_workers = connect(cfg.kv_store)
     out_dir = worker_dir(cfg.out_dir, rank, num_workers)
-    identity = cfg.identity() | {'num_workers': num_workers}   # workers set the total batch
+    identity = run_identity(cfg, num_workers)
     state = start_run(out_dir, RUN_FILES, identity, resume=cfg.resume, overwrite=cfg.overwrite)
     seed_everything(cfg.seed)
     train_set, val_set = load_datasets(cfg)

@@ -21,7 +21,7 @@ from .data import make_data_source
 from .distributed import connect, make_trainer
 from .metrics import EpochMeter, soft_targets
 from .network import make_network, prepare_network
-from .rundir import start_run, worker_dir
+from .rundir import run_identity, start_run, worker_dir
 from .runtime import epoch_seed, make_contexts, seed_everything
 from .schedule import learning_rate
 from .source import epoch_rng
@@ -108,8 +108,7 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
                          "convolution on CPU")
     kv, rank, num_workers = connect(cfg.kv_store)
     out_dir = worker_dir(cfg.out_dir, rank, num_workers)
-    # The worker count sets the total batch (and so the lr) like the devices do.
-    identity = cfg.identity() | {'num_workers': num_workers}
+    identity = run_identity(cfg, num_workers)
     state = start_run(out_dir, RUN_FILES, identity, resume=cfg.resume, overwrite=cfg.overwrite)
 
     data = data or make_data_source(cfg, len(contexts), rank, num_workers)

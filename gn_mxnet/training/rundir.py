@@ -53,6 +53,12 @@ def prepare_out_dir(out_dir, run_files, *, resume, overwrite):
             os.remove(os.path.join(out_dir, name))
 
 
+def run_identity(cfg, num_workers):
+    """What a checkpoint records and a resume compares: the config's identity and the number
+    of distributed workers (they set the total batch, and so the lr)."""
+    return cfg.identity() | {'num_workers': num_workers}
+
+
 def require_same_run(saved, identity, out_dir):
     """Raises ValueError naming each setting whose saved value differs from the new one."""
     changed = [(key, saved.get(key, _NOT_SAVED), value) for key, value in identity.items()
