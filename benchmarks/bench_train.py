@@ -9,6 +9,8 @@
 import argparse
 import os
 
+import numpy as np
+
 from gn_mxnet.utils import cli
 
 
@@ -24,8 +26,9 @@ def main(argv=None):
                    default='native')
     p.add_argument('--gpus', default='')
     p.add_argument('--steps', type=cli.positive_int, default=20, help='steps per timed round')
-    p.add_argument('--rounds', type=cli.positive_int, default=5,
-                   help='timed rounds per norm (median)')
+    p.add_argument('--rounds', type=cli.positive_int, default=None,
+                   help='timed rounds per norm (median; GN/BN round by round); default 11, '
+                        'and 5 with --breakdown')
     p.add_argument('--warmup', type=cli.non_negative_int, default=5)
     p.add_argument('--breakdown', action='store_true',
                    help='profile --rounds x --steps steps of bn, gn and the net without norm '
@@ -34,28 +37,36 @@ def main(argv=None):
                    help="with --breakdown: also GN without the native front's plain-copy "
                         "Reshape (what MXNet's lib_api dispatcher does alone)")
     args = p.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 5 if args.breakdown else 11
     if args.breakdown:
         return breakdown(args)
     from gn_mxnet.training.config import parse_shape
     from gn_mxnet.training.step_profile import machine_header
-    from gn_mxnet.training.throughput import compare_norms
+    from gn_mxnet.training.throughput import PairedRatio, measure_rounds
     with cli.usage_errors(p):
         data_shape = parse_shape(args.data_shape)
     print(machine_header())
-    rates = compare_norms(args.network, ('bn', 'gn'), args.batch_size,
-                          data_shape, args.num_classes, args.num_groups,
-                          args.gn_backend, args.gpus, args.steps, args.warmup, args.rounds)
+    rates = measure_rounds(args.network, ('bn', 'gn'), args.batch_size,
+                           data_shape, args.num_classes, args.num_groups,
+                           args.gn_backend, args.gpus, args.steps, args.warmup, args.rounds)
     where = f"GPU {args.gpus}" if args.gpus else 'CPU'
     print(f"{args.network}, batch {args.batch_size}/device, input {args.data_shape}, {where}, "
-          f"GN backend {args.gn_backend}, G={args.num_groups}")
-    print(f"{'norm':<6}{'img/s':>10}")
-    for norm, rate in rates.items():
-        print(f"{norm:<6}{rate:>10.1f}")
-    ratio = rates['gn'] / rates['bn']
-    print(f"GN / BN img/s ratio: {ratio:.3f}")
+          f"GN backend {args.gn_backend}, G={args.num_groups}, {args.rounds} rounds of "
+          f"{args.steps} steps per norm after {args.warmup} warm-up steps")
+    ratio = PairedRatio.of(rates, 'gn', 'bn')
+    print(f"{'round':<7}{'bn img/s':>10}{'gn img/s':>10}{'gn/bn':>8}")
+    for index, (bn, gn, r) in enumerate(zip(rates['bn'], rates['gn'], ratio.ratios)):
+        print(f"{index + 1:<7}{bn:>10.2f}{gn:>10.2f}{r:>8.3f}")
+    print(f"{'norm':<6}{'median img/s':>14}{'min':>10}{'max':>10}")
+    for norm, values in rates.items():
+        print(f"{norm:<6}{np.median(values):>14.2f}{min(values):>10.2f}{max(values):>10.2f}")
+    low, high = ratio.quartiles
+    print(f"GN / BN img/s ratio, round by round: median {ratio.median:.3f}, quartiles "
+          f"{low:.3f}-{high:.3f}, range {min(ratio.ratios):.3f}-{max(ratio.ratios):.3f}, "
+          f"{ratio.rounds_at_least(1.0)} of {len(ratio.ratios)} rounds >= 1.0")
     print(f"after the run: {machine_header()}")
     return rates
-
 
 def breakdown(args):
     from gn_mxnet.training import step_profile

@@ -133,6 +133,27 @@ def test_native_op_refuses_bad_attributes_in_its_words():
     with pytest.raises(mx.base.MXNetError, match=r"residual must have data's shape \(2, 4, 3\)"):
         mx.nd.GroupNormalization(x, gamma, beta, mx.nd.ones((2, 4)), num_groups=2,
                                  has_residual=1)[0].wait_to_read()
+    with pytest.raises(mx.base.MXNetError, match="has_residual must be 0 or 1, got 'True'"):
+        mx.nd.GroupNormalization(x, gamma, beta, x, num_groups=2,
+                                 has_residual=True)[0].wait_to_read()
+
+
+@pytest.mark.parametrize('value, want', [(0, False), (1, True), ('0', False), ('1', True)])
+def test_has_residual_is_read_by_one_parser(value, want):
+    from gn_mxnet.operator.validation import parse_has_residual
+    assert parse_has_residual(value) is want
+
+
+@pytest.mark.parametrize('value', [True, 'True', 'false', 2, '', None])
+def test_has_residual_refuses_what_the_native_op_refuses(value):
+    """The CustomOp and the ONNX export read a node's has_residual with the parser the C++ op
+    mirrors: what one refuses the others refuse, rather than reading it as 0."""
+    from gn_mxnet.operator import custom_op
+    from gn_mxnet.operator.validation import parse_has_residual
+    with pytest.raises(ValueError, match=f"has_residual must be 0 or 1, got '{value}'"):
+        parse_has_residual(value)
+    with pytest.raises(ValueError, match='has_residual must be 0 or 1'):
+        custom_op._GroupNormProp(num_groups='2', has_residual=str(value))
 
 
 def test_gluon_layer_with_residual_hybridized():

@@ -317,10 +317,36 @@ def test_symbol_block_keeps_gluon_initialisation_and_zero_last_gamma():
 
 
 def test_throughput_comparison_measures_both_norms():
-    from gn_mxnet.training.throughput import compare_norms
+    from gn_mxnet.training.throughput import compare_norms, measure_rounds
     rates = compare_norms('resnet8_small', ('bn', 'gn'), batch_size=8, steps=2, warmup=1,
                           rounds=1)
     assert set(rates) == {'bn', 'gn'} and all(r > 0 for r in rates.values())
+    per_round = measure_rounds('resnet8_small', ('bn', 'gn'), batch_size=4, steps=1,
+                               warmup=0, rounds=3)
+    assert {norm: len(v) for norm, v in per_round.items()} == {'bn': 3, 'gn': 3}
+
+
+def test_paired_ratio_is_taken_round_by_round():
+    from gn_mxnet.training.throughput import PairedRatio
+    # A machine slowing down 2x halves both norms' rates in round 2: round by round the ratio
+    # stays 0.5, while a ratio of the two medians would read 0.5 / 0.75 of the truth.
+    rates = {'gn': [50.0, 25.0, 24.0], 'bn': [100.0, 50.0, 40.0]}
+    ratio = PairedRatio.of(rates, 'gn', 'bn')
+    assert ratio.ratios == (0.5, 0.5, 0.6)
+    assert ratio.median == 0.5 and ratio.rounds_at_least(0.55) == 1
+    assert ratio.quartiles == (0.5, 0.55)
+
+
+def test_bench_train_prints_the_paired_ratio(capsys):
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        'benchmarks', 'bench_train.py')
+    spec = importlib.util.spec_from_file_location('bench_train', path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rates = bench.main(['--batch-size', '4', '--steps', '1', '--warmup', '0', '--rounds', '2'])
+    out = capsys.readouterr().out
+    assert len(rates['gn']) == 2 and 'round by round: median' in out and '2 rounds' in out
 
 
 def test_default_network_runs_the_native_operator_when_hybridized(tmp_path):

@@ -6,7 +6,8 @@ implementation to check the native op against, and runs wherever MXNet's CustomO
 import mxnet as mx
 import numpy as np
 
-from .validation import check_dtype, check_param_dtype, check_residual, layout, parse_attrs
+from .validation import (check_dtype, check_param_dtype, check_residual, layout, parse_attrs,
+                         parse_has_residual)
 
 OP_TYPE = 'gn_mxnet_group_norm'
 
@@ -127,7 +128,7 @@ class _GroupNormProp(mx.operator.CustomOpProp):
     def __init__(self, num_groups, eps='1e-05', axis='1', act_type='none', has_residual='0'):
         super().__init__(need_top_grad=True)
         self.attrs = parse_attrs(int(num_groups), float(eps), int(axis), act_type)
-        self.has_residual = has_residual == '1'
+        self.has_residual = parse_has_residual(has_residual)
 
     def list_arguments(self):
         return ['data', 'gamma', 'beta'] + (['residual'] if self.has_residual else [])

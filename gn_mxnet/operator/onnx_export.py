@@ -35,6 +35,7 @@ from mxnet.onnx.mx2onnx._op_translations._op_translations_opset12 import (
 from . import onnx_stock_ops
 from .custom_op import OP_TYPE
 from .op_inputs import OP_NAME
+from .validation import parse_has_residual
 
 GROUP_NORM_FORMS = ('instance_norm', 'onnx')
 ONNX_GROUP_NORM_OPSET = 21
@@ -168,8 +169,7 @@ def _statistics_used(kwargs):
 
 def _fused_form(attrs):
     """(act_type, whether a residual is the 4th input) of a GroupNorm node's attrs."""
-    residual = str(attrs.get('has_residual', '0')) not in ('0', 'False', 'false')
-    return attrs.get('act_type', 'none'), residual
+    return attrs.get('act_type', 'none'), parse_has_residual(attrs.get('has_residual', 0))
 
 
 def _fused_nodes(name, attrs, inputs, y_plain, y_name):

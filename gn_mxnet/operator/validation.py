@@ -60,6 +60,15 @@ def check_act_type(act_type) -> str:
     return act_type
 
 
+def parse_has_residual(value) -> bool:
+    """The op's has_residual attribute, as a Symbol's JSON or a CustomOp's kwargs carry it
+    (a string) or as a front passes it (an int): only 0 and 1, like the C++ op."""
+    flag = str(value)
+    if isinstance(value, bool) or flag not in ('0', '1'):
+        raise ValueError(f"has_residual must be 0 or 1, got '{flag}'")
+    return flag == '1'
+
+
 def check_residual(data_shape, data_dtype, residual_shape, residual_dtype) -> None:
     """The fused form's residual: data's shape and dtype."""
     data_shape, residual_shape = tuple(data_shape), tuple(residual_shape)

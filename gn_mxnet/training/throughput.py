@@ -1,7 +1,8 @@
 """Training throughput (img/s) of one network under different norms, measured side by side.
 
 Rounds alternate between the norms so that load from other processes on a shared machine hits
-all of them alike; each norm's figure is the median over its rounds.
+all of them alike; each norm's figure is the median over its rounds, and a ratio between two
+norms is taken round by round (PairedRatio), whose spread shows the noise of the machine.
 """
 import dataclasses
 import time
@@ -46,10 +47,12 @@ def build_step(network, norm, batch_size, data_shape, num_classes, num_groups, b
     return step, total
 
 
-def compare_norms(network='resnet8_small', norms=('bn', 'gn'), batch_size=32,
-                  data_shape=(1, 28, 28), num_classes=10, num_groups=8, backend='native',
-                  gpus='', steps=20, warmup=5, rounds=5):
-    """{norm: median img/s over `rounds` timed blocks of `steps` steps each}."""
+def measure_rounds(network='resnet8_small', norms=('bn', 'gn'), batch_size=32,
+                   data_shape=(1, 28, 28), num_classes=10, num_groups=8, backend='native',
+                   gpus='', steps=20, warmup=5, rounds=5):
+    """{norm: [img/s of each timed round]}: `rounds` blocks of `steps` steps per norm. Each
+    round times every norm once, back to back, and every other round runs them in reverse
+    order, so that neither a drifting machine nor going first favours one norm."""
     contexts = make_contexts(gpus)
     runners = {norm: build_step(network, norm, batch_size, data_shape, num_classes,
                                 num_groups, backend, contexts) for norm in norms}
@@ -58,11 +61,41 @@ def compare_norms(network='resnet8_small', norms=('bn', 'gn'), batch_size=32,
             step()
         mx.nd.waitall()
     rates = {norm: [] for norm in norms}
-    for _ in range(rounds):
-        for norm, (step, images) in runners.items():
+    for index in range(rounds):
+        order = list(norms) if index % 2 == 0 else list(reversed(norms))
+        for norm in order:
+            step, images = runners[norm]
             start = time.perf_counter()
             for _ in range(steps):
                 step()
             mx.nd.waitall()
             rates[norm].append(images * steps / (time.perf_counter() - start))
-    return {norm: float(np.median(values)) for norm, values in rates.items()}
+    return rates
+
+
+def compare_norms(*args, **kwargs):
+    """{norm: median img/s over its rounds} (arguments as `measure_rounds`)."""
+    return {norm: float(np.median(values))
+            for norm, values in measure_rounds(*args, **kwargs).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedRatio:
+    """numerator/denominator img/s, round by round: each round's two figures were measured
+    back to back, so their ratio sees the same machine; the spread over rounds is the noise."""
+    ratios: tuple
+
+    @classmethod
+    def of(cls, rates, numerator, denominator):
+        return cls(tuple(a / b for a, b in zip(rates[numerator], rates[denominator])))
+
+    @property
+    def median(self):
+        return float(np.median(self.ratios))
+
+    @property
+    def quartiles(self):
+        return tuple(float(q) for q in np.percentile(self.ratios, (25, 75)))
+
+    def rounds_at_least(self, threshold):
+        return sum(r >= threshold for r in self.ratios)
