@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from gn_mxnet.training import launcher
+from gn_mxnet.utils.threads import WORKERS_ON_HOST
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, 'train', 'launch.py')
@@ -37,6 +38,7 @@ def test_plan_sets_the_dmlc_variables():
         assert node.env['DMLC_NUM_SERVER'] == '1'
         assert node.env['DMLC_NUM_WORKER'] == '2'
         assert node.env['DMLC_NODE_HOST'] == '127.0.0.1'
+        assert node.env[WORKERS_ON_HOST] == '2'    # the two workers share this host's cores
     with pytest.raises(ValueError, match='at least one worker'):
         launcher.plan(num_workers=0, num_servers=1)
 
@@ -55,6 +57,12 @@ def test_plan_spreads_nodes_over_hosts_and_builds_ssh_commands(tmp_path):
     remote = shlex.split(argv[-1])
     assert remote[:2] == ['cd', '/srv/gn mxnet']
     assert 'DMLC_ROLE=worker' in remote and remote[-2:] == ['--out-dir', 'a b']
+    # 'localhost' is 127.0.0.1 too: the three workers share one machine.
+    assert {n.env[WORKERS_ON_HOST] for n in job.nodes} == {'3'}
+    two_hosts = launcher.plan(num_workers=3, num_servers=1, hosts=['127.0.0.1', '127.0.0.2'])
+    assert [(n.role, n.env['DMLC_NODE_HOST'], n.env[WORKERS_ON_HOST]) for n in two_hosts.nodes] == [
+        ('scheduler', '127.0.0.1', '2'), ('server', '127.0.0.1', '2'),
+        ('worker', '127.0.0.1', '2'), ('worker', '127.0.0.2', '1'), ('worker', '127.0.0.1', '2')]
     (tmp_path / 'empty').write_text('# nothing\n')
     with pytest.raises(ValueError, match='lists no hosts'):
         launcher.read_hostfile(str(tmp_path / 'empty'))

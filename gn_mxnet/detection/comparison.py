@@ -198,12 +198,17 @@ def run_comparison(s, stage='all', log=print):
 
 
 def summarize(rows):
-    """{arm: {column: (mean, min, max, n)}} over the seeds, AP in percent."""
+    """{arm: {column: (mean, min, max, n)}} over the seeds, AP in percent, plus the arm's
+    'minutes' per fine-tune (the same form) and 'pretrain_val_top1' (its backbone's, shared by
+    the seeds; None for an arm trained from scratch)."""
     table = {}
     for arm in ARMS:
         mine = [r for r in rows if r['arm'] == arm]
         if mine:
             table[arm] = {c: _spread([100 * float(r[c]) for r in mine]) for c in AP_COLUMNS}
+            table[arm]['minutes'] = _spread([float(r['seconds']) / 60 for r in mine])
+            top1 = mine[0]['pretrain_val_top1']
+            table[arm]['pretrain_val_top1'] = float(top1) if top1 not in ('', None) else None
     return table
 
 
@@ -225,12 +230,10 @@ def write_report(root, rows):
     for arm, stats in table.items():
         cells = ['%.1f (%.1f-%.1f)' % stats[c][:3]
                  for c in ('bbox_AP', 'bbox_AP50', 'segm_AP', 'segm_AP50')]
-        mine = [r for r in rows if r['arm'] == arm]
-        top1 = mine[0]['pretrain_val_top1']
-        pretrained = '%.1f %%' % (100 * float(top1)) if top1 not in ('', None) else 'scratch'
-        minutes = np.mean([float(r['seconds']) for r in mine]) / 60
-        lines.append('| %s | %d | %s | %s | %.1f |' % (arm, stats['bbox_AP'][3],
-                                                        ' | '.join(cells), pretrained, minutes))
+        top1 = stats['pretrain_val_top1']
+        pretrained = 'scratch' if top1 is None else '%.1f %%' % (100 * top1)
+        lines.append('| %s | %d | %s | %s | %.1f |' % (arm, stats['bbox_AP'][3], ' | '.join(cells),
+                                                        pretrained, stats['minutes'][0]))
     by_seed = {(r['arm'], int(r['seed'])): r for r in rows}
     diffs = {c: [100 * (float(by_seed['gn', k][c]) - float(by_seed['bn_star', k][c]))
                  for a, k in by_seed if a == 'gn' and ('bn_star', k) in by_seed]

@@ -19,8 +19,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import List, Optional
+
+from ..utils.threads import WORKERS_ON_HOST
 
 ROLES = ('scheduler', 'server', 'worker')
 SSH = ('ssh', '-o', 'StrictHostKeyChecking=no', '-o', 'BatchMode=yes')
@@ -107,6 +110,10 @@ def plan(num_workers, num_servers, hosts=None, root_uri=None, port=None, extra_e
     for node in nodes:
         # ps-lite binds to DMLC_NODE_HOST: the node's own address, loopback when local.
         node.env['DMLC_NODE_HOST'] = resolve(node.host)
+    workers_at = Counter(n.env['DMLC_NODE_HOST'] for n in nodes if n.role == 'worker')
+    for node in nodes:
+        # Each process takes its host's cores divided by the workers there (utils.threads).
+        node.env[WORKERS_ON_HOST] = str(max(1, workers_at[node.env['DMLC_NODE_HOST']]))
         node.host = 'localhost' if local else node.host
         if node.host != 'localhost':
             node.pid_file = f'/tmp/gn_mxnet_launch.{job_id}.{node.name}.pid'

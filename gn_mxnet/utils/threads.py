@@ -5,7 +5,10 @@ half of omp_get_num_procs() on x86 (src/engine/openmp.cc), assuming two hyperthr
 On a machine whose cores run one thread each that leaves half of them idle: on this project's
 2-core machines a Mask R-CNN training step and a ResNet-50 classifier epoch ran 1.3x faster
 with 2 threads than with MXNet's 1 (results/threads/). The training scripts call
-use_every_core() before they import MXNet; a value the user set is kept.
+use_every_core() before they import MXNet; a value the user set is kept. Workers that share a
+machine share its cores: the distributed launcher (training.launcher) tells each process it
+starts how many workers run on its host, and each takes its part, so two workers on two cores
+run one thread each instead of two threads each, whose teams would wait on each other.
 """
 import os
 import sys
@@ -24,12 +27,28 @@ def physical_cores():
     return max(1, len(cores))
 
 
+# Set by training.launcher on every process it starts: the number of workers on that host.
+WORKERS_ON_HOST = 'GN_MXNET_WORKERS_ON_HOST'
+
+
+def workers_on_host():
+    value = os.environ.get(WORKERS_ON_HOST, '1')
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{WORKERS_ON_HOST} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def cores_per_worker():
+    """This process's share of the physical cores (at least one)."""
+    return max(1, physical_cores() // workers_on_host())
+
+
 def use_every_core():
-    """Sets OMP_NUM_THREADS to physical_cores() unless it is set already; returns the count in
-    force, or None (nothing changed) when MXNet is imported already: MXNet reads it once."""
+    """Sets OMP_NUM_THREADS to cores_per_worker() unless it is set already; returns the count
+    in force, or None (nothing changed) when MXNet is imported already: MXNet reads it once."""
     if os.environ.get('OMP_NUM_THREADS'):
         return os.environ['OMP_NUM_THREADS']
     if 'mxnet' in sys.modules:   # too late (a script imported by a test, say): keep MXNet's
         return None
-    os.environ['OMP_NUM_THREADS'] = str(physical_cores())
+    os.environ['OMP_NUM_THREADS'] = str(cores_per_worker())
     return os.environ['OMP_NUM_THREADS']
