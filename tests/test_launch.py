@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gn_mxnet.training import launcher
-from gn_mxnet.utils.threads import WORKERS_ON_HOST
+from gn_mxnet.utils.threads import WORKERS_ON_HOST, physical_cores
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, 'train', 'launch.py')
@@ -176,13 +176,19 @@ def test_timeout_stops_every_process(started_nodes):
 def test_launch_script_runs_a_job(tmp_path):
     import subprocess
     marker = tmp_path / 'ran'
-    code = ('import os, mxnet, pathlib; kv = mxnet.kv.create("dist_sync"); '
-            f'pathlib.Path(r"{marker}" + str(kv.rank)).write_text(str(kv.num_workers))')
+    # What a training script does first (use_every_core), then its kvstore: each worker records
+    # the number of workers and its OpenMP threads, its share of this host's cores.
+    code = ('import os, pathlib; from gn_mxnet.utils.threads import use_every_core; '
+            'threads = use_every_core(); import mxnet; kv = mxnet.kv.create("dist_sync"); '
+            f'pathlib.Path(r"{marker}" + str(kv.rank)).write_text(f"{{kv.num_workers}} {{threads}}")')
+    env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}
     result = subprocess.run([sys.executable, LAUNCH, '-n', '2', '-s', '1', '--timeout', '120',
                              '--', sys.executable, '-c', code], cwd=REPO, timeout=180,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (tmp_path / 'ran0').read_text() == '2' and (tmp_path / 'ran1').read_text() == '2'
+    share = max(1, physical_cores() // 2)
+    for rank in (0, 1):
+        assert (tmp_path / f'ran{rank}').read_text() == f'2 {share}'
     assert 'worker0=0 worker1=0' in result.stdout
 
 
