@@ -20,6 +20,7 @@ import numpy as np
 import gn_mxnet
 from cuda_build import builder  # this script's folder is on sys.path when it runs
 from gn_mxnet.operator import validation
+from gn_mxnet.training.step_profile import machine_header
 from gn_mxnet.utils import cli
 
 SHAPES = ((32, 64, 56, 56), (32, 256, 56, 56), (32, 1024, 14, 14), (8, 256, 64, 64))
@@ -145,6 +146,7 @@ def main():
     check_groups(parser, args.groups, args.shapes)
     lib = load_kernels()
     layout = 'NHWC' if args.channels_last else 'NCHW'
+    print(machine_header())
     print(f"CPU kernels ({gn_mxnet.cpu_isa()} build), float32, {layout}, G={args.groups}, "
           f"median of {args.repeat} (ms)")
     print("fused: y = relu(GN(x) + residual), relu: y = relu(GN(x)); X/plain is the ratio of "
@@ -163,6 +165,7 @@ def main():
           f"{ARRAYS_MOVED['fused fwd'] / ARRAYS_MOVED['fwd']:.2f}, bwd "
           f"{ARRAYS_MOVED['fused bwd'] / ARRAYS_MOVED['bwd']:.2f} (when both run at the "
           f"memory's speed)")
+    print(f"after the run: {machine_header()}")
 
 
 if __name__ == '__main__':

@@ -28,6 +28,7 @@ import numpy as np
 import bench_kernels
 import gn_mxnet
 from gn_mxnet.operator.validation import SUPPORTED_DTYPES
+from gn_mxnet.training.step_profile import machine_header
 
 
 def median_ms(fn, repeat, warmup=2):
@@ -177,6 +178,7 @@ def main():
     shapes = args.shapes
     bench_kernels.check_groups(parser, args.groups, shapes)
     gn_mxnet.load_library()
+    print(machine_header())
     print(f"GroupNorm, {args.dtype}, G={args.groups}, median of {args.repeat} runs (ms); "
           f"ratios are the other's time / ours; kernels: {gn_mxnet.cpu_isa()} build; "
           f"allocator: {os.environ.get('GLIBC_TUNABLES') or 'glibc defaults'}")
@@ -187,6 +189,7 @@ def main():
         rows = print_table('bound graph (simple_bind executor; memory planned once and reused):',
                            shapes, bench_shape_graph, args.groups, args.dtype, args.repeat)
         print_raw_table(rows)
+    print(f"after the run: {machine_header()}")
 
 
 if __name__ == '__main__':

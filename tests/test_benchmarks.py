@@ -15,10 +15,17 @@ def table_rows(stdout, first_cell):
     return [line.split() for line in stdout.splitlines() if line.split()[:1] == [first_cell]]
 
 
+def assert_names_the_machine(lines):
+    """A table names the CPU, its cores, MKLDNN and the threads, before and after the run."""
+    assert lines[0].startswith('CPU: ') and 'MKLDNN ' in lines[0] and 'OMP_NUM_THREADS=' in lines[0]
+    assert lines[-1].startswith('after the run: CPU: ')
+
+
 def test_bench_ops_prints_both_tables(native_library):
     result = run_benchmark('bench_ops.py', '--shapes', '2x64x8x8', '--repeat', '5')
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
+    assert_names_the_machine(lines)
     assert any(line.startswith('imperative') for line in lines)
     assert any(line.startswith('bound graph') for line in lines)
     assert any(line.startswith('bound graph, the raw op') for line in lines)
@@ -47,7 +54,8 @@ def test_bench_kernels_prints_the_fused_forms_and_their_traffic(native_library):
     # Times print with 2 decimals (a tiny copy shows 0.00 ms); ratios and rates are positive.
     assert all(float(cell) >= 0 for cell in rows[0][1:])
     assert all(float(cell) > 0 for cell in rows[0][5:])
-    assert 'memory-traffic floor of fused/plain: fwd 1.50, bwd 1.67' in lines[-1]
+    assert 'memory-traffic floor of fused/plain: fwd 1.50, bwd 1.67' in lines[-2]
+    assert_names_the_machine(lines)
 
 
 def test_bench_kernels_refuses_a_bad_shape(native_library):
