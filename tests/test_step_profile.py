@@ -43,7 +43,8 @@ def _result(step_ms, norm_ms, conv_ms, to_default_ms, to_blocked_ms):
     reorders = {kind: [0, 0.0] for kind in step_profile.REORDERS}
     reorders['to default layout'] = [1, to_default_ms]
     reorders['to blocked layout'] = [1, to_blocked_ms]
-    return {'step_ms': step_ms, 'rows': rows, 'reorders': reorders, 'ops': {}}
+    return {'step_ms': step_ms, 'rows': rows, 'reorders': reorders, 'ops': {},
+            'process': dict.fromkeys(step_profile.PROCESS, 0.0)}
 
 
 def test_attribution_takes_the_reorders_out_of_their_operators():
@@ -74,3 +75,6 @@ def test_breakdown_of_a_tiny_run_shows_gn_conversions(native_library):
         # lib_api converts the convolutions' blocked outputs for every GN layer; BN needs none
         to_default = [float(v) for v in rows['to default layout, count'][:3]]
         assert to_default[1] > to_default[0] == to_default[2]
+    # the whole process's page faults and system time per step, for each net
+    for kind in step_profile.PROCESS:
+        assert len(rows[kind]) == 5 and all(float(v) >= 0 for v in rows[kind][:3]), rows[kind]

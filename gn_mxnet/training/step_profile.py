@@ -11,6 +11,7 @@ norm layers ('none') leaves the norm's own cost per cause.
 import ctypes
 import os
 import platform
+import resource
 import tempfile
 import time
 
@@ -44,6 +45,9 @@ _CAUSES = {
 ROWS = ('norm operators', 'guards and copies', 'zero gradients of unused outputs',
         'freeing memory (DeleteVariable)', 'convolutions', 'activations', 'other operators')
 REORDERS = ('to default layout', 'to blocked layout', 'weights', 'other reorders')
+# What the whole process spent per step beyond its operators' clocks (getrusage, all threads): a
+# first write to fresh memory page-faults, and the kernel's time for it is system CPU time.
+PROCESS = ('minor page faults', 'system CPU ms')
 
 
 def cause(op_name):
@@ -151,24 +155,31 @@ def _operator_times(stats):
     return {name: [entry['Count'], entry['Total']] for name, entry in table.items()}
 
 
+def _usage():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {'minor page faults': usage.ru_minflt, 'system CPU ms': 1e3 * usage.ru_stime}
+
+
 def _profiled(step, steps, log):
-    """({op: [count, ms]}, {reorder kind: [count, ms]} or {}, wall seconds) of `steps` steps."""
+    """({op: [count, ms]}, {reorder kind: [count, ms]} or {}, wall seconds, {PROCESS kind:
+    total}) of `steps` steps."""
     mark = log.mark() if log else None
     profiler.set_config(profile_all=True, aggregate_stats=True,
                         filename=os.path.join(tempfile.gettempdir(),
                                               f'gn_mxnet_profile_{os.getpid()}.json'))
     profiler.set_state('run')
-    start = time.perf_counter()
+    before, start = _usage(), time.perf_counter()
     for _ in range(steps):
         step()
     mx.nd.waitall()
-    elapsed = time.perf_counter() - start
+    elapsed, after = time.perf_counter() - start, _usage()
     profiler.set_state('stop')
     ops = _operator_times(profiler.dumps(reset=True, format='json'))
     if any(',' in name for name in ops):
         raise RuntimeError('operators were bulked into one profiler event; build the networks '
                            'with ' + ' and '.join(f'{k}=0' for k in UNBULKED))
-    return ops, parse_onednn_log(log.read_since(mark)) if log else {}, elapsed
+    process = {kind: after[kind] - before[kind] for kind in PROCESS}
+    return ops, parse_onednn_log(log.read_since(mark)) if log else {}, elapsed, process
 
 
 def _add(total, part):
@@ -201,7 +212,7 @@ def profile_norms(network='resnet8_small', norms=('bn', 'gn', 'none'), batch_siz
 
 def profile_steps(steps_of, steps=3, warmup=2, log=None, rounds=2):
     """{name: {'step_ms', 'rows': {row: [count, ms]}, 'reorders': {kind: [count, ms]},
-    'ops': {op: [count, ms]}}}, every figure per step, for each training-step function of
+    'ops': {op: [count, ms]}, 'process': {PROCESS kind: value}}}, every figure per step, for each training-step function of
     `steps_of` ({name: step}). `log` is a NativeStdoutLog (None: no reorder counts). After
     `warmup` steps of each, `rounds` blocks of `steps` steps are profiled, the nets taking
     turns so that a change in the machine's load hits all alike."""
@@ -209,23 +220,26 @@ def profile_steps(steps_of, steps=3, warmup=2, log=None, rounds=2):
         for _ in range(warmup):
             step()
         mx.nd.waitall()
-    totals = {name: ({}, {}, [0.0]) for name in steps_of}
+    totals = {name: ({}, {}, [0.0], dict.fromkeys(PROCESS, 0.0)) for name in steps_of}
     for _ in range(rounds):
         for name, step in steps_of.items():
-            ops, reorders, elapsed = _profiled(step, steps, log)
+            ops, reorders, elapsed, process = _profiled(step, steps, log)
             _add(totals[name][0], ops)
             _add(totals[name][1], reorders)
             totals[name][2][0] += elapsed
+            for kind, value in process.items():
+                totals[name][3][kind] += value
     found = {}
     n = steps * rounds
-    for name, (ops, reorders, (elapsed,)) in totals.items():
+    for name, (ops, reorders, (elapsed,), process) in totals.items():
         rows = {row: [0, 0.0] for row in ROWS}
         for op, (count, ms) in ops.items():
             _add(rows, {cause(op): [count, ms]})
         found[name] = {'step_ms': 1e3 * elapsed / n,
                        'rows': {k: [c / n, ms / n] for k, (c, ms) in rows.items()},
                        'reorders': {k: [c / n, ms / n] for k, (c, ms) in reorders.items()},
-                       'ops': {k: [c / n, ms / n] for k, (c, ms) in ops.items()}}
+                       'ops': {k: [c / n, ms / n] for k, (c, ms) in ops.items()},
+                       'process': {k: v / n for k, v in process.items()}}
     return found
 
 
@@ -291,6 +305,11 @@ def format_report(found, baseline='none', top=12):
             reorder_rows.append([f'{kind}, ms'] + with_excess(times))
         parts.append('oneDNN reorders per step (inside the operators above):\n'
                      + _markdown(['reorders'] + header[1:], reorder_rows))
+    parts.append('the process per step (getrusage, all threads: first writes to fresh memory '
+                 'fault, and the kernel time that costs):\n' + _markdown(
+                     ['per step'] + header[1:],
+                     [[kind] + with_excess({n: found[n]['process'][kind] for n in norms})
+                      for kind in PROCESS]))
     for norm in others:
         ops = sorted(found[norm]['ops'].items(), key=lambda item: -item[1][1])[:top]
         base_ops = found[baseline]['ops']
