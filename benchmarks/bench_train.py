@@ -68,6 +68,7 @@ def main(argv=None):
     print(f"after the run: {machine_header()}")
     return rates
 
+
 def breakdown(args):
     from gn_mxnet.training import step_profile
     for name, value in step_profile.environment_for_profiling().items():

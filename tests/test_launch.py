@@ -180,7 +180,8 @@ def test_launch_script_runs_a_job(tmp_path):
     # the number of workers and its OpenMP threads, its share of this host's cores.
     code = ('import os, pathlib; from gn_mxnet.utils.threads import use_every_core; '
             'threads = use_every_core(); import mxnet; kv = mxnet.kv.create("dist_sync"); '
-            f'pathlib.Path(r"{marker}" + str(kv.rank)).write_text(f"{{kv.num_workers}} {{threads}}")')
+            f'pathlib.Path(r"{marker}" + str(kv.rank))'
+            '.write_text(f"{kv.num_workers} {threads}")')
     env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}
     result = subprocess.run([sys.executable, LAUNCH, '-n', '2', '-s', '1', '--timeout', '120',
                              '--', sys.executable, '-c', code], cwd=REPO, timeout=180,

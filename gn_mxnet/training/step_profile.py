@@ -212,10 +212,11 @@ def profile_norms(network='resnet8_small', norms=('bn', 'gn', 'none'), batch_siz
 
 def profile_steps(steps_of, steps=3, warmup=2, log=None, rounds=2):
     """{name: {'step_ms', 'rows': {row: [count, ms]}, 'reorders': {kind: [count, ms]},
-    'ops': {op: [count, ms]}, 'process': {PROCESS kind: value}}}, every figure per step, for each training-step function of
-    `steps_of` ({name: step}). `log` is a NativeStdoutLog (None: no reorder counts). After
-    `warmup` steps of each, `rounds` blocks of `steps` steps are profiled, the nets taking
-    turns so that a change in the machine's load hits all alike."""
+    'ops': {op: [count, ms]}, 'process': {PROCESS kind: value}}}, every figure per step, for
+    each training-step function of `steps_of` ({name: step}). `log` is a NativeStdoutLog
+    (None: no reorder counts). After `warmup` steps of each, `rounds` blocks of `steps` steps
+    are profiled, the nets taking turns so that a change in the machine's load hits all
+    alike."""
     for step in steps_of.values():
         for _ in range(warmup):
             step()
