@@ -22,6 +22,7 @@ import numpy as np
 
 import bench_kernels
 import gn_mxnet
+from gn_mxnet.training.step_profile import machine_header
 
 KEEP_FREED_MEMORY = 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296'
 
@@ -121,6 +122,7 @@ def main():
         parser.error('--torch-python must name the python of an environment with torch, '
                      'e.g. /tmp/torchenv/bin/python (see the set-up line above)')
     threads = int(os.environ.get('OMP_NUM_THREADS') or os.cpu_count() or 1)
+    print(machine_header())
     lib = bench_kernels.load_kernels()
     rows = []
     for shape in bench_kernels.SHAPES:
@@ -154,6 +156,7 @@ def main():
         ours = our_forward_error(lib, shape, groups, offset, spread)
         print(f"{'x'.join(map(str, shape)):>16} {groups:>16} {f'{offset:g}, {spread:g}':>16} "
               f"{ours:>16.1e} {torch_error:>16.1e}")
+    print(f"after the run: {machine_header()}")
 
 
 if __name__ == '__main__':

@@ -13,3 +13,6 @@ run bench_ops_imperative_freed_memory_kept GLIBC_TUNABLES=$keep_freed python ben
 run bench_kernels_avx2_nchw python benchmarks/bench_kernels.py --repeat 25
 run bench_kernels_avx2_nhwc python benchmarks/bench_kernels.py --repeat 25 --channels-last
 run bench_kernels_generic_nchw GN_MXNET_CPU_ISA=generic python benchmarks/bench_kernels.py --repeat 25
+# torch in its own environment (gluoncv refuses torch >= 2 beside it), from this pool's local wheel:
+#   python3.11 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install /opt/wheels/torch-2.13.0+cpu-*.whl 'numpy<1.24'
+run bench_torch python benchmarks/bench_torch.py --torch-python /tmp/torchenv/bin/python --repeat 15
