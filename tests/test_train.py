@@ -317,13 +317,11 @@ def test_symbol_block_keeps_gluon_initialisation_and_zero_last_gamma():
 
 
 def test_throughput_comparison_measures_both_norms():
-    from gn_mxnet.training.throughput import compare_norms, measure_rounds
-    rates = compare_norms('resnet8_small', ('bn', 'gn'), batch_size=8, steps=2, warmup=1,
-                          rounds=1)
-    assert set(rates) == {'bn', 'gn'} and all(r > 0 for r in rates.values())
+    from gn_mxnet.training.throughput import measure_rounds
     per_round = measure_rounds('resnet8_small', ('bn', 'gn'), batch_size=4, steps=1,
-                               warmup=0, rounds=3)
+                               warmup=1, rounds=3)
     assert {norm: len(v) for norm, v in per_round.items()} == {'bn': 3, 'gn': 3}
+    assert all(r > 0 for values in per_round.values() for r in values)
 
 
 def test_paired_ratio_is_taken_round_by_round():

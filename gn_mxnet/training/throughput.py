@@ -73,12 +73,6 @@ def measure_rounds(network='resnet8_small', norms=('bn', 'gn'), batch_size=32,
     return rates
 
 
-def compare_norms(*args, **kwargs):
-    """{norm: median img/s over its rounds} (arguments as `measure_rounds`)."""
-    return {norm: float(np.median(values))
-            for norm, values in measure_rounds(*args, **kwargs).items()}
-
-
 @dataclasses.dataclass(frozen=True)
 class PairedRatio:
     """numerator/denominator img/s, round by round: each round's two figures were measured
