@@ -208,17 +208,12 @@ int forward_impl(const void* x_, const void* gamma_, const void* beta_, const vo
     stride_n = G * split, stride_g = split, count_i = split, stride_i = 1, count_j = 1;
   } else {
     const int64_t rows_per_chunk = ceil_div(S, split);
-    const bool vec = C % kMax == 0 && aligned16(x);
-    const int pack = vec ? kMax : 1;
-    const int tx = pow2_at_least(ceil_div(C, pack), 32);
-    const dim3 block(tx, kThreads / tx);
-    const dim3 grid(static_cast<unsigned>(ceil_div(C, static_cast<int64_t>(tx) * pack)),
-                    static_cast<unsigned>(split), grid_yz(N));
-    const size_t smem = static_cast<size_t>(kThreads) * pack * sizeof(Moments<Acc>);
-    if (vec)
-      moments_columns_kernel<T, kMax><<<grid, block, smem, stream>>>(x, N, S, C, D, rows_per_chunk, partial);
+    const ColumnsLaunch shape = columns_launch(N, C, split, kMax, aligned16(x));
+    const size_t smem = static_cast<size_t>(kThreads) * shape.pack * sizeof(Moments<Acc>);
+    if (shape.pack == kMax)
+      moments_columns_kernel<T, kMax><<<shape.grid, shape.block, smem, stream>>>(x, N, S, C, D, rows_per_chunk, partial);
     else
-      moments_columns_kernel<T, 1><<<grid, block, smem, stream>>>(x, N, S, C, D, rows_per_chunk, partial);
+      moments_columns_kernel<T, 1><<<shape.grid, shape.block, smem, stream>>>(x, N, S, C, D, rows_per_chunk, partial);
     stride_n = split * C, stride_g = D, count_i = split, stride_i = C, count_j = D;
   }
   int status = launch_status();

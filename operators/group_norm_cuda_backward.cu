@@ -271,17 +271,12 @@ int launch_grad_sums(const T* dy, const T* x, const typename AccOf<T>::type* mea
       grad_sums_rows_kernel<T, PT, 1, kAct><<<grid, kThreads, 0, stream>>>(dy, x, mean, fused, N, C, S, G, split, chunk, partial);
   } else {
     const int64_t rows_per_chunk = ceil_div(S, split);
-    const bool vec = C % kMax == 0 && aligned;
-    const int pack = vec ? kMax : 1;
-    const int tx = pow2_at_least(ceil_div(C, pack), 32);
-    const dim3 block(tx, kThreads / tx);
-    const dim3 grid(static_cast<unsigned>(ceil_div(C, static_cast<int64_t>(tx) * pack)),
-                    static_cast<unsigned>(split), grid_yz(N));
-    const size_t smem = static_cast<size_t>(kThreads) * pack * sizeof(GradSums<Acc>);
-    if (vec)
-      grad_sums_columns_kernel<T, PT, kMax, kAct><<<grid, block, smem, stream>>>(dy, x, mean, fused, N, S, C, G, rows_per_chunk, partial);
+    const ColumnsLaunch shape = columns_launch(N, C, split, kMax, aligned);
+    const size_t smem = static_cast<size_t>(kThreads) * shape.pack * sizeof(GradSums<Acc>);
+    if (shape.pack == kMax)
+      grad_sums_columns_kernel<T, PT, kMax, kAct><<<shape.grid, shape.block, smem, stream>>>(dy, x, mean, fused, N, S, C, G, rows_per_chunk, partial);
     else
-      grad_sums_columns_kernel<T, PT, 1, kAct><<<grid, block, smem, stream>>>(dy, x, mean, fused, N, S, C, G, rows_per_chunk, partial);
+      grad_sums_columns_kernel<T, PT, 1, kAct><<<shape.grid, shape.block, smem, stream>>>(dy, x, mean, fused, N, S, C, G, rows_per_chunk, partial);
   }
   return launch_status();
 }

@@ -249,6 +249,24 @@ inline int pow2_at_least(int64_t v, int cap) {
 
 inline unsigned grid_yz(int64_t n) { return static_cast<unsigned>(clamp64(n, 1, kMaxGridYZ)); }
 
+// The launch shape of the channels-last reduction kernels (the forward's moments, the
+// backward's gradient sums), which index threads by it: tx lanes of `pack` channels each by
+// kThreads / tx rows; blocks over the channels, the split of the S rows, and the samples. pack
+// is the widest vector when C and the pointers allow it.
+struct ColumnsLaunch {
+  int pack;
+  dim3 block, grid;
+};
+
+inline ColumnsLaunch columns_launch(int64_t N, int64_t C, int64_t split, int max_pack,
+                                    bool aligned) {
+  const int pack = C % max_pack == 0 && aligned ? max_pack : 1;
+  const int tx = pow2_at_least(ceil_div(C, pack), 32);
+  return {pack, dim3(tx, kThreads / tx),
+          dim3(static_cast<unsigned>(ceil_div(C, static_cast<int64_t>(tx) * pack)),
+               static_cast<unsigned>(split), grid_yz(N))};
+}
+
 }  // namespace
 }  // namespace gn_cuda
 

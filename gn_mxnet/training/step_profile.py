@@ -157,7 +157,7 @@ def _operator_times(stats):
 
 def _usage():
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {'minor page faults': usage.ru_minflt, 'system CPU ms': 1e3 * usage.ru_stime}
+    return dict(zip(PROCESS, (usage.ru_minflt, 1e3 * usage.ru_stime)))
 
 
 def _profiled(step, steps, log):
