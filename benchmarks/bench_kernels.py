@@ -12,6 +12,7 @@ and d residual (5). Where both run at the memory's speed, fused/plain can be no 
 (forward) and 1.67 (backward): the residual's own bytes.
 """
 import argparse
+import sys
 import ctypes
 import time
 
@@ -136,13 +137,13 @@ def print_row(cells):
           flush=True)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv=None):
+    parser = cli.ArgumentParser(description=__doc__)
     add_timing_arguments(parser)
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--shapes', type=shape_list, default=SHAPES,
                         help="e.g. '32x64x56x56,8x256x64x64'")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     check_groups(parser, args.groups, args.shapes)
     lib = load_kernels()
     layout = 'NHWC' if args.channels_last else 'NCHW'
@@ -169,4 +170,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(cli.run(main))

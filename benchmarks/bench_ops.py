@@ -19,6 +19,7 @@ Prints ms (median after warm-up) and ratios; compare ratios, not absolute times 
 (shared machines are noisy).
 """
 import argparse
+import sys
 import os
 import time
 
@@ -27,6 +28,7 @@ import numpy as np
 
 import bench_kernels
 import gn_mxnet
+from gn_mxnet.utils import cli
 from gn_mxnet.operator.validation import SUPPORTED_DTYPES
 from gn_mxnet.training.step_profile import machine_header
 
@@ -166,15 +168,15 @@ def print_raw_table(rows):
         print(' '.join(f'{c:>11.2f}' if isinstance(c, float) else f'{c:>11}' for c in cells))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv=None):
+    parser = cli.ArgumentParser(description=__doc__)
     bench_kernels.add_timing_arguments(parser)
     parser.set_defaults(repeat=7)
     parser.add_argument('--dtype', default='float32', choices=SUPPORTED_DTYPES)
     parser.add_argument('--shapes', type=bench_kernels.shape_list, default=bench_kernels.SHAPES,
                         help="e.g. '32x64x56x56,8x256x64x64'")
     parser.add_argument('--tables', choices=('both', 'imperative', 'graph'), default='both')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     shapes = args.shapes
     bench_kernels.check_groups(parser, args.groups, shapes)
     gn_mxnet.load_library()
@@ -193,4 +195,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(cli.run(main))

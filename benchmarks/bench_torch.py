@@ -22,6 +22,7 @@ import numpy as np
 
 import bench_kernels
 import gn_mxnet
+from gn_mxnet.utils import cli
 from gn_mxnet.training.step_profile import machine_header
 
 KEEP_FREED_MEMORY = 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296'
@@ -106,17 +107,23 @@ def time_torch(python, shape, groups, repeat, threads, tunables=None):
     result = subprocess.run([python, '-c', TORCH_TIMER, arguments], capture_output=True,
                             text=True, timeout=600, env=env)
     if result.returncode != 0:
-        sys.exit(f"bench_torch: the torch timer failed in {python}:\n{result.stderr[-2000:]}")
+        raise RuntimeError(f"the torch timer failed in {python}: {last_line(result.stderr)}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
+def last_line(text):
+    """What a failed child says last (a traceback's last line is its exception)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else 'no output'
+
+
+def main(argv=None):
+    parser = cli.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--torch-python', default=os.environ.get('GN_MXNET_TORCH_PYTHON'),
                         help='python of an environment with torch (or GN_MXNET_TORCH_PYTHON)')
     bench_kernels.add_timing_arguments(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     bench_kernels.check_groups(parser, args.groups, bench_kernels.SHAPES)
     if not args.torch_python or not os.path.isfile(args.torch_python):
         parser.error('--torch-python must name the python of an environment with torch, '
@@ -148,7 +155,7 @@ def main():
     result = subprocess.run([args.torch_python, '-c', TORCH_ERRORS, json.dumps(PRECISION_CASES)],
                             capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
-        sys.exit(f"bench_torch: the torch precision check failed:\n{result.stderr[-2000:]}")
+        raise RuntimeError(f"the torch precision check failed: {last_line(result.stderr)}")
     torch_errors = json.loads(result.stdout.strip().splitlines()[-1])
     print("float32 forward, max |y - y_float64| / max |y_float64| (each against itself in float64)")
     print(' '.join(f'{h:>16}' for h in ('shape', 'groups', 'mean, std', 'ours', 'torch')))
@@ -160,4 +167,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(cli.run(main))

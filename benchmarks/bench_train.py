@@ -8,6 +8,7 @@
 """
 import argparse
 import os
+import sys
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from gn_mxnet.utils import cli
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+    p = cli.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--network', default='resnet8_small')
     p.add_argument('--batch-size', type=cli.positive_int, default=32, help='per device')
@@ -90,4 +91,4 @@ def breakdown(args):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(cli.run(main))

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # The checkout, not an install: GPU hosts have none. gn_mxnet.utils needs no MXNet.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cuda_build import build_library, builder, load_library  # noqa: E402
+from gn_mxnet.utils import cli  # noqa: E402
 from gn_mxnet.utils.tables import write_csv  # noqa: E402
 from gpu_check_cases import TOLERANCE, Kernels, check_case, dtype_combos, shape_grid  # noqa: E402
 from gpu_check_timing import time_case, timing_grid  # noqa: E402
@@ -36,7 +37,7 @@ def fmt_shape(shape):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small grid, for a smoke run")
     parser.add_argument("--out", help="write every check and timing row to this CSV")
     parser.add_argument("--lib", help="use this prebuilt library instead of building one")
@@ -53,18 +54,16 @@ def main(argv=None):
     try:
         import torch  # only here: the module is importable where torch is absent
     except ImportError as exc:
-        print("gpu_check: needs PyTorch with CUDA (%s)" % exc, file=sys.stderr)
-        return 2
+        return cli.fail("gpu_check: needs PyTorch with CUDA (%s)" % exc, 2)
     if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device visible to torch", file=sys.stderr)
-        return 2
+        return cli.fail("gpu_check: no CUDA device visible to torch", 2)
     torch.manual_seed(0)
     major, minor = torch.cuda.get_device_capability()
     lib_path = args.lib
     if lib_path is None:
         nvcc = builder.find_nvcc()
         if nvcc is None:
-            raise SystemExit("gpu_check: nvcc not found ($NVCC, PATH, /usr/local/cuda/bin)")
+            raise FileNotFoundError("gpu_check: nvcc not found ($NVCC, PATH, /usr/local/cuda/bin)")
         archs = builder.gpu_archs(nvcc, args.arch or major * 10 + minor)
         lib_path = os.path.join(tempfile.mkdtemp(prefix="gn_cuda_"), "libgn_cuda.so")
         print("building %s: %s" % (lib_path, " ".join(builder.gencode_flags(archs))), flush=True)
@@ -134,4 +133,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -2,6 +2,8 @@
 functions (defined in gn_mxnet.models.convert and gn_mxnet.models.weight_files)."""
 import sys
 
+from .utils import cli
+
 from .models.convert import (FORMATS, UnsafePickleError, WeightMismatchError, load_weights, main,
                              read_tensors, save_weights, write_tensors)
 
@@ -9,4 +11,4 @@ __all__ = ['FORMATS', 'UnsafePickleError', 'WeightMismatchError', 'load_weights'
            'read_tensors', 'save_weights', 'write_tensors']
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(cli.run(main))

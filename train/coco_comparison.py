@@ -9,6 +9,7 @@ COCO AP to OUT/runs.csv and OUT/comparison.md. Stopped, the same command resumes
 The library code is gn_mxnet.detection.comparison; this script only parses arguments.
 """
 import argparse
+import sys
 import warnings
 
 from gn_mxnet.utils.threads import use_every_core
@@ -17,10 +18,13 @@ use_every_core()   # before MXNet starts: it fixes its thread count then (gn_mxn
 from gn_mxnet.detection.comparison import ARMS, DEFAULT_ROOT, ComparisonSettings, run_comparison
 from gn_mxnet.utils import cli
 
+INTERRUPTED = ('interrupted; the same command resumes: finished runs are kept, and a stopped '
+               'pretraining continues from its last finished epoch')
+
 
 def parse_args(argv=None):
     d = ComparisonSettings()
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--out-dir', default=DEFAULT_ROOT)
     p.add_argument('--stage', default='all', choices=('all', 'pretrain'))
     p.add_argument('--arms', default=','.join(d.arms),
@@ -55,4 +59,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(cli.run(main, interrupted=INTERRUPTED))

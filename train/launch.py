@@ -19,7 +19,7 @@ from gn_mxnet.utils import cli
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+    p = cli.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split('\n\n', 1)[1])
     p.add_argument('-n', '--num-workers', type=cli.positive_int, required=True)
@@ -71,14 +71,12 @@ def main(argv=None):
                            extra_env=args.extra_env, log_dir=args.log_dir,
                            timeout=args.timeout)
     except launcher.LaunchError as error:
-        print(f"{parser.prog}: the job failed and was stopped: {error}", file=sys.stderr)
-        return 1
+        return cli.fail(f"the job failed and was stopped: {cli.one_line(error)}", 1)
     except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; every node was stopped", file=sys.stderr)
-        return 130
+        return cli.fail("interrupted; every node was stopped", 130)
     print(' '.join(f'{n.name}={n.returncode}' for n in job.nodes))
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -20,12 +20,20 @@ from gn_mxnet.utils import cli
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 positive_ints = cli.int_list()
+INTERRUPTED = ('interrupted; the same command resumes the study (the runs already in '
+               '<out>/runs.csv are kept)')
+# What an option left out means, and what --quick makes of it instead: an option the user gives
+# always wins over both (None below: the data set's protocol decides).
+DEFAULTS = {'seeds': (0, 1, 2), 'epochs': None, 'train_subset': None, 'batch_sizes': None,
+            'groups': (16, 8, 4, 2, 1), 'group_sizes': (16, 8, 4, 2, 1)}
+QUICK = {'seeds': (0,), 'epochs': 1, 'train_subset': 256, 'batch_sizes': (32, 2),
+         'groups': (8, 1), 'group_sizes': (4, 1)}
 DEFAULT_OUT = {'mnist5k': 'results',
                'fashion-mnist': os.path.join('results', 'fashion_mnist_study')}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+    p = cli.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--dataset', default='mnist5k', choices=DATASETS,
                    help='fashion-mnist: Debian\'s dataset-fashion-mnist files')
@@ -34,22 +42,23 @@ def parse_args(argv=None):
                         'results/fashion_mnist_study/ for fashion-mnist)')
     p.add_argument('--tables', type=cli.int_list(choices=TABLES), default=TABLES,
                    help='which tables, e.g. 1,2')
-    p.add_argument('--seeds', type=cli.int_list(cli.non_negative_int), default=(0, 1, 2),
-                   help='seeds of every cell')
-    p.add_argument('--epochs', type=cli.positive_int, default=None,
+    p.add_argument('--seeds', type=cli.int_list(cli.non_negative_int),
+                   help='seeds of every cell (default 0,1,2)')
+    p.add_argument('--epochs', type=cli.positive_int,
                    help='epochs of every run, all batches (default: the data set\'s protocol)')
-    p.add_argument('--train-subset', type=cli.non_negative_int, default=None,
+    p.add_argument('--train-subset', type=cli.non_negative_int,
                    help='a fixed random n of the training images (0: all; default: the '
                         'protocol\'s)')
     p.add_argument('--base-lr', type=cli.positive_float, default=0.8,
                    help='lr per 256 images (lr = base·B/256)')
     p.add_argument('--wd', type=cli.non_negative_float, default=None,
                    help='weight decay (default: the protocol\'s)')
-    p.add_argument('--batch-sizes', type=positive_ints, default=None,
+    p.add_argument('--batch-sizes', type=positive_ints,
                    help='per-device batches of Table 2 (default: the protocol\'s)')
-    p.add_argument('--groups', type=positive_ints, default=(16, 8, 4, 2, 1))
-    p.add_argument('--group-sizes', type=positive_ints, default=(16, 8, 4, 2, 1),
-                   help='channels per group of the Table 3 variants')
+    p.add_argument('--groups', type=positive_ints, help='groups of the Table 3 variants '
+                                                         '(default 16,8,4,2,1)')
+    p.add_argument('--group-sizes', type=positive_ints,
+                   help='channels per group of the Table 3 variants (default 16,8,4,2,1)')
     p.add_argument('--network', default='resnet8_small',
                    help='a gn_mxnet.models small-image ResNet (16/32/64 wide)')
     p.add_argument('--image-size', type=cli.positive_int, default=14,
@@ -61,7 +70,7 @@ def parse_args(argv=None):
                         'depend on it)')
     p.add_argument('--quick', action='store_true',
                    help='smoke version: 1 seed, 1 epoch on 256 images validated on 500, '
-                        'batches 32 and 2, G 8 and 1, D 4 and 1')
+                        'batches 32 and 2, G 8 and 1, D 4 and 1 (options given win)')
     p.add_argument('--no-bn-statistics', dest='bn_statistics', action='store_false',
                    help='skip the BN diagnostic (the study\'s BN nets measured with moving, '
                         're-estimated and per-batch statistics)')
@@ -72,9 +81,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.out is None:
         args.out = os.path.join(REPO_ROOT, DEFAULT_OUT[args.dataset])
-    if args.quick:
-        args.seeds, args.epochs, args.train_subset = (0,), 1, 256
-        args.batch_sizes, args.groups, args.group_sizes = (32, 2), (8, 1), (4, 1)
+    for name, default in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     return args
 
 
@@ -94,7 +103,7 @@ def main(argv=None):
             bn_diagnostic_images=200 if args.quick else 2000,
             bn_diagnostic_batches=None if args.bn_statistics else ())
     except ValueError as e:
-        sys.exit(f"reproduce_paper.py: error: {e}")
+        return cli.fail(e, 2)   # a setting the protocol refuses: a usage error
     start = time.time()
     run_study(settings)
     print(f"study done in {time.time() - start:.0f} s; tables in "
@@ -106,4 +115,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(cli.run(main, interrupted=INTERRUPTED))

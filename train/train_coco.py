@@ -13,6 +13,7 @@ and prints COCO bbox and segm AP of the untrained and the trained model. Real CO
         --full-budgets --pretrained-backbone R-50-GN.pkl --out-dir runs/mask_rcnn_R50_FPN_gn_2x
 """
 import argparse
+import sys
 import warnings
 
 from gn_mxnet.utils.threads import use_every_core
@@ -26,10 +27,14 @@ from gn_mxnet.operator.validation import BACKENDS
 from gn_mxnet.training.schedule import parse_decay_epochs
 from gn_mxnet.utils import cli
 
+# A checkpoint is written after every epoch, so an interrupted run loses the epoch under way.
+INTERRUPTED = ('interrupted; the same command with --resume continues from the last finished '
+               'epoch (none finished: start again without --resume)')
+
 
 def parse_args(argv=None):
     d = DetectionConfig()
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = cli.ArgumentParser(description=__doc__.split('\n')[0])
     data = p.add_argument_group('data')
     data.add_argument('--coco-root', default=d.coco_root,
                       help='COCO 2017 folder (annotations/instances_{train,val}2017.json, '
@@ -147,4 +152,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(cli.run(main, interrupted=INTERRUPTED))

@@ -13,6 +13,7 @@ and all bookkeeping live in the gn_mxnet.training package; this script only pars
 import argparse
 import json
 import re
+import sys
 
 from gn_mxnet.utils.threads import use_every_core
 
@@ -20,10 +21,13 @@ use_every_core()   # before MXNet starts: it fixes its thread count then (gn_mxn
 from gn_mxnet.utils import cli
 
 CONFIG = 'gn_mxnet.training.config'  # the home of the option lists (docs/design.md §9)
+# A checkpoint is written after every epoch, so an interrupted run loses the epoch under way.
+INTERRUPTED = ('interrupted; the same command with --resume continues from the last finished '
+               'epoch (none finished: start again without --resume)')
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+    p = cli.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = p.add_argument_group('data (none given: the embedded MNIST-5k, split 4000/1000)')
     cli.add_choice(d, '--dataset', 'gn_mxnet.training.config', 'DATASETS',
@@ -97,8 +101,11 @@ def make_parser():
 def parse_args(argv=None, parser=None):
     parser = parser or make_parser()
     args = parser.parse_args(argv)
+    from gn_mxnet.training.config import check_network
     with cli.usage_errors(parser):  # TrainConfig's own rules, e.g. warm-up within the epochs
-        config_from_args(args).resolved()
+        config = config_from_args(args).resolved()
+        if not args.symbolic:   # a Symbol net is built from symbols/, not gn_mxnet.models
+            check_network(config)
     return args
 
 
@@ -161,4 +168,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(cli.run(main, interrupted=INTERRUPTED))

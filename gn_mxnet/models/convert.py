@@ -277,7 +277,7 @@ def describe(tensors, fmt):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog='python -m gn_mxnet.convert',
         description="Convert ResNet weights between Detectron (.pkl), gluoncv/gn_mxnet "
                     "(.params) and torchvision/timm state dicts (.npz, .safetensors) through "
@@ -301,11 +301,7 @@ def main(argv=None):
                              "channels, e.g. 3 for a detector's RGB input")
     args = parser.parse_args(argv)
 
-    try:
-        return _convert(args)
-    except (ValueError, OSError) as error:  # WeightMismatchError is a ValueError
-        print('error: %s' % error, file=sys.stderr)
-        return 2
+    return _convert(args)
 
 
 def _convert(args):
@@ -334,4 +330,4 @@ def _convert(args):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -155,6 +155,8 @@ class TrainConfig:
             raise ValueError(f"wd must be >= 0, got {self.wd}")
         if self.base_lr is None or self.base_lr <= 0:
             raise ValueError(f"base-lr must be > 0, got {self.base_lr}")
+        from .runtime import parse_gpus
+        parse_gpus(self.gpus)
         return self
 
     def identity(self):
@@ -166,6 +168,24 @@ class TrainConfig:
         if self.inferred_dataset() in ('mnist5k', 'fashion-mnist'):
             del values['data_threads']
         return values
+
+
+def check_network(cfg):
+    """Refuses a resolved config's --network that gn_mxnet.models does not build, or whose
+    widths --num-groups does not divide, before the run starts: building the Gluon net is
+    instant (nothing is initialised), and the config alone cannot tell, since a caller may
+    hand train() its own net instead."""
+    from ..models import get_model
+    try:
+        get_model(cfg.network, num_classes=cfg.num_classes, norm=cfg.norm,
+                  num_groups=cfg.num_groups, backend=cfg.gn_backend,
+                  last_gamma=cfg.last_gamma, **cfg.model_kwargs)
+    except ValueError as error:
+        if 'num_groups' in str(error):
+            raise ValueError(f"--num-groups {cfg.num_groups} does not fit --network "
+                             f"{cfg.network}: {error}") from None
+        raise ValueError(f"--network: {error}") from None
+    return cfg
 
 
 def parse_shape(shape):

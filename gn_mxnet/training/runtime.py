@@ -24,7 +24,8 @@ def make_contexts(gpus):
     available = mx.context.num_gpus()
     missing = [i for i in ids if i >= available]
     if missing:
-        raise ValueError(f"--gpus asks for GPU(s) {missing}, this machine has {available}")
+        raise ValueError(f"--gpus asks for GPU(s) {', '.join(map(str, missing))}, this machine "
+                         f"has {available or 'none'}; give --gpus '' to run on the CPU")
     return [mx.gpu(i) for i in ids]
 
 
@@ -33,4 +34,4 @@ def parse_gpus(spec):
     try:
         return [int(s) for s in str(spec).split(',') if s.strip()]
     except ValueError:
-        raise ValueError(f"gpus must look like 0,1,2, got {spec!r}") from None
+        raise ValueError(f"--gpus must look like 0,1,2 ('' for the CPU), got {spec!r}") from None

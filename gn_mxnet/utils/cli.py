@@ -1,7 +1,13 @@
-"""The argument checks every command line shares (train/, benchmarks/, ``python -m
-gn_mxnet.convert``): argparse ``type=`` converters that refuse bad numbers naming the rule,
-choices read from the module that owns them, and library validation errors turned into usage
-errors. A refused argument always ends with the usage line and exit code 2, never a traceback.
+"""What every command line shares (train/, benchmarks/, ``python -m gn_mxnet.convert``): how a
+user's mistake ends, and the argument checks.
+
+Every mistake ends in one line, ``error: <what is wrong and what to do>`` on stderr, never a
+traceback: :func:`run` wraps each script's ``main`` (exit 1 for a refusal at run time, 130 for
+Ctrl-C), and :class:`ArgumentParser` gives argparse's usage errors the same form (exit 2).
+``GN_MXNET_DEBUG=1`` lets the exception through with its traceback instead.
+
+The checks: argparse ``type=`` converters that refuse bad numbers naming the rule, choices read
+from the module that owns them, and library validation errors turned into usage errors.
 
 Standard library only, and the choices are read lazily, so a bad number is refused before MXNet
 is imported (instantly, and where MXNet cannot be imported at all, as for train/launch.py).
@@ -11,6 +17,73 @@ import contextlib
 import importlib
 import math
 import os
+import re
+import sys
+
+DEBUG_VARIABLE = 'GN_MXNET_DEBUG'
+# A folded message longer than this is cut: one line must stay readable in a terminal.
+MAX_MESSAGE = 600
+# The exception types a library raises for a user's mistake (a file, a value, a setting);
+# anything else is a bug, and its one line says so and how to see the traceback.
+EXPECTED = (ValueError, OSError, RuntimeError)
+
+
+def debugging():
+    return os.environ.get(DEBUG_VARIABLE, '') not in ('', '0')
+
+
+def one_line(error):
+    """The message of exception `error` as one line: lines folded with spaces, and of an
+    MXNetError only the check that failed (not the C++ stack trace nor its time and source
+    prefix)."""
+    if isinstance(error, KeyError) and len(error.args) == 1:
+        text = str(error.args[0])   # str(KeyError) quotes its message
+    else:
+        text = str(error)
+    text = text.split('Stack trace:')[0]
+    text = re.sub(r'\[\d\d:\d\d:\d\d\] \S+:\d+: ', '', text)
+    text = ' '.join(line.strip() for line in text.splitlines() if line.strip())
+    if not text:
+        text = type(error).__name__
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE - 3].rstrip() + '...'
+    if not isinstance(error, EXPECTED):
+        text = (f"{type(error).__name__}: {text} (a bug: please report it; {DEBUG_VARIABLE}=1 "
+                f"shows the traceback)")
+    return text
+
+
+def fail(message, code):
+    """Print `error: <message>` (folded to one line) on stderr; return exit status `code`."""
+    print(f"error: {one_line(message) if isinstance(message, BaseException) else message}",
+          file=sys.stderr, flush=True)
+    return code
+
+
+def run(main, argv=None, interrupted='interrupted'):
+    """Call ``main(argv)`` as a script's entry point and return its exit status: 0, or main's own
+    int; 1 and one ``error:`` line for an exception; 130 and `interrupted` for Ctrl-C (say there
+    whether and how the run resumes); argparse's 2 passes through. With GN_MXNET_DEBUG=1 the
+    exception propagates with its traceback. Scripts end with ``sys.exit(cli.run(main))``."""
+    try:
+        status = main(argv)
+    except KeyboardInterrupt:
+        if debugging():
+            raise
+        return fail(interrupted, 130)
+    except Exception as error:   # SystemExit (argparse, sys.exit) is not an Exception
+        if debugging():
+            raise
+        return fail(error, 1)
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors end in the one line every script's errors end in:
+    ``error: argument --lr: ...`` and exit 2 (not argparse's usage line and ``prog: error:``)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _parse(kind, text):
@@ -101,11 +174,11 @@ def add_choice(parser, flag, module, name, help='', **kwargs):
 @contextlib.contextmanager
 def usage_errors(parser, *errors):
     """Inside the block, a library's validation error (ValueError unless other types are named)
-    becomes ``parser.error``: the usage line, the message and exit code 2."""
+    becomes ``parser.error``: a usage error, exit code 2."""
     try:
         yield
     except errors or (ValueError,) as error:
-        parser.error(str(error))
+        parser.error(one_line(error))
 
 
 def existing_file(text):
