@@ -172,6 +172,47 @@ inline void run_moments(const T* x, int64_t length, double* mean_out, double* m2
   *m2_out = static_cast<double>(sums[1]) - static_cast<double>(sums[0]) * correction;
 }
 
+// A group's mean and rstd in double.
+struct GroupStats {
+  double mean, rstd;
+};
+
+inline GroupStats stats_of(const Moments& m, double eps) {
+  const double var = m.m2 / m.count < 0.0 ? 0.0 : m.m2 / m.count;  // NaN stays NaN
+  return {m.mean, 1.0 / std::sqrt(var + eps)};
+}
+
+// The fast sums overflow where |x| nears sqrt of the Acc's largest value (float32 from ~1e18,
+// float64 from ~1e154): squares, or Acc sums, go infinite. That shows as a non-finite mean or M2.
+inline bool overflowed(const Moments& m) { return !std::isfinite(m.mean) || !std::isfinite(m.m2); }
+
+// The overflow fallback (docs/design.md §2): the group's statistics recomputed from x / p, p the
+// power of two at or below max|x| (so the division is exact and x / p is in (-2, 2)), two passes
+// in double, and rstd formed in that scaled domain: rstd = 1 / (p·sqrt(var_p + eps/p²)), never
+// var = p²·var_p, which overflows. load(i) gives element i of the group as double. A group
+// with a non-finite element keeps `fast` (its NaN/inf is the right answer).
+template <typename Load>
+GroupStats rescaled_stats(int64_t count, Load&& load, double eps, GroupStats fast) {
+  double max_abs = 0.0;
+  for (int64_t i = 0; i < count; ++i) max_abs = std::fmax(max_abs, std::fabs(load(i)));
+  if (!std::isfinite(max_abs) || max_abs == 0.0) return fast;
+  int exponent;
+  std::frexp(max_abs, &exponent);
+  const double p = std::ldexp(1.0, exponent - 1), inv_p = std::ldexp(1.0, 1 - exponent);
+  double sum = 0.0;
+  for (int64_t i = 0; i < count; ++i) sum += load(i) * inv_p;
+  const double mean = sum / static_cast<double>(count);
+  double dev = 0.0, m2 = 0.0;
+  for (int64_t i = 0; i < count; ++i) {
+    const double d = load(i) * inv_p - mean;
+    dev += d;
+    m2 += d * d;
+  }
+  const double correction = dev / static_cast<double>(count);
+  const double var = std::fmax((m2 - dev * correction) / static_cast<double>(count), 0.0);
+  return {(mean + correction) * p, 1.0 / (p * std::sqrt(var + eps * inv_p * inv_p))};
+}
+
 // A double mean split for Acc arithmetic: x - mean = (x - hi) - lo, where x - hi is exact
 // for x near the mean (Sterbenz), and lo is folded into the per-channel shift.
 template <typename A>

@@ -50,7 +50,7 @@ void backward_channels_first(const T* dy, const T* x, const P* gamma, FusedOpera
         const int64_t at = offset + d * S;
         const Acc gamma_c = static_cast<Acc>(Element<P>::load(gamma[first_channel + d]));
         input_grad_run<kAct, kRes>(dy + at, x + at, f.r_at(at), dx ? dx + at : nullptr,
-                                   f.dr_at(at), S, rstd[t] * gamma_c, mean[t],
+                                   f.dr_at(at), S, rstd[t] * gamma_c, mean[t], rstd[t],
                                    f.shift(first_channel + d), static_cast<double>(gamma_c), k);
       }
     }
@@ -75,7 +75,7 @@ void backward_channels_first(const T* dy, const T* x, const P* gamma, FusedOpera
     const Acc gamma_c = static_cast<Acc>(Element<P>::load(gamma[row % C]));
     input_grad_run<kAct, kRes>(dy + row * S, x + row * S, f.r_at(row * S),
                                dx ? dx + row * S : nullptr, f.dr_at(row * S), S,
-                               rstd[t] * gamma_c, mean[t], f.shift(row % C),
+                               rstd[t] * gamma_c, mean[t], rstd[t], f.shift(row % C),
                                static_cast<double>(gamma_c), coefs[t]);
   }
 }
@@ -141,9 +141,9 @@ void add_channel_sums(const T* dy, const T* x, const T* r, const AccOf<T>* sampl
   }
 }
 
-// Channels-last dx coefficient rows (kCoefRows, C): dy coef, dy centre, x coef, mean, constant,
-// beta (z's shift).
-constexpr int64_t kCoefRows = 6;
+// Channels-last dx coefficient rows (kCoefRows, C): dy coef, dy centre, x slope, mean, constant,
+// beta (z's shift), rstd.
+constexpr int64_t kCoefRows = 7;
 
 // Re-centres group g's sums of one sample (ds, db, dev at its first channel) and, when coef is
 // given, writes its channels' columns of the dx coefficient rows.
@@ -159,10 +159,11 @@ void group_input_grad_coefs(double* ds, const double* db, const double* dev, con
     const Acc gamma_c = static_cast<Acc>(Element<P>::load(gamma[c]));
     coef[c] = rstd * gamma_c;
     coef[C + c] = static_cast<Acc>(k.dy_centre);
-    coef[2 * C + c] = static_cast<Acc>(k.x_coef);
+    coef[2 * C + c] = static_cast<Acc>(k.x_slope);
     coef[3 * C + c] = mean;
     coef[4 * C + c] = static_cast<Acc>(k.channel_constant(static_cast<double>(gamma_c)));
     coef[5 * C + c] = f.shift(c);
+    coef[6 * C + c] = rstd;
   }
 }
 
@@ -180,7 +181,8 @@ void input_grad_rows(const T* dy, const T* x, const T* r, T* dx, T* dr, int64_t 
         const Acc g = grad_at<kAct, kRes>(dy, r, i, centred, coef[c], coef[5 * C + c]);
         if constexpr (decltype(write_dr)::value) dr[i] = Element<T>::store(g);
         if constexpr (decltype(write_dx)::value) {
-          dx[i] = Element<T>::store(coef[c] * (g - coef[C + c]) + coef[2 * C + c] * centred +
+          dx[i] = Element<T>::store(coef[c] * (g - coef[C + c]) +
+                                    coef[2 * C + c] * (centred * coef[6 * C + c]) +
                                     coef[4 * C + c]);
         }
       }

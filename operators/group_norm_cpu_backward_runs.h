@@ -21,8 +21,11 @@ namespace GN_KERNEL_ISA {
 //   rstd·((gamma[c] - g0)·m + g0·(m - mean_g(dy)) - Σ_d (gamma_d - g0)·db_d / M).
 // With one channel per group each product in it has a factor that is exactly 0, however the
 // compiler fuses multiplies into adds (GCC does, across statements, at -O3 with FMA).
+// The x term B·(x - mean), B = -rstd³·mean_g(gamma·ds), is formed as x_slope·((x - mean)·rstd),
+// x_slope = B / rstd: B itself leaves the range where |x| is huge (rstd 1e-30 in float32 makes
+// B ~ 1e-60; 1e-300 in float64, 1e-600), while x_slope ~ rstd and (x - mean)·rstd ~ 1 do not.
 struct GroupCoefficients {
-  double x_coef;       // B: dx = A·(dy - dy_centre) + x_coef·(x - mean) + channel_constant
+  double x_slope;      // dx = A·(dy - dy_centre) + x_slope·((x - mean)·rstd) + channel_constant
   double dy_centre;    // m, already rounded to Acc: the elementwise pass subtracts this value
   double gamma_pivot;  // g0
   double dy_slope;     // rstd·m
@@ -54,11 +57,12 @@ GroupCoefficients recentred_group_coefficients(double* ds, const double* db, con
     ds[d] -= offset * db[d];
     gamma_ds += static_cast<double>(Element<P>::load(gamma[d])) * ds[d];
   }
-  const double x_coef = -rstd * rstd * rstd * gamma_ds * inv_count;
+  const double x_slope = -rstd * (rstd * gamma_ds) * inv_count;
   const double mean_dy = db_total * inv_count;
   const double centre = static_cast<double>(static_cast<Acc>(mean_dy));
-  return {x_coef, centre, gamma_pivot, rstd * centre,
-          rstd * (gamma_pivot * (centre - mean_dy) - db_spread * inv_count) - x_coef * offset};
+  return {x_slope, centre, gamma_pivot, rstd * centre,
+          rstd * (gamma_pivot * (centre - mean_dy) - db_spread * inv_count) -
+              x_slope * (rstd * offset)};
 }
 
 // dz at i of a run whose z = centred·scale + shift (+ r[i] when kRes).
@@ -104,10 +108,10 @@ inline void with_write_flags(const T* dx, const T* dr, Pass&& pass) {
 
 template <int kAct, bool kRes, typename T>
 inline void input_grad_run(const T* dy, const T* x, const T* r, T* dx, T* dr, int64_t length,
-                           AccOf<T> dy_coef, AccOf<T> mean, AccOf<T> shift, double gamma_c,
-                           const GroupCoefficients& k) {
+                           AccOf<T> dy_coef, AccOf<T> mean, AccOf<T> rstd, AccOf<T> shift,
+                           double gamma_c, const GroupCoefficients& k) {
   using Acc = AccOf<T>;
-  const Acc dy_centre = static_cast<Acc>(k.dy_centre), x_coef = static_cast<Acc>(k.x_coef);
+  const Acc dy_centre = static_cast<Acc>(k.dy_centre), x_slope = static_cast<Acc>(k.x_slope);
   const Acc constant = static_cast<Acc>(k.channel_constant(gamma_c));
   // Which of dx and d residual are written is fixed per loop, so each loop stays one simd loop.
   auto pass = [&](auto write_dx, auto write_dr) {
@@ -117,7 +121,8 @@ inline void input_grad_run(const T* dy, const T* x, const T* r, T* dx, T* dr, in
       const Acc g = grad_at<kAct, kRes>(dy, r, i, centred, dy_coef, shift);
       if constexpr (decltype(write_dr)::value) dr[i] = Element<T>::store(g);
       if constexpr (decltype(write_dx)::value) {
-        dx[i] = Element<T>::store(dy_coef * (g - dy_centre) + x_coef * centred + constant);
+        dx[i] = Element<T>::store(dy_coef * (g - dy_centre) + x_slope * (centred * rstd) +
+                                  constant);
       }
     }
   };

@@ -17,12 +17,32 @@ namespace {
 
 // Writes the outputs mean (its Acc rounding) and rstd; returns the mean split for normalizing.
 template <typename A>
-inline SplitMean<A> finalize(const Moments& moments, double eps, A* mean, A* rstd) {
-  const double var = std::max(moments.m2 / moments.count, 0.0);
-  const SplitMean<A> split(moments.mean);
+inline SplitMean<A> finalize(const GroupStats& stats, A* mean, A* rstd) {
+  const SplitMean<A> split(stats.mean);
   *mean = split.hi;
-  *rstd = static_cast<A>(1.0 / std::sqrt(var + eps));
+  *rstd = static_cast<A>(stats.rstd);
   return split;
+}
+
+// A group's statistics from its merged moments; where those overflowed, from the scaled
+// recomputation (load(i): element i of the group). The check costs one test per group.
+template <typename Load>
+inline GroupStats group_stats(const Moments& moments, double eps, int64_t count, Load&& load) {
+  const GroupStats fast = stats_of(moments, eps);
+  return overflowed(moments) ? rescaled_stats(count, load, eps, fast) : fast;
+}
+
+// Element loaders for group_stats: a contiguous group, and group g of a channels-last sample.
+template <typename T>
+inline auto contiguous(const T* x) {
+  return [x](int64_t i) { return static_cast<double>(Element<T>::load(x[i])); };
+}
+
+template <typename T>
+inline auto channels_last_group(const T* sample, int64_t C, int64_t D, int64_t g) {
+  return [=](int64_t i) {
+    return static_cast<double>(Element<T>::load(sample[(i / D) * C + g * D + i % D]));
+  };
 }
 
 // The per-channel shift once the mean's low part is folded in: (x - hi) * a + shift.
@@ -89,7 +109,8 @@ void forward_channels_first(const T* x, const P* gamma, const P* beta, const T* 
         run_moments(xg + offset, length, &chunk_mean, &chunk_m2);
         moments.merge(static_cast<double>(length), chunk_mean, chunk_m2);
       }
-      const SplitMean<AccOf<T>> split = finalize(moments, eps, mean + t, rstd + t);
+      const SplitMean<AccOf<T>> split =
+          finalize(group_stats(moments, eps, M, contiguous(xg)), mean + t, rstd + t);
       const int64_t first_channel = (t % G) * D;
       normalize_group<kAct>(xg, at(r, t * M), y + t * M, gamma + first_channel,
                             beta + first_channel, D, S, split, rstd[t]);
@@ -110,7 +131,8 @@ void forward_channels_first(const T* x, const P* gamma, const P* beta, const T* 
       const double length = static_cast<double>(std::min(kChunk, M - k * kChunk));
       moments.merge(length, workspace[2 * (t * chunks + k)], workspace[2 * (t * chunks + k) + 1]);
     }
-    mean_lo[t] = finalize(moments, eps, mean + t, rstd + t).lo;
+    mean_lo[t] = finalize(group_stats(moments, eps, M, contiguous(x + t * M)), mean + t,
+                          rstd + t).lo;
   }
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t row = 0; row < N * C; ++row) {
@@ -178,9 +200,9 @@ void block_moments(const T* xb, int64_t block_rows, int64_t C, int64_t G,
 // Finalizes group g of one sample and writes its channels' rows of affine (3, C): mean hi,
 // gamma * rstd, shift.
 template <typename P, typename Acc>
-void group_affine(const Moments& moments, double eps, const P* gamma, const P* beta, int64_t g,
+void group_affine(const GroupStats& stats, const P* gamma, const P* beta, int64_t g,
                   int64_t D, int64_t C, Acc* mean, Acc* rstd, Acc* affine) {
-  const SplitMean<Acc> split = finalize(moments, eps, mean, rstd);
+  const SplitMean<Acc> split = finalize(stats, mean, rstd);
   for (int64_t c = g * D; c < (g + 1) * D; ++c) {
     const Acc a = static_cast<Acc>(Element<P>::load(gamma[c])) * *rstd;
     affine[c] = split.hi;
@@ -246,7 +268,9 @@ void forward_channels_last(const T* x, const P* gamma, const P* beta, const T* r
           }
         }
         for (int64_t g = 0; g < G; ++g) {
-          group_affine(groups[g], eps, gamma, beta, g, D, C, mean + n * G + g, rstd + n * G + g,
+          const GroupStats stats = group_stats(groups[g], eps, S * D,
+                                               channels_last_group(x + n * S * C, C, D, g));
+          group_affine(stats, gamma, beta, g, D, C, mean + n * G + g, rstd + n * G + g,
                        affine.data());
         }
         normalize_rows<kAct>(x + n * S * C, at(r, n * S * C), y + n * S * C, S, C,
@@ -275,7 +299,9 @@ void forward_channels_last(const T* x, const P* gamma, const P* beta, const T* r
         const int64_t block_rows = std::min(S, (b + 1) * rows) - b * rows;
         moments.merge(static_cast<double>(block_rows * D), in[0], in[1]);
       }
-      group_affine(moments, eps, gamma, beta, g, D, C, mean + t, rstd + t, affine + n * 3 * C);
+      const GroupStats stats =
+          group_stats(moments, eps, S * D, channels_last_group(x + n * S * C, C, D, g));
+      group_affine(stats, gamma, beta, g, D, C, mean + t, rstd + t, affine + n * 3 * C);
     }
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < N * blocks; ++i) {

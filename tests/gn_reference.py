@@ -12,10 +12,16 @@ def _restore(a, axis, ndim):
 
 
 def _stats(x, G, eps):
+    """Scale-aware, so that it holds at every finite magnitude: GroupNorm is the same for x / s
+    with eps / s², and with s a power of two at or above a group's max |x| (never below 1)
+    neither the squares nor the division leave float64's range or round."""
     xg = x.reshape(x.shape[0], G, -1)
-    mean = xg.mean(axis=2, keepdims=True)
-    var = ((xg - mean) ** 2).mean(axis=2, keepdims=True)
-    return xg, mean, 1.0 / np.sqrt(var + eps)
+    peak = np.abs(xg).max(axis=2, keepdims=True) if xg.size else np.ones(xg.shape[:2] + (1,))
+    s = np.ldexp(1.0, np.frexp(np.maximum(peak, 1.0))[1])
+    xs = xg / s
+    mean = xs.mean(axis=2, keepdims=True)
+    var = ((xs - mean) ** 2).mean(axis=2, keepdims=True)
+    return xg, mean * s, 1.0 / (s * np.sqrt(var + eps / s / s))
 
 
 def moments(x, G, eps=1e-5, axis=1):

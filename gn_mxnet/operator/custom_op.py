@@ -31,12 +31,17 @@ def _grouped_statistics(x, attrs):
 
     float64 whatever x's dtype: a float32 mean's rounding, times rstd ~ 1/sqrt(eps) for a
     near-constant group, would show in y at 1e-5, and this backend's job is to be exact.
+    Each group is taken as x / s with eps / s², s the power of two above its max |x| (at least
+    2; exact), so the squares stay in range at any finite |x| (|x| ~ 1e155 would overflow).
     """
     channels_last = layout(attrs, x.shape).channels_last
     xg = _grouped(x.astype(np.float64), attrs.num_groups, channels_last)
-    mean = xg.mean(axis=(2, 3))
-    var = np.square(xg - mean[:, :, None, None]).mean(axis=(2, 3))
-    return xg, mean, 1.0 / np.sqrt(var + attrs.eps), channels_last
+    peak = np.abs(xg).max(axis=(2, 3)) if xg.size else np.ones(xg.shape[:2])
+    s = np.ldexp(1.0, np.frexp(np.maximum(peak, 1.0))[1])  # inf/NaN peak: 1, as unscaled
+    xs = xg / s[:, :, None, None]
+    mean = xs.mean(axis=(2, 3))
+    var = np.square(xs - mean[:, :, None, None]).mean(axis=(2, 3))
+    return xg, mean * s, 1.0 / (s * np.sqrt(var + attrs.eps / s / s)), channels_last
 
 
 def _sigmoid(z):
@@ -88,12 +93,15 @@ def backward_numpy(dy, x, gamma, attrs):
     count = xg.shape[2] * xg.shape[3]
     gds = (ds * g).sum(axis=2)                               # (N, G)
     gdb = (db * g).sum(axis=2)
-    coef_x = -rstd ** 3 * gds / count
+    # The x term -rstd³·gds/count·centered, formed as a slope ~rstd times x_hat ~1: rstd³
+    # alone underflows where |x| is huge (1e-900 at |x| ~ 1e300).
+    x_slope = -rstd * (rstd * gds) / count
     # gamma·dy less its group mean before scaling by rstd: formed apart, the two terms round
     # differently and leave ~rstd·|gamma·dy|·1e-16 where they cancel (dx of a one-element
     # group is exactly 0).
     centered_dy = g[None, :, :, None] * dyg - (gdb / count)[:, :, None, None]
-    dxg = rstd[:, :, None, None] * centered_dy + coef_x[:, :, None, None] * centered
+    dxg = (rstd[:, :, None, None] * centered_dy
+           + x_slope[:, :, None, None] * (centered * rstd[:, :, None, None]))
     dgamma = (ds * rstd[:, :, None]).sum(axis=0).reshape(-1)
     dbeta = db.sum(axis=0).reshape(-1)
     return (_ungrouped(dxg, x.shape, channels_last).astype(x.dtype),
