@@ -11,7 +11,8 @@ import pytest
 from gn_mxnet.training import checkpoint as ckpt
 from gn_mxnet.training.config import TrainConfig
 from gn_mxnet.training.data import DataSource, MNIST5kSource
-from gn_mxnet.training.loop import train
+from gn_mxnet.training.loop import LAST_PARAMS, train
+from gn_mxnet.training.rundir import MANIFEST_NAME
 from gn_mxnet.utils.files import atomic_path, atomic_write_text
 from test_train import load_params
 
@@ -71,13 +72,14 @@ def test_a_nan_loss_stops_before_anything_is_overwritten(tmp_path, make_net, wor
 
 
 def test_overwrite_replaces_the_old_run(tmp_path):
-    (tmp_path / 'checkpoint.pkl').write_bytes(b'an older run')
-    (tmp_path / 'best.params').write_bytes(b'an older run')
-    (tmp_path / '.last.params.k3j9.tmp').write_bytes(b'a killed write')
-    summary = train(TrainConfig(out_dir=str(tmp_path), overwrite=True, epochs=1,
-                                train_subset=64, val_subset=50, progress=False))
+    tiny = dict(out_dir=str(tmp_path), epochs=1, train_subset=64, val_subset=50, progress=False)
+    first = train(TrainConfig(**tiny))
+    stale = tmp_path / ('.%s.gn-mxnet-0123456789ab.tmp' % LAST_PARAMS)   # a killed write
+    stale.write_bytes(b'a killed write')
+    summary = train(TrainConfig(overwrite=True, **tiny))
     assert summary['finished'] and ckpt.load_checkpoint(str(tmp_path))['epoch'] == 1
-    assert sorted(os.listdir(tmp_path)) == sorted(summary['files'])
+    assert sorted(os.listdir(tmp_path)) == sorted(list(summary['files']) + [MANIFEST_NAME])
+    assert sorted(summary['files']) == sorted(first['files'])
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
@@ -111,6 +113,8 @@ def test_atomic_write_gives_open_permissions_without_touching_the_umask(tmp_path
 
 
 def test_stale_temporaries_are_the_only_files_removed(tmp_path):
+    """Only the atomic writer's marked temporaries of the files named go: never a user's
+    temporary of a look-alike name, nor another file's temporary."""
     from gn_mxnet.utils.files import remove_stale_temporaries
     with pytest.raises(RuntimeError):
         with atomic_path(str(tmp_path / 'checkpoint.pkl')) as tmp:
@@ -118,7 +122,11 @@ def test_stale_temporaries_are_the_only_files_removed(tmp_path):
             os.link(tmp, kept)   # what a SIGKILL would leave: the temporary, no target
             raise RuntimeError
     os.rename(kept, tmp)
-    for name in ('log.csv', '.hidden', 'x.tmp', '.x.tmp'):
+    assert '.gn-mxnet-' in os.path.basename(tmp)
+    users = ('log.csv', '.hidden', 'x.tmp', '.x.tmp', '.notes.backup.tmp', '.viminfo.ab12.tmp',
+             '.checkpoint.pkl.k3j9.tmp', '.notes.gn-mxnet-0123456789ab.tmp')
+    for name in users:
         (tmp_path / name).write_text('mine')
-    assert remove_stale_temporaries(str(tmp_path)) == [os.path.basename(tmp)]
-    assert sorted(os.listdir(tmp_path)) == ['.hidden', '.x.tmp', 'log.csv', 'x.tmp']
+    assert remove_stale_temporaries(str(tmp_path), ['checkpoint.pkl', 'notes.txt']) == [
+        os.path.basename(tmp)]
+    assert sorted(os.listdir(tmp_path)) == sorted(users)

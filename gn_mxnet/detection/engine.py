@@ -27,7 +27,8 @@ from ..training import checkpoint as ckpt
 from ..training.config import KV_STORES as CLASSIFIER_KV_STORES
 from ..training.distributed import connect, make_trainer
 from ..training.reporting import SUMMARY_NAME, write_summary
-from ..training.rundir import config_identity, run_identity, start_run, worker_dir
+from ..training.rundir import (claim_out_dir, config_identity, run_identity, start_run,
+                               worker_dir)
 from ..training.runtime import epoch_seed, make_contexts, seed_everything
 from ..training.schedule import scheduled_lr
 from ..utils.progress import progress
@@ -100,8 +101,8 @@ EVALUATE = {'every': 'the untrained model (epoch 0) and after every epoch',
 BOOKKEEPING = ('out_dir', 'cache_dir', 'resume', 'overwrite', 'progress', 'epochs', 'evaluate')
 BEST_PARAMS, LAST_PARAMS = 'best.params', 'last.params'
 # A folder holding any of these holds a run (a new run there needs resume or overwrite).
-RUN_FILES = (ckpt.CHECKPOINT_NAME, BEST_PARAMS, LAST_PARAMS, report.LOG_NAME,
-             report.CURVES_NAME, SUMMARY_NAME)
+RUN_FILES = (ckpt.CHECKPOINT_NAME, ckpt.LEGACY_CHECKPOINT_NAME, BEST_PARAMS, LAST_PARAMS,
+             report.LOG_NAME, report.CURVES_NAME, SUMMARY_NAME)
 
 
 def load_datasets(cfg):
@@ -250,6 +251,7 @@ def run(cfg: DetectionConfig) -> dict:
                                               multi_stage=True, mean=train_set.MEAN,
                                               std=train_set.STD)
     batchify = MaskRCNNTrainBatchify(net, len(contexts))
+    claim_out_dir(out_dir, RUN_FILES, overwrite=cfg.overwrite)   # built: now it may write
 
     if start_epoch == 0 and cfg.evaluate == 'every':  # the untrained model's figures
         result = _evaluate(cfg, net, val_set, contexts, 0)

@@ -21,15 +21,15 @@ from .data import make_data_source
 from .distributed import connect, make_trainer
 from .metrics import EpochMeter, soft_targets
 from .network import make_network, prepare_network
-from .rundir import run_identity, start_run, worker_dir
+from .rundir import claim_out_dir, run_identity, start_run, worker_dir
 from .runtime import epoch_seed, make_contexts, seed_everything
 from .schedule import learning_rate
 from .source import epoch_rng
 
 BEST_PARAMS, LAST_PARAMS = 'best.params', 'last.params'
 # A folder holding any of these holds a run (a new run there needs --resume or --overwrite).
-RUN_FILES = (ckpt.CHECKPOINT_NAME, BEST_PARAMS, LAST_PARAMS, reporting.LOG_NAME,
-             reporting.SUMMARY_NAME, reporting.CURVES_NAME)
+RUN_FILES = (ckpt.CHECKPOINT_NAME, ckpt.LEGACY_CHECKPOINT_NAME, BEST_PARAMS, LAST_PARAMS,
+             reporting.LOG_NAME, reporting.SUMMARY_NAME, reporting.CURVES_NAME)
 
 
 def evaluate(net, data, contexts, dtype):
@@ -127,6 +127,7 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
 
     if dist_sync is not None:
         dist_sync.broadcast_parameters()
+    claim_out_dir(out_dir, RUN_FILES, overwrite=cfg.overwrite)   # built: now it may write
     last_epoch = cfg.epochs if cfg.stop_after_epochs is None else min(cfg.epochs,
                                                                       cfg.stop_after_epochs)
     epochs_bar = progress(range(start_epoch, last_epoch), cfg.progress, desc='epochs', unit='epoch',
