@@ -132,7 +132,14 @@ def stock_ops_group_norm(F, data, gamma, beta, attrs, name=None, residual=None):
     # their mean is that rounding. Left in, it would reach y times rstd ~ 1/sqrt(eps).
     rounding = F.mean(centered, axis=kept_axes, exclude=True, keepdims=True)
     centered = F.broadcast_sub(centered, rounding)
-    var = F.mean(F.square(centered), axis=kept_axes, exclude=True, keepdims=True) + eps
+    # Squares of deviations overflow where |x| is huge (float32 ~1e19, float64 ~1e155), so
+    # they are taken of centered / s, s ~ mean |deviation| + 1, and var with eps / s²: the same
+    # normalized values for any s (so no gradient flows through it), and a rounding of
+    # centered / s is relative to the deviation itself (unlike one of x / s).
+    s = F.BlockGrad(F.mean(F.abs(centered), axis=kept_axes, exclude=True, keepdims=True) + 1)
+    centered = F.broadcast_div(centered, s)
+    var = F.mean(F.square(centered), axis=kept_axes, exclude=True, keepdims=True)
+    var = var + F.reciprocal(F.square(s)) * eps  # s² may overflow: eps / s² is then 0, rightly
     if F is mx.sym:
         for zero in _bind_time_checks(F, work, ndim, dtype is not None):
             var = F.broadcast_add(var, zero)
