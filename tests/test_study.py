@@ -12,6 +12,9 @@ from gn_mxnet import models
 from gn_mxnet.norms import ChannelsPerGroupNorm
 from gn_mxnet.study import bn_statistics, plots, protocol, report, runner
 from gn_mxnet.gluon import GroupNorm
+from gn_mxnet.training.loop import LAST_PARAMS, RUN_FILES
+from gn_mxnet.training.rundir import claim_out_dir
+from gn_mxnet.utils.files import FOLDER_MARK, make_own_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'train', 'reproduce_paper.py')
@@ -100,18 +103,22 @@ def test_reduced_study_writes_everything_and_resumes(tmp_path, native_library):
 
     # A half-done study (one run lost, plus a stale work dir) trains exactly the missing run.
     runner.write_runs(str(tmp_path), on_disk[:-1])
-    os.makedirs(tmp_path / '_work' / 'stale')
+    scratch = make_own_folder(str(tmp_path / protocol.WORK_NAME), 'scratch')
+    os.makedirs(os.path.join(scratch, 'mine'))   # not the study's: stays, and so does _work
+    (tmp_path / protocol.WORK_NAME / 'mine' / 'important.txt').write_text('keep')
     # ... whose own work dir holds what a kill before its first checkpoint leaves.
-    lost = tmp_path / '_work' / f"{on_disk[-1]['cell']}_s0"
-    os.makedirs(lost)
-    (lost / 'last.params').write_bytes(b'killed before its first checkpoint')
+    lost = tmp_path / protocol.WORK_NAME / f"{on_disk[-1]['cell']}_s0"
+    claim_out_dir(str(lost), RUN_FILES, overwrite=False)
+    (lost / LAST_PARAMS).write_bytes(b'killed before its first checkpoint')
     logs.clear()
     runner.run_study(reduced(tmp_path), log=logs.append)
     assert logs[0].startswith('5 runs planned, 1 to train')
     after = read_rows(tmp_path)
     assert len(after) == 5 and after[:4] == on_disk[:4]
     assert after[4]['cell'] == on_disk[4]['cell']
-    assert not os.path.exists(tmp_path / '_work')
+    assert not os.path.exists(lost)
+    assert sorted(os.listdir(tmp_path / protocol.WORK_NAME)) == sorted(['mine', FOLDER_MARK])
+    assert (tmp_path / protocol.WORK_NAME / 'mine' / 'important.txt').read_text() == 'keep'
 
 
 def test_table1_from_rows(tmp_path):
@@ -151,6 +158,19 @@ def test_quick_fashion_mnist_study_end_to_end(tmp_path):
         assert (tmp_path / name).read_bytes()[:4] == b'\x89PNG'
 
 
+def test_a_users_work_folder_is_refused_and_kept(tmp_path):
+    """A `_work` the study did not make (no mark) is never written into or removed: the study
+    stops before it writes anything."""
+    mine = tmp_path / protocol.WORK_NAME / 'mine'
+    os.makedirs(mine)
+    (mine / 'important.txt').write_text('keep')
+    with pytest.raises(FileExistsError, match='_work exists and was not made by gn-mxnet'):
+        runner.run_study(reduced(tmp_path), log=lambda _: None)
+    assert (mine / 'important.txt').read_text() == 'keep'
+    assert sorted(os.listdir(tmp_path)) == [protocol.WORK_NAME]
+    assert os.listdir(tmp_path / protocol.WORK_NAME) == ['mine']
+
+
 def test_bn_diagnostic_rows_come_with_the_study(tmp_path, native_library):
     """The BN nets the study trains are the ones measured: one diagnostic row per BN run at a
     diagnostic batch, keyed like its run, with every statistic a percentage."""
@@ -168,6 +188,16 @@ def test_bn_diagnostic_rows_come_with_the_study(tmp_path, native_library):
             assert 0.0 <= float(row[key]) <= 100.0
     text = (tmp_path / report.TABLES_NAME).read_text()
     assert '| trained at batch | moving | precise | batch1 | batch8 |' in text
+    # Other diagnostic settings: the same runs (nothing trains), but their diagnostic rows are
+    # not this study's: kept in the CSV, not reported.
+    other = reduced(tmp_path, tables=(2,), bn_diagnostic_batches=(32, 8),
+                    bn_diagnostic_eval_batches=(1, 8), bn_diagnostic_images=20)
+    logs = []
+    runner.run_study(other, log=logs.append)
+    assert 'planned, 0 to train' in logs[0]
+    assert bn_statistics.read_rows(str(tmp_path)) == rows
+    assert bn_statistics.rows_of(other, rows) == [] and len(bn_statistics.rows_of(s, rows)) == 2
+    assert '| trained at batch |' not in (tmp_path / report.TABLES_NAME).read_text()
 
 
 def test_same_numbers_with_one_or_two_jobs(tmp_path, native_library):

@@ -16,15 +16,32 @@ import os
 
 import numpy as np
 
+from ..training.rundir import settings_fingerprint
 from ..utils.tables import read_csv, write_csv
+from . import protocol
 
 CSV_NAME, MD_NAME = 'bn_statistics.csv', 'bn_statistics.md'
 SHUFFLE_SEED = 1234
 
 
 def columns(s):
-    return (['cell', 'seed', 'settings', 'train_batch', 'images', 'moving', 'precise']
+    return (['cell', 'seed', 'settings', 'diagnostic', 'train_batch', 'images', 'moving',
+             'precise']
             + [f'batch{e}' for e in s.bn_diagnostic_eval_batches] + ['study_val_error'])
+
+
+def diagnostic_fingerprint(s):
+    """The diagnostic's own settings (its run's are in ``settings``): which val images, which
+    evaluation batches."""
+    return settings_fingerprint(dict(images=s.bn_diagnostic_images, shuffle=SHUFFLE_SEED,
+                                     eval_batches=list(s.bn_diagnostic_eval_batches)))
+
+
+def rows_of(s, rows):
+    """The diagnostic rows of study ``s``: its runs' (cell, seed, settings) and its
+    diagnostic settings (rows without them, from an older version, match nothing)."""
+    stamp = diagnostic_fingerprint(s)
+    return [r for r in protocol.rows_of(s, rows) if r.get('diagnostic') == stamp]
 
 
 def _errors(net, x, y, batch, train_mode):
@@ -81,7 +98,7 @@ def measure(net, data, s, row):
     order = order[:s.bn_diagnostic_images]
     x_val, y_val = data.x_val[order], data.y_val[order].astype(np.int64)
     out = dict(cell=row['cell'], seed=row['seed'], settings=row['settings'],
-               train_batch=row['batch_size'], images=len(order),
+               diagnostic=diagnostic_fingerprint(s), train_batch=row['batch_size'], images=len(order),
                moving=_errors(net, x_val, y_val, s.val_batch, False))
     for e in s.bn_diagnostic_eval_batches:   # training-mode forwards: averages unchanged
         out[f'batch{e}'] = _errors(net, x_val, y_val, e, True)

@@ -19,7 +19,6 @@ set the widths allow, and channels-per-group variants fix D = C / G in every lay
 The defaults of each data set are in DATASET_DEFAULTS; results/*/PROTOCOL.md say why.
 """
 import dataclasses
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from ..training.config import DATASETS as TRAIN_DATASETS, TrainConfig
+from ..training.rundir import settings_fingerprint
 
 # The paper's numbers: ResNet-50 on ImageNet, val top-1 error (%), for comparison only.
 PAPER_TABLE1 = {'BN': 23.6, 'LN': 25.3, 'IN': 28.4, 'GN': 24.1}
@@ -39,6 +39,7 @@ TABLES = (1, 2, 3)   # the paper's tables this study reproduces
 DATASETS = tuple(d for d in TRAIN_DATASETS if d != 'imagenet')   # the in-memory ones
 CSV_NAME = 'runs.csv'
 SETTINGS_NAME = 'settings.json'
+WORK_NAME = '_work'   # the runs' scratch folder, marked as the study's own (utils.files)
 # Readable copies of the main settings; `settings` (the fingerprint) is what identifies a run.
 SETTING_COLUMNS = ('dataset', 'network', 'epochs', 'train_subset', 'image_size', 'base_lr',
                    'wd', 'threads')
@@ -153,8 +154,7 @@ def fingerprint(cell, seed, s):
     values = run_settings(cell, seed, s)
     for key in ('norm', 'num_groups', 'group_size', 'batch_size', 'seed'):
         values.pop(key)
-    text = json.dumps(values, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+    return settings_fingerprint(values)
 
 
 def table_cells(s):

@@ -188,7 +188,7 @@ def regenerate(out_dir):
     with open(os.path.join(out_dir, protocol.SETTINGS_NAME)) as f:
         s = protocol.StudySettings.from_json(f.read(), out_dir=out_dir)
     rows = protocol.rows_of(s, read_csv(os.path.join(out_dir, protocol.CSV_NAME)))
-    return tables_markdown(s, rows, protocol.rows_of(s, bn_statistics.read_rows(out_dir)))
+    return tables_markdown(s, rows, bn_statistics.rows_of(s, bn_statistics.read_rows(out_dir)))
 
 
 def readme_blocks(text, root):

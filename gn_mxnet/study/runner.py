@@ -10,14 +10,14 @@ digits. This way a cell gives the same numbers whether one or several jobs run.
 """
 import contextlib
 import os
-import shutil
 import time
 
-from ..utils.files import atomic_write_text
+from ..training.rundir import remove_run
+from ..utils.files import atomic_write_text, make_own_folder, remove_own_folder
 from ..utils.tables import read_csv, write_csv
 from . import bn_statistics
-from .protocol import (CSV_COLUMNS, CSV_NAME, SETTINGS_NAME, fingerprint, planned_identity,
-                       planned_runs, rows_of, run_identity, train_config)
+from .protocol import (CSV_COLUMNS, CSV_NAME, SETTINGS_NAME, WORK_NAME, fingerprint,
+                       planned_identity, planned_runs, rows_of, run_identity, train_config)
 from .report import write_report
 
 
@@ -30,8 +30,8 @@ def make_data(s, batch_size, seed):
 
 def train_cell(cell, seed, s, work_dir):
     """Train one (cell, seed) in this process; returns (CSV row, the trained net, its data).
-    A run stopped midway resumes from its checkpoint in ``work_dir``; the directory is removed
-    when the run is done. (The study calls it in its workers: see the module docstring.)"""
+    A run stopped midway resumes from its checkpoint in ``work_dir``; the run's own files (and
+    the directory, when nothing else is in it) are removed when the run is done. (The study calls it in its workers: see the module docstring.)"""
     from ..models import get_model
     from ..models.norms import ChannelsPerGroupNorm
     from ..training import checkpoint as ckpt
@@ -41,7 +41,7 @@ def train_cell(cell, seed, s, work_dir):
     cfg = train_config(cell, seed, s, work_dir)
     # The work dir is this run's own: continue its checkpoint, or replace what a run killed
     # before its first checkpoint left there.
-    cfg.resume = os.path.exists(os.path.join(work_dir, ckpt.CHECKPOINT_NAME))
+    cfg.resume = ckpt.has_checkpoint(work_dir)   # an old pickled one is refused, not run
     cfg.overwrite = not cfg.resume
     norm = ChannelsPerGroupNorm(cell.group_size) if cell.group_size else cell.norm
     net = get_model(s.network, num_classes=10, norm=norm, num_groups=cell.num_groups or 1,
@@ -65,7 +65,7 @@ def train_cell(cell, seed, s, work_dir):
                                    for r in per_epoch),
                steps=s.epochs * (data.num_train // cell.batch_size),
                seconds=round(time.time() - start, 2))
-    shutil.rmtree(work_dir, ignore_errors=True)
+    remove_run(work_dir)
     return row, net, data
 
 
@@ -125,7 +125,8 @@ def read_runs(out_dir):
 
 
 def write_runs(out_dir, rows):
-    write_csv(os.path.join(out_dir, CSV_NAME), rows, CSV_COLUMNS)
+    # Rows an older version wrote may lack a column: kept, with the cell empty.
+    write_csv(os.path.join(out_dir, CSV_NAME), rows, CSV_COLUMNS, fill_missing=True)
 
 
 def pending_runs(s, rows):
@@ -135,31 +136,39 @@ def pending_runs(s, rows):
 
 
 def run_study(s, log=print):
-    """Train every run not yet in ``<out_dir>/runs.csv`` and write tables and plots.
-    Returns the rows of this study's settings."""
-    os.makedirs(s.out_dir, exist_ok=True)
-    rows = read_runs(s.out_dir) if s.resume else []
-    diagnostics = bn_statistics.read_rows(s.out_dir) if s.resume else []
+    """Train every run not yet in ``<out_dir>/runs.csv`` (every planned run, with
+    ``s.resume`` False) and write tables and plots. Returns the rows of this study's settings.
+    Rows of other settings stay in the CSV; a row trained again replaces its older twin."""
+    if os.path.lexists(s.out_dir) and not os.path.isdir(s.out_dir):
+        raise NotADirectoryError(f"--out {s.out_dir} is a file; choose a folder")
+    rows = read_runs(s.out_dir)
+    diagnostics = bn_statistics.read_rows(s.out_dir)
+    todo = pending_runs(s, rows) if s.resume else planned_runs(s)
+    scratch = os.path.join(s.out_dir, WORK_NAME)
+    if todo:   # refused before anything is written if a folder of that name is not ours
+        make_own_folder(scratch, "study's scratch folder")
     atomic_write_text(os.path.join(s.out_dir, SETTINGS_NAME), s.to_json())
-    todo = pending_runs(s, rows)
     log(f"{len(planned_runs(s))} runs planned, {len(todo)} to train "
         f"({s.dataset}, {s.epochs} epochs on {s.train_subset or 'all'} samples, "
         f"jobs={s.jobs}, {s.threads} thread(s) each)")
-    jobs = [(cell, seed, s, os.path.join(s.out_dir, '_work', f'{cell.key}_s{seed}'))
+    jobs = [(cell, seed, s, os.path.join(scratch, f'{cell.key}_s{seed}'))
             for cell, seed in todo]
     start = time.time()
     if jobs:
         for done, (row, diagnostic) in enumerate(
                 train_in_workers(jobs, min(s.jobs, len(jobs)), s.threads), start=1):
-            rows.append(row)
+            rows = [r for r in rows if run_identity(r) != run_identity(row)] + [row]
             write_runs(s.out_dir, rows)
             if diagnostic is not None:
-                diagnostics = [d for d in diagnostics if run_identity(d) != run_identity(row)]
+                same = lambda d: (run_identity(d), d.get('diagnostic')) == (  # noqa: E731
+                    run_identity(diagnostic), diagnostic['diagnostic'])
+                diagnostics = [d for d in diagnostics if not same(d)]
                 diagnostics.append(diagnostic)
                 bn_statistics.write_rows(s.out_dir, diagnostics, bn_statistics.columns(s))
             log(f"[{done}/{len(jobs)} {time.time() - start:6.0f}s] {row['cell']} seed "
                 f"{row['seed']}: val error {row['val_error']:.2f}% ({row['seconds']:.0f}s)")
-    shutil.rmtree(os.path.join(s.out_dir, '_work'), ignore_errors=True)
+    if os.path.isdir(scratch):
+        remove_own_folder(scratch)
     mine = rows_of(s, read_runs(s.out_dir))
-    write_report(s, mine, rows_of(s, bn_statistics.read_rows(s.out_dir)))
+    write_report(s, mine, bn_statistics.rows_of(s, bn_statistics.read_rows(s.out_dir)))
     return mine
