@@ -194,7 +194,7 @@ def test_a_few_iterations_evaluate_checkpoint_and_resume(embedded, tmp_path, nat
                           out_dir=out, progress=False, lr=0.01, warmup_iters=2)
     first = run(cfg)
     assert first['final_epoch'] == 1
-    for name in ('checkpoint.pkl', 'last.params', 'coco_log.csv', 'coco_curves.png',
+    for name in (ckpt.CHECKPOINT_NAME, 'last.params', 'coco_log.csv', 'coco_curves.png',
                  'summary.json'):
         assert os.path.isfile(os.path.join(out, name)), name
     saved = ckpt.load_checkpoint(out)
@@ -248,8 +248,7 @@ def test_frozen_bn_variant_trains_and_keeps_its_statistics(embedded, tmp_path):
                           val_limit=1, out_dir=str(tmp_path / 'bn'), progress=False)
     summary = run(cfg)
     assert summary['final_epoch'] == 1
-    with open(os.path.join(cfg.out_dir, 'checkpoint.pkl'), 'rb') as f:
-        params = pickle.load(f)['params']
+    params = ckpt.load_checkpoint(cfg.out_dir)['params']
     means = [v for k, v in params.items() if k.endswith('running_mean')]
     assert means and all(np.all(m == 0) for m in means)   # BN*: statistics never updated
 
@@ -270,7 +269,8 @@ cfg = engine.DetectionConfig(kv_store='dist_sync')
 kv, rank, num_workers = connect(cfg.kv_store)
 net = build_mask_rcnn(['a', 'b'], small=True)
 trainer, dist_sync = engine._make_trainer(cfg, net, kv)
-ckpt.load_trainer_state_bytes(trainer, ckpt.trainer_state_bytes(trainer))
+ckpt.optimizer_state.restore_trainer_state(
+    trainer, *ckpt.optimizer_state.trainer_state(trainer))
 assert dist_sync is not None and not trainer._update_on_kvstore
 print('states saved on worker', rank, 'of', num_workers)
 """

@@ -16,6 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from gn_mxnet.models import convert
 from gn_mxnet.models import get_model
+from gn_mxnet.utils import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R50_UNITS, R101_UNITS = (3, 4, 6, 3), (3, 4, 23, 3)
@@ -210,11 +211,30 @@ def test_detectron_mismatch_is_refused_by_name_and_loads_nothing(detectron_file)
     with pytest.raises(convert.WeightMismatchError) as error:
         convert.load_tensors(net, broken, 'detectron', source='broken.pkl')
     message = str(error.value)
+    assert '1 missing, 1 unexpected, 1 of the wrong shape' in message and '\n' not in message
     for name in ('res3_1_branch2b_gn_s', 'layer2.1.bn2.gamma', 'res6_0_branch2a_w',
                  'res2_0_branch2b_w'):
         assert name in message, (name, message)
+    assert error.value.unexpected == ['res6_0_branch2a_w']
+    assert [name.split()[0] for name in error.value.misshaped] == ['res2_0_branch2b_w']
     after = _snapshot(net)
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_a_mismatch_with_another_net_is_counted_not_listed():
+    """A ResNet-18's weights for a ResNet-50: hundreds of names, a message of one short line."""
+    small = get_model('resnet18_v1b', num_classes=5, backend='ops')
+    small.initialize()
+    small(mx.nd.zeros((1, 3, 32, 32)))
+    with pytest.raises(convert.WeightMismatchError) as error:
+        convert.load_tensors(_gn50(), convert.export_tensors(small, 'gluoncv'), 'gluoncv')
+    mismatch = error.value
+    assert len(mismatch.missing) > 50 and mismatch.misshaped
+    message = str(mismatch)
+    assert '\n' not in message and len(message) < 1000, message
+    assert f"{len(mismatch.missing)} missing" in message
+    assert f"{len(mismatch.misshaped)} of the wrong shape" in message
+    assert mismatch.missing[0] in message and mismatch.missing[-1] not in message
 
 
 def test_detectron_batchnorm_affine_blobs_are_reported_not_guessed():
@@ -358,8 +378,10 @@ def test_command_line_refuses_a_mismatched_file_naming_the_tensor(tmp_path, caps
     path = str(tmp_path / 'broken.pkl')
     convert.write_tensors(blobs, path)
     out = str(tmp_path / 'never.params')
-    assert convert.main([path, out, '--model', 'resnet50_v1b']) == 2
-    assert 'res4_5_branch2c_w' in capsys.readouterr().err
+    assert cli.run(convert.main, [path, out, '--model', 'resnet50_v1b']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1, err
+    assert '1 missing' in err and 'res4_5_branch2c_w' in err
     assert not os.path.exists(out)
 
 

@@ -103,7 +103,7 @@ def test_bad_input_fails_before_training(tmp_path):
 def test_outputs_written_and_consistent(uninterrupted):
     summary, out = uninterrupted
     for name in ('log.csv', 'summary.json', 'curves.png', 'best.params', 'last.params',
-                 'checkpoint.pkl'):
+                 ckpt.CHECKPOINT_NAME):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     with open(os.path.join(out, 'log.csv')) as f:
         rows = list(csv.DictReader(f))
@@ -137,12 +137,12 @@ def test_resume_after_stop_equals_uninterrupted(uninterrupted, tmp_path):
     summary, out = uninterrupted
     stopped = train(TrainConfig(out_dir=str(tmp_path), stop_after_epochs=1, **QUICK))
     assert not stopped['finished'] and stopped['epochs_done'] == 1
-    saved = (tmp_path / 'checkpoint.pkl').read_bytes()
+    saved = (tmp_path / ckpt.CHECKPOINT_NAME).read_bytes()
     with pytest.raises(FileExistsError) as refused:   # a new run never replaces it silently
         train(TrainConfig(out_dir=str(tmp_path), **QUICK))
-    for words in (str(tmp_path), 'checkpoint.pkl', '--resume', '--overwrite'):
+    for words in (str(tmp_path), ckpt.CHECKPOINT_NAME, '--resume', '--overwrite'):
         assert words in str(refused.value)
-    assert (tmp_path / 'checkpoint.pkl').read_bytes() == saved
+    assert (tmp_path / ckpt.CHECKPOINT_NAME).read_bytes() == saved
     with pytest.raises(ValueError, match='not both'):
         train(TrainConfig(out_dir=str(tmp_path), resume=True, overwrite=True, **QUICK))
     # Every setting that changes results is compared, and each difference is named.
@@ -212,7 +212,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     state = ckpt.load_checkpoint(killed)   # the last complete checkpoint, epoch 1's
     assert 1 <= state['epoch'] < 3
     assert state['epoch'] == 1
-    assert [n for n in os.listdir(killed) if n.startswith('.checkpoint.pkl.')]
+    assert [n for n in os.listdir(killed) if n.startswith(f'.{ckpt.CHECKPOINT_NAME}.')]
     subprocess.run([sys.executable] + args + ['--resume'], cwd=REPO, check=True, timeout=300,
                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert_same_params(os.path.join(out, 'last.params'), os.path.join(killed, 'last.params'))

@@ -93,7 +93,7 @@ def parse_args(argv=None):
     run_group = p.add_argument_group('run')
     run_group.add_argument('--out-dir', default=d.out_dir)
     run_group.add_argument('--resume', action='store_true',
-                           help='continue from --out-dir/checkpoint.pkl')
+                           help='continue from --out-dir/checkpoint.npz')
     run_group.add_argument('--overwrite', action='store_true',
                            help='delete the run already in --out-dir and start afresh')
     run_group.add_argument('--no-progress', action='store_true', help='no tqdm bars')
@@ -104,6 +104,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     with cli.usage_errors(p):
         parse_decay_epochs(args.lr_decay_epochs, allow_empty=True)
+        if args.pretrained_backbone not in ('auto', 'none'):
+            cli.existing_file(args.pretrained_backbone, '--pretrained-backbone')
     return args
 
 

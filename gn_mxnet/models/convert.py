@@ -13,8 +13,8 @@ Reading and writing the files (atomically; pickles restricted to NumPy arrays) i
 ``weight_files.py``; this module maps names and loads.
 
 Loading is all or nothing: every tensor of the file must find a parameter of the same shape
-and every parameter must be filled, else :class:`WeightMismatchError` lists the offending
-names and the net is left untouched.
+and every parameter must be filled, else :class:`WeightMismatchError` counts the offending
+names (its attributes list them all) and the net is left untouched.
 
 Command line: ``python -m gn_mxnet.convert SRC DST [--model resnet50_v1b] [--norm gn]``.
 """
@@ -27,10 +27,12 @@ import numpy as np
 
 from ..utils import cli
 from .norms import NORMS
-from .weight_files import (FORMATS, NAMING, UnsafePickleError, WeightMismatchError,
-                           check_format, guess_format, read_tensors, write_tensors)
+from .weight_files import (FORMATS, NAMING, UnsafePickleError, WeightFileError,
+                           WeightMismatchError, check_format, guess_format, read_tensors,
+                           write_tensors)
 
-__all__ = ['FORMATS', 'UnsafePickleError', 'WeightMismatchError', 'describe', 'export_tensors',
+__all__ = ['FORMATS', 'UnsafePickleError', 'WeightFileError', 'WeightMismatchError', 'describe',
+           'export_tensors',
            'guess_format', 'load_tensors', 'load_weights', 'main', 'read_tensors',
            'save_weights', 'spread_input_channels', 'to_our_names', 'write_tensors']
 
@@ -166,24 +168,17 @@ def load_tensors(net, tensors, fmt, source='the weights', skip=(), ctx=None):
     ours, source_of, unmatched = to_our_names(tensors, fmt, net)
     params = net._collect_params_with_prefix()
     skipped = lambda name: any(name.startswith(prefix) for prefix in skip)
-    problems = []
     unused = sorted(unmatched + [source_of[n] for n in ours if n not in params and not skipped(n)])
-    if unused:
-        problems.append("tensors in %s with no parameter in the net: %s" % (source, unused))
     missing = sorted(_with_source_name(n, fmt) for n in params
                      if n not in ours and not skipped(n))
-    if missing:
-        problems.append("parameters of the net missing from %s: %s" % (source, missing))
     misshaped = sorted('%s %s (net wants %s)' % (source_of[n], tuple(ours[n].shape),
                                                  tuple(params[n].shape))
                        for n in params if n in ours and not skipped(n)
                        and not _shape_fits(params[n].shape, ours[n].shape))
-    if misshaped:
-        problems.append("tensors of the wrong shape: %s" % misshaped)
-    if problems:
-        raise WeightMismatchError("refusing to load %s (%s format) into %s; nothing was loaded:"
-                                  "\n  " % (source, fmt, type(net).__name__)
-                                  + '\n  '.join(problems))
+    if unused or missing or misshaped:
+        raise WeightMismatchError.of(
+            "refusing to load %s (%s format) into %s; nothing was loaded"
+            % (source, fmt, type(net).__name__), missing, unused, misshaped)
     ctx = ctx or mx.cpu()
     for name, param in params.items():
         if not skipped(name):

@@ -18,6 +18,7 @@ import pickle
 import mxnet as mx
 import numpy as np
 
+from ..utils import cli
 from ..utils.files import atomic_path, atomic_write_bytes
 
 FORMATS = ('detectron', 'gluoncv', 'torchvision', 'safetensors')
@@ -29,7 +30,32 @@ NAMING = {'detectron': 'detectron', 'gluoncv': 'gluoncv', 'torchvision': 'torchv
 
 
 class WeightMismatchError(ValueError):
-    """A weight file does not fit the net; the message lists every offending name."""
+    """A weight file does not fit the net. The message counts each kind of problem and names
+    the first few of each (a ResNet-50 of another net would list hundreds); the full lists are
+    the attributes ``missing`` (the net's parameters the file lacks), ``unexpected`` (the file's
+    tensors the net lacks) and ``misshaped`` (tensors of the wrong shape)."""
+    SHOWN = 3   # names per kind in the message
+
+    def __init__(self, message, missing=(), unexpected=(), misshaped=()):
+        super().__init__(message)
+        self.missing, self.unexpected = list(missing), list(unexpected)
+        self.misshaped = list(misshaped)
+
+    @classmethod
+    def of(cls, what, missing, unexpected, misshaped):
+        """'<what>: 12 missing, 3 unexpected, 2 of the wrong shape; missing: a, b, c, ...'"""
+        kinds = [(label, names) for label, names in (
+            ('missing', missing), ('unexpected', unexpected), ('of the wrong shape', misshaped))
+            if names]
+        counts = ', '.join('%d %s' % (len(names), label) for label, names in kinds)
+        firsts = '; '.join('%s: %s%s' % (label, ', '.join(names[:cls.SHOWN]),
+                                         ', ...' if len(names) > cls.SHOWN else '')
+                           for label, names in kinds)
+        return cls('%s: %s; %s' % (what, counts, firsts), missing, unexpected, misshaped)
+
+
+class WeightFileError(ValueError):
+    """A weight file cannot be read: empty, truncated, or not of the format it claims."""
 
 
 class UnsafePickleError(ValueError):
@@ -83,8 +109,25 @@ class WeightUnpickler(pickle.Unpickler):
 
 
 def read_tensors(path, fmt=None):
-    """{name: numpy array} of a weight file, in the file's own naming."""
+    """{name: numpy array} of a weight file, in the file's own naming. A missing file raises
+    FileNotFoundError, an empty or damaged one :class:`WeightFileError`, both naming it."""
     fmt = check_format(fmt or guess_format(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError("no weight file %s" % path)
+    if os.path.getsize(path) == 0:
+        raise WeightFileError("the weight file %s is empty" % path)
+    try:
+        return _read(path, fmt)
+    except (UnsafePickleError, WeightMismatchError):
+        raise
+    except Exception as error:   # each format's reader fails its own way on a damaged file
+        cause = cli.message_of(error)[:200]
+        raise WeightFileError("%s is not a readable %s weight file (%s: %s); is it complete, "
+                              "and of that format?" % (path, fmt, type(error).__name__, cause)
+                              ) from error
+
+
+def _read(path, fmt):
     if fmt == 'detectron':
         with open(path, 'rb') as f:
             blobs = WeightUnpickler(f, path).load()

@@ -1,18 +1,46 @@
-"""Training checkpoints: weights, optimizer states, RNG states and history in one file, written
-atomically (gn_mxnet.utils.files), so a kill at any moment leaves the last complete checkpoint.
+"""Training checkpoints: weights, optimizer states, RNG states and history in one file of data
+only, written atomically (gn_mxnet.utils.files), so a kill at any moment leaves the last
+complete checkpoint.
+
+The file is an .npz read with allow_pickle=False: numeric arrays (weights, optimizer states,
+NumPy's RNG keys) and one uint8 array holding JSON (epoch, best, history, config, the other
+RNG and optimizer values). Loading it cannot run code, so a checkpoint planted in an out-dir
+(the comparison and the study resume theirs without --resume) is data or an error. Checkpoints
+of earlier versions were pickles (checkpoint.pkl): they are never loaded, only converted on
+request by `python -m gn_mxnet.training.checkpoint migrate DIR` (checkpoint_migration, which
+unpickles with nothing but the arrays and optimizer values such a file holds).
 """
+import io
+import json
 import os
-import pickle
 import random
-import tempfile
+import sys
+import zipfile
+import zlib
 
 import mxnet as mx
 import numpy as np
 
 from ..utils.files import atomic_path, atomic_write_bytes
+from . import optimizer_state
 
-CHECKPOINT_NAME = 'checkpoint.pkl'
-CHECKPOINT_VERSION = 1
+CHECKPOINT_NAME = 'checkpoint.npz'
+LEGACY_CHECKPOINT_NAME = 'checkpoint.pkl'   # the pickles of earlier versions
+CHECKPOINT_VERSION = 2
+MIGRATE_COMMAND = 'python -m gn_mxnet.training.checkpoint migrate'
+_META = 'meta'                 # the JSON, as uint8
+_NUMPY_KEYS = 'rng/numpy'      # MT19937's 624 uint32 keys
+# What np.load and zipfile raise on a truncated, corrupt or foreign file.
+_UNREADABLE = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error,
+               NotImplementedError)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+class _OtherVersion(ValueError):
+    pass
 
 
 def save_parameters(net, path):
@@ -54,21 +82,11 @@ def require_finite(net, when):
                                  f"checkpoint stays; lower the learning rate")
 
 
-def trainer_state_bytes(trainer):
-    """The optimizer and its per-parameter states (momentum, fp32 master weights)."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, 'trainer.states')
-        trainer.save_states(path)
-        with open(path, 'rb') as f:
-            return f.read()
-
-
-def load_trainer_state_bytes(trainer, payload):
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, 'trainer.states')
-        with open(path, 'wb') as f:
-            f.write(payload)
-        trainer.load_states(path)
+def has_checkpoint(out_dir):
+    """Whether `out_dir` holds a checkpoint (of this version or a pickle of an earlier one),
+    that is, whether a run there continues instead of starting."""
+    return any(os.path.isfile(os.path.join(out_dir, name))
+               for name in (CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME))
 
 
 def python_rng_state():
@@ -80,38 +98,167 @@ def restore_python_rng_state(state):
     random.setstate(state['python'])
 
 
-def save_checkpoint(out_dir, *, net, trainer, epoch, best, history, config):
-    """Everything needed to continue after `epoch` completed epochs, in one atomic file."""
-    state = {
+def checkpoint_state(*, net, trainer, epoch, best, history, config):
+    """Everything needed to continue after `epoch` completed epochs, as load_checkpoint
+    returns it."""
+    meta, arrays = optimizer_state.trainer_state(trainer)
+    return {
         'version': CHECKPOINT_VERSION,
         'epoch': epoch,
         'params': parameter_arrays(net),
-        'trainer': trainer_state_bytes(trainer),
+        'trainer': {'meta': meta, 'arrays': arrays},
         'rng': python_rng_state(),
         'best': dict(best),
         'history': list(history),
         'config': dict(config),
     }
-    path = os.path.join(out_dir, CHECKPOINT_NAME)
-    atomic_write_bytes(path, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _plain(value):
+    """JSON for NumPy scalars (COCOeval's figures are np.float64, counts may be np.int64)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"a checkpoint cannot hold a {type(value).__name__}")
+
+
+def encode(state):
+    """{name: numpy array} for np.savez: the state's arrays, and its other values as JSON."""
+    names = sorted(state['params'])
+    numpy_rng = state['rng']['numpy']
+    python_rng = state['rng']['python']
+    meta = {
+        'version': state['version'],
+        'epoch': state['epoch'],
+        'best': state['best'],
+        'history': state['history'],
+        'config': state['config'],
+        'params': names,
+        'trainer': state['trainer']['meta'],
+        # (name, keys, pos, has_gauss, cached_gaussian); the keys are an array.
+        'rng_numpy': [numpy_rng[0]] + list(numpy_rng[2:]),
+        # (version, 625 ints, gauss_next)
+        'rng_python': [python_rng[0], list(python_rng[1]), python_rng[2]],
+    }
+    text = json.dumps(meta, default=_plain)
+    arrays = {_META: np.frombuffer(text.encode('utf-8'), dtype=np.uint8),
+              _NUMPY_KEYS: np.asarray(numpy_rng[1], dtype=np.uint32)}
+    arrays.update((f'param/{i}', np.asarray(state['params'][name]))
+                  for i, name in enumerate(names))
+    arrays.update(state['trainer']['arrays'])
+    for key, value in arrays.items():
+        if value.dtype.hasobject:   # np.savez would pickle it
+            raise TypeError(f"checkpoint array {key} holds Python objects")
+    return arrays
+
+
+def decode(arrays):
+    """The state that `encode` made `arrays` from; ValueError/KeyError/TypeError if they are
+    not such arrays."""
+    meta = json.loads(bytes(arrays[_META].astype(np.uint8)).decode('utf-8'))
+    if meta['version'] != CHECKPOINT_VERSION:
+        raise _OtherVersion(f"it is a checkpoint of version {meta['version']}, this "
+                            f"gn_mxnet reads version {CHECKPOINT_VERSION}")
+    name, pos, has_gauss, cached = meta['rng_numpy']
+    version, words, gauss = meta['rng_python']
+    rng = {'numpy': (name, arrays[_NUMPY_KEYS], pos, has_gauss, cached),
+           'python': (version, tuple(words), gauss)}
+    # Checked now, on generators of their own: a bad state fails here, not mid-restore.
+    np.random.RandomState().set_state(rng['numpy'])
+    random.Random().setstate(rng['python'])
+    trainer_meta = meta['trainer']
+    trainer_arrays = {key: arrays[key] for key in optimizer_state.array_keys(trainer_meta)}
+    return {
+        'version': meta['version'],
+        'epoch': int(meta['epoch']),
+        'params': {name: arrays[f'param/{i}'] for i, name in enumerate(meta['params'])},
+        'trainer': {'meta': trainer_meta, 'arrays': trainer_arrays},
+        'rng': rng,
+        'best': meta['best'],
+        'history': meta['history'],
+        'config': meta['config'],
+    }
+
+
+def write_state(path, state):
+    """`state` into the checkpoint file `path`, atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **encode(state))
+    atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def _reason(error):
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def read_state(path):
+    """The state in checkpoint file `path`; CheckpointError if it is not a whole checkpoint."""
+    try:
+        loaded = np.load(path, allow_pickle=False)   # allow_pickle=False: data, never code
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with loaded:
+            arrays = {key: loaded[key] for key in loaded.files}   # reads (and checks) all
+        return decode(arrays)
+    except _OtherVersion as error:
+        raise CheckpointError(f"{path}: {error}; resume it with the gn_mxnet that wrote it, "
+                              f"or start the run afresh with --overwrite") from None
+    except (*_UNREADABLE, TypeError, IndexError) as error:
+        raise CheckpointError(f"{path} is not a complete checkpoint ({_reason(error)}); "
+                              f"restore it from a copy, or start the run afresh with "
+                              f"--overwrite") from None
+
+
+def save_checkpoint(out_dir, *, net, trainer, epoch, best, history, config):
+    """Everything needed to continue after `epoch` completed epochs, in one atomic file."""
+    state = checkpoint_state(net=net, trainer=trainer, epoch=epoch, best=best,
+                             history=history, config=config)
+    return write_state(os.path.join(out_dir, CHECKPOINT_NAME), state)
+
+
+def legacy_refusal(out_dir):
+    """The error for a folder holding a pickled checkpoint of an earlier version."""
+    path = os.path.join(out_dir, LEGACY_CHECKPOINT_NAME)
+    return CheckpointError(
+        f"{path} is a checkpoint of an earlier gn_mxnet, a pickle, which is never loaded "
+        f"(unpickling can run code); if you trust it, convert it with `{MIGRATE_COMMAND} "
+        f"{out_dir}`, or start the run afresh with --overwrite")
 
 
 def load_checkpoint(out_dir):
     path = os.path.join(out_dir, CHECKPOINT_NAME)
     if not os.path.isfile(path):
+        if os.path.isfile(os.path.join(out_dir, LEGACY_CHECKPOINT_NAME)):
+            raise legacy_refusal(out_dir)
         raise FileNotFoundError(f"--resume: no checkpoint to resume from at {path}")
-    with open(path, 'rb') as f:
-        state = pickle.load(f)
-    if state.get('version') != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} has checkpoint version {state.get('version')}, this code "
-                         f"reads version {CHECKPOINT_VERSION}")
-    return state
+    return read_state(path)
 
 
 def restore_checkpoint(state, *, net, trainer):
     """Puts weights, optimizer states and Python/NumPy RNG states back; returns the epoch."""
     set_parameter_arrays(net, state['params'])
-    load_trainer_state_bytes(trainer, state['trainer'])
+    optimizer_state.restore_trainer_state(trainer, state['trainer']['meta'],
+                                          state['trainer']['arrays'])
     restore_python_rng_state(state['rng'])
     return state['epoch']
+
+
+def main(argv=None):
+    """`migrate DIR...`: converts each DIR's checkpoint.pkl into this version's checkpoint."""
+    from ..utils import cli
+    from .checkpoint_migration import migrate
+    parser = cli.ArgumentParser(prog='python -m gn_mxnet.training.checkpoint',
+                                description=main.__doc__)
+    parser.add_argument('command', choices=['migrate'])
+    parser.add_argument('dirs', nargs='+', metavar='DIR',
+                        help=f'an out-dir holding a {LEGACY_CHECKPOINT_NAME} you trust')
+    args = parser.parse_args(argv)
+    for out_dir in args.dirs:
+        print(f"{out_dir}: wrote {migrate(out_dir)}")
+    return 0
+
+
+if __name__ == '__main__':
+    from ..utils.cli import run
+    sys.exit(run(main))

@@ -54,8 +54,10 @@ class RecordSource(DataSource):
 
     def __init__(self, train_rec, val_rec, batch_size, num_classes, data_shape=(3, 224, 224),
                  seed=0, num_parts=1, part_index=0, threads=4, num_train=None):
-        _require_file(train_rec, 'the training .rec file')
-        _require_file(val_rec, 'the validation .rec file')
+        for path, what in ((train_rec, 'the training .rec file'),
+                           (val_rec, 'the validation .rec file')):
+            _require_file(path, what)
+            record_index.check_recordio(path, what)
         self.train_rec, self.val_rec = train_rec, val_rec
         self.batch_size, self.num_classes = batch_size, num_classes
         self.data_shape, self.seed = tuple(data_shape), seed

@@ -11,9 +11,25 @@ import os
 
 import mxnet as mx
 
+from .source import DataError
+
 HOW_TO_INDEX = ("make one with im2rec (mxnet/tools/im2rec.py in the mxnet package writes "
                 "NAME.idx beside NAME.rec), or write the records with "
                 "mx.recordio.MXIndexedRecordIO(idx_path, rec_path, 'w').write_idx(key, record)")
+
+
+# dmlc-core's RecordIO magic number, the first 4 bytes (little-endian) of every record.
+RECORDIO_MAGIC = (0xced7230a).to_bytes(4, 'little')
+
+
+def check_recordio(rec_path, what='the .rec file'):
+    """Refuses a file that is not RecordIO (MXNet's own check ends in a C++ stack trace)."""
+    with open(rec_path, 'rb') as f:
+        start = f.read(4)
+    if start != RECORDIO_MAGIC:
+        raise DataError(f"{what} {rec_path} is not a RecordIO file ("
+                         f"{'it is empty' if not start else 'it does not start with one record'}"
+                         f"); make it with im2rec (mxnet/tools/im2rec.py)")
 
 
 def index_path(rec_path):

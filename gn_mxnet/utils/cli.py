@@ -33,18 +33,9 @@ def debugging():
 
 
 def one_line(error):
-    """The message of exception `error` as one line: lines folded with spaces, and of an
-    MXNetError only the check that failed (not the C++ stack trace nor its time and source
-    prefix)."""
-    if isinstance(error, KeyError) and len(error.args) == 1:
-        text = str(error.args[0])   # str(KeyError) quotes its message
-    else:
-        text = str(error)
-    text = text.split('Stack trace:')[0]
-    text = re.sub(r'\[\d\d:\d\d:\d\d\] \S+:\d+: ', '', text)
-    text = ' '.join(line.strip() for line in text.splitlines() if line.strip())
-    if not text:
-        text = type(error).__name__
+    """The message of exception `error` as one line (see message_of), cut at MAX_MESSAGE; for an
+    exception type that no library raises for a user's mistake, saying that it is a bug."""
+    text = message_of(error)
     if len(text) > MAX_MESSAGE:
         text = text[:MAX_MESSAGE - 3].rstrip() + '...'
     if not isinstance(error, EXPECTED):
@@ -53,10 +44,28 @@ def one_line(error):
     return text
 
 
+def message_of(error):
+    """The message of exception `error` with its lines folded into one, and of an MXNetError
+    only the check that failed (not the C++ stack trace, its source lines nor its time)."""
+    if isinstance(error, KeyError) and len(error.args) == 1:
+        text = str(error.args[0])   # str(KeyError) quotes its message
+    else:
+        text = str(error)
+    text = text.split('Stack trace:')[0]
+    if text.startswith('Traceback') and 'MXNetError: ' in text:   # C++ source lines first
+        text = text[text.rindex('MXNetError: ') + len('MXNetError: '):]
+    text = re.sub(r'\[\d\d:\d\d:\d\d\] \S+:\d+: ', '', text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines[:1] == ['Traceback (most recent call last):']:   # MXNet's C++ source lines
+        lines = [line for line in lines[1:] if not line.startswith('File "')]
+    return ' '.join(lines) or type(error).__name__
+
+
 def fail(message, code):
     """Print `error: <message>` (folded to one line) on stderr; return exit status `code`."""
-    print(f"error: {one_line(message) if isinstance(message, BaseException) else message}",
-          file=sys.stderr, flush=True)
+    text = (one_line(message) if isinstance(message, BaseException)
+            else ' '.join(str(message).split()))
+    print(f"error: {text}", file=sys.stderr, flush=True)
     return code
 
 
@@ -181,8 +190,11 @@ def usage_errors(parser, *errors):
         parser.error(one_line(error))
 
 
-def existing_file(text):
+def existing_file(text, option=None):
+    """A converter for `type=`; called with `option`, a check that raises ValueError naming it."""
     if not os.path.isfile(text):
+        if option:
+            raise ValueError(f"{option}: no such file: {text!r}")
         raise argparse.ArgumentTypeError(f"no such file: {text!r}")
     return text
 
