@@ -124,7 +124,7 @@ def pretrain(s, norm):
     (backbone path, final val top-1)."""
     cfg = pretrain_config(s, norm)
     out = cfg.out_dir
-    started = os.path.exists(os.path.join(out, ckpt.CHECKPOINT_NAME))
+    started = ckpt.has_checkpoint(out)   # an old pickled one too: load_checkpoint refuses it
     done = False
     if started:   # another pretraining there (other images, epochs) must not pass for this one
         state = ckpt.load_checkpoint(out)
@@ -151,7 +151,7 @@ def finetune_config(s, arm, seed, backbone):
     cfg = replace(DetectionConfig(**{'evaluate': 'last', **s.finetune}), norm=norm, seed=seed, out_dir=out,
                   pretrained_backbone=backbone, progress=s.progress, num_groups=NUM_GROUPS,
                   depth=BACKBONE_DEPTH)
-    cfg.resume = os.path.exists(os.path.join(out, ckpt.CHECKPOINT_NAME))
+    cfg.resume = ckpt.has_checkpoint(out)
     cfg.overwrite = not cfg.resume
     return cfg
 
