@@ -89,7 +89,7 @@ def make_parser():
     r.add_argument('--no-hybridize', action='store_true')
     r.add_argument('--seed', type=cli.non_negative_int, default=0)
     r.add_argument('--out-dir', default='runs/train_imagenet')
-    r.add_argument('--resume', action='store_true', help='continue from out-dir/checkpoint.pkl')
+    r.add_argument('--resume', action='store_true', help='continue from out-dir/checkpoint.npz')
     r.add_argument('--overwrite', action='store_true',
                    help='delete the run already in out-dir and start afresh')
     r.add_argument('--stop-after-epochs', type=cli.positive_int,
