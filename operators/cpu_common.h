@@ -188,8 +188,9 @@ inline bool overflowed(const Moments& m) { return !std::isfinite(m.mean) || !std
 
 // The overflow fallback (docs/design.md §2): the group's statistics recomputed from x / p, p the
 // power of two at or below max|x| (so the division is exact and x / p is in (-2, 2)), two passes
-// in double, and rstd formed in that scaled domain: rstd = 1 / (p·sqrt(var_p + eps/p²)), never
-// var = p²·var_p, which overflows. load(i) gives element i of the group as double. A group
+// in double, and rstd formed without var = p²·var_p, which overflows: rstd = 1 / hypot(std, √eps),
+// std = p·sqrt(var_p) (not 1 / (p·sqrt(var_p + eps/p²)): eps/p² underflows, and a constant
+// group then gets rstd = inf instead of 1/√eps). load(i) gives element i of the group as double. A group
 // with a non-finite element keeps `fast` (its NaN/inf is the right answer).
 template <typename Load>
 GroupStats rescaled_stats(int64_t count, Load&& load, double eps, GroupStats fast) {
@@ -210,7 +211,7 @@ GroupStats rescaled_stats(int64_t count, Load&& load, double eps, GroupStats fas
   }
   const double correction = dev / static_cast<double>(count);
   const double var = std::fmax((m2 - dev * correction) / static_cast<double>(count), 0.0);
-  return {(mean + correction) * p, 1.0 / (p * std::sqrt(var + eps * inv_p * inv_p))};
+  return {(mean + correction) * p, 1.0 / std::hypot(p * std::sqrt(var), std::sqrt(eps))};
 }
 
 // A double mean split for Acc arithmetic: x - mean = (x - hi) - lo, where x - hi is exact

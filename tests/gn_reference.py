@@ -12,16 +12,18 @@ def _restore(a, axis, ndim):
 
 
 def _stats(x, G, eps):
-    """Scale-aware, so that it holds at every finite magnitude: GroupNorm is the same for x / s
-    with eps / s², and with s a power of two at or above a group's max |x| (never below 1)
-    neither the squares nor the division leave float64's range or round."""
+    """Scale-aware, so that it holds at every finite magnitude: the moments of x / s, s a power
+    of two at or above a group's max |x| (never below 1), whose squares stay in float64's range
+    and whose division does not round; rstd = 1 / hypot(std, sqrt(eps)), std = s·sqrt(var_s),
+    which never forms var = std² (eps / s² would underflow where var_s is 0)."""
     xg = x.reshape(x.shape[0], G, -1)
     peak = np.abs(xg).max(axis=2, keepdims=True) if xg.size else np.ones(xg.shape[:2] + (1,))
     s = np.ldexp(1.0, np.frexp(np.maximum(peak, 1.0))[1])
     xs = xg / s
     mean = xs.mean(axis=2, keepdims=True)
+    mean = mean + (xs - mean).mean(axis=2, keepdims=True)  # its rounding: 0 for a constant group
     var = ((xs - mean) ** 2).mean(axis=2, keepdims=True)
-    return xg, mean * s, 1.0 / (s * np.sqrt(var + eps / s / s))
+    return xg, mean * s, 1.0 / np.hypot(s * np.sqrt(var), np.sqrt(eps))
 
 
 def moments(x, G, eps=1e-5, axis=1):

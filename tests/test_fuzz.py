@@ -3,8 +3,8 @@
 2-D to 5-D, every spelling of the channel axis, eps from 0 to 1, float64/float32/float16 data
 (float16 with float16 and with float32 gamma/beta), offsets that test the precision scheme
 (|mean| >> std, near-constant groups), tensors above the CPU kernels' one-thread grain,
-float16 groups whose sums float16 could not hold, every backend, imperatively and in bound
-Symbols. Each run draws a fresh seed; a failure prints it with the case, and
+float16 groups whose sums float16 could not hold, huge |x| whose squares overflow (float32
+1e19-1e30, float64 1e155-1e300), every backend, imperatively and in bound Symbols. Each run draws a fresh seed; a failure prints it with the case, and
 `GN_FUZZ_SEED=<seed> GN_FUZZ_CASE=<i>` replays one case (GN_FUZZ_CASES sets the count).
 """
 import os
@@ -25,7 +25,10 @@ RUNNERS = {'ndarray': run, 'symbol': run_symbolic}
 # One cycle of case kinds; case i is kind i % len(KINDS) and backend i % 3, so every run
 # holds each kind for each backend (len(KINDS) and 3 have no common factor).
 KINDS = (['big', 'big_float16', 'float16_sums', 'float16_sums_symbol']
-         + ['symbol'] * 4 + ['small'] * 32)
+         + ['symbol'] * 4 + ['huge_float32', 'huge_float64'] + ['small'] * 30)
+# log10 of |x| for the 'huge' kinds: from where the kernels' sums of squares overflow to the
+# largest magnitude promised right (docs/design.md §2).
+HUGE_LOG10 = {'float32': (19, 30), 'float64': (155, 300)}
 
 
 class Case(NamedTuple):
@@ -76,11 +79,17 @@ def draw_case(master_seed, index):
         total = rng.randint(int(2.2 * GRAIN), int(6 * GRAIN))
         spatial = _spatial(rng, ndim, total / (batch * groups * per_group))
         offset, spread = [(0.0, 2.0), (1000.0, 2.0), (3.0, 1e-3)][rng.randint(3)]
+    elif kind.startswith('huge'):
+        spatial = [rng.randint(1, 7) for _ in range(ndim - 2)]
+        spread = 10.0 ** rng.uniform(*HUGE_LOG10[kind[len('huge_'):]])
+        offset = spread * [0.0, 3.0][rng.randint(2)]
     else:
         spatial = [rng.randint(1, 7) for _ in range(ndim - 2)]
         offset, spread = [(0.0, 2.0), (0.0, 2.0), (1000.0, 2.0), (3.0, 1e-3)][rng.randint(4)]
     if kind == 'big_float16' or kind.startswith('float16_sums'):
         dtype = 'float16'
+    elif kind.startswith('huge'):
+        dtype = kind[len('huge_'):]
     else:
         dtype = ['float32', 'float32', 'float64', 'float16'][rng.randint(4)]
     if dtype == 'float16' and offset == 1000.0:
@@ -127,6 +136,9 @@ def test_draws_cover_what_the_fuzz_promises(seed):
             overflowing = [c for c in mine if c.runner == runner and c.dtype == 'float16'
                            and c.group_size * (c.offset - 4 * c.spread) > FLOAT16_MAX]
             assert len(overflowing) >= 8, (backend, runner)
+        for dtype, (low, _) in HUGE_LOG10.items():
+            huge = [c for c in mine if c.dtype == dtype and c.spread >= 10.0 ** low]
+            assert len(huge) >= 10, (backend, dtype)
 
 
 def test_random_cases_match_reference(native_library):

@@ -86,3 +86,15 @@ def test_tiny_inputs_stay_right(native_library, backend, dtype, magnitude, chann
     for name, got, expected in zip(('y', 'dx', 'dgamma', 'dbeta'), (y, dx, dgamma, dbeta), want):
         err = _relative(got, expected)
         assert err <= 10 * TOLERANCE[dtype], f'{name}: relative error {err:.3g}'
+
+
+@pytest.mark.parametrize('dtype,magnitude', [('float32', 3e37), ('float64', 1e307)])
+@pytest.mark.parametrize('backend', ['native', 'custom'])
+def test_constant_group_whose_sum_overflows(native_library, backend, dtype, magnitude):
+    """A group of 8192 equal values whose sum overflows: the native op's rescaled statistics
+    (taken only then) must still give var 0 and rstd 1/sqrt(eps), not 1/(s·0) = inf, which
+    made y NaN. Past the promised 1e30 / 1e300, where the 'ops' backend's own sums overflow."""
+    x, dy, gamma, beta = make_inputs((1, 2, 64, 64), 1, dtype, seed=6, offset=magnitude,
+                                     spread=0.0)
+    assert np.isinf(np.sum(x, dtype=x.dtype))
+    check_results(run(backend, x, gamma, beta, dy, 1, 1), x, dy, gamma, beta, 1, 1)

@@ -31,8 +31,9 @@ def _grouped_statistics(x, attrs):
 
     float64 whatever x's dtype: a float32 mean's rounding, times rstd ~ 1/sqrt(eps) for a
     near-constant group, would show in y at 1e-5, and this backend's job is to be exact.
-    Each group is taken as x / s with eps / s², s the power of two above its max |x| (at least
-    2; exact), so the squares stay in range at any finite |x| (|x| ~ 1e155 would overflow).
+    Each group's moments are of x / s, s the power of two above its max |x| (at least 2;
+    exact), so the squares stay in range at any finite |x| (|x| ~ 1e155 would overflow), and
+    rstd = 1 / hypot(std, sqrt(eps)) never forms var = std².
     """
     channels_last = layout(attrs, x.shape).channels_last
     xg = _grouped(x.astype(np.float64), attrs.num_groups, channels_last)
@@ -40,8 +41,9 @@ def _grouped_statistics(x, attrs):
     s = np.ldexp(1.0, np.frexp(np.maximum(peak, 1.0))[1])  # inf/NaN peak: 1, as unscaled
     xs = xg / s[:, :, None, None]
     mean = xs.mean(axis=(2, 3))
+    mean += (xs - mean[:, :, None, None]).mean(axis=(2, 3))  # its rounding (0 if constant)
     var = np.square(xs - mean[:, :, None, None]).mean(axis=(2, 3))
-    return xg, mean * s, 1.0 / (s * np.sqrt(var + attrs.eps / s / s)), channels_last
+    return xg, mean * s, 1.0 / np.hypot(s * np.sqrt(var), np.sqrt(attrs.eps)), channels_last
 
 
 def _sigmoid(z):
