@@ -20,6 +20,7 @@ from gn_mxnet.convert import load_weights
 from gn_mxnet.gluon import GroupNorm
 from gn_mxnet.models.resnet import resnet_v1b
 from gn_mxnet.training.grey_images import FASHION_CLASSES
+from test_user_files import assert_kept, plant
 
 warnings.filterwarnings('ignore', message='.*already initialized.*')
 
@@ -189,10 +190,12 @@ def test_a_few_iterations_evaluate_checkpoint_and_resume(embedded, tmp_path, nat
                                                          monkeypatch):
     cache, _, _ = embedded
     out = str(tmp_path / 'run')
+    plant(out)   # a user's files beside the run: every one stays, byte for byte
     cfg = DetectionConfig(cache_dir=cache, num_train=SMALL_SPEC.num_train,
                           num_val=SMALL_SPEC.num_val, epochs=1, train_limit=4, val_limit=2,
                           out_dir=out, progress=False, lr=0.01, warmup_iters=2)
     first = run(cfg)
+    assert_kept(out)
     assert first['final_epoch'] == 1
     for name in (ckpt.CHECKPOINT_NAME, 'last.params', 'coco_log.csv', 'coco_curves.png',
                  'summary.json'):
@@ -200,6 +203,7 @@ def test_a_few_iterations_evaluate_checkpoint_and_resume(embedded, tmp_path, nat
     saved = ckpt.load_checkpoint(out)
     with pytest.raises(FileExistsError, match='--resume .* --overwrite'):
         run(replace(cfg))                  # a new run never replaces it silently
+    assert_kept(out)
     with pytest.raises(ValueError, match="lr: saved 0.01, now 0.02; momentum: saved 0.9, now"):
         run(replace(cfg, resume=True, lr=0.02, momentum=0.8))
 
@@ -231,6 +235,12 @@ def test_a_few_iterations_evaluate_checkpoint_and_resume(embedded, tmp_path, nat
         assert {k: float(row[k]) for k in figures} == pytest.approx(figures)
     assert [float(r['lr']) for r in rows] == pytest.approx([0.0, 0.01 * 2 / 3, 0.01])
     assert second['untrained'] == first['untrained']   # epoch 0 was not re-run
+    assert_kept(out)
+    assert run(replace(cfg, resume=False, overwrite=True, epochs=1, evaluate='last',
+                       train_limit=2, val_limit=1))['final_epoch'] == 1
+    assert_kept(out)
+    with open(os.path.join(out, 'coco_log.csv')) as f:   # the old run's log was replaced
+        assert [int(r['epoch']) for r in csv.DictReader(f)] == [1]
 
 
 def test_detector_resume_identity_is_every_field_but_bookkeeping():
@@ -318,3 +328,99 @@ def test_two_workers_train_in_step_scale_the_lr_and_resume(embedded, tmp_path, n
         with open(out / 'worker0' / 'coco_log.csv') as f:
             rows = list(csv.DictReader(f))
         assert [float(r['lr']) for r in rows] == pytest.approx([0.0] + [0.005] * epochs)
+
+
+# --- the COCO comparison's rows: reused only for the same settings --------------------------
+def _fake_comparison(monkeypatch, calls):
+    from gn_mxnet.detection import comparison
+
+    def fake_pretrain(s, norm):
+        calls.append(('pretrain', norm))
+        return 'backbone-%s.params' % norm, 0.8
+
+    def fake_run(cfg):
+        calls.append((cfg.norm, cfg.seed, cfg.epochs))
+        return {'final': {k: 0.1 * cfg.epochs + 0.01 * cfg.seed for k in comparison.AP_COLUMNS}}
+    monkeypatch.setattr(comparison, 'pretrain', fake_pretrain)
+    monkeypatch.setattr(comparison, 'run', fake_run)
+    return comparison
+
+
+def test_comparison_reuses_a_row_only_for_the_same_settings(tmp_path, monkeypatch):
+    calls = []
+    comparison = _fake_comparison(monkeypatch, calls)
+    root = str(tmp_path)
+    plant(root)
+    s = comparison.ComparisonSettings(root=root, arms=('gn', 'gn_scratch'), seeds=(0,),
+                                      finetune={'epochs': 3})
+    # A runs.csv of an older version (no fingerprint): its rows match nothing, and stay.
+    old = dict(arm='gn', norm='gn', pretrained='x', seed=0, pretrain_val_top1=0.5, epochs=1,
+               num_train=8, seconds=1, **{k: 0.99 for k in comparison.AP_COLUMNS})
+    write_old = [c for c in comparison.CSV_COLUMNS if c != 'settings']
+    with open(tmp_path / comparison.CSV_NAME, 'w', newline='') as f:
+        writer = csv.DictWriter(f, write_old)
+        writer.writeheader()
+        writer.writerow(old)
+    logs = []
+    rows = comparison.run_comparison(s, log=logs.append)
+    assert sorted(c for c in calls if c[0] != 'pretrain') == [('gn', 0, 3), ('gn', 0, 3)]
+    assert [r['epochs'] for r in rows] == [3, 3] and 'gn seed 0' in logs[0]
+    assert '99.0' not in (tmp_path / comparison.REPORT_NAME).read_text()
+    with open(tmp_path / comparison.CSV_NAME) as f:
+        on_disk = list(csv.DictReader(f))
+    assert len(on_disk) == 3 and on_disk[0]['settings'] == ''
+    assert float(on_disk[0]['bbox_AP']) == 0.99
+    # Other fine-tune epochs: a row of 3 epochs is not this comparison's; both train again.
+    calls.clear()
+    rows = comparison.run_comparison(replace(s, finetune={'epochs': 4}), log=logs.append)
+    assert sorted(calls[1:]) == [('gn', 0, 4), ('gn', 0, 4)] and len(rows) == 2
+    assert [float(r['bbox_AP']) for r in rows] == pytest.approx([0.4, 0.4])
+    # The same settings again: every row reused, nothing trains.
+    calls.clear()
+    assert len(comparison.run_comparison(replace(s, finetune={'epochs': 3}),
+                                         log=logs.append)) == 2
+    assert calls == []
+    with open(tmp_path / comparison.CSV_NAME) as f:
+        assert len(list(csv.DictReader(f))) == 5
+    assert_kept(root)
+
+
+def test_comparison_fingerprint_holds_every_setting(tmp_path):
+    from gn_mxnet.detection import comparison
+    base = comparison.ComparisonSettings(root=str(tmp_path))
+    stamp = comparison.fingerprint(base)
+    changed = [dict(pretrain_epochs=2), dict(pretrain_subset=100), dict(pretrain_val_subset=10),
+               dict(pretrain_batch=8), dict(pretrain_seed=1), dict(finetune={'epochs': 5}),
+               dict(finetune={'lr': 0.5}), dict(finetune={'num_train': 16}),
+               dict(finetune={'small': not DetectionConfig().small})]
+    stamps = {comparison.fingerprint(replace(base, **kw)) for kw in changed}
+    assert stamp not in stamps and len(stamps) == len(changed)
+    # Where it writes, what it shows, and which arms and seeds it runs are not settings.
+    for same in (dict(root='elsewhere'), dict(progress=False), dict(seeds=(5,)),
+                 dict(arms=('gn',)), dict(finetune={'cache_dir': 'x', 'progress': False})):
+        assert comparison.fingerprint(replace(base, **same)) == stamp
+
+
+def test_comparison_refuses_a_run_dir_of_other_settings_naming_its_own_remedy(tmp_path,
+                                                                               monkeypatch):
+    """A fine-tune folder holding a run of other settings, or of more epochs, is refused
+    before anything trains, and the message names no option the comparison lacks."""
+    calls = []
+    comparison = _fake_comparison(monkeypatch, calls)
+    s = comparison.ComparisonSettings(root=str(tmp_path), arms=('gn_scratch',), seeds=(0,),
+                                      finetune={'epochs': 3})
+    cfg = comparison.finetune_config(s, 'gn_scratch', 0, '')
+    os.makedirs(cfg.out_dir)
+    open(os.path.join(cfg.out_dir, ckpt.CHECKPOINT_NAME), 'wb').close()
+    saved = {'config': engine.run_identity(replace(cfg, lr=0.5), 1), 'epoch': 1}
+    monkeypatch.setattr(comparison.ckpt, 'load_checkpoint', lambda out: saved)
+    with pytest.raises(ValueError) as refused:
+        comparison.run_comparison(s, log=lambda *_: None)
+    message = str(refused.value)
+    assert 'lr: saved 0.5' in message and cfg.out_dir in message and '\n' not in message
+    assert '--resume' not in message and '--overwrite' not in message
+    assert 'another --out-dir' in message and calls == []
+    saved.update(config=engine.run_identity(cfg, 1), epoch=5)
+    with pytest.raises(ValueError, match='holds a run of 5 epochs, this comparison trains 3'):
+        comparison.run_comparison(s, log=lambda *_: None)
+    assert calls == []

@@ -14,10 +14,15 @@ Every arm fine-tunes with the same schedule, once per seed. ``root`` holds ``pre
 (the classifier run) and its ``backbone.params``, ``finetune/<arm>_seed<k>/`` (the detector run),
 ``runs.csv`` (one row per finished fine-tune, rewritten atomically) and ``comparison.md``.
 Stopped, it resumes: finished rows are kept, a half-done run continues from its checkpoint.
+
+Every row carries the fingerprint of every setting of the comparison (``settings``: the
+pretrainings', the fine-tune's and the converter's), and only rows with this comparison's
+fingerprint are reused and reported; rows of other settings stay in the CSV. A pretraining or
+fine-tune folder that holds a run of other settings is refused before anything trains.
 """
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -26,7 +31,8 @@ from ..training import checkpoint as ckpt
 from ..training.config import TrainConfig
 from ..training.loop import train
 from ..training.reporting import SUMMARY_NAME
-from ..training.rundir import require_same_run, run_identity
+from ..training.rundir import (add_to_manifest, refuse_foreign, require_same_run, run_identity,
+                               settings_fingerprint)
 from ..utils.files import atomic_write_text
 from ..utils.tables import read_csv, write_csv
 from .engine import DetectionConfig, run
@@ -39,8 +45,12 @@ NUM_GROUPS = 32
 # arm -> (detector norm, backbone pretraining norm or None for from scratch)
 ARMS = {'gn': ('gn', 'gn'), 'bn_star': ('bn', 'bn'), 'gn_scratch': ('gn', None)}
 AP_COLUMNS = ('bbox_AP', 'bbox_AP50', 'bbox_AP75', 'segm_AP', 'segm_AP50', 'segm_AP75')
-CSV_COLUMNS = (('arm', 'norm', 'pretrained', 'seed') + AP_COLUMNS
+CSV_COLUMNS = (('arm', 'norm', 'pretrained', 'seed', 'settings') + AP_COLUMNS
                + ('pretrain_val_top1', 'epochs', 'num_train', 'seconds'))
+# The fine-tune fields that name where a run writes or what it shows (not what it computes),
+# and those each row sets itself (its arm's norm, its seed, its backbone's path).
+_NOT_SETTINGS = ('out_dir', 'cache_dir', 'resume', 'overwrite', 'progress', 'norm', 'seed',
+                 'pretrained_backbone')
 
 
 @dataclass
@@ -119,26 +129,59 @@ def resolve_backbone(value, norm, root=DEFAULT_ROOT):
                 'with\n  %s' % (norm.upper(), path, how_to_pretrain(root, norm)))
 
 
+def fingerprint(s):
+    """The hash of every setting that changes a row's figures but its arm and seed: the
+    pretrainings' (their TrainConfig identity), the converter's and the fine-tune's (its
+    DetectionConfig but where it writes and what each row sets itself)."""
+    pretraining = pretrain_config(s, 'gn').resolved().identity()
+    pretraining.pop('norm')
+    finetune = asdict(DetectionConfig(**{'evaluate': 'last', **s.finetune}))
+    finetune = {k: v for k, v in finetune.items() if k not in _NOT_SETTINGS}
+    return settings_fingerprint(dict(pretraining=pretraining, finetune=finetune,
+                                     # the converter's options (after its two paths)
+                                     backbone=convert_command(s, 'gn')[5:],
+                                     depth=BACKBONE_DEPTH, num_groups=NUM_GROUPS))
+
+
+def _remedy(out):
+    return ('This comparison does not replace it: run it with the settings that run was made '
+            'with, give it another --out-dir, or move %s away' % out)
+
+
+def check_run_dir(out, cfg, identity):
+    """Refuses (before anything trains) a run folder holding a run of other settings than
+    ``cfg``'s (``identity``), or one trained further than ``cfg.epochs``; returns the saved
+    state, or None where no run is there."""
+    if not ckpt.has_checkpoint(out):   # an old pickled one too: load_checkpoint refuses it
+        return None
+    state = ckpt.load_checkpoint(out)
+    require_same_run(state['config'], identity, out, remedy=_remedy(out))
+    if state['epoch'] > cfg.epochs:
+        raise ValueError('%s holds a run of %d epochs, this comparison trains %d. %s'
+                         % (out, state['epoch'], cfg.epochs, _remedy(out)))
+    return state
+
+
 def pretrain(s, norm):
     """Pretrain (or finish pretraining) the ``norm`` backbone and convert it; returns
     (backbone path, final val top-1)."""
     cfg = pretrain_config(s, norm)
     out = cfg.out_dir
-    started = ckpt.has_checkpoint(out)   # an old pickled one too: load_checkpoint refuses it
-    done = False
-    if started:   # another pretraining there (other images, epochs) must not pass for this one
-        state = ckpt.load_checkpoint(out)
-        require_same_run(state['config'], run_identity(cfg.resolved(), 1), out)
-        done = os.path.isfile(os.path.join(out, SUMMARY_NAME)) and state['epoch'] == cfg.epochs
+    path = backbone_path(s.root, norm)
+    refuse_foreign(out, [BACKBONE_NAME])   # a backbone file there that no run of ours wrote
+    # another pretraining there (other images, epochs) must not pass for this one
+    state = check_run_dir(out, cfg, run_identity(cfg.resolved(), 1))
+    done = (state is not None and os.path.isfile(os.path.join(out, SUMMARY_NAME))
+            and state['epoch'] == cfg.epochs)
     if not done:
-        cfg.resume = started
+        cfg.resume = state is not None
         cfg.overwrite = not cfg.resume
         summary = train(cfg)
         if not summary['finished']:
             raise RuntimeError('pretraining %s in %s did not finish' % (norm, out))
     top1 = ckpt.load_checkpoint(out)['history'][-1]['val_top1']
-    path = backbone_path(s.root, norm)
-    if not os.path.isfile(path):
+    if not done or not os.path.isfile(path):   # weights trained now: never an older backbone
+        add_to_manifest(out, [BACKBONE_NAME])
         if convert.main(convert_command(s, norm)[3:]) != 0:
             raise RuntimeError('converting %s failed' % out)
     return path, top1
@@ -163,15 +206,37 @@ def planned(s):
     return [(arm, seed) for arm in s.arms for seed in s.seeds]
 
 
+def rows_of(s, rows):
+    """The rows of ``rows`` made with this comparison's settings (a row of an older CSV
+    without the fingerprint column matches nothing)."""
+    stamp = fingerprint(s)
+    return [r for r in rows if r.get('settings') == stamp]
+
+
 def run_comparison(s, stage='all', log=print):
-    """Runs what ``root/runs.csv`` lacks; returns its rows. ``stage='pretrain'`` stops after
-    the backbones."""
-    os.makedirs(s.root, exist_ok=True)
+    """Runs what ``root/runs.csv`` lacks for these settings; returns this comparison's rows.
+    ``stage='pretrain'`` stops after the backbones. Every folder is checked before anything
+    trains; the root is created by the first file written."""
+    if os.path.exists(s.root) and not os.path.isdir(s.root):
+        raise NotADirectoryError('--out-dir %s is a file; choose a folder' % s.root)
+    wanted = planned(s)
     csv_path = os.path.join(s.root, CSV_NAME)
     rows = read_csv(csv_path) if os.path.isfile(csv_path) else []
-    done = {(r['arm'], int(r['seed'])) for r in rows}
-    todo = [(arm, seed) for arm, seed in planned(s) if (arm, seed) not in done]
+    done = {(r['arm'], int(r['seed'])) for r in rows_of(s, rows)}
+    todo = [(arm, seed) for arm, seed in wanted if (arm, seed) not in done]
+    other = sorted({(r['arm'], r['seed']) for r in rows} & {(a, str(k)) for a, k in todo})
+    if other:
+        log('runs.csv rows of %s were made with other settings: kept there, not reported; '
+            'these runs train again' % ', '.join('%s seed %s' % o for o in other))
     arms = s.arms if stage == 'pretrain' else {arm for arm, _ in todo}
+    for norm in sorted({ARMS[arm][1] for arm in arms} - {None}):
+        cfg = pretrain_config(s, norm)
+        refuse_foreign(cfg.out_dir, [BACKBONE_NAME])
+        check_run_dir(cfg.out_dir, cfg, run_identity(cfg.resolved(), 1))
+    if stage != 'pretrain':
+        for arm, seed in todo:
+            cfg = finetune_config(s, arm, seed, '')
+            check_run_dir(cfg.out_dir, cfg, _finetune_identity(cfg, s, arm))
     backbones = {}
     for norm in sorted({ARMS[arm][1] for arm in arms} - {None}):
         tic = time.time()
@@ -186,15 +251,23 @@ def run_comparison(s, stage='all', log=print):
         path, top1 = backbones.get(norm_of_pretraining, ('', ''))
         cfg = finetune_config(s, arm, seed, path)
         summary = run(cfg)
-        row = dict(arm=arm, norm=cfg.norm, pretrained=path, seed=seed,
+        row = dict(arm=arm, norm=cfg.norm, pretrained=path, seed=seed, settings=fingerprint(s),
                    pretrain_val_top1=top1, epochs=cfg.epochs, num_train=cfg.num_train,
                    seconds=round(time.time() - tic, 1), **summary['final'])
         rows.append(row)
-        write_csv(csv_path, rows, CSV_COLUMNS)
+        write_csv(csv_path, rows, CSV_COLUMNS, fill_missing=True)   # older rows: no settings
         log('%s seed %d: bbox AP %.4f segm AP %.4f (%.0f s)'
             % (arm, seed, row['bbox_AP'], row['segm_AP'], row['seconds']))
-    write_report(s.root, rows)
-    return rows
+    mine = rows_of(s, rows)
+    write_report(s.root, mine)
+    return mine
+
+
+def _finetune_identity(cfg, s, arm):
+    """The identity the fine-tune's checkpoint records: its backbone path is the one pretrain
+    returns, backbone_path (or '' from scratch)."""
+    backbone = backbone_path(s.root, ARMS[arm][1]) if ARMS[arm][1] else ''
+    return run_identity(replace(cfg, pretrained_backbone=backbone), 1)
 
 
 def summarize(rows):

@@ -98,7 +98,8 @@ def measure(net, data, s, row):
     order = order[:s.bn_diagnostic_images]
     x_val, y_val = data.x_val[order], data.y_val[order].astype(np.int64)
     out = dict(cell=row['cell'], seed=row['seed'], settings=row['settings'],
-               diagnostic=diagnostic_fingerprint(s), train_batch=row['batch_size'], images=len(order),
+               diagnostic=diagnostic_fingerprint(s), train_batch=row['batch_size'],
+               images=len(order),
                moving=_errors(net, x_val, y_val, s.val_batch, False))
     for e in s.bn_diagnostic_eval_batches:   # training-mode forwards: averages unchanged
         out[f'batch{e}'] = _errors(net, x_val, y_val, e, True)

@@ -31,7 +31,8 @@ def make_data(s, batch_size, seed):
 def train_cell(cell, seed, s, work_dir):
     """Train one (cell, seed) in this process; returns (CSV row, the trained net, its data).
     A run stopped midway resumes from its checkpoint in ``work_dir``; the run's own files (and
-    the directory, when nothing else is in it) are removed when the run is done. (The study calls it in its workers: see the module docstring.)"""
+    the directory, when nothing else is in it) are removed when the run is done. (The study
+    calls it in its workers: see the module docstring.)"""
     from ..models import get_model
     from ..models.norms import ChannelsPerGroupNorm
     from ..training import checkpoint as ckpt
