@@ -18,7 +18,11 @@
 //       moments of `split` row-chunks; the group merge happens in step 2.
 //  2. finalize: one block per (n, g) merges its partials in a fixed order (deterministic,
 //     no atomics), writes mean = pivot + ms (rounded to Acc, the output's meaning) and rstd,
-//     and the per-(n, c) coefficients (a, pivot, beta - ms*a).
+//     and the per-(n, c) coefficients (a, pivot, beta - ms*a). Where the merged moments are
+//     not finite although x is (|x| past ~1e18 in float32, ~1e154 in float64: the squares
+//     overflow), the block recomputes its group's moments from (x - pivot) / p, p a power of
+//     two at or above max |x - pivot|, and forms rstd = 1 / hypot(p*sqrt(var_p), sqrt(eps))
+//     without var itself (docs/design.md §2). A test per group is all the fast path pays.
 //  3. the elementwise pass (group_norm_cuda_affine.cuh), which also adds the fused form's
 //     residual and applies its activation.
 #include <cstdio>
@@ -130,6 +134,49 @@ __global__ void __launch_bounds__(kThreads) moments_columns_kernel(
   }
 }
 
+// Element k < D*S of group (n, g).
+template <typename T>
+__device__ __forceinline__ T group_element(const T* x, int64_t n, int64_t g, int64_t k, int64_t C,
+                                           int64_t S, int64_t D, bool channels_last) {
+  return channels_last ? x[n * S * C + (k / D) * C + g * D + k % D] : x[n * C * S + g * D * S + k];
+}
+
+// The overflow fallback: block-wide moments of (x - pivot) / p over group (n, g); *p_out gets
+// p (in every thread). Leaves m and *p_out as they are where max |x - pivot| is not finite
+// (a non-finite x: its NaN/inf is the answer) or 0. Starts with a barrier.
+template <typename T, typename Acc>
+__device__ void rescaled_moments(const T* x, int64_t n, int64_t g, int64_t C, int64_t S,
+                                 int64_t D, bool channels_last, Acc pivot, Moments<Acc>* m,
+                                 Acc* p_out) {
+  __shared__ MaxAbs<Acc> max_scratch[32];
+  __shared__ Moments<Acc> scratch[32];
+  __shared__ Acc scale[2];  // p, 1/p; 0 when there is nothing to redo
+  const int64_t count = D * S;
+  __syncthreads();
+  MaxAbs<Acc> peak{Acc(0)};
+  for (int64_t k = threadIdx.x; k < count; k += blockDim.x)
+    peak.v = fmax(peak.v, fabs(to_acc(group_element(x, n, g, k, C, S, D, channels_last)) - pivot));
+  peak = block_reduce(peak, max_scratch);
+  if (threadIdx.x == 0) {
+    int exponent = 0;
+    frexp(peak.v, &exponent);
+    const bool redo = isfinite(peak.v) && peak.v > Acc(0);
+    scale[0] = redo ? ldexp(Acc(1), exponent) : Acc(0);
+    scale[1] = redo ? ldexp(Acc(1), -exponent) : Acc(0);
+  }
+  __syncthreads();
+  const Acc p = scale[0], inv_p = scale[1];
+  if (p == Acc(0)) return;
+  Moments<Acc> r{};
+  for (int64_t k = threadIdx.x; k < count; k += blockDim.x) {
+    const Acc v = (to_acc(group_element(x, n, g, k, C, S, D, channels_last)) - pivot) * inv_p;
+    r = combine(r, Moments<Acc>{Acc(1), v, Acc(0)});
+  }
+  r = block_reduce(r, scratch);
+  if (threadIdx.x == 0) *m = r;
+  *p_out = p;
+}
+
 // The partials of group (n, g) sit at base + i*stride_i + j, i < count_i, j < count_j.
 template <typename T, typename PT, typename Acc = typename AccOf<T>::type>
 __global__ void __launch_bounds__(kThreads) finalize_moments_kernel(
@@ -139,7 +186,7 @@ __global__ void __launch_bounds__(kThreads) finalize_moments_kernel(
     bool channels_last, Acc eps, Acc* __restrict__ mean_out, Acc* __restrict__ rstd_out,
     Acc* __restrict__ scale, Acc* __restrict__ centre, Acc* __restrict__ shift) {
   __shared__ Moments<Acc> scratch[32];
-  __shared__ Acc stats[3];  // ms (mean of x - pivot), rstd, pivot
+  __shared__ Acc stats[2];  // ms (mean of x - pivot), rstd
   const int64_t ng = blockIdx.x;
   const int64_t n = ng / G;
   const int64_t g = ng - n * G;
@@ -152,18 +199,24 @@ __global__ void __launch_bounds__(kThreads) finalize_moments_kernel(
     m = combine(m, base[i * stride_i + (k - i * count_j)]);
   }
   m = block_reduce(m, scratch);
+  __shared__ bool overflowed;
+  if (threadIdx.x == 0) overflowed = !isfinite(m.mean) || !isfinite(m.m2);
+  __syncthreads();
+  const Acc pivot = S > 0 ? to_acc(x[pivot_offset(n, g, C, S, D, channels_last)]) : Acc(0);
+  Acc p = Acc(1);  // m is of (x - pivot) / p; stays 1 unless rescaled
+  if (overflowed) rescaled_moments(x, n, g, C, S, D, channels_last, pivot, &m, &p);
   if (threadIdx.x == 0) {
     const Acc var = (m.count > Acc(0) && m.m2 > Acc(0)) ? m.m2 / m.count : Acc(0);
-    const Acc rstd = Acc(1) / sqrt(var + eps);
-    const Acc pivot = S > 0 ? to_acc(x[pivot_offset(n, g, C, S, D, channels_last)]) : Acc(0);
-    if (mean_out) mean_out[ng] = pivot + m.mean;
+    const Acc rstd = p == Acc(1) ? Acc(1) / sqrt(var + eps)
+                                 : Acc(1) / hypot(p * sqrt(var), sqrt(eps));
+    const Acc ms = m.mean * p;
+    if (mean_out) mean_out[ng] = pivot + ms;
     if (rstd_out) rstd_out[ng] = rstd;
-    stats[0] = m.mean;
+    stats[0] = ms;
     stats[1] = rstd;
-    stats[2] = pivot;
   }
   __syncthreads();
-  const Acc ms = stats[0], rstd = stats[1], pivot = stats[2];
+  const Acc ms = stats[0], rstd = stats[1];
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     const int64_t c = g * D + d;
     const Acc a = to_acc(gamma[c]) * rstd;

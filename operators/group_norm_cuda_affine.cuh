@@ -14,8 +14,9 @@ namespace {
 // is then exact, and what separates centre from the exact mean is folded into the shift.
 //   forward:  y  = act(scale*(x - centre) + shift [+ residual])
 //             centre = pivot, shift = beta - (mean - pivot)*scale
-//   backward: dx = scale*(dz - dy_centre) + x_scale*(x - centre) + shift
-//             centre = mean, dy_centre = the group mean of dz, x_scale = B, shift = K,
+//   backward: dx = scale*(dz - dy_centre) + x_scale*((x - centre)*x_rstd) + shift
+//             centre = mean, dy_centre = the group mean of dz, x_scale = B/rstd,
+//             x_rstd = rstd (B alone underflows at huge |x|), shift = K,
 //             dz = dy*act'(z), z = scale*(x - centre) + act_shift [+ residual] (scale is
 //             gamma*rstd, act_shift beta: the forward's z, recomputed; dz = dy unfused)
 template <typename Acc> struct ChannelCoefficients {
@@ -25,6 +26,7 @@ template <typename Acc> struct ChannelCoefficients {
   const Acc* dy_centre;  // backward only
   const Acc* shift;
   const Acc* act_shift = nullptr;  // fused backward only
+  const Acc* x_rstd = nullptr;     // backward only
 };
 
 // With kVec > 1 the contiguous extent (S, or C when channels-last) is a multiple of kVec, so a
@@ -93,9 +95,10 @@ __global__ void __launch_bounds__(kThreads) per_channel_affine_kernel(
         const Pack<Acc, kVec> scale = channel_pack<Acc, kVec, kChannelsLast>(coef.scale, row + c);
         const Pack<Acc, kVec> centre = channel_pack<Acc, kVec, kChannelsLast>(coef.centre, row + c);
         const Pack<Acc, kVec> shift = channel_pack<Acc, kVec, kChannelsLast>(coef.shift, row + c);
-        Pack<Acc, kVec> x_scale, dy_centre, act_shift;
+        Pack<Acc, kVec> x_scale, x_rstd, dy_centre, act_shift;
         if (kBackward) {
           x_scale = channel_pack<Acc, kVec, kChannelsLast>(coef.x_scale, row + c);
+          x_rstd = channel_pack<Acc, kVec, kChannelsLast>(coef.x_rstd, row + c);
           dy_centre = channel_pack<Acc, kVec, kChannelsLast>(coef.dy_centre, row + c);
           if (kAct != GN_ACT_NONE)
             act_shift = channel_pack<Acc, kVec, kChannelsLast>(coef.act_shift, row + c);
@@ -111,7 +114,8 @@ __global__ void __launch_bounds__(kThreads) per_channel_affine_kernel(
               g = gn_act::grad_through<kAct>(g, centred, scale.v[v], act_shift.v[v],
                                              residual ? to_acc(pc[u].v[v]) : Acc(0));
             dz.v[v] = FromAcc<T>::cast(g);
-            r = scale.v[v] * (g - dy_centre.v[v]) + x_scale.v[v] * centred + shift.v[v];
+            r = scale.v[v] * (g - dy_centre.v[v]) + x_scale.v[v] * (centred * x_rstd.v[v]) +
+                shift.v[v];
           } else {
             r = scale.v[v] * (to_acc(pa[u].v[v]) - centre.v[v]) + shift.v[v];
             if (in_b) r += to_acc(pb[u].v[v]);

@@ -4,6 +4,8 @@
 //   dgamma[c] = sum_n ds*rstd,  dbeta[c] = sum_n db
 //   per (n, g):  gds = sum_{c in g} gamma*ds,  m = sum_{c in g} db / M,  B = -rstd^3*gds/M
 //   dx = rstd*gamma*(dy - m) + B*(x - mean - r) + rstd*(gamma*m - mean_g(gamma*dy))
+// B*(x - mean) is formed as (B/rstd)*((x - mean)*rstd): B itself leaves the range where |x| is
+// huge (rstd = 1e-30 makes B ~ 1e-60, past float; 1e-300 makes it 1e-600, past double).
 // Centering on the mean (rather than sum dy*x) keeps ds well conditioned when |mean| >> std.
 // The mean arrives rounded to Acc, up to half an ulp of |mean| off, which rstd^2 (up to 1/eps
 // when var << eps) would show in dx and dgamma. x - mean is exact for a near-constant group, so
@@ -27,7 +29,7 @@
 //     column tiles when channels-last; long rows are cut into `split` chunks.
 //  2. coefficients: a block per (n, g) sums the chunks in a fixed order, keeps the re-centred
 //     (ds, db) per (n, c) and writes per-(n, c) coefficients of
-//     dx = a*(dy - m) + B*(x - mean) + K.
+//     dx = a*(dy - m) + (B/rstd)*((x - mean)*rstd) + K.
 //  3. dgamma/dbeta: per channel, 8 threads stride over n and merge in a fixed order (no atomics).
 //  4. the elementwise pass (group_norm_cuda_affine.cuh), which also writes d residual.
 #include "group_norm_cuda_affine.cuh"  // and group_norm_cuda_common.cuh
@@ -166,10 +168,11 @@ __global__ void __launch_bounds__(kThreads) grad_coefficients_kernel(
     const GradSums<Acc>* __restrict__ partial, int64_t split, const PT* __restrict__ gamma,
     const Acc* __restrict__ mean, const Acc* __restrict__ rstd, int64_t C, int64_t G, int64_t S,
     Acc* __restrict__ ds_total, Acc* __restrict__ db_total, Acc* __restrict__ coef_dy,
-    Acc* __restrict__ coef_x, Acc* __restrict__ centre, Acc* __restrict__ dy_centre,
-    Acc* __restrict__ coef_k, const PT* __restrict__ beta, Acc* __restrict__ act_shift) {
+    Acc* __restrict__ coef_x, Acc* __restrict__ x_rstd, Acc* __restrict__ centre,
+    Acc* __restrict__ dy_centre, Acc* __restrict__ coef_k, const PT* __restrict__ beta,
+    Acc* __restrict__ act_shift) {
   __shared__ GroupGradSums<Acc> scratch[32];
-  __shared__ Acc group_coefs[5];  // B, K's channel-independent part, r, m, rstd*m
+  __shared__ Acc group_coefs[5];  // B/rstd, K's channel-independent part, r, m, rstd*m
   const int64_t ng = blockIdx.x;
   const int64_t n = ng / G;
   const int64_t g = ng - n * G;
@@ -198,10 +201,10 @@ __global__ void __launch_bounds__(kThreads) grad_coefficients_kernel(
     const Acc offset = group_sums.v[2] * inv_m;
     // sum gamma*(ds - offset*db): the re-centring of every channel's ds, summed.
     const Acc gds = group_sums.v[0] - offset * group_sums.v[1];
-    const Acc b = -r * r * r * gds * inv_m;
+    const Acc slope = -r * (r * gds) * inv_m;  // B/rstd
     const Acc m = group_sums.v[3] * inv_m;
-    group_coefs[0] = b;
-    group_coefs[1] = -r * (group_sums.v[4] * inv_m) - b * offset;  // B*(x - mean - offset)
+    group_coefs[0] = slope;
+    group_coefs[1] = -r * (group_sums.v[4] * inv_m) - slope * (r * offset);  // B*(x-mean-offset)
     group_coefs[2] = offset;
     group_coefs[3] = m;
     group_coefs[4] = r * m;
@@ -212,6 +215,7 @@ __global__ void __launch_bounds__(kThreads) grad_coefficients_kernel(
     const int64_t c = n * C + g * D + d;
     ds_total[c] -= offset * db_total[c];  // this thread wrote both above
     coef_x[c] = group_coefs[0];
+    x_rstd[c] = r;
     centre[c] = mu;
     dy_centre[c] = group_coefs[3];
     coef_k[c] = (to_acc(gamma[g * D + d]) - gamma_pivot) * group_coefs[4] + group_coefs[1];
@@ -303,6 +307,7 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
   Acc* db_total = carve.take<Acc>(N * C);
   Acc* coef_dy = carve.take<Acc>(N * C);
   Acc* coef_x = carve.take<Acc>(N * C);
+  Acc* x_rstd = carve.take<Acc>(N * C);
   Acc* centre = carve.take<Acc>(N * C);
   Acc* dy_centre = carve.take<Acc>(N * C);
   Acc* coef_k = carve.take<Acc>(N * C);
@@ -321,8 +326,8 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
 
     const int threads = static_cast<int>(clamp64(round_up(C / G, 32), 32, kThreads));
     grad_coefficients_kernel<Acc, PT><<<static_cast<unsigned>(N * G), threads, 0, stream>>>(
-        partial, split, gamma, mean, rstd, C, G, S, ds_total, db_total, coef_dy, coef_x, centre,
-        dy_centre, coef_k, beta, act_shift);
+        partial, split, gamma, mean, rstd, C, G, S, ds_total, db_total, coef_dy, coef_x, x_rstd,
+        centre, dy_centre, coef_k, beta, act_shift);
     if ((status = launch_status()) != GN_STATUS_OK) return status;
   }
 
@@ -335,6 +340,7 @@ int backward_impl(const void* dy_, const void* x_, const void* gamma_, const voi
   if (dx_ == nullptr && dresidual_ == nullptr) return GN_STATUS_OK;
   ChannelCoefficients<Acc> coef{coef_dy, coef_x, centre, dy_centre, coef_k};
   coef.act_shift = act_shift;
+  coef.x_rstd = x_rstd;
   return launch_per_channel_affine<T>(dy, x, residual, coef, static_cast<T*>(dx_),
                                       static_cast<T*>(dresidual_), N, C, S, channels_last, act,
                                       stream);
@@ -349,9 +355,9 @@ extern "C" size_t gn_cuda_backward_workspace_bytes(int64_t N, int64_t C, int64_t
   if (check_shape(N, C, S, G) != GN_STATUS_OK || N == 0) return 0;
   const int64_t split = backward_split(N, C, S, G, channels_last);
   // Sized for the widest accumulation type (double) so one number serves every dtype.
-  // 8 per-(n, c) slices: 7 coefficients and the fused form's act_shift.
+  // 9 per-(n, c) slices: 8 coefficients and the fused form's act_shift.
   return kSliceAlign + slice_bytes(N * split * C, sizeof(GradSums<double>)) +
-         8 * slice_bytes(N * C, sizeof(double));
+         9 * slice_bytes(N * C, sizeof(double));
 }
 
 extern "C" int gn_cuda_backward(int dtype, int param_dtype, const void* dy, const void* x,

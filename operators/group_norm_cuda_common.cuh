@@ -76,6 +76,21 @@ __device__ __forceinline__ Moments<Acc> combine(const Moments<Acc>& a, const Mom
   return r;
 }
 
+// The largest |value| of a set (the forward's overflow fallback, group_norm_cuda.cu).
+template <typename Acc> struct MaxAbs {
+  Acc v;
+};
+
+template <typename Acc>
+__device__ __forceinline__ MaxAbs<Acc> combine(const MaxAbs<Acc>& a, const MaxAbs<Acc>& b) {
+  return {fmax(a.v, b.v)};
+}
+
+template <typename Acc>
+__device__ __forceinline__ MaxAbs<Acc> shfl_down(const MaxAbs<Acc>& v, int offset) {
+  return {__shfl_down_sync(0xffffffffu, v.v, offset)};
+}
+
 // K independent sums (backward: ds, db, dev per channel; dgamma, dbeta per parameter).
 template <typename Acc, int K> struct Sums {
   Acc v[K];

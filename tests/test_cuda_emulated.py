@@ -70,6 +70,25 @@ def test_fused_matches_reference(emulated_cuda, N, C, S, G, cl, dtypes, act, wit
         assert err <= TOLERANCE[dtypes[0]], "%s: rel err %.3g" % (name, err)
 
 
+# Huge |x| (tests/test_magnitudes.py for the CPU): the squares overflow, so the finalize block
+# recomputes its group scaled (a (1, 4, 1024) group is also split over two moments blocks), and
+# the backward's x term is (B/rstd)*((x - mean)*rstd). Reported: 1e19 float32 gave y = 0,
+# 1e155 float64 y = NaN.
+@pytest.mark.parametrize("dtype,magnitude", [(FLOAT32, 1e19), (FLOAT32, 1e30), (FLOAT64, 1e155),
+                                             (FLOAT64, 1e300)])
+@pytest.mark.parametrize("act,with_residual", [("none", False), ("silu", True)])
+@pytest.mark.parametrize("cl", [0, 1])
+@pytest.mark.parametrize("N,C,S,G", [(2, 6, 5, 3), (1, 4, 1024, 1)])
+def test_huge_inputs_match_reference(emulated_cuda, N, C, S, G, cl, act, with_residual, dtype,
+                                     magnitude):
+    x64, dy64, gamma64, beta64 = _inputs(N, C, S, magnitude, magnitude, N + C + S + cl)
+    residual = np.random.default_rng(S).standard_normal((N, C, S)) if with_residual else None
+    ours, ref, terms = cuda_emulation.run(emulated_cuda, x64, dy64, gamma64, beta64, G, cl,
+                                          (dtype, dtype), act=act, residual64=residual)
+    for name, err in cuda_emulation.relative_errors(ours, ref, terms).items():
+        assert err <= TOLERANCE[dtype], "%s: rel err %.3g" % (name, err)
+
+
 def test_fused_refuses_an_unknown_act(emulated_cuda):
     lib, bad = emulated_cuda, max(ACT_CODES.values()) + 1
     x = np.ones((2, 4, 3), np.float32)
