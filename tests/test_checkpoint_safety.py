@@ -146,12 +146,18 @@ def test_a_damaged_or_missing_checkpoint_is_one_clear_error(tmp_path):
     np.save(tmp_path / 'single.npy', np.zeros(3))
     with np.load(path) as loaded:
         arrays = dict(loaded)
-    text = bytes(arrays['meta']).replace(b'"version": 2', b'"version": 7')
-    np.savez(tmp_path / 'other.npz', **{**arrays, 'meta': np.frombuffer(text, np.uint8)})
+
+    def rewritten(old, new):   # a whole archive whose JSON says something else
+        text = bytes(arrays['meta']).replace(old, new)
+        assert text != bytes(arrays['meta'])
+        np.savez(tmp_path / 'other.npz', **{**arrays, 'meta': np.frombuffer(text, np.uint8)})
+        return (tmp_path / 'other.npz').read_bytes()
     for damaged in (whole[:len(whole) // 2], whole[:100], b'', b'epoch 3\n',
                     whole.replace(b'"epoch"', b'"epoch_"'),   # caught by the zip's CRC
                     (tmp_path / 'single.npy').read_bytes(),
-                    (tmp_path / 'other.npz').read_bytes()):
+                    rewritten(b'"states": [[0, {"array"', b'"states": [[0, {"code"'),
+                    rewritten(b'"rng_python": [3,', b'"rng_python": [9,'),
+                    rewritten(b'"version": 2', b'"version": 7')):
         path.write_bytes(damaged)
         with pytest.raises(ckpt.CheckpointError) as refused:
             ckpt.load_checkpoint(str(out))

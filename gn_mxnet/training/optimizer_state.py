@@ -120,17 +120,34 @@ def restore_trainer_state(trainer, meta, arrays):
 
 
 def array_keys(meta):
-    """The keys of the arrays that `meta` refers to (for checking a loaded file is whole)."""
+    """The keys of the arrays that `meta` (as read from a file) refers to; ValueError where
+    it is not what trainer_state makes, so a bad file fails when it is read, not mid-restore."""
     keys = []
 
     def walk(spec):
-        if isinstance(spec, dict):
-            if 'array' in spec:
-                keys.append(spec['array'])
-            for items in (spec.get('tuple'), spec.get('list')):
-                for item in items or ():
-                    walk(item)
+        if spec is None:
+            return
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise ValueError(f"an optimizer state described as {spec!r:.60}")
+        (kind, value), = spec.items()
+        if kind == 'array' and isinstance(value, str):
+            keys.append(value)
+        elif kind in ('tuple', 'list') and isinstance(value, list):
+            for item in value:
+                walk(item)
+        else:
+            raise ValueError(f"an optimizer state described as {spec!r:.60}")
 
+    def pairs(value):
+        return isinstance(value, list) and all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], int) for p in value)
+
+    if not (isinstance(meta, dict) and isinstance(meta.get('optimizer'), str)
+            and isinstance(meta.get('attributes'), dict) and pairs(meta.get('states'))
+            and pairs(meta.get('update_counts'))
+            and all(pairs(counts) for _, counts in meta['update_counts'])
+            and isinstance(meta.get('current_device'), (int, type(None)))):
+        raise ValueError("its optimizer state is not what this version writes")
     for _, spec in meta['states']:
         walk(spec)
     return keys
