@@ -383,6 +383,14 @@ def test_comparison_reuses_a_row_only_for_the_same_settings(tmp_path, monkeypatc
     with open(tmp_path / comparison.CSV_NAME) as f:
         assert len(list(csv.DictReader(f))) == 5
     assert_kept(root)
+    # A runs.csv that is not a comparison's (another header) is the user's: refused, kept.
+    mine = tmp_path / 'users_root'
+    os.makedirs(mine / 'finetune')
+    (mine / comparison.CSV_NAME).write_text('arm,seed\nmy,0\n')
+    with pytest.raises(FileExistsError, match='runs.csv is listed by no gn-mxnet run record'):
+        comparison.run_comparison(replace(s, root=str(mine)), log=logs.append)
+    assert sorted(os.listdir(mine)) == ['finetune', comparison.CSV_NAME]
+    assert (mine / comparison.CSV_NAME).read_text() == 'arm,seed\nmy,0\n'
 
 
 def test_comparison_fingerprint_holds_every_setting(tmp_path):

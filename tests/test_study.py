@@ -15,6 +15,7 @@ from gn_mxnet.gluon import GroupNorm
 from gn_mxnet.training.loop import LAST_PARAMS, RUN_FILES
 from gn_mxnet.training.rundir import claim_out_dir
 from gn_mxnet.utils.files import FOLDER_MARK, make_own_folder
+from test_user_files import assert_kept, plant
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'train', 'reproduce_paper.py')
@@ -75,6 +76,7 @@ def read_rows(out_dir):
 
 
 def test_reduced_study_writes_everything_and_resumes(tmp_path, native_library):
+    plant(str(tmp_path))   # a user's files beside the study's: every one stays, byte for byte
     logs = []
     rows = runner.run_study(reduced(tmp_path), log=logs.append)
     expected = {'bn_b32', 'bn_b8', 'gn_g8_b32', 'gn_g8_b8', 'gn_c4_b32'}
@@ -119,6 +121,7 @@ def test_reduced_study_writes_everything_and_resumes(tmp_path, native_library):
     assert not os.path.exists(lost)
     assert sorted(os.listdir(tmp_path / protocol.WORK_NAME)) == sorted(['mine', FOLDER_MARK])
     assert (tmp_path / protocol.WORK_NAME / 'mine' / 'important.txt').read_text() == 'keep'
+    assert_kept(str(tmp_path))
 
 
 def test_table1_from_rows(tmp_path):
@@ -169,6 +172,15 @@ def test_a_users_work_folder_is_refused_and_kept(tmp_path):
     assert (mine / 'important.txt').read_text() == 'keep'
     assert sorted(os.listdir(tmp_path)) == [protocol.WORK_NAME]
     assert os.listdir(tmp_path / protocol.WORK_NAME) == ['mine']
+
+
+@pytest.mark.parametrize('name', runner.STUDY_FILES)
+def test_a_users_file_of_a_study_files_name_is_refused_and_kept(tmp_path, name):
+    (tmp_path / name).write_text('cell,seed\nmine,0\n')
+    with pytest.raises(FileExistsError, match=name + ' is listed by no gn-mxnet run record'):
+        runner.run_study(reduced(tmp_path), log=lambda _: None)
+    assert os.listdir(tmp_path) == [name]
+    assert (tmp_path / name).read_text() == 'cell,seed\nmine,0\n'
 
 
 def test_bn_diagnostic_rows_come_with_the_study(tmp_path, native_library):

@@ -31,7 +31,8 @@ from ..training import checkpoint as ckpt
 from ..training.config import TrainConfig
 from ..training.loop import train
 from ..training.reporting import SUMMARY_NAME
-from ..training.rundir import (add_to_manifest, refuse_foreign, require_same_run, run_identity,
+from ..training.rundir import (add_to_manifest, adopt_legacy_table, claim_out_dir,
+                               refuse_foreign, require_same_run, run_identity,
                                settings_fingerprint)
 from ..utils.files import atomic_write_text
 from ..utils.tables import read_csv, write_csv
@@ -40,6 +41,7 @@ from .engine import DetectionConfig, run
 DEFAULT_ROOT = os.path.join('runs', 'coco_comparison')
 BACKBONE_NAME = 'backbone.params'
 CSV_NAME, REPORT_NAME = 'runs.csv', 'comparison.md'
+ROOT_FILES = (CSV_NAME, REPORT_NAME)   # the root's own files, in its manifest (training.rundir)
 BACKBONE_DEPTH = 50
 NUM_GROUPS = 32
 # arm -> (detector norm, backbone pretraining norm or None for from scratch)
@@ -216,10 +218,14 @@ def rows_of(s, rows):
 def run_comparison(s, stage='all', log=print):
     """Runs what ``root/runs.csv`` lacks for these settings; returns this comparison's rows.
     ``stage='pretrain'`` stops after the backbones. Every folder is checked before anything
-    trains; the root is created by the first file written."""
+    trains; only then is the root created (with its manifest)."""
     if os.path.exists(s.root) and not os.path.isdir(s.root):
         raise NotADirectoryError('--out-dir %s is a file; choose a folder' % s.root)
     wanted = planned(s)
+    # A root of an older version (runs.csv without `settings`) is ours; a user's runs.csv there
+    # is not ours to read or replace.
+    adopt_legacy_table(s.root, ROOT_FILES, CSV_NAME, set(CSV_COLUMNS) - {'settings'})
+    refuse_foreign(s.root, ROOT_FILES)
     csv_path = os.path.join(s.root, CSV_NAME)
     rows = read_csv(csv_path) if os.path.isfile(csv_path) else []
     done = {(r['arm'], int(r['seed'])) for r in rows_of(s, rows)}
@@ -237,6 +243,7 @@ def run_comparison(s, stage='all', log=print):
         for arm, seed in todo:
             cfg = finetune_config(s, arm, seed, '')
             check_run_dir(cfg.out_dir, cfg, _finetune_identity(cfg, s, arm))
+    claim_out_dir(s.root, ROOT_FILES, overwrite=False)
     backbones = {}
     for norm in sorted({ARMS[arm][1] for arm in arms} - {None}):
         tic = time.time()

@@ -12,13 +12,20 @@ import contextlib
 import os
 import time
 
-from ..training.rundir import remove_run
+from ..training.rundir import adopt_legacy_table, claim_out_dir, refuse_foreign, remove_run
 from ..utils.files import atomic_write_text, make_own_folder, remove_own_folder
 from ..utils.tables import read_csv, write_csv
 from . import bn_statistics
-from .protocol import (CSV_COLUMNS, CSV_NAME, SETTINGS_NAME, WORK_NAME, fingerprint,
-                       planned_identity, planned_runs, rows_of, run_identity, train_config)
-from .report import write_report
+from .protocol import (CSV_COLUMNS, CSV_NAME, RUN_IDENTITY, SETTINGS_NAME, WORK_NAME,
+                       fingerprint, planned_identity, planned_runs, rows_of, run_identity,
+                       train_config)
+from .plots import BATCH_PLOT, EPOCHS_PLOT, GROUPS_PLOT
+from .report import TABLES_NAME, write_report
+
+# What the study writes in its out-dir (recorded in its manifest, as a run's files are): a
+# user's file of one of these names there is refused, never read or replaced.
+STUDY_FILES = (CSV_NAME, SETTINGS_NAME, TABLES_NAME, BATCH_PLOT, GROUPS_PLOT, EPOCHS_PLOT,
+               bn_statistics.CSV_NAME)
 
 
 def make_data(s, batch_size, seed):
@@ -142,12 +149,15 @@ def run_study(s, log=print):
     Rows of other settings stay in the CSV; a row trained again replaces its older twin."""
     if os.path.lexists(s.out_dir) and not os.path.isdir(s.out_dir):
         raise NotADirectoryError(f"--out {s.out_dir} is a file; choose a folder")
+    adopt_legacy_table(s.out_dir, STUDY_FILES, CSV_NAME, RUN_IDENTITY)
+    refuse_foreign(s.out_dir, STUDY_FILES)
     rows = read_runs(s.out_dir)
     diagnostics = bn_statistics.read_rows(s.out_dir)
     todo = pending_runs(s, rows) if s.resume else planned_runs(s)
     scratch = os.path.join(s.out_dir, WORK_NAME)
     if todo:   # refused before anything is written if a folder of that name is not ours
         make_own_folder(scratch, "study's scratch folder")
+    claim_out_dir(s.out_dir, STUDY_FILES, overwrite=False)
     atomic_write_text(os.path.join(s.out_dir, SETTINGS_NAME), s.to_json())
     log(f"{len(planned_runs(s))} runs planned, {len(todo)} to train "
         f"({s.dataset}, {s.epochs} epochs on {s.train_subset or 'all'} samples, "

@@ -12,6 +12,7 @@ Starting a run has two steps: `start_run` checks everything and writes nothing (
 out-dir), `claim_out_dir` (once the run has built its data and network) creates the out-dir,
 writes the manifest and deletes what --overwrite replaces. A start that fails leaves no trace.
 """
+import csv
 import dataclasses
 import hashlib
 import json
@@ -85,8 +86,9 @@ def refuse_foreign(out_dir, run_files, listed=False):
                and name not in (listed or ())]
     if foreign:
         raise FileExistsError(
-            f"{os.path.join(out_dir, foreign[0])} was not written by a gn-mxnet run (no run "
-            f"record lists it) and a run would replace it; choose another --out-dir or move it")
+            f"{os.path.join(out_dir, foreign[0])} is listed by no gn-mxnet run record "
+            f"({MANIFEST_NAME}) there, and a run would replace it; choose another --out-dir "
+            f"or move it")
 
 
 def prepare_out_dir(out_dir, run_files, *, resume, overwrite):
@@ -134,6 +136,22 @@ def add_to_manifest(out_dir, names):
     refuse_foreign(out_dir, names, listed)
     record = {'kind': _MANIFEST_KIND, 'files': sorted(listed | set(names))}
     atomic_write_text(os.path.join(out_dir, MANIFEST_NAME), json.dumps(record, indent=1) + '\n')
+
+
+def adopt_legacy_table(out_dir, files, csv_name, columns):
+    """A folder of results an older version wrote (no manifest) is recognised by its CSV's
+    header, which holds every one of `columns`: the `files` present there get a manifest,
+    so the study or comparison goes on with them. Any other folder is left as it is."""
+    path = os.path.join(out_dir, csv_name)
+    if manifest_files(out_dir) is not None or not os.path.isfile(path):
+        return
+    with open(path, newline='') as f:
+        header = set(next(csv.reader(f), []))
+    if set(columns) <= header:
+        present = {n for n in files if os.path.lexists(os.path.join(out_dir, n))}
+        record = {'kind': _MANIFEST_KIND, 'files': sorted(present)}
+        atomic_write_text(os.path.join(out_dir, MANIFEST_NAME),
+                          json.dumps(record, indent=1) + '\n')
 
 
 def remove_run(out_dir):
