@@ -182,42 +182,47 @@ class _Affine(gluon.HybridBlock):
         return F.broadcast_add(F.broadcast_mul(x, weight), bias)
 
 
-def _affine(dtype):
+def _affine(dtype, contexts):
     net = _Affine()
-    net.initialize(ctx=mx.cpu())
+    net.initialize(ctx=contexts)
     net.cast(dtype)
     for i, param in enumerate(net.collect_params().values()):
         param.set_data(mx.nd.array(np.linspace(-1, 1, 4) + i, dtype=dtype))
     return net
 
 
-def _step(net, trainer, scale):
+def _step(net, trainer, scale, contexts):
     x = mx.nd.array(np.cos(np.arange(8) * scale).reshape(2, 4), dtype=net.weight.dtype)
-    with mx.autograd.record():
-        loss = (net(x).astype('float32') ** 2).sum()
-    loss.backward()
+    with mx.autograd.record():   # the same batch on every device
+        losses = [(net(x.as_in_context(c)).astype('float32') ** 2).sum() for c in contexts]
+    mx.autograd.backward(losses)
     trainer.step(1)
 
 
-@pytest.mark.parametrize('optimizer, params, dtype', [
-    ('sgd', {'momentum': 0.9, 'wd': 1e-4}, 'float32'),
-    ('sgd', {'momentum': 0.0}, 'float32'),                           # no states (None)
-    ('nag', {'momentum': 0.9}, 'float32'),
-    ('sgd', {'momentum': 0.9, 'multi_precision': True}, 'float16'),  # (momentum, fp32 copy)
-    ('adam', {}, 'float32'),                                         # counts: bias correction
-], ids=['sgd', 'sgd-no-momentum', 'nag', 'sgd-fp16-master', 'adam'])
-def test_optimizer_state_as_data_continues_exactly(optimizer, params, dtype):
+@pytest.mark.parametrize('optimizer, params, dtype, devices', [
+    ('sgd', {'momentum': 0.9, 'wd': 1e-4}, 'float32', 1),
+    ('sgd', {'momentum': 0.0}, 'float32', 1),                           # no states (None)
+    ('nag', {'momentum': 0.9}, 'float32', 1),
+    ('sgd', {'momentum': 0.9, 'multi_precision': True}, 'float16', 1),  # (momentum, fp32 copy)
+    ('adam', {}, 'float32', 1),                                         # counts: bias correction
+    ('adam', {}, 'float32', 2),   # an updater and update counts per device
+], ids=['sgd', 'sgd-no-momentum', 'nag', 'sgd-fp16-master', 'adam', 'adam-two-devices'])
+def test_optimizer_state_as_data_continues_exactly(optimizer, params, dtype, devices):
+    contexts = [mx.cpu(i) for i in range(devices)]
+    _step_on = lambda net, trainer, scale: _step(net, trainer, scale, contexts)
+
     def make():
-        net = _affine(dtype)
+        net = _affine(dtype, contexts)
         return net, gluon.Trainer(net.collect_params(), optimizer,
-                                  {'learning_rate': 0.1, **params}, kvstore=None,
+                                  {'learning_rate': 0.1, **params},
+                                  kvstore='device' if devices > 1 else None,
                                   update_on_kvstore=False)
     whole, whole_trainer = make()
     for k in range(4):
-        _step(whole, whole_trainer, k + 1)
+        _step_on(whole, whole_trainer, k + 1)
     first, first_trainer = make()
     for k in range(2):
-        _step(first, first_trainer, k + 1)
+        _step_on(first, first_trainer, k + 1)
     meta, arrays = optimizer_state.trainer_state(first_trainer)
     if dtype == 'float16':
         assert {str(a.dtype) for a in arrays.values()} == {'float32'}
@@ -227,11 +232,15 @@ def test_optimizer_state_as_data_continues_exactly(optimizer, params, dtype):
         param.set_data(saved.data())
     optimizer_state.restore_trainer_state(resumed_trainer, meta, arrays)
     assert resumed_trainer._optimizer.num_update == 2
+    assert len(resumed_trainer._updaters) == devices
+    if devices > 1:
+        assert sorted(d for d, _ in meta['update_counts']) == list(range(devices))
     for k in range(2, 4):
-        _step(resumed, resumed_trainer, k + 1)
+        _step_on(resumed, resumed_trainer, k + 1)
     for param, expected in zip(resumed.collect_params().values(),
                                whole.collect_params().values()):
-        np.testing.assert_array_equal(param.data().asnumpy(), expected.data().asnumpy())
+        for got, want in zip(param.list_data(), expected.list_data()):   # every device's
+            np.testing.assert_array_equal(got.asnumpy(), want.asnumpy())
 
 
 def legacy_save_checkpoint(out_dir, *, net, trainer, epoch, best, history, config):
