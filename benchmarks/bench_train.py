@@ -43,10 +43,12 @@ def main(argv=None):
     if args.breakdown:
         return breakdown(args)
     from gn_mxnet.training.config import parse_shape
+    from gn_mxnet.training.runtime import parse_gpus
     from gn_mxnet.training.step_profile import machine_header
     from gn_mxnet.training.throughput import PairedRatio, measure_rounds
     with cli.usage_errors(p):
         data_shape = parse_shape(args.data_shape)
+        parse_gpus(args.gpus)
     print(machine_header())
     rates = measure_rounds(args.network, ('bn', 'gn'), args.batch_size,
                            data_shape, args.num_classes, args.num_groups,

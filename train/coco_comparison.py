@@ -29,7 +29,7 @@ def parse_args(argv=None):
     p.add_argument('--stage', default='all', choices=('all', 'pretrain'))
     p.add_argument('--arms', default=','.join(d.arms),
                    help='comma-separated, from %s' % ', '.join(ARMS))
-    p.add_argument('--seeds', default=','.join(str(k) for k in d.seeds),
+    p.add_argument('--seeds', type=cli.int_list(cli.non_negative_int), default=d.seeds,
                    help='fine-tuning seeds, comma-separated')
     p.add_argument('--pretrain-epochs', type=cli.positive_int, default=d.pretrain_epochs)
     p.add_argument('--pretrain-subset', type=cli.positive_int, default=d.pretrain_subset,
@@ -43,7 +43,7 @@ def parse_args(argv=None):
         unknown = [a for a in args.arms if a not in ARMS]
         if unknown or not args.arms:
             raise ValueError('--arms: unknown %s; choose from %s' % (unknown, ', '.join(ARMS)))
-        args.seeds = tuple(int(k) for k in args.seeds.split(',') if k)
+        cli.output_folder(args.out_dir, '--out-dir')
     return args
 
 

@@ -81,6 +81,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.out is None:
         args.out = os.path.join(REPO_ROOT, DEFAULT_OUT[args.dataset])
+    with cli.usage_errors(p):
+        cli.output_folder(args.out, '--out')
     for name, default in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, name) is None:
             setattr(args, name, default)

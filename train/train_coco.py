@@ -104,6 +104,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     with cli.usage_errors(p):
         parse_decay_epochs(args.lr_decay_epochs, allow_empty=True)
+        cli.output_folder(args.out_dir, '--out-dir')
         if args.pretrained_backbone not in ('auto', 'none'):
             cli.existing_file(args.pretrained_backbone, '--pretrained-backbone')
     return args

@@ -103,6 +103,7 @@ def parse_args(argv=None, parser=None):
     args = parser.parse_args(argv)
     from gn_mxnet.training.config import check_network
     with cli.usage_errors(parser):  # TrainConfig's own rules, e.g. warm-up within the epochs
+        cli.output_folder(args.out_dir, '--out-dir')
         config = config_from_args(args).resolved()
         if not args.symbolic:   # a Symbol net is built from symbols/, not gn_mxnet.models
             check_network(config)

@@ -199,6 +199,14 @@ def existing_file(text, option=None):
     return text
 
 
+def output_folder(text, option):
+    """Refuses (ValueError naming `option`) an output folder that is an existing file; a folder
+    that does not exist yet is made by the run."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise ValueError(f"{option} {text} is a file, not a folder; name a folder")
+    return text
+
+
 def existing_dir(text):
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"no such folder: {text!r}")
