@@ -1,7 +1,7 @@
 """Checkpoints are data: a planted pickle runs no code on any resume path (the scripts'
 --resume and the comparison's and the study's automatic resumes), a damaged checkpoint is one
 clear error, the optimizer state survives its data-only form exactly, and a checkpoint of the
-earlier pickled format is refused until `migrate` converts it, after which the run resumes as
+earlier pickled format is refused until `python -m gn_mxnet.migrate` converts it, after which the run resumes as
 if it had never stopped."""
 import os
 import pickle
@@ -18,7 +18,8 @@ from gn_mxnet.training import checkpoint_migration, optimizer_state
 from gn_mxnet.training.config import TrainConfig
 from gn_mxnet.training import loop
 from gn_mxnet.training.loop import train
-from gn_mxnet.training.rundir import MANIFEST_NAME, claim_out_dir
+from gn_mxnet import migrate
+from gn_mxnet.training.rundir import MANIFEST_NAME, claim_out_dir, manifest_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(train_subset=64, val_subset=50, epochs=2, progress=False)
@@ -67,9 +68,12 @@ def test_train_imagenet_resume_runs_no_planted_code(tmp_path, name, words):
     assert '\n' not in message and str(out) in message and '--overwrite' in message
     if name == ckpt.LEGACY_CHECKPOINT_NAME:
         assert f'{ckpt.MIGRATE_COMMAND} {out}' in message
-    # Where no run record lists it, the file is not the run's and is not even read.
+    # Where no run record lists it, the file is not the run's and is not even read: the
+    # pickle's name is an earlier version's run folder, to migrate.
     os.remove(out / MANIFEST_NAME)
-    with pytest.raises(FileExistsError, match=name):
+    refusal = ((ckpt.CheckpointError, f'{ckpt.MIGRATE_COMMAND} {out}')
+               if name == ckpt.LEGACY_CHECKPOINT_NAME else (FileExistsError, name))
+    with pytest.raises(refusal[0], match=refusal[1]):
         train(TrainConfig(out_dir=str(out), resume=True, **TINY))
     assert not marker.exists()
 
@@ -127,12 +131,12 @@ def test_migrate_refuses_a_planted_pickle_outside_and_inside_the_trainer_bytes(t
          'trainer': pickle.dumps(({0: Planted(marker)}, None))}))
     for folder in (outer, inner):
         with pytest.raises(ckpt.CheckpointError, match='posix.mkdir.*not migrated'):
-            checkpoint_migration.migrate(str(folder))
+            checkpoint_migration.migrate(str(folder), loop.RUN_FILES)
         assert not marker.exists()
         assert not (folder / ckpt.CHECKPOINT_NAME).exists()
     # The command: one `error:` line, exit 1.
-    done = subprocess.run([sys.executable, '-m', 'gn_mxnet.training.checkpoint', 'migrate',
-                           str(outer)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, '-m', 'gn_mxnet.migrate', str(outer)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and not marker.exists()
     assert done.stderr.startswith('error: ') and done.stderr.count('\n') == 1
     assert 'posix.mkdir' in done.stderr
@@ -269,13 +273,19 @@ def test_a_migrated_old_checkpoint_resumes_exactly(tmp_path, monkeypatch):
     train(TrainConfig(out_dir=old, stop_after_epochs=1, **TINY))
     monkeypatch.undo()
     assert os.listdir(old).count(ckpt.LEGACY_CHECKPOINT_NAME) == 1
-    with pytest.raises(ckpt.CheckpointError, match='migrate'):
-        train(TrainConfig(out_dir=old, resume=True, **TINY))
-    with pytest.raises(FileExistsError, match=ckpt.LEGACY_CHECKPOINT_NAME):
-        train(TrainConfig(out_dir=old, **TINY))     # an old run is a run: not replaced silently
-    assert ckpt.main(['migrate', old]) == 0
+    # As e05de51 left it: no run record; and a user's file beside the run.
+    os.remove(os.path.join(old, MANIFEST_NAME))
+    with open(os.path.join(old, 'notes.txt'), 'w') as f:
+        f.write('mine')
+    for start in (dict(resume=True), {}, dict(overwrite=True)):   # never replaced silently
+        with pytest.raises(ckpt.CheckpointError, match=f'{ckpt.MIGRATE_COMMAND} {old}'):
+            train(TrainConfig(out_dir=old, **start, **TINY))
+    assert migrate.main([old]) == 0
     assert ckpt.CHECKPOINT_NAME in os.listdir(old)
     assert ckpt.LEGACY_CHECKPOINT_NAME not in os.listdir(old)
+    recorded = manifest_files(old)
+    assert ckpt.CHECKPOINT_NAME in recorded and 'last.params' in recorded
+    assert 'notes.txt' not in recorded
     resumed = train(TrainConfig(out_dir=old, resume=True, **TINY))
     assert resumed['finished'] and resumed['final']['val_loss'] == summary['final']['val_loss']
     a = mx.nd.load(os.path.join(whole, 'last.params'))

@@ -7,14 +7,13 @@ NumPy's RNG keys) and one uint8 array holding JSON (epoch, best, history, config
 RNG and optimizer values). Loading it cannot run code, so a checkpoint planted in an out-dir
 (the comparison and the study resume theirs without --resume) is data or an error. Checkpoints
 of earlier versions were pickles (checkpoint.pkl): they are never loaded, only converted on
-request by `python -m gn_mxnet.training.checkpoint migrate DIR` (checkpoint_migration, which
+request by `python -m gn_mxnet.migrate DIR` (checkpoint_migration, which
 unpickles with nothing but the arrays and optimizer values such a file holds).
 """
 import io
 import json
 import os
 import random
-import sys
 import zipfile
 import zlib
 
@@ -27,7 +26,7 @@ from . import optimizer_state
 CHECKPOINT_NAME = 'checkpoint.npz'
 LEGACY_CHECKPOINT_NAME = 'checkpoint.pkl'   # the pickles of earlier versions
 CHECKPOINT_VERSION = 2
-MIGRATE_COMMAND = 'python -m gn_mxnet.training.checkpoint migrate'
+MIGRATE_COMMAND = 'python -m gn_mxnet.migrate'   # gn_mxnet/migrate.py
 _META = 'meta'                 # the JSON, as uint8
 _NUMPY_KEYS = 'rng/numpy'      # MT19937's 624 uint32 keys
 # What np.load and zipfile raise on a truncated, corrupt or foreign file.
@@ -217,13 +216,14 @@ def save_checkpoint(out_dir, *, net, trainer, epoch, best, history, config):
     return write_state(os.path.join(out_dir, CHECKPOINT_NAME), state)
 
 
-def legacy_refusal(out_dir):
-    """The error for a folder holding a pickled checkpoint of an earlier version."""
+def legacy_refusal(out_dir, otherwise="start the run afresh with --overwrite"):
+    """The error for a folder holding a pickled checkpoint of an earlier version; `otherwise`
+    is the remedy besides migrating."""
     path = os.path.join(out_dir, LEGACY_CHECKPOINT_NAME)
     return CheckpointError(
         f"{path} is a checkpoint of an earlier gn_mxnet, a pickle, which is never loaded "
         f"(unpickling can run code); if you trust it, convert it with `{MIGRATE_COMMAND} "
-        f"{out_dir}`, or start the run afresh with --overwrite")
+        f"{out_dir}`, or {otherwise}")
 
 
 def load_checkpoint(out_dir):
@@ -242,23 +242,3 @@ def restore_checkpoint(state, *, net, trainer):
                                           state['trainer']['arrays'])
     restore_python_rng_state(state['rng'])
     return state['epoch']
-
-
-def main(argv=None):
-    """`migrate DIR...`: converts each DIR's checkpoint.pkl into this version's checkpoint."""
-    from ..utils import cli
-    from .checkpoint_migration import migrate
-    parser = cli.ArgumentParser(prog='python -m gn_mxnet.training.checkpoint',
-                                description=main.__doc__)
-    parser.add_argument('command', choices=['migrate'])
-    parser.add_argument('dirs', nargs='+', metavar='DIR',
-                        help=f'an out-dir holding a {LEGACY_CHECKPOINT_NAME} you trust')
-    args = parser.parse_args(argv)
-    for out_dir in args.dirs:
-        print(f"{out_dir}: wrote {migrate(out_dir)}")
-    return 0
-
-
-if __name__ == '__main__':
-    from ..utils.cli import run
-    sys.exit(run(main))

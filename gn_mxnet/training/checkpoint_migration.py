@@ -1,5 +1,5 @@
 """Converts a checkpoint of an earlier version (checkpoint.pkl, a pickle) into this version's
-data-only checkpoint: `python -m gn_mxnet.training.checkpoint migrate DIR`.
+data-only checkpoint: `python -m gn_mxnet.migrate DIR` (gn_mxnet/migrate.py).
 
 The pickle is read by an unpickler that can build only what such a file holds, so a planted
 one cannot run code here either. The old save_checkpoint pickled a dict of plain values and
@@ -18,6 +18,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import optimizer_state
+from .rundir import adopt_legacy_run
 
 
 class _LegacyNDArray:
@@ -144,9 +145,12 @@ def legacy_state(path):
                                    f"with --overwrite") from None
 
 
-def migrate(out_dir):
+def migrate(out_dir, run_files):
     """Writes out_dir's checkpoint.pkl as this version's checkpoint (checked by reading it
-    back), then removes the pickle; returns the new file's path."""
+    back), then removes the pickle. A folder of a version before run records gets one listing
+    the files of `run_files` present (the user vouched for the folder by migrating it), so
+    the run resumes and --overwrite may replace them. Returns (new checkpoint, names
+    recorded)."""
     old = os.path.join(out_dir, ckpt.LEGACY_CHECKPOINT_NAME)
     new = os.path.join(out_dir, ckpt.CHECKPOINT_NAME)
     if not os.path.isfile(old):
@@ -155,5 +159,6 @@ def migrate(out_dir):
         raise FileExistsError(f"{new} exists already: {out_dir} was migrated (remove {old})")
     ckpt.write_state(new, legacy_state(old))
     ckpt.read_state(new)
+    recorded = adopt_legacy_run(out_dir, set(run_files) | {ckpt.CHECKPOINT_NAME})
     os.remove(old)
-    return new
+    return new, recorded

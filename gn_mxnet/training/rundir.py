@@ -77,11 +77,19 @@ def manifest_files(out_dir):
             and n not in ('', '.', '..')}
 
 
+def _write_manifest(out_dir, files):
+    record = {'kind': _MANIFEST_KIND, 'files': sorted(files)}
+    atomic_write_text(os.path.join(out_dir, MANIFEST_NAME), json.dumps(record, indent=1) + '\n')
+
+
 def refuse_foreign(out_dir, run_files, listed=False):
     """Raises FileExistsError when a file of `run_files` is in `out_dir` but no manifest there
     lists it (`listed`: the manifest's files, read here when not given)."""
     if listed is False:
         listed = manifest_files(out_dir)
+    if listed is None and os.path.isfile(os.path.join(out_dir, ckpt.LEGACY_CHECKPOINT_NAME)):
+        # A run folder of a version before run records: `migrate` converts it and records it.
+        raise ckpt.legacy_refusal(out_dir, otherwise="choose another --out-dir")
     foreign = [name for name in run_files if os.path.lexists(os.path.join(out_dir, name))
                and name not in (listed or ())]
     if foreign:
@@ -123,8 +131,7 @@ def claim_out_dir(out_dir, run_files, *, overwrite):
             if os.path.isfile(path) or os.path.islink(path):
                 os.remove(path)
         listed = set()
-    record = {'kind': _MANIFEST_KIND, 'files': sorted(listed | set(run_files))}
-    atomic_write_text(os.path.join(out_dir, MANIFEST_NAME), json.dumps(record, indent=1) + '\n')
+    _write_manifest(out_dir, listed | set(run_files))
 
 
 def add_to_manifest(out_dir, names):
@@ -134,8 +141,7 @@ def add_to_manifest(out_dir, names):
     if listed is None:
         raise FileNotFoundError(f"{out_dir} holds no gn-mxnet run record to add {names} to")
     refuse_foreign(out_dir, names, listed)
-    record = {'kind': _MANIFEST_KIND, 'files': sorted(listed | set(names))}
-    atomic_write_text(os.path.join(out_dir, MANIFEST_NAME), json.dumps(record, indent=1) + '\n')
+    _write_manifest(out_dir, listed | set(names))
 
 
 def adopt_legacy_table(out_dir, files, csv_name, columns):
@@ -148,10 +154,18 @@ def adopt_legacy_table(out_dir, files, csv_name, columns):
     with open(path, newline='') as f:
         header = set(next(csv.reader(f), []))
     if set(columns) <= header:
-        present = {n for n in files if os.path.lexists(os.path.join(out_dir, n))}
-        record = {'kind': _MANIFEST_KIND, 'files': sorted(present)}
-        atomic_write_text(os.path.join(out_dir, MANIFEST_NAME),
-                          json.dumps(record, indent=1) + '\n')
+        adopt_legacy_run(out_dir, files)
+
+
+def adopt_legacy_run(out_dir, run_files):
+    """Records the files of `run_files` present in `out_dir` as its run's own: for a run
+    folder of a version before run records, once the user has said it is one (`migrate`).
+    Returns the names recorded."""
+    if manifest_files(out_dir) is not None:
+        return set()
+    present = {n for n in run_files if os.path.lexists(os.path.join(out_dir, n))}
+    _write_manifest(out_dir, present)
+    return present
 
 
 def remove_run(out_dir):
