@@ -101,6 +101,7 @@ def test_a_truncated_checkpoint(scripts, finished_run, tmp_path, capsys):
     (['--network', 'resnet7_wide'], '--network'),
     (['--gpus', 'abc'], '--gpus'),
     (['--num-groups', '32'], '--num-groups 32'),   # MNIST-5k's resnet8_small is 16 wide
+    (['--num-layers', '20'], '--symbolic'),         # ignored without it: refused instead
 ])
 def test_options_refused_before_the_run(scripts, argv, words, tmp_path, capsys):
     out = tmp_path / 'out'
@@ -132,6 +133,10 @@ def test_rec_files_with_the_default_groups_on_a_16_wide_net(scripts, tmp_path, c
             '--data-shape', '1,28,28', '--out-dir', str(tmp_path / 'out')]
     err = ends_in_one_line(scripts['imagenet'].main, argv, capsys, code=2)
     assert '--num-groups 32' in err
+    # MNIST-5k's --train-subset would be ignored here: refused instead.
+    argv += ['--num-groups', '8', '--train-subset', '100']
+    err = ends_in_one_line(scripts['imagenet'].main, argv, capsys, code=2)
+    assert '--train-subset' in err
 
 
 def test_a_text_file_as_rec_train(scripts, tmp_path, capsys):

