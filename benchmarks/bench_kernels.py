@@ -55,8 +55,10 @@ def check_groups(parser, groups, shapes):
         parser.error(f"argument --groups: {error}")
 
 
-def load_kernels():
-    lib = ctypes.CDLL(gn_mxnet.library_path())
+def load_kernels(path=None):
+    """The CPU kernels' C ABI from the installed library, or from the build at `path` (to
+    time two builds side by side in one run)."""
+    lib = ctypes.CDLL(path or gn_mxnet.library_path())
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     # operators/group_norm_kernels.h: residual after beta, act after channels_last; backward
     # also takes beta, residual and dresidual.
