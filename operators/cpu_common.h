@@ -187,11 +187,12 @@ inline GroupStats stats_of(const Moments& m, double eps) {
 inline bool overflowed(const Moments& m) { return !std::isfinite(m.mean) || !std::isfinite(m.m2); }
 
 // The overflow fallback (docs/design.md §2): the group's statistics recomputed from x / p, p the
-// power of two at or below max|x| (so the division is exact and x / p is in (-2, 2)), two passes
-// in double, and rstd formed without var = p²·var_p, which overflows: rstd = 1 / hypot(std, √eps),
-// std = p·sqrt(var_p) (not 1 / (p·sqrt(var_p + eps/p²)): eps/p² underflows, and a constant
-// group then gets rstd = inf instead of 1/√eps). load(i) gives element i of the group as double. A group
-// with a non-finite element keeps `fast` (its NaN/inf is the right answer).
+// power of two at or below max|x| (so the division is exact and x / p is in (-2, 2)), two
+// passes in double, and rstd formed without var = p²·var_p, which overflows:
+// rstd = 1 / hypot(std, √eps), std = p·sqrt(var_p). (Not 1 / (p·sqrt(var_p + eps/p²)): eps/p²
+// underflows, and a constant group then gets rstd = inf instead of 1/√eps.) load(i) gives
+// element i of the group as double. A group with a non-finite element keeps `fast` (its
+// NaN/inf is the right answer).
 template <typename Load>
 GroupStats rescaled_stats(int64_t count, Load&& load, double eps, GroupStats fast) {
   double max_abs = 0.0;

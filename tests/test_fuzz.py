@@ -4,7 +4,8 @@
 (float16 with float16 and with float32 gamma/beta), offsets that test the precision scheme
 (|mean| >> std, near-constant groups), tensors above the CPU kernels' one-thread grain,
 float16 groups whose sums float16 could not hold, huge |x| whose squares overflow (float32
-1e19-1e30, float64 1e155-1e300), every backend, imperatively and in bound Symbols. Each run draws a fresh seed; a failure prints it with the case, and
+1e19-1e30, float64 1e155-1e300), every backend, imperatively and in bound Symbols. Each run
+draws a fresh seed; a failure prints it with the case, and
 `GN_FUZZ_SEED=<seed> GN_FUZZ_CASE=<i>` replays one case (GN_FUZZ_CASES sets the count).
 """
 import os
