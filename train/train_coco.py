@@ -29,7 +29,7 @@ from gn_mxnet.utils import cli
 
 # A checkpoint is written after every epoch, so an interrupted run loses the epoch under way.
 INTERRUPTED = ('interrupted; the same command with --resume continues from the last finished '
-               'epoch (none finished: start again without --resume)')
+               'epoch, if one finished')
 
 
 def parse_args(argv=None):

@@ -21,9 +21,10 @@ use_every_core()   # before MXNet starts: it fixes its thread count then (gn_mxn
 from gn_mxnet.utils import cli
 
 CONFIG = 'gn_mxnet.training.config'  # the home of the option lists (docs/design.md §9)
-# A checkpoint is written after every epoch, so an interrupted run loses the epoch under way.
+# A checkpoint is written after every epoch, so an interrupted run loses the epoch under way
+# (with none finished, --resume starts the run over).
 INTERRUPTED = ('interrupted; the same command with --resume continues from the last finished '
-               'epoch (none finished: start again without --resume)')
+               'epoch')
 
 
 def make_parser():
