@@ -80,7 +80,7 @@ def test_missing_files_name_the_install_command_and_the_files(tmp_path, monkeypa
     assert 'train-images-idx3-ubyte.gz' in str(default.value)
     write_fashion_folder(str(tmp_path))
     os.remove(tmp_path / 't10k-labels-idx1-ubyte.gz')
-    with pytest.raises(FileNotFoundError, match='t10k-labels-idx1-ubyte.gz'):
+    with pytest.raises(FileNotFoundError, match='missing: t10k-labels-idx1-ubyte.gz;'):
         gi.load_fashion_mnist(str(tmp_path))
 
 

@@ -86,9 +86,10 @@ def fashion_mnist_paths(folder=None):
         expected = ', '.join(n for names in FASHION_MNIST_FILES.values() for n in names)
         hint = (f"install Debian's package: {FASHION_MNIST_INSTALL}" if folder ==
                 FASHION_MNIST_DIR else "put Zalando's four Fashion-MNIST files there")
-        raise FileNotFoundError(f"Fashion-MNIST files missing in {folder}: "
-                                f"{', '.join(os.path.basename(p) for p in missing)} (expected "
-                                f"{expected}); {hint}")
+        absent = ('none of them' if len(missing) == len(expected.split(', ')) else
+                  'missing: ' + ', '.join(os.path.basename(p) for p in missing))
+        raise FileNotFoundError(f"Fashion-MNIST files in {folder}: expected {expected}, "
+                                f"{absent}; {hint}")
     return paths
 
 
