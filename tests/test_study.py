@@ -254,36 +254,56 @@ def test_study_settings_round_trip_and_defaults(tmp_path):
         protocol.StudySettings(dataset='imagenet')
 
 
-def test_readme_tables_are_generated_from_the_committed_csv():
-    """Every study block of the READMEs is what report.regenerate makes of its folder's
-    runs.csv, bn_statistics.csv and settings.json, to the character."""
-    seen = 0
-    for readme in ('README.md', os.path.join('results', 'README.md')):
-        path = os.path.join(REPO, readme)
+def test_study_tables_are_generated_from_the_committed_csv():
+    """Every study block of the reproduction page (and of any README that still has one) is what
+    report.regenerate makes of its folder's runs.csv, bn_statistics.csv and settings.json, to
+    the character; the page carries both studies, MNIST-5k and Fashion-MNIST."""
+    folders = []
+    for page in (report.DOCS_PAGE, 'README.md', os.path.join('results', 'README.md')):
+        path = os.path.join(REPO, page)
+        if not os.path.exists(path):
+            continue
         with open(path) as f:
             text = f.read()
-        for folder, body, regenerated in report.readme_blocks(text, os.path.dirname(path)):
-            assert body == regenerated, f"{readme}: the block of {folder} is stale; run " \
-                f"train/reproduce_paper.py --update-readme {readme}"
-            seen += 1
-    assert seen >= 2
+        for folder, body, regenerated in report.page_blocks(text, os.path.dirname(path)):
+            assert body == regenerated, f"{page}: the block of {folder} is stale; run " \
+                f"python train/reproduce_paper.py --update-docs {page}"
+            if page == report.DOCS_PAGE:
+                folders.append(os.path.normpath(os.path.join(os.path.dirname(path), folder)))
+    assert sorted(folders) == [os.path.join(REPO, 'results'),
+                               os.path.join(REPO, 'results', 'fashion_mnist_study')]
 
 
-def test_readme_block_update(tmp_path):
+def test_study_block_update(tmp_path):
     rows = [dict(cell='bn_b32', seed='0', val_error='3.0')]
-    s = protocol.StudySettings(out_dir=str(tmp_path / 'study'), tables=(1,), seeds=(0,))
+    s = protocol.StudySettings(out_dir=str(tmp_path / 'results' / 'study'), tables=(1,),
+                               seeds=(0,))
     os.makedirs(s.out_dir)
-    (tmp_path / 'study' / protocol.SETTINGS_NAME).write_text(s.to_json())
+    (tmp_path / 'results' / 'study' / protocol.SETTINGS_NAME).write_text(s.to_json())
     stamp = protocol.fingerprint(protocol.Cell('bn', 32), 0, s)
     runner.write_runs(s.out_dir, [dict({c: '' for c in protocol.CSV_COLUMNS}, **rows[0],
                                        settings=stamp)])
-    readme = tmp_path / 'README.md'
-    readme.write_text('intro\n<!-- study tables: study -->\nold\n<!-- end of study tables -->\n')
-    assert report.update_readme(str(readme), str(tmp_path))
-    text = readme.read_text()
+    (tmp_path / 'docs').mkdir()
+    page = tmp_path / 'docs' / 'reproduction.md'
+    page.write_text('intro\n<!-- study tables: ../results/study -->\nold\n'
+                    '<!-- end of study tables -->\n')
+    assert report.update_page(str(page))      # folders relative to the page's own folder
+    text = page.read_text()
     assert '| ours | 3.00 | not run | not run | not run |' in text and 'old' not in text
-    assert not report.update_readme(str(readme), str(tmp_path))
-    assert report.readme_blocks(text, str(tmp_path))[0][1] == report.regenerate(s.out_dir)
+    assert not report.update_page(str(page))
+    assert report.page_blocks(text, str(tmp_path / 'docs'))[0][1] == report.regenerate(s.out_dir)
+
+
+def test_update_docs_option_defaults_to_the_reproduction_page():
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    try:
+        import reproduce_paper
+    finally:
+        sys.path.remove(os.path.dirname(SCRIPT))
+    assert reproduce_paper.parse_args([]).update_docs is None
+    assert reproduce_paper.parse_args(['--update-docs']).update_docs == \
+        os.path.join(REPO, report.DOCS_PAGE)
+    assert reproduce_paper.parse_args(['--update-docs', 'x.md']).update_docs == 'x.md'
 
 
 @pytest.mark.slow

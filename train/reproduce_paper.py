@@ -28,6 +28,8 @@ DEFAULTS = {'seeds': (0, 1, 2), 'epochs': None, 'train_subset': None, 'batch_siz
             'groups': (16, 8, 4, 2, 1), 'group_sizes': (16, 8, 4, 2, 1)}
 QUICK = {'seeds': (0,), 'epochs': 1, 'train_subset': 256, 'batch_sizes': (32, 2),
          'groups': (8, 1), 'group_sizes': (4, 1)}
+# The page whose study tables --update-docs rewrites when it is given without a page.
+DOCS_PAGE = os.path.join(REPO_ROOT, 'docs', 'reproduction.md')
 DEFAULT_OUT = {'mnist5k': 'results',
                'fashion-mnist': os.path.join('results', 'fashion_mnist_study')}
 
@@ -76,8 +78,9 @@ def parse_args(argv=None):
                         're-estimated and per-batch statistics)')
     p.add_argument('--no-resume', dest='resume', action='store_false',
                    help='ignore (and overwrite) the runs already in <out>/runs.csv')
-    p.add_argument('--update-readme', metavar='README',
-                   help='afterwards rewrite the study blocks of this README from their folders')
+    p.add_argument('--update-docs', metavar='PAGE', nargs='?', const=DOCS_PAGE, default=None,
+                   help='afterwards rewrite the study tables of this markdown page from their '
+                        'results folders (given without PAGE: docs/reproduction.md)')
     args = p.parse_args(argv)
     if args.out is None:
         args.out = os.path.join(REPO_ROOT, DEFAULT_OUT[args.dataset])
@@ -92,7 +95,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from gn_mxnet.study.protocol import StudySettings
-    from gn_mxnet.study.report import update_readme
+    from gn_mxnet.study.report import update_page
     from gn_mxnet.study.runner import run_study
     try:
         settings = StudySettings(
@@ -110,10 +113,9 @@ def main(argv=None):
     run_study(settings)
     print(f"study done in {time.time() - start:.0f} s; tables in "
           f"{os.path.join(args.out, 'tables.md')}")
-    if args.update_readme:
-        changed = update_readme(args.update_readme, os.path.dirname(
-            os.path.abspath(args.update_readme)))
-        print(f"{args.update_readme}: {'updated' if changed else 'already up to date'}")
+    if args.update_docs:
+        changed = update_page(args.update_docs)
+        print(f"{args.update_docs}: {'updated' if changed else 'already up to date'}")
 
 
 if __name__ == '__main__':

@@ -178,7 +178,10 @@ def write_report(s, rows, diagnostic_rows=()):
     return paths
 
 
-# -- README blocks ---------------------------------------------------------------------------
+# -- study blocks of a documentation page -------------------------------------------------------
+# The page that carries the study tables: docs/reproduction.md. A block names its results folder
+# relative to the page's own folder, as the page's links do (``../results/fashion_mnist_study``).
+DOCS_PAGE = os.path.join('docs', 'reproduction.md')
 BLOCK = re.compile(r'(<!-- study tables: (?P<folder>[^ ]+) -->\n)(?P<body>.*?)'
                    r'(<!-- end of study tables -->)', re.S)
 
@@ -191,15 +194,18 @@ def regenerate(out_dir):
     return tables_markdown(s, rows, bn_statistics.rows_of(s, bn_statistics.read_rows(out_dir)))
 
 
-def readme_blocks(text, root):
-    """[(folder, body in the README, body regenerated)] for every study block of ``text``;
-    folders are relative to ``root``."""
+def page_blocks(text, root):
+    """[(folder, body in the page, body regenerated)] for every study block of ``text``;
+    folders are relative to ``root`` (the page's folder)."""
     return [(m['folder'], m['body'], regenerate(os.path.join(root, m['folder'])))
             for m in BLOCK.finditer(text)]
 
 
-def update_readme(path, root):
-    """Rewrites every study block of the README at ``path`` from its results folder."""
+def update_page(path, root=None):
+    """Rewrites every study block of the markdown page at ``path`` from its results folder
+    (relative to ``root``, by default the page's folder); True if the page changed."""
+    if root is None:
+        root = os.path.dirname(os.path.abspath(path))
     with open(path) as f:
         text = f.read()
     new = BLOCK.sub(lambda m: m.group(1) + regenerate(os.path.join(root, m['folder']))
