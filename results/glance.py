@@ -84,8 +84,9 @@ def _span(values, digits=2):
     return f'{lo:.{digits}f}–{hi:.{digits}f}'
 
 
-def _link(rel):
-    return f'[{os.path.basename(rel)}]({rel})'
+def _link(rel, up=''):
+    """A markdown link to the repository file ``rel`` from a page ``up`` ('../') below the root."""
+    return f'[{os.path.basename(rel)}]({up}{rel})'
 
 
 def _percent(x):
@@ -225,16 +226,17 @@ ROWS = (op_vs_builtin, op_vs_batchnorm, kernels_vs_torch, precision_vs_torch,
         main_job, fashion_preset, study_batch, coco_comparison)
 
 
-def glance_table():
-    """The "results at a glance" table, from the raw files."""
+def glance_table(up=''):
+    """The "results at a glance" table, from the raw files; links from a page ``up`` below the
+    repository's root ('' for README.md, '../' for docs/index.md)."""
     rows = [row() for row in ROWS]
     assert len(rows) <= MAX_ROWS
     lines = ['| result | figure | CPU | raw output |', '|---|---|---|---|']
-    lines += [f'| {what} | {figure} | {cpu} | {_link(rel)} |' for what, figure, cpu, rel in rows]
+    lines += [f'| {what} | {figure} | {cpu} | {_link(rel, up)} |' for what, figure, cpu, rel in rows]
     return '\n'.join(lines) + '\n'
 
 
-def main_job_sentence():
+def main_job_sentence(up=''):
     """How long the main job took, and what it reached, from its committed run."""
     rel = 'results/main_job/summary.json'
     with open(_path(rel)) as f:
@@ -243,15 +245,25 @@ def main_job_sentence():
             f'{s["epochs_done"]} epochs, {s["train_seconds"]:.1f} s of training, '
             f'{s["wall_seconds_this_run"]:.0f} s wall (imports aside), val top-1 '
             f'{_percent(s["final"]["val_top1"])} (best {_percent(s["best_val_top1"])}); '
-            f'raw output in [results/main_job/](results/main_job/).\n')
+            f'raw output in [results/main_job/]({up}results/main_job/).\n')
 
 
 GENERATORS = {'glance': glance_table, 'main job': main_job_sentence}
 
 
-def blocks(text):
-    """[(name, body in the text, body generated now)] for every generated block of ``text``."""
-    return [(m['name'], m['body'], GENERATORS[m['name']]()) for m in BLOCK.finditer(text)]
+def _up(page):
+    """'../' per folder between the repository's root and the page at path ``page``."""
+    rel = os.path.relpath(os.path.dirname(os.path.abspath(page)), REPO)
+    return '' if rel == os.curdir else '../' * (rel.count(os.sep) + 1)
+
+
+def blocks(page):
+    """[(name, body in the page, body generated now)] for every generated block of the file at
+    path ``page`` (its links are made relative to the page's folder)."""
+    with open(page) as f:
+        text = f.read()
+    return [(m['name'], m['body'], GENERATORS[m['name']](_up(page)))
+            for m in BLOCK.finditer(text)]
 
 
 def update(readme):
@@ -260,7 +272,7 @@ def update(readme):
         text = f.read()
     if not BLOCK.search(text):
         raise SystemExit(f'error: {readme} has no generated block')
-    new = BLOCK.sub(lambda m: m['begin'] + GENERATORS[m['name']]() + m['end'], text)
+    new = BLOCK.sub(lambda m: m['begin'] + GENERATORS[m['name']](_up(readme)) + m['end'], text)
     if new != text:
         with open(readme, 'w') as f:
             f.write(new)

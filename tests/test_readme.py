@@ -61,12 +61,15 @@ def test_every_link_exists(path):
 
 
 def test_generated_blocks_equal_their_raw_files():
+    """README.md and docs/index.md quote the raw files through results/glance.py only."""
     glance = _glance()
-    found = glance.blocks(_text(README))
-    assert sorted(name for name, _, _ in found) == ['glance', 'main job']
-    for name, body, regenerated in found:
-        assert body == regenerated, f'README.md: the {name!r} block is stale; run ' \
-            'python results/glance.py --update README.md'
+    for path, names in ((README, ['glance', 'main job']), (DOCS_HOME, ['glance'])):
+        found = glance.blocks(path)
+        rel = os.path.relpath(path, REPO)
+        assert sorted(name for name, _, _ in found) == names, rel
+        for name, body, regenerated in found:
+            assert body == regenerated, f'{rel}: the {name!r} block is stale; run ' \
+                f'python results/glance.py --update {rel}'
 
 
 def test_glance_rows_name_their_cpu_and_link_a_committed_raw_file():
@@ -110,7 +113,8 @@ def test_update_rewrites_only_the_blocks(tmp_path):
 
 
 def test_setup_commands_are_the_ones_ci_runs():
-    """The README's test command is .ci/run's, byte for byte; the main job's is beside it."""
+    """The README's test command is .ci/run's, byte for byte; the main job's is beside it; the
+    docs home page shows the same two."""
     readme = _text(README)
     ci = [line for line in _text(os.path.join(REPO, '.ci', 'run')).splitlines()
           if line.startswith('python3.11 -m venv')]
@@ -120,6 +124,9 @@ def test_setup_commands_are_the_ones_ci_runs():
     assert commands == [
         'python3.11 -m venv .venv && . .venv/bin/activate && pip install -e . && '
         'python train/train_imagenet.py', ci[0]]
+    home = [line.strip() for line in _text(DOCS_HOME).splitlines()
+            if line.strip().startswith('python3.11 -m venv')]
+    assert home == commands
 
 
 def test_readme_links_every_docs_page():
