@@ -62,7 +62,7 @@ class ComparisonSettings:
     seeds: tuple = (0, 1)
     # Classifier pretraining (one per norm, seed 0): ResNet-50 on 28x28 Fashion-MNIST, one
     # epoch of 20,000 images (GN, with MXNet's 1 thread: 9 min 15 s on 2 idle cores, 37 img/s,
-    # val top-1 77.9 %, results/coco_pretrain_gn/; the scripts now use both cores).
+    # val top-1 77.9 %, results/archive/coco_pretrain_gn/; the scripts now use both cores).
     pretrain_epochs: int = 1
     pretrain_subset: int = 20000     # a fixed random part of the 60,000 training images
     pretrain_val_subset: int = 2000
