@@ -78,6 +78,9 @@ class BuildOperatorLibrary(build_ext):
 
 # Versions that install beside numpy < 1.24 on Python 3.11.
 ONNX_REQUIREMENTS = ['onnx==1.16.2', 'onnxruntime==1.32.0']
+# The documentation site (mkdocs.yml): the releases tests/test_docs.py builds it with.
+DOCS_REQUIREMENTS = ['mkdocs==1.6.1', 'mkdocs-material==9.8.2', 'mkdocstrings[python]==1.0.8',
+                     'mkdocstrings-python==2.0.11']
 
 
 def mxnet_requirement():
@@ -122,8 +125,10 @@ setup(
     # onnx: gn_mxnet.onnx (export). The releases the export tests ran with; both install beside
     # numpy<1.24 on Python 3.11. onnx >= 1.16 has GroupNormalization-21, and MXNet 1.9.1's
     # exporter needs the (deprecated) onnx.mapping module that 1.16 still has.
-    # The tests run the ONNX export through onnxruntime, so the test extra includes it.
-    extras_require={'test': ['pytest', 'hypothesis', *ONNX_REQUIREMENTS],
-                    'onnx': ONNX_REQUIREMENTS},
+    # The tests run the ONNX export through onnxruntime, so the test extra includes it; they
+    # also build the documentation site in strict mode (tests/test_docs.py), so it has docs too.
+    extras_require={'test': ['pytest', 'hypothesis', *ONNX_REQUIREMENTS, *DOCS_REQUIREMENTS],
+                    'onnx': ONNX_REQUIREMENTS,
+                    'docs': DOCS_REQUIREMENTS},
     zip_safe=False,
 )

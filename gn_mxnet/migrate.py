@@ -9,8 +9,13 @@ import sys
 
 from .utils import cli
 
+__all__ = ['main']
+
 
 def main(argv=None):
+    """`python -m gn_mxnet.migrate DIR...`: in each run folder, write this version's checkpoint
+    from checkpoint.pkl, then remove the pickle (`argv` defaults to the command line). Prints
+    what it wrote; returns 0."""
     parser = cli.ArgumentParser(prog='python -m gn_mxnet.migrate',
                                 description=__doc__.split('\n\n')[0])
     parser.add_argument('dirs', nargs='+', metavar='DIR',

@@ -272,6 +272,9 @@ def describe(tensors, fmt):
 
 
 def main(argv=None):
+    """`python -m gn_mxnet.convert SOURCE DESTINATION [--from F] [--to F] ...`: convert a ResNet
+    weight file between formats through a gn_mxnet net; `argv` defaults to the command line.
+    Returns 0, or raises naming the tensors that do not fit."""
     parser = cli.ArgumentParser(
         prog='python -m gn_mxnet.convert',
         description="Convert ResNet weights between Detectron (.pkl), gluoncv/gn_mxnet "

@@ -16,8 +16,11 @@ from ..operator.symbol import GroupNorm as SymbolGroupNorm
 from ..operator.validation import BACKENDS
 
 NORMS = ('bn', 'gn', 'ln', 'in', 'none')
+"""The norm names every builder takes as `norm=`: BatchNorm, GroupNorm, LayerNorm (GroupNorm with
+one group), InstanceNorm (GroupNorm with one channel per group), and no norm."""
 # The group-wise norms: they run on the GroupNorm op and its backends.
 GROUP_NORMS = ('gn', 'ln', 'in')
+"""The norms of `NORMS` that run on the GroupNorm op (any backend) and can be fused."""
 
 # Options that only BatchNorm understands. gluoncv's ResNetV1b injects `use_global_stats`
 # into its norm kwargs; group-wise norms compute statistics per sample and have no running

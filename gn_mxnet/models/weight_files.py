@@ -22,6 +22,9 @@ from ..utils import cli
 from ..utils.files import atomic_path, atomic_write_bytes
 
 FORMATS = ('detectron', 'gluoncv', 'torchvision', 'safetensors')
+"""The weight-file formats, as `fmt=`/`--from`/`--to` name them: 'detectron' (a Caffe2
+pickle, `.pkl`), 'gluoncv' (MXNet `.params`), 'torchvision' (a state dict saved as `.npz`),
+'safetensors' (`.safetensors`, torchvision/timm names). Without one, the extension decides."""
 _EXTENSIONS = {'.pkl': 'detectron', '.npz': 'torchvision', '.params': 'gluoncv',
                '.safetensors': 'safetensors'}
 # The parameter naming each format uses: safetensors files of ResNets are PyTorch state dicts.

@@ -13,7 +13,8 @@ _loaded_path = None
 
 
 class LibraryNotBuiltError(RuntimeError):
-    pass
+    """`load_library()` found no compiled operator library in the package: build it with
+    `pip install -e .`, or use backend='custom' or 'ops', which need no library."""
 
 
 def library_path() -> str:

@@ -38,6 +38,9 @@ from .op_inputs import OP_NAME
 from .validation import parse_has_residual
 
 GROUP_NORM_FORMS = ('instance_norm', 'onnx')
+"""How ONNX export writes GroupNorm (`group_norm=`): 'instance_norm' (the default: Reshape,
+InstanceNormalization, Reshape, per-channel Mul/Add; opset 12 on) or 'onnx' (ONNX's own
+GroupNormalization-21)."""
 ONNX_GROUP_NORM_OPSET = 21
 _form = contextvars.ContextVar('gn_mxnet_onnx_group_norm_form', default='instance_norm')
 

@@ -11,6 +11,8 @@ import numpy as np
 SUPPORTED_DTYPES = ('float16', 'float32', 'float64')
 # 'native': the compiled op (operators/); 'custom': the Python CustomOp; 'ops': stock MXNet ops.
 BACKENDS = ('native', 'custom', 'ops')
+"""The GroupNorm backends every front accepts as `backend=`: 'native' (the compiled C++/CUDA
+op), 'custom' (a Python CustomOp computing in float64), 'ops' (stock MXNet ops, any device)."""
 # The fused form's activations, y = act(GN(x) + residual); their codes are
 # operators/group_norm_kernels.h's GN_ACT_* (build.ACT_CODES), the names the op's act_type.
 ACT_TYPES = ('none', 'relu', 'silu')
