@@ -33,9 +33,14 @@ ACT_CODES = builder.ACT_CODES
 
 def add_timing_arguments(parser):
     """--groups and --repeat, as every kernel benchmark takes them."""
-    parser.add_argument('--groups', type=cli.positive_int, default=32)
+    parser.add_argument('--groups', type=cli.positive_int, default=32, help='GN groups')
     parser.add_argument('--repeat', type=cli.int_range(5), default=15,
                         help='timed runs per cell (>= 5)')
+
+
+def format_shapes(shapes):
+    """[(32, 64, 56, 56), (8, 256, 64, 64)] -> '32x64x56x56,8x256x64x64' (shape_list's form)."""
+    return ','.join('x'.join(map(str, shape)) for shape in shapes)
 
 
 def shape_list(text):
@@ -142,9 +147,9 @@ def print_row(cells):
 def main(argv=None):
     parser = cli.ArgumentParser(description=__doc__)
     add_timing_arguments(parser)
-    parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--channels-last', action='store_true', help='NHWC (default: NCHW)')
     parser.add_argument('--shapes', type=shape_list, default=SHAPES,
-                        help="e.g. '32x64x56x56,8x256x64x64'")
+                        help=f"e.g. '32x64x56x56,8x256x64x64'; default: {format_shapes(SHAPES)}")
     args = parser.parse_args(argv)
     check_groups(parser, args.groups, args.shapes)
     lib = load_kernels()

@@ -174,8 +174,10 @@ def main(argv=None):
     parser.set_defaults(repeat=7)
     parser.add_argument('--dtype', default='float32', choices=SUPPORTED_DTYPES)
     parser.add_argument('--shapes', type=bench_kernels.shape_list, default=bench_kernels.SHAPES,
-                        help="e.g. '32x64x56x56,8x256x64x64'")
-    parser.add_argument('--tables', choices=('both', 'imperative', 'graph'), default='both')
+                        help="e.g. '32x64x56x56,8x256x64x64'; default: "
+                             + bench_kernels.format_shapes(bench_kernels.SHAPES))
+    parser.add_argument('--tables', choices=('both', 'imperative', 'graph'), default='both',
+                        help='which of the timing tables (the module docstring)')
     args = parser.parse_args(argv)
     shapes = args.shapes
     bench_kernels.check_groups(parser, args.groups, shapes)

@@ -12,7 +12,6 @@ float32 mean shows (near-constant groups, |mean| >> std).
 Set up a torch environment with:  python3.11 -m venv /tmp/torchenv &&
 /tmp/torchenv/bin/pip install torch numpy
 """
-import argparse
 import json
 import os
 import subprocess
@@ -118,8 +117,7 @@ def last_line(text):
 
 
 def main(argv=None):
-    parser = cli.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument('--torch-python', default=os.environ.get('GN_MXNET_TORCH_PYTHON'),
                         help='python of an environment with torch (or GN_MXNET_TORCH_PYTHON)')
     bench_kernels.add_timing_arguments(parser)

@@ -6,7 +6,6 @@
       --num-classes 1000 --num-groups 32 --gpus 0 --batch-size 32
   python benchmarks/bench_train.py --breakdown          # where each norm's step time goes
 """
-import argparse
 import os
 import sys
 
@@ -16,8 +15,7 @@ from gn_mxnet.utils import cli
 
 
 def main(argv=None):
-    p = cli.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--network', default='resnet8_small')
     p.add_argument('--batch-size', type=cli.positive_int, default=32, help='per device')
     p.add_argument('--data-shape', default='1,28,28')
@@ -25,12 +23,13 @@ def main(argv=None):
     p.add_argument('--num-groups', type=cli.positive_int, default=8)
     cli.add_choice(p, '--gn-backend', 'gn_mxnet.operator.validation', 'BACKENDS',
                    default='native')
-    p.add_argument('--gpus', default='')
+    p.add_argument('--gpus', default='', help="GPU ids, e.g. 0; none ('') = CPU")
     p.add_argument('--steps', type=cli.positive_int, default=20, help='steps per timed round')
     p.add_argument('--rounds', type=cli.positive_int, default=None,
                    help='timed rounds per norm (median; GN/BN round by round); default 11, '
                         'and 5 with --breakdown')
-    p.add_argument('--warmup', type=cli.non_negative_int, default=5)
+    p.add_argument('--warmup', type=cli.non_negative_int, default=5,
+                   help='untimed steps per norm before the rounds')
     p.add_argument('--breakdown', action='store_true',
                    help='profile --rounds x --steps steps of bn, gn and the net without norm '
                         'layers (mx.profiler, oneDNN reorders) and print where the time goes')

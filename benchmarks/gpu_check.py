@@ -13,10 +13,10 @@ nvcc, calls the extern "C" gn_cuda_* entries through ctypes on torch CUDA tensor
 Exits non-zero when any check fails.
 
     python benchmarks/gpu_check.py                 # full grid
-    python benchmarks/gpu_check.py --quick --out results.csv
-    python benchmarks/gpu_check.py --graphs --out results_graphs.csv   # no launch overhead
+    python benchmarks/gpu_check.py --quick --out-dir runs/gpu   # -> runs/gpu/gpu_check.csv
+    python benchmarks/gpu_check.py --graphs --out-dir runs/gpu  # no launch overhead
+                                                                # -> runs/gpu/gpu_check_graphs.csv
 """
-import argparse
 import math
 import os
 import sys
@@ -32,6 +32,10 @@ from gpu_check_cases import TOLERANCE, Kernels, check_case, dtype_combos, shape_
 from gpu_check_timing import time_case, timing_grid  # noqa: E402
 
 
+# What --out-dir receives: one CSV of every check and timing row.
+CSV_NAME, GRAPHS_CSV_NAME = "gpu_check", "gpu_check_graphs"
+
+
 def fmt_shape(shape):
     return "x".join(str(d) for d in shape)
 
@@ -39,17 +43,22 @@ def fmt_shape(shape):
 def main(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small grid, for a smoke run")
-    parser.add_argument("--out", help="write every check and timing row to this CSV")
+    parser.add_argument("--out-dir", help="write every check and timing row to OUT_DIR/%s.csv "
+                        "(%s.csv with --graphs)" % (CSV_NAME, GRAPHS_CSV_NAME))
     parser.add_argument("--lib", help="use this prebuilt library instead of building one")
-    parser.add_argument("--arch", type=int, help="build for this sm only (default: this GPU's)")
-    parser.add_argument("--repeats", type=int, default=25, help="timed samples (>= 20)")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--arch", type=cli.positive_int,
+                        help="build for this sm only (default: this GPU's)")
+    parser.add_argument("--repeat", type=cli.int_range(20), default=25,
+                        help="timed samples (>= 20)")
+    parser.add_argument("--warmup", type=cli.non_negative_int, default=5,
+                        help="untimed runs before the samples")
+    parser.add_argument("--no-timing", action="store_true", help="the checks only")
     parser.add_argument("--graphs", action="store_true",
                         help="time CUDA-graph replays (no host launch overhead) for every column")
     args = parser.parse_args(argv)
-    if args.repeats < 20:
-        parser.error("--repeats must be >= 20")
+    with cli.usage_errors(parser):
+        if args.out_dir:
+            cli.output_folder(args.out_dir, "--out-dir")
 
     try:
         import torch  # only here: the module is importable where torch is absent
@@ -102,7 +111,7 @@ def main(argv=None):
 
     if not args.no_timing:
         print("\nms = median of %d CUDA-event samples%s; ratios < 1 mean ours is faster" % (
-            args.repeats, " of CUDA-graph replays" if args.graphs else ""))
+            args.repeat, " of CUDA-graph replays" if args.graphs else ""))
         print("GB/s and %copy count the least traffic a forward needs (read x, write y once) and"
               " compare it with the copy's")
         print("%-18s %-5s %-8s %8s %8s %6s %8s %8s %6s %8s %6s %7s %6s" % (
@@ -111,7 +120,7 @@ def main(argv=None):
         for shape, G in timing_grid(args.quick):
             for layout in ("nchw", "nhwc"):
                 for dtype in ("float32", "float16"):
-                    t = time_case(torch, kernels, shape, G, layout, dtype, args.repeats,
+                    t = time_case(torch, kernels, shape, G, layout, dtype, args.repeat,
                                   args.warmup, args.graphs)
                     print("%-18s %-5s %-8s %8.4f %8.4f %6.2f %8.4f %8.4f %6.2f %8.4f %6.2f %7.0f %6.1f" % (
                         fmt_shape(shape), layout, dtype, t["ours_fwd"], t["torch_fwd"],
@@ -121,12 +130,14 @@ def main(argv=None):
                     rows.append(dict(kind="time", shape=fmt_shape(shape), layout=layout, groups=G,
                                      dtype=dtype, param_dtype=dtype, **t))
 
-    if args.out:
+    if args.out_dir:
         fields = []
         for row in rows:
             fields += [k for k in row if k not in fields]
-        write_csv(args.out, rows, fields, fill_missing=True)
-        print("\nwrote %s" % args.out)
+        os.makedirs(args.out_dir, exist_ok=True)
+        path = os.path.join(args.out_dir, (GRAPHS_CSV_NAME if args.graphs else CSV_NAME) + ".csv")
+        write_csv(path, rows, fields, fill_missing=True)
+        print("\nwrote %s" % path)
     checks = sum(r["kind"] == "check" for r in rows)
     print("\n%d of %d checks failed" % (failures, checks))
     return 1 if failures else 0

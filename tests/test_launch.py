@@ -295,7 +295,7 @@ def start_remote_job(tmp_path, code):
     hostfile.write_text('127.0.0.1\n127.0.0.2\n')
     logs = tmp_path / 'logs'
     launch = subprocess.Popen([sys.executable, LAUNCH, '-n', '2', '-s', '1', '-H', str(hostfile),
-                               '--log-dir', str(logs), '--timeout', '300', '--',
+                               '--out-dir', str(logs), '--timeout', '300', '--',
                                sys.executable, '-c', code],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return launch, node_pids(logs, NAMES)

@@ -141,7 +141,7 @@ def test_table1_from_rows(tmp_path):
 def test_script_quick_help():
     out = subprocess.run([sys.executable, SCRIPT, '--help'], capture_output=True, text=True,
                          check=True).stdout
-    for option in ('--quick', '--tables', '--seeds', '--epochs', '--no-resume', '--out',
+    for option in ('--quick', '--tables', '--seeds', '--epochs', '--no-resume', '--out-dir',
                    '--no-bn-statistics', '--image-size'):
         assert option in out
 
@@ -151,7 +151,7 @@ def test_script_quick_help():
 def test_quick_fashion_mnist_study_end_to_end(tmp_path):
     """The README's smoke command: every table, the plots, the diagnostic and the settings,
     from the script, on the real files."""
-    subprocess.run([sys.executable, SCRIPT, '--quick', '--dataset', 'fashion-mnist', '--out',
+    subprocess.run([sys.executable, SCRIPT, '--quick', '--dataset', 'fashion-mnist', '--out-dir',
                     str(tmp_path)], check=True, capture_output=True)
     rows = read_rows(tmp_path)
     assert len(rows) == 7 and {r['dataset'] for r in rows} == {'fashion-mnist'}
@@ -314,7 +314,7 @@ def test_full_study(tmp_path):
     we disagree with the paper), and BN nets trained at batch 32 see much noisier
     normalization from batches of 2 val images than from their moving averages (the
     diagnostic of results/bn_statistics.md)."""
-    subprocess.run([sys.executable, SCRIPT, '--out', str(tmp_path)], check=True)
+    subprocess.run([sys.executable, SCRIPT, '--out-dir', str(tmp_path)], check=True)
     rows = read_rows(tmp_path)
     s = protocol.StudySettings()
     assert len(rows) == len(protocol.planned_runs(s))
@@ -338,7 +338,7 @@ def test_full_fashion_mnist_study(tmp_path):
     diagnostic row."""
     import time
     start = time.time()
-    subprocess.run([sys.executable, SCRIPT, '--dataset', 'fashion-mnist', '--out',
+    subprocess.run([sys.executable, SCRIPT, '--dataset', 'fashion-mnist', '--out-dir',
                     str(tmp_path)], check=True)
     assert time.time() - start < 90 * 60
     s = protocol.StudySettings(dataset='fashion-mnist')

@@ -195,13 +195,14 @@ def test_comparison_refuses_negative_seeds_and_a_file_as_out_dir(scripts, tmp_pa
     assert (tmp_path / 'afile').read_text() == 'mine\n'
 
 
-def test_paper_refuses_a_file_as_out_and_bad_settings(scripts, tmp_path, capsys):
+def test_paper_refuses_a_file_as_out_dir_and_bad_settings(scripts, tmp_path, capsys):
     (tmp_path / 'afile').write_text('mine\n')
-    err = ends_in_one_line(scripts['paper'].main, ['--out', str(tmp_path / 'afile')], capsys,
-                           code=2)
-    assert '--out' in err
+    err = ends_in_one_line(scripts['paper'].main, ['--out-dir', str(tmp_path / 'afile')],
+                           capsys, code=2)
+    assert '--out-dir' in err
     err = ends_in_one_line(scripts['paper'].main, ['--quick', '--tables', '1', '--image-size',
-                                                   '100', '--out', str(tmp_path / 'o')], capsys)
+                                                   '100', '--out-dir', str(tmp_path / 'o')],
+                           capsys)
     assert 'image size' in err
 
 
@@ -278,7 +279,7 @@ ENTRY_POINTS = [
     (['train/train_coco.py', '--coco-root', 'nowhere'], 1),
     (['train/coco_comparison.py', '--out-dir', 'afile'], 2),
     (['train/reproduce_paper.py', '--quick', '--tables', '1', '--image-size', '100',
-      '--out', 'o'], 1),
+      '--out-dir', 'o'], 1),
     (['train/launch.py', '-n', '1', '-H', 'afile', '--', 'true'], 2),
     (['benchmarks/bench_train.py', '--network', 'resnet7_wide', '--steps', '1', '--rounds', '1',
       '--warmup', '0'], 1),

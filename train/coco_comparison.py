@@ -1,14 +1,13 @@
 #!/usr/bin/env python
 """GN vs BN* Mask R-CNN on the embedded garments: pretrain ResNet-50-GN and its BN twin on
 Fashion-MNIST, convert them, fine-tune GN, BN* (frozen) and GN from scratch per seed, and write
-COCO AP to OUT/runs.csv and OUT/comparison.md. Stopped, the same command resumes.
+COCO AP to OUT_DIR/runs.csv and OUT_DIR/comparison.md. Stopped, the same command resumes.
 
     python train/coco_comparison.py                      # everything, 2 seeds
     python train/coco_comparison.py --stage pretrain     # only the two pretrained backbones
 
 The library code is gn_mxnet.detection.comparison; this script only parses arguments.
 """
-import argparse
 import sys
 import warnings
 
@@ -16,6 +15,7 @@ from gn_mxnet.utils.threads import use_every_core
 
 use_every_core()   # before MXNet starts: it fixes its thread count then (gn_mxnet.utils.threads)
 from gn_mxnet.detection.comparison import ARMS, DEFAULT_ROOT, ComparisonSettings, run_comparison
+from gn_mxnet.detection.engine import DetectionConfig
 from gn_mxnet.utils import cli
 
 INTERRUPTED = ('interrupted; the same command resumes: finished runs are kept, and a stopped '
@@ -25,8 +25,11 @@ INTERRUPTED = ('interrupted; the same command resumes: finished runs are kept, a
 def parse_args(argv=None):
     d = ComparisonSettings()
     p = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--out-dir', default=DEFAULT_ROOT)
-    p.add_argument('--stage', default='all', choices=('all', 'pretrain'))
+    p.add_argument('--out-dir', default=DEFAULT_ROOT,
+                   help='the pretrained backbones, the fine-tuned runs, runs.csv and '
+                        'comparison.md')
+    p.add_argument('--stage', default='all', choices=('all', 'pretrain'),
+                   help='pretrain: only the two pretrained backbones')
     p.add_argument('--arms', default=','.join(d.arms),
                    help='comma-separated, from %s' % ', '.join(ARMS))
     p.add_argument('--seeds', type=cli.int_list(cli.non_negative_int), default=d.seeds,
@@ -35,8 +38,8 @@ def parse_args(argv=None):
     p.add_argument('--pretrain-subset', type=cli.positive_int, default=d.pretrain_subset,
                    help='Fashion-MNIST training images the classifier sees')
     p.add_argument('--finetune-epochs', type=cli.positive_int,
-                   help="detector epochs (default: train_coco.py's)")
-    p.add_argument('--no-progress', action='store_true')
+                   help="detector epochs (default: train_coco.py's, %d)" % DetectionConfig().epochs)
+    p.add_argument('--no-progress', action='store_true', help='no tqdm bars')
     args = p.parse_args(argv)
     with cli.usage_errors(p):
         args.arms = tuple(a for a in args.arms.split(',') if a)

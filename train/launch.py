@@ -20,8 +20,7 @@ from gn_mxnet.utils import cli
 
 def make_parser():
     p = cli.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split('\n\n', 1)[1])
+                           epilog=__doc__.split('\n\n', 1)[1])
     p.add_argument('-n', '--num-workers', type=cli.positive_int, required=True)
     p.add_argument('-s', '--num-servers', type=cli.positive_int,
                    help='default: as many as workers')
@@ -32,7 +31,8 @@ def make_parser():
                    help='scheduler port (default: a free one)')
     p.add_argument('--timeout', type=cli.positive_float,
                    help='seconds before the whole job is stopped')
-    p.add_argument('--log-dir', help="write each node's output to LOG_DIR/<role><i>.log")
+    p.add_argument('--out-dir', help="write each node's output to OUT_DIR/<role><i>.log "
+                                     "(none: to this terminal)")
     p.add_argument('--env', action='append', default=[], metavar='KEY=VALUE',
                    help='extra environment for every node (repeatable)')
     p.add_argument('command', nargs=argparse.REMAINDER, help='the command after --')
@@ -68,7 +68,7 @@ def main(argv=None):
     try:
         job = launcher.run(args.command, args.num_workers, args.num_servers or args.num_workers,
                            hosts=hosts, root_uri=args.root_uri, port=args.port,
-                           extra_env=args.extra_env, log_dir=args.log_dir,
+                           extra_env=args.extra_env, log_dir=args.out_dir,
                            timeout=args.timeout)
     except launcher.LaunchError as error:
         return cli.fail(f"the job failed and was stopped: {cli.one_line(error)}", 1)

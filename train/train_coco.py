@@ -12,7 +12,6 @@ and prints COCO bbox and segm AP of the untrained and the trained model. Real CO
         --lr-decay-epochs 16,22 --warmup-iters 1000 --image-short 800 --image-max-size 1333 \\
         --full-budgets --pretrained-backbone R-50-GN.pkl --out-dir runs/mask_rcnn_R50_FPN_gn_2x
 """
-import argparse
 import sys
 import warnings
 
@@ -58,7 +57,7 @@ def parse_args(argv=None):
                        help='gn: GroupNorm in backbone, FPN, 4conv1fc box head and mask head; '
                             'bn: frozen BatchNorm (BN*) backbone, no norm in FPN/heads')
     model.add_argument('--num-groups', type=cli.positive_int, default=d.num_groups)
-    model.add_argument('--backend', default=d.backend, choices=BACKENDS,
+    model.add_argument('--gn-backend', default=d.backend, choices=BACKENDS,
                        help='GroupNorm implementation')
     model.add_argument('--pretrained-backbone', default='auto',
                        help='backbone weights gn_mxnet.convert reads, e.g. Detectron '
@@ -71,19 +70,24 @@ def parse_args(argv=None):
                        help="Detectron's proposal/RoI budgets (2000 proposals, 512 RoIs per "
                             'image); default: reduced budgets for small CPU runs')
     opt = p.add_argument_group('training')
-    opt.add_argument('--gpus', default=d.gpus, help="e.g. 0,1,2,3; '' = CPU")
+    opt.add_argument('--gpus', default=d.gpus, help="GPU ids, e.g. 0,1,2,3; none ('') = CPU")
     opt.add_argument('--kv-store', default=d.kv_store, choices=KV_STORES)
-    opt.add_argument('--loader-processes', type=cli.non_negative_int, default=d.loader_processes,
-                     help='data-loading processes (real COCO: 4 or more)')
+    # -j as gluoncv's train_mask_rcnn.py (-j/--num-workers): data-loading workers.
+    opt.add_argument('-j', '--loader-processes', type=cli.non_negative_int,
+                     default=d.loader_processes,
+                     help='data-loading workers: processes (0 = in the training process; real '
+                          'COCO: 4 or more)')
     opt.add_argument('--batch-size', type=cli.positive_int, default=d.batch_size,
                      help='images per device (1 or 2 in Detectron)')
     opt.add_argument('--epochs', type=cli.positive_int, default=d.epochs)
     # 0 is allowed: it asks for Detectron's linear rule, 0.00125 x the total batch.
     opt.add_argument('--lr', type=cli.non_negative_float, default=d.lr,
-                     help="base learning rate (default 0.02, Detectron's for 16 images; "
-                          "0 = 0.00125 x total batch)")
+                     help="base learning rate (Detectron's 0.02 is for 16 images); "
+                          "0 = 0.00125 x total batch")
     opt.add_argument('--lr-decay', type=cli.positive_float, default=d.lr_decay)
-    opt.add_argument('--lr-decay-epochs', default='',
+    # --lr-decay-epoch: gluoncv's spelling.
+    opt.add_argument('--lr-decay-epochs', '--lr-decay-epoch', dest='lr_decay_epochs',
+                     default=','.join(map(str, d.lr_decay_epochs)),
                      help='comma-separated epochs where lr is multiplied by --lr-decay')
     opt.add_argument('--warmup-iters', type=cli.non_negative_int, default=d.warmup_iters)
     opt.add_argument('--wd', type=cli.non_negative_float, default=d.wd,
@@ -126,14 +130,15 @@ def config_from_args(args, backbone=None):
     return DetectionConfig(
         coco_root=args.coco_root, embedded=args.embedded, cache_dir=args.cache_dir,
         num_train=args.num_train, num_val=args.num_val, depth=args.depth, norm=args.norm,
-        num_groups=args.num_groups, backend=args.backend, pretrained_backbone=backbone,
+        num_groups=args.num_groups, backend=args.gn_backend, pretrained_backbone=backbone,
         image_short=args.image_short, image_max_size=args.image_max_size,
         small=not args.full_budgets, gpus=args.gpus, kv_store=args.kv_store,
         loader_processes=args.loader_processes,
         batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, lr_decay=args.lr_decay,
         lr_decay_epochs=decay_epochs, warmup_iters=args.warmup_iters, momentum=args.momentum,
         wd=args.wd, train_limit=args.train_limit, val_limit=args.val_limit, seed=args.seed,
-        out_dir=args.out_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+        out_dir=args.out_dir, resume=args.resume, overwrite=args.overwrite,
+        progress=not args.no_progress,
         hybridize=not args.no_hybridize, evaluate=args.evaluate)
 
 

@@ -7,10 +7,10 @@ a few minutes).
   python train/train_imagenet.py --rec-train train.rec --rec-val val.rec --gpus 0,1,2,3,4,5,6,7 \
       --network resnet50_v1b --norm gn --batch-size 32 --no-wd --last-gamma
 
-The recipe (SGD momentum 0.9, lr 0.1·B/256 with linear warm-up, step 30/60/90 or cosine, wd 1e-4)
-and all bookkeeping live in the gn_mxnet.training package; this script only parses arguments.
+The recipe (SGD momentum 0.9, lr base-lr·B/256 with linear warm-up, step or cosine decay) and
+each data set's preset (gn_mxnet.training.config.PRESETS; --help lists its values) and all
+bookkeeping live in the gn_mxnet.training package; this script only parses arguments.
 """
-import argparse
 import json
 import re
 import sys
@@ -27,9 +27,13 @@ INTERRUPTED = ('interrupted; the same command with --resume continues from the l
                'epoch')
 
 
+def preset(group, flags, field, **kwargs):
+    """An option whose default is the data set's preset (its help lists each one's value)."""
+    return cli.add_preset(group, flags, CONFIG, 'PRESETS', field, **kwargs)
+
+
 def make_parser():
-    p = cli.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     d = p.add_argument_group('data (none given: the embedded MNIST-5k, split 4000/1000)')
     cli.add_choice(d, '--dataset', 'gn_mxnet.training.config', 'DATASETS',
                    help="fashion-mnist: Zalando's four IDX files from --data-dir, by default "
@@ -40,50 +44,55 @@ def make_parser():
     d.add_argument('--rec-val', type=cli.existing_file, help='validation .rec')
     d.add_argument('--data-dir', type=cli.existing_dir,
                    help='image folder with train/<class>/ and val/<class>/')
-    d.add_argument('--num-classes', type=cli.positive_int,
-                   help='classes of .rec data (default 1000)')
-    d.add_argument('--data-shape', help='C,H,W of the network input (default 3,224,224)')
-    d.add_argument('-j', '--data-threads', type=cli.positive_int, default=4,
-                   help='decoding threads (.rec) or processes (image folder; 1 = in process)')
+    preset(d, '--num-classes', 'num_classes', type=cli.positive_int,
+           help='classes of .rec or image-folder data')
+    preset(d, '--data-shape', 'data_shape', help='C,H,W of the network input')
+    # -j as gluoncv's train_imagenet.py (-j/--num-data-workers): data-loading workers.
+    d.add_argument('-j', '--data-threads', '--num-data-workers', dest='data_threads',
+                   type=cli.positive_int, default=4,
+                   help='data-loading workers: decoding threads (.rec) or processes (image '
+                        'folder; 1 = in process)')
     d.add_argument('--train-subset', type=cli.positive_int,
                    help='MNIST-5k: a fixed random n of the train samples')
     d.add_argument('--val-subset', type=cli.positive_int,
                    help='MNIST-5k: a fixed random n of the val samples')
     n = p.add_argument_group('network')
-    n.add_argument('--network', help='gn_mxnet.models name (default: resnet8_small for '
-                                     'MNIST-5k, resnet50_v1b for ImageNet)')
+    preset(n, '--network', 'network', help='a gn_mxnet.models name')
     n.add_argument('--symbolic', action='store_true',
                    help='train the Symbol net from symbols/<family>.py instead of Gluon')
     n.add_argument('--num-layers', type=cli.positive_int,
                    help='--symbolic depth (default: from --network)')
     cli.add_choice(n, '--norm', CONFIG, 'TRAIN_NORMS', default='gn')
-    n.add_argument('--num-groups', type=cli.positive_int,
-                   help='GN groups (default 32; 8 for MNIST-5k)')
+    preset(n, '--num-groups', 'num_groups', type=cli.positive_int, help='GN groups')
     cli.add_choice(n, '--gn-backend', 'gn_mxnet.operator.validation', 'BACKENDS', default='native')
     n.add_argument('--last-gamma', action='store_true',
                    help="zero-initialise each residual block's last norm gamma")
     o = p.add_argument_group('optimisation')
-    o.add_argument('--num-epochs', '--epochs', dest='epochs', type=cli.positive_int)
-    o.add_argument('--batch-size', type=cli.positive_int, help='per device (default 32)')
+    # --num-epochs: gluoncv's train_imagenet.py spelling.
+    preset(o, ('--epochs', '--num-epochs'), 'epochs', dest='epochs', type=cli.positive_int)
+    preset(o, '--batch-size', 'batch_size', type=cli.positive_int, help='images per device')
     cli.add_choice(o, '--optimizer', CONFIG, 'OPTIMIZERS', default='sgd')
-    o.add_argument('--base-lr', type=cli.positive_float,
-                   help='lr for a total batch of 256 (default 0.1)')
+    preset(o, '--base-lr', 'base_lr', type=cli.positive_float,
+           help='lr for a total batch of 256')
     o.add_argument('--lr', type=cli.positive_float, help='absolute lr, overrides base-lr·B/256')
     o.add_argument('--momentum', type=cli.fraction, default=0.9)
-    o.add_argument('--wd', type=cli.non_negative_float,
-                   help='weight decay (default 1e-4; 5e-4 for MNIST-5k)')
+    preset(o, '--wd', 'wd', type=cli.non_negative_float, help='weight decay')
     o.add_argument('--no-wd', action='store_true', help='no weight decay on gamma/beta/bias')
     cli.add_choice(o, '--lr-mode', 'gn_mxnet.training.schedule', 'LR_MODES',
-                   help='default: cosine for MNIST-5k, step for ImageNet')
-    o.add_argument('--lr-decay', type=cli.positive_float, default=0.1)
-    o.add_argument('--lr-decay-epoch', dest='lr_decay_epochs', help='e.g. 30,60,90')
-    o.add_argument('--warmup-epochs', type=cli.non_negative_float)
+                   preset=cli.PresetText(CONFIG, 'PRESETS', 'lr_mode'))
+    o.add_argument('--lr-decay', type=cli.positive_float, default=0.1,
+                   help='lr factor at each of --lr-decay-epochs (step mode)')
+    # --lr-decay-epoch: gluoncv's spelling.
+    preset(o, ('--lr-decay-epochs', '--lr-decay-epoch'), 'lr_decay_epochs',
+           dest='lr_decay_epochs', help='step mode: comma-separated epochs, e.g. 30,60,90')
+    preset(o, '--warmup-epochs', 'warmup_epochs', type=cli.non_negative_float,
+           help='linear lr warm-up')
     o.add_argument('--label-smoothing', type=cli.fraction, default=0.0, help='e.g. 0.1')
     o.add_argument('--mixup', action='store_true')
     o.add_argument('--mixup-alpha', type=cli.positive_float, default=0.2)
     o.add_argument('--mixup-off-epoch', type=cli.non_negative_int, default=0)
     r = p.add_argument_group('devices and bookkeeping')
-    r.add_argument('--gpus', default='', help="e.g. 0,1,2,3 ('' = CPU)")
+    r.add_argument('--gpus', default='', help="GPU ids, e.g. 0,1,2,3; none ('') = CPU")
     cli.add_choice(r, '--kv-store', CONFIG, 'KV_STORES', default='device')
     cli.add_choice(r, '--dtype', CONFIG, 'DTYPES', help='float16: multi-precision',
                    default='float32')

@@ -148,7 +148,7 @@ def run_study(s, log=print):
     ``s.resume`` False) and write tables and plots. Returns the rows of this study's settings.
     Rows of other settings stay in the CSV; a row trained again replaces its older twin."""
     if os.path.lexists(s.out_dir) and not os.path.isdir(s.out_dir):
-        raise NotADirectoryError(f"--out {s.out_dir} is a file; choose a folder")
+        raise NotADirectoryError(f"--out-dir {s.out_dir} is a file; choose a folder")
     adopt_legacy_table(s.out_dir, STUDY_FILES, CSV_NAME, RUN_IDENTITY)
     refuse_foreign(s.out_dir, STUDY_FILES)
     rows = read_runs(s.out_dir)

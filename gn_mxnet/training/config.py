@@ -3,7 +3,8 @@
 Fields left as None take the preset of the data source: the embedded MNIST-5k (no data argument)
 gets a small GN ResNet that learns in minutes on CPU; ImageNet (`.rec` files or an image folder)
 gets the GN paper's recipe (ResNet-50, 100 epochs, 32 images per device, lr 0.1·B/256 with 5
-warm-up epochs, step decay at 30/60/90).
+warm-up epochs, step decay at 30/60/90). PRESETS is the one home of these values: the help of
+train/train_imagenet.py lists each preset's from it (gn_mxnet.utils.cli.add_preset).
 """
 import dataclasses
 from dataclasses import dataclass, field

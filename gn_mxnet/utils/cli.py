@@ -9,11 +9,18 @@ Ctrl-C), and :class:`ArgumentParser` gives argparse's usage errors the same form
 The checks: argparse ``type=`` converters that refuse bad numbers naming the rule, choices read
 from the module that owns them, and library validation errors turned into usage errors.
 
+The help: ``--help`` shows every option's default (:class:`HelpFormatter`), and an option whose
+default comes from a data set's preset lists each preset's value, read from the preset table
+itself (:func:`add_preset`). Every script names things alike: ``--out-dir`` for the folder it
+writes, ``--gn-backend``, ``--epochs``, ``--lr-decay-epochs``, and ``-j`` only for
+data-loading workers (tests/test_script_options.py).
+
 Standard library only, and the choices are read lazily, so a bad number is refused before MXNet
 is imported (instantly, and where MXNet cannot be imported at all, as for train/launch.py).
 """
 import argparse
 import contextlib
+import copy
 import importlib
 import math
 import os
@@ -87,9 +94,53 @@ def run(main, argv=None, interrupted='interrupted'):
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
+def format_default(value):
+    """A default as a user types it: '1,2,3' for a sequence, 'none' for None or ''."""
+    if value is None or value == '':
+        return 'none'
+    if isinstance(value, (tuple, list)):
+        return ','.join(format_default(v) for v in value)
+    if isinstance(value, float):
+        return f'{value:g}'
+    return str(value)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends in its default, ``(default: 0.9)``, unless the help already
+    says it (the word 'default', e.g. a preset's values) or there is none to show (None, or a
+    switch, which is off unless given). The description keeps its own line breaks (usage
+    examples)."""
+
+    @staticmethod
+    def _default_text(action):
+        default = action.default
+        if (not action.option_strings or action.nargs == 0   # a switch: off unless given
+                or default is None or default is argparse.SUPPRESS
+                or (isinstance(default, (list, tuple)) and not default)):   # e.g. append's []
+            return None
+        return format_default(default).replace('%', '%%')
+
+    def _format_action(self, action):
+        if action.help is None and self._default_text(action):   # argparse shows no help then
+            action = copy.copy(action)
+            action.help = f"default: {self._default_text(action)}"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action):
+        help, shown = action.help or '', self._default_text(action)
+        if shown is None or 'default' in help:
+            return help
+        return f"{help} (default: {shown})"
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser whose usage errors end in the one line every script's errors end in:
-    ``error: argument --lr: ...`` and exit 2 (not argparse's usage line and ``prog: error:``)."""
+    ``error: argument --lr: ...`` and exit 2 (not argparse's usage line and ``prog: error:``),
+    and whose --help shows every default (HelpFormatter)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('formatter_class', HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
@@ -171,13 +222,59 @@ class Choices:
         return len(self.values())
 
 
-def add_choice(parser, flag, module, name, help='', **kwargs):
+def add_choice(parser, flag, module, name, help='', preset=None, **kwargs):
     """Adds option `flag` whose values are `module`.`name` (see Choices). The usage line shows a
     metavar instead of the values, so that the usage printed with any error, e.g. a bad number,
-    does not import `module`; --help still lists them."""
+    does not import `module`; --help still lists them, and with `preset` (a PresetText) each
+    data set's default."""
     metavar = flag.lstrip('-').upper().replace('-', '_')
-    return parser.add_argument(flag, choices=Choices(module, name), metavar=metavar,
-                               help=f"{help + '; ' if help else ''}one of %(choices)s", **kwargs)
+    text = f"{help + '; ' if help else ''}one of %(choices)s"
+    action = parser.add_argument(flag, choices=Choices(module, name), metavar=metavar,
+                                 help=text + (PRESET_HELP if preset else ''), **kwargs)
+    if preset:
+        action.preset = preset   # argparse fills %(preset)s from the action's attributes
+    return action
+
+
+def per_preset(presets, field):
+    """The value of `field` in each preset of table `presets` ({name: {field: value}}), as help
+    text: '32' when all agree, else '0.8 (mnist5k, fashion-mnist), 0.1 (imagenet)'."""
+    names = {}
+    for name, preset in presets.items():
+        names.setdefault(format_default(preset.get(field)), []).append(name)
+    if len(names) == 1:
+        return next(iter(names))
+    return ', '.join(f"{value} ({', '.join(who)})" for value, who in names.items())
+
+
+PRESET_HELP = '; default per --dataset: %(preset)s'
+
+
+class PresetText:
+    """The text of per_preset(`module`.`name`, `field`), computed when first shown, so that the
+    preset table's module (which may import MXNet) is imported only when --help is printed."""
+
+    def __init__(self, module, name, field):
+        self.module, self.name, self.field = module, name, field
+
+    def __str__(self):
+        return per_preset(getattr(importlib.import_module(self.module), self.name), self.field)
+
+
+def add_preset(parser, flags, module, name, field, help='', **kwargs):
+    """Adds an option whose default comes from a preset table (`module`.`name`, one dict per
+    data set) and whose help says so, listing each preset's value of `field`: ``lr for a total
+    batch of 256; default per --dataset: 0.8 (mnist5k, fashion-mnist), 0.1 (imagenet)``.
+    `flags` is one option string or a tuple of them (the canonical one first); a `help` that
+    holds ``%(preset)s`` places the values itself."""
+    flags = (flags,) if isinstance(flags, str) else tuple(flags)
+    if '%(preset)s' in help:   # the help places the values itself
+        text = help
+    else:
+        text = help + PRESET_HELP if help else PRESET_HELP.lstrip('; ')
+    action = parser.add_argument(*flags, help=text, **kwargs)
+    action.preset = PresetText(module, name, field)   # argparse fills %(preset)s from it
+    return action
 
 
 @contextlib.contextmanager
