@@ -16,6 +16,7 @@ from gn_mxnet.detection.engine import DetectionConfig, run, sample_seed
 from gn_mxnet.detection.model import build_mask_rcnn, trainable_parameters
 from gn_mxnet.gluon import GroupNorm
 from gn_mxnet.models import convert, get_model
+from gn_mxnet.models.weight_files import WeightMismatchError
 from gn_mxnet.training.grey_images import FASHION_CLASSES
 
 warnings.filterwarnings('ignore', message='.*already initialized.*')
@@ -77,9 +78,11 @@ def test_spread_stem_gives_the_grey_nets_outputs_on_replicated_channels(tmp_path
     assert rgb.conv1.weight.shape[1] == 3
     np.testing.assert_allclose(rgb(mx.nd.concat(x, x, x, dim=1)).asnumpy(), expected,
                                rtol=1e-4, atol=1e-5)
-    # A 3-channel stem is not grey: spreading it to 4 channels is refused.
-    assert convert.main([dst, str(tmp_path / 'x.params'), '--num-groups', '4',
-                         '--input-channels', '4']) == 2
+    # A 3-channel stem is not grey: spreading it to 4 channels is refused, in one line.
+    with pytest.raises(WeightMismatchError, match='spreads a 1-channel .grey. stem'):
+        convert.main([dst, str(tmp_path / 'x.params'), '--num-groups', '4',
+                      '--input-channels', '4'])
+    assert not (tmp_path / 'x.params').exists()
 
 
 def test_pretrain_command_runs_what_the_comparison_runs():
