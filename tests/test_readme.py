@@ -108,7 +108,7 @@ def test_update_rewrites_only_the_blocks(tmp_path):
     assert glance.update(str(page))
     text = page.read_text()
     assert text.startswith('intro\n') and text.endswith('<!-- end of main job -->\nend\n')
-    assert 'old' not in text and glance.main_job_sentence() in text
+    assert '\nold\n' not in text and glance.main_job_sentence(glance._up(str(page))) in text
     assert not glance.update(str(page))
 
 
