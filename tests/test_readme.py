@@ -165,3 +165,22 @@ def test_results_index_lists_every_folder_and_top_level_file():
     missing = [f for f in _results_folders() + sorted(files) if os.path.normpath(f) not in named]
     assert not missing, f'results/README.md does not list {missing}'
     # and every folder or file it names exists: test_every_link_exists[results/README.md]
+
+
+def test_results_index_names_pages_that_cite_each_folder():
+    """Each folder row's last column names pages that do cite the folder (and at least one)."""
+    wrong = []
+    for line in _text(RESULTS_INDEX).splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split(' | ')]
+        first = LINK.findall(cells[0]) if line.startswith('| [') else []
+        if len(first) != 1 or not first[0].endswith('/'):
+            continue
+        folder = first[0].rstrip('/')
+        pages = LINK.findall(cells[-1])
+        if not pages:
+            wrong.append(f'{folder}: cited by no page')
+        for page in pages:
+            text = _text(os.path.normpath(os.path.join(RESULTS, page)))
+            if not re.search(rf'results/{re.escape(folder)}(/|\b(?![_-]))', text):
+                wrong.append(f'{folder}: {page} does not cite it')
+    assert not wrong
