@@ -82,7 +82,7 @@ def parse_args(argv=None):
     opt.add_argument('--epochs', type=cli.positive_int, default=d.epochs)
     # 0 is allowed: it asks for Detectron's linear rule, 0.00125 x the total batch.
     opt.add_argument('--lr', type=cli.non_negative_float, default=d.lr,
-                     help="base learning rate (Detectron's 0.02 is for 16 images); "
+                     help="learning rate (Detectron's 0.02 is for a total batch of 16 images); "
                           "0 = 0.00125 x total batch")
     opt.add_argument('--lr-decay', type=cli.positive_float, default=d.lr_decay)
     # --lr-decay-epoch: gluoncv's spelling.
