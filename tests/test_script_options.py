@@ -3,11 +3,13 @@ under train/ and benchmarks/ and ``python -m gn_mxnet.convert``/``migrate`` prin
 a script that writes files names its folder ``--out-dir``; nothing defines ``--out``,
 ``--backend`` or ``--log-dir``; gluoncv's spellings (``--num-epochs``, ``--lr-decay-epoch``,
 ``--num-data-workers``) are aliases listed after the canonical name; ``-j`` means data-loading
-workers wherever it exists; and every default shows, an option filled from a data set's preset
-listing each preset's value from the preset table itself."""
+workers wherever it exists; every default shows, an option filled from a data set's preset
+listing each preset's value from the preset table itself; and every command written out in the
+README, docs/ and results/ (READMEs, run.sh) gives only options its script has."""
 import glob
 import importlib.util
 import os
+import re
 import sys
 
 import pytest
@@ -176,3 +178,48 @@ def test_gluoncv_spellings_still_parse(monkeypatch):
     coco = entry('train/train_coco.py', monkeypatch)
     args = coco(['--lr-decay-epoch', '1', '--gn-backend', 'ops', '-j', '2'])
     assert (args.lr_decay_epochs, args.gn_backend, args.loader_processes) == ('1', 'ops', 2)
+
+
+# Commands written out for users and for reproduction: every option they give must exist.
+# (results/archive/ and docs/history.md keep superseded commands as they were run.)
+COMMAND_FILES = sorted(
+    {'README.md', *glob.glob('docs/*.md', root_dir=REPO),
+     *glob.glob('results/**/README.md', root_dir=REPO, recursive=True),
+     *glob.glob('results/**/*.sh', root_dir=REPO, recursive=True)}
+    - {'docs/history.md'} - set(glob.glob('results/archive/**', root_dir=REPO, recursive=True)))
+
+
+def written_commands(text):
+    """(script, options) of each `python train/x.py ...` or `python benchmarks/x.py ...` in
+    `text`, continuation lines joined; a launched command (after ` -- `) is its own."""
+    text = re.sub(r'\\\n', ' ', text)
+    for line in text.splitlines():
+        line = line.split(' #')[0]
+        for part in line.split(' -- '):
+            found = re.search(r'python3? ((?:train|benchmarks)/\w+\.py)((?:\s+[^\s`|;&)]+)*)', part)
+            if found:
+                flags = [t.split('=')[0] for t in found.group(2).split()
+                         if re.fullmatch(r'--?[a-zA-Z][\w-]*(=.*)?', t)]
+                yield found.group(1), flags
+
+
+@pytest.mark.parametrize('path', COMMAND_FILES)
+def test_written_commands_use_existing_options(path, parsers):
+    with open(os.path.join(REPO, path)) as f:
+        text = f.read()
+    for script, flags in written_commands(text):
+        if script not in parsers:
+            continue
+        known = {s for a in parsers[script][0]._actions for s in a.option_strings}
+        unknown = [flag for flag in flags if flag not in known]
+        assert not unknown, f"{path}: {script} has no {unknown}"
+
+
+def test_written_commands_are_read_whole():
+    text = ('    python train/launch.py -n 2 --out-dir logs -- \\\n'
+            '        python train/train_imagenet.py --num-epochs=3 -j 4  # --not-an-option\n'
+            'see `python benchmarks/bench_ops.py --repeat 9` and train/train_coco.py --no\n')
+    assert list(written_commands(text)) == [
+        ('train/launch.py', ['-n', '--out-dir']),
+        ('train/train_imagenet.py', ['--num-epochs', '-j']),
+        ('benchmarks/bench_ops.py', ['--repeat'])]
