@@ -8,7 +8,7 @@ Two tables, both measured in this one run:
   hand large blocks back to the OS on free, so each output page-faults on first write. For
   cheap layers (ours, the copy) that, not the arithmetic, sets the time. Running with
   GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296
-  keeps freed memory for reuse (README, "Speed").
+  keeps freed memory for reuse (docs/benchmarks.md, "Operators in MXNet").
 - bound graph: each layer in a Symbol executor (simple_bind), whose memory is planned once
   and reused, as in Module and in Gluon's hybridize(static_alloc=True) that train/ uses.
   The input is a graph argument, so our front's guard against grad_req='add' (an identity

@@ -17,7 +17,7 @@ RESNET_STAGES = ((256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7))
 
 
 X_STATS = (2.0, 0.5)  # x = randn * 2 + 0.5 unless a case says otherwise
-# Where rounding a float32 mean would show at 1e-5 (README, "Precision"): near-constant groups
+# Where rounding a float32 mean would show at 1e-5 (docs/user_guide.md, "Precision"): near-constant groups
 # (var << eps, rstd ~ 316) and |mean| >> std, including groups split over many blocks.
 PRECISION_CASES = [
     ((2, 32, 64, 8), 8, "near-constant", (1e-3, 3.0)),

@@ -3,7 +3,7 @@
 Layers, bottom to top (each package's docstring says what it owns; docs/design.md §1):
 ``operator`` → ``models`` → ``training`` → ``detection`` / ``study``; ``utils`` serves them all.
 ``gluon``, ``norms``, ``convert``, ``sym`` (the Symbol API) and ``onnx`` (ONNX export, the optional
-``[onnx]`` extra) are the public entry points the README shows.
+``[onnx]`` extra) are the public entry points the README and docs/api.md show.
 
 Importing gn_mxnet is cheap: nothing (MXNet included) is imported until a name is used.
 """

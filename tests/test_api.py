@@ -261,7 +261,7 @@ def export_round_trip(backend, prefix):
     np.testing.assert_allclose(loaded(x).asnumpy(), expected, rtol=1e-6, atol=1e-6)
 
 
-# A new process as the README's recipe has it; with the CustomOp registered after
+# A new process as docs/user_guide.md's recipe has it; with the CustomOp registered after
 # mx.library.load rebuilt mx.nd/mx.sym; and where the library is not built (no native export).
 IMPORTS_IN_A_NEW_PROCESS = {
     'recipe': ('import gn_mxnet\ngn_mxnet.load_library()', BACKENDS),

@@ -219,7 +219,7 @@ def problems(draw):
 
 
 # derandomize: the same 200 examples on every run, so CI is reproducible. A random search of
-# 20,000 examples found no failure (see the README's precision note).
+# 20,000 examples found no failure (docs/user_guide.md, "Precision").
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(problems())
 def test_hypothesis_native_matches_reference(native_library, problem):

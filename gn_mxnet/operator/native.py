@@ -42,7 +42,7 @@ def native_group_norm(F, data, gamma, beta, attrs, name=None, residual=None):
         # fresh memory on every call, and again for the backward, which gets every forward
         # input (docs/design.md §3). MKLDNN's Reshape writes that layout once, into memory the
         # graph's planner reuses, and the backward then reads the same plain copy
-        # (`bench_train.py --breakdown`; README, "Where GN's time goes"). A residual comes
+        # (`bench_train.py --breakdown`; docs/benchmarks.md, "Where GN's time goes"). A residual comes
         # from a convolution as often as x does.
         inputs[0] = F.reshape(inputs[0], shape=(0, 0, -2))
         if residual is not None:

@@ -1,6 +1,7 @@
-"""Markdown tables of the paper-reproduction study (see gn_mxnet.study.protocol), and the README
-blocks generated from them: the tables are a function of ``runs.csv``, ``bn_statistics.csv`` and
-``settings.json`` only, so a test recomputes every block the README quotes."""
+"""Markdown tables of the paper-reproduction study (see gn_mxnet.study.protocol), and the
+docs/reproduction.md blocks generated from them: the tables are a function of ``runs.csv``,
+``bn_statistics.csv`` and ``settings.json`` only, so a test recomputes every block the page
+quotes."""
 import math
 import os
 import re
