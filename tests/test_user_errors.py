@@ -268,12 +268,7 @@ def test_debug_lets_the_exception_through(monkeypatch):
         cli.run(lambda argv: (_ for _ in ()).throw(FileExistsError('x')), [])
 
 
-# --- the real entry points (one subprocess each) ----------------------------------------------
-def run_script(args, cwd, env=None):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
-
-
+# --- the real entry points (one subprocess each, all started at once) -------------------------
 ENTRY_POINTS = [
     (['train/train_imagenet.py', '--resume', '--out-dir', 'empty'], 1),
     (['train/train_coco.py', '--coco-root', 'nowhere'], 1),
@@ -287,22 +282,27 @@ ENTRY_POINTS = [
 ]
 
 
-@pytest.mark.parametrize('args, code', ENTRY_POINTS, ids=[a[0] for a, _ in ENTRY_POINTS])
-def test_entry_point_prints_one_line(args, code, tmp_path):
+def test_entry_points_print_one_line_and_debug_shows_the_traceback(tmp_path):
+    """Each script as a user starts it, in its own process; the processes run side by side
+    (each mostly imports MXNet), which keeps this test's time near the slowest one's."""
     (tmp_path / 'empty').mkdir()
     (tmp_path / 'afile').write_text('a.invalid\n')
     (tmp_path / 'afile.pkl').write_text('weights\n')
-    if not args[0].startswith('-'):
-        args = [os.path.join(REPO, args[0]), *args[1:]]
-    result = run_script(args, tmp_path)
-    assert result.returncode == code, result.stderr[-3000:]
-    last = result.stderr.splitlines()[-1]
-    assert last.startswith('error: ') and 'Traceback' not in result.stderr, result.stderr[-3000:]
-
-
-def test_debug_shows_the_traceback(tmp_path):
-    (tmp_path / 'afile.pkl').write_text('weights\n')
-    env = dict(os.environ, GN_MXNET_DEBUG='1')
-    result = run_script(['-m', 'gn_mxnet.convert', 'afile.pkl', 'out.params'], tmp_path, env)
-    assert result.returncode == 1
-    assert 'Traceback' in result.stderr and 'WeightFileError' in result.stderr
+    debug = dict(os.environ, GN_MXNET_DEBUG='1')
+    jobs = [(args, code, None) for args, code in ENTRY_POINTS]
+    jobs.append((['-m', 'gn_mxnet.convert', 'afile.pkl', 'out.params'], 1, debug))
+    started = []
+    for args, code, env in jobs:
+        if not args[0].startswith('-'):
+            args = [os.path.join(REPO, args[0]), *args[1:]]
+        started.append((args, code, env, subprocess.Popen(
+            [sys.executable, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)))
+    for args, code, env, process in started:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == code, (args, err[-3000:])
+        if env is debug:
+            assert 'Traceback' in err and 'WeightFileError' in err, err[-3000:]
+        else:
+            last = err.splitlines()[-1]
+            assert last.startswith('error: ') and 'Traceback' not in err, (args, err[-3000:])
