@@ -32,7 +32,7 @@ from ..training.config import TrainConfig
 from ..training.loop import train
 from ..training.reporting import SUMMARY_NAME
 from ..training.rundir import (add_to_manifest, adopt_legacy_table, claim_out_dir,
-                               refuse_foreign, require_same_run, run_identity,
+                               refuse_foreign, require_folder, require_same_run, run_identity,
                                settings_fingerprint)
 from ..utils.files import atomic_write_text
 from ..utils.tables import read_csv, write_csv
@@ -219,8 +219,7 @@ def run_comparison(s, stage='all', log=print):
     """Runs what ``root/runs.csv`` lacks for these settings; returns this comparison's rows.
     ``stage='pretrain'`` stops after the backbones. Every folder is checked before anything
     trains; only then is the root created (with its manifest)."""
-    if os.path.exists(s.root) and not os.path.isdir(s.root):
-        raise NotADirectoryError('--out-dir %s is a file; choose a folder' % s.root)
+    require_folder(s.root)
     wanted = planned(s)
     # A root of an older version (runs.csv without `settings`) is ours; a user's runs.csv there
     # is not ours to read or replace.

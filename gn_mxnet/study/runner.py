@@ -12,7 +12,8 @@ import contextlib
 import os
 import time
 
-from ..training.rundir import adopt_legacy_table, claim_out_dir, refuse_foreign, remove_run
+from ..training.rundir import (adopt_legacy_table, claim_out_dir, refuse_foreign, remove_run,
+                               require_folder)
 from ..utils.files import atomic_write_text, make_own_folder, remove_own_folder
 from ..utils.tables import read_csv, write_csv
 from . import bn_statistics
@@ -147,8 +148,7 @@ def run_study(s, log=print):
     """Train every run not yet in ``<out_dir>/runs.csv`` (every planned run, with
     ``s.resume`` False) and write tables and plots. Returns the rows of this study's settings.
     Rows of other settings stay in the CSV; a row trained again replaces its older twin."""
-    if os.path.lexists(s.out_dir) and not os.path.isdir(s.out_dir):
-        raise NotADirectoryError(f"--out-dir {s.out_dir} is a file; choose a folder")
+    require_folder(s.out_dir)
     adopt_legacy_table(s.out_dir, STUDY_FILES, CSV_NAME, RUN_IDENTITY)
     refuse_foreign(s.out_dir, STUDY_FILES)
     rows = read_runs(s.out_dir)

@@ -99,14 +99,19 @@ def refuse_foreign(out_dir, run_files, listed=False):
             f"or move it")
 
 
+def require_folder(out_dir):
+    """Raises NotADirectoryError when `out_dir` exists and is not a folder."""
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"--out-dir {out_dir} is a file; choose a folder")
+
+
 def prepare_out_dir(out_dir, run_files, *, resume, overwrite):
     """Refuses to start a new run over an existing one, or beside a user's file of a run
     file's name. Writes nothing."""
     if resume and overwrite:
         raise ValueError("give --resume (continue the run in the out-dir) or --overwrite "
                          "(replace it), not both")
-    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-        raise NotADirectoryError(f"--out-dir {out_dir} is a file; choose a folder")
+    require_folder(out_dir)
     listed = manifest_files(out_dir)
     refuse_foreign(out_dir, run_files, listed)
     present = sorted(name for name in (listed or ())
