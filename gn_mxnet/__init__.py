@@ -16,6 +16,7 @@ _NAMES = {
     'load_library': 'operator.library', 'library_path': 'operator.library',
     'cpu_isa': 'operator.library', 'LibraryNotBuiltError': 'operator.library',
     'group_norm': 'operator.front', 'BACKENDS': 'operator.validation',
+    'standardize_weight': 'operator.weight_standardization',
 }
 _SUBPACKAGES = ('operator', 'models', 'training', 'detection', 'study', 'utils',
                 'gluon', 'norms', 'convert', 'sym', 'onnx')

@@ -1,4 +1,5 @@
-"""Public entry point: the Gluon ``GroupNorm`` layer (defined in gn_mxnet.operator.gluon)."""
-from .operator.gluon import GroupNorm
+"""Public entry point: the Gluon layers ``GroupNorm`` and ``StdConv2D`` (defined in
+gn_mxnet.operator.gluon)."""
+from .operator.gluon import GroupNorm, StdConv2D
 
-__all__ = ['GroupNorm']
+__all__ = ['GroupNorm', 'StdConv2D']

@@ -1,8 +1,11 @@
-"""Gluon `GroupNorm` layer: per-channel gamma/beta, any backend, a drop-in `norm_layer`."""
-from mxnet.gluon import HybridBlock
+"""Gluon layers: `GroupNorm` (per-channel gamma/beta, any backend, a drop-in `norm_layer`) and
+`StdConv2D` (nn.Conv2D with Weight Standardization)."""
+from mxnet.gluon import HybridBlock, nn
 
+from . import weight_standardization as ws
 from .front import normalize
-from .validation import axis_layout, channel_axis, check_backend, parse_attrs
+from .validation import (axis_layout, channel_axis, check_backend, check_ws_backend,
+                         parse_attrs, parse_ws_attrs)
 
 
 class GroupNorm(HybridBlock):
@@ -59,3 +62,37 @@ class GroupNorm(HybridBlock):
                 f"axis={self._attrs.axis}, backend={self._gn_backend!r}"
                 + (f", activation={self._attrs.act_type!r})" if self._attrs.act_type != 'none'
                    else ")"))
+
+
+class StdConv2D(nn.Conv2D):
+    """nn.Conv2D whose weight is standardized per output channel before the convolution
+    (Weight Standardization; gn_mxnet.standardize_weight gives the formulas): nn.Conv2D's
+    arguments, plus `ws_eps` (None: the convention's default), `ws_convention` ('qiao' or
+    'timm') and `ws_backend` ('native' or 'ops'). Its parameters are nn.Conv2D's (`weight`,
+    `bias`), named alike, so weights load either way; the stored weight is the raw one."""
+
+    def __init__(self, channels, kernel_size, *args, ws_eps=None,
+                 ws_convention=ws.DEFAULT_CONVENTION, ws_backend=ws.DEFAULT_BACKEND, **kwargs):
+        self._ws_attrs = parse_ws_attrs(ws_eps, ws_convention)
+        self._ws_backend = check_ws_backend(ws_backend)
+        super().__init__(channels, kernel_size, *args, **kwargs)
+
+    @property
+    def ws_eps(self):
+        return self._ws_attrs.eps
+
+    @property
+    def ws_convention(self):
+        return self._ws_attrs.convention
+
+    @property
+    def ws_backend(self):
+        return self._ws_backend
+
+    def hybrid_forward(self, F, x, weight, bias=None):
+        weight = ws.standardize(F, weight, self._ws_attrs, self._ws_backend)
+        return super().hybrid_forward(F, x, weight, bias)
+
+    def __repr__(self):
+        return (f"{super().__repr__()[:-1]}, ws_convention={self.ws_convention!r}, "
+                f"ws_eps={self.ws_eps}, ws_backend={self.ws_backend!r})")

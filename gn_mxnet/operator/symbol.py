@@ -1,4 +1,4 @@
-"""`GroupNorm`: the Symbol API in MXNet's own convention (`mx.sym.BatchNorm(data=x, name='bn1')`).
+"""`GroupNorm` and `std_convolution`: the Symbol API in MXNet's own convention (`mx.sym.BatchNorm(data=x, name='bn1')`).
 
 Inputs are keywords, missing gamma/beta become the variables `<name>_gamma` (init ones) and
 `<name>_beta` (init zeros), the node that computes y is named `name`, and one output (y) comes
@@ -9,6 +9,7 @@ import mxnet as mx
 from mxnet.name import NameManager
 
 from . import validation
+from . import weight_standardization as ws
 from .front import normalize
 
 NAME_HINT = 'groupnorm'
@@ -61,3 +62,27 @@ def GroupNorm(data=None, gamma=None, beta=None, num_groups=32, eps=1e-5, axis=1,
     with _NamedAfter(name):
         return normalize(mx.sym, data, gamma, beta, attrs, backend, name=name,
                          residual=residual)
+
+
+def std_convolution(data=None, name=None, ws_eps=None, ws_convention=ws.DEFAULT_CONVENTION,
+                    ws_backend=ws.DEFAULT_BACKEND, weight=None, **kwargs):
+    """mx.sym.Convolution of `data` with its weight standardized per output channel (Weight
+    Standardization; gn_mxnet.standardize_weight gives the formulas). kwargs are
+    mx.sym.Convolution's (kernel, num_filter, stride, pad, no_bias, ...); `weight` a Symbol or
+    None for the variable `<name>_weight`; the bias (unless no_bias) is `<name>_bias`, as
+    mx.sym.Convolution names them. name: None takes a unique one (convolution0, ...) as
+    MXNet's own ops do. Returns the convolution's output, the node named `name`."""
+    if not isinstance(data, mx.sym.Symbol):
+        raise TypeError(f"data must be an mxnet Symbol (for NDArrays use "
+                        f"gn_mxnet.standardize_weight and mx.nd.Convolution), "
+                        f"got {type(data).__name__}")
+    if weight is not None and not isinstance(weight, mx.sym.Symbol):
+        raise TypeError(f"weight must be a Symbol or None, got {type(weight).__name__}")
+    attrs = validation.parse_ws_attrs(ws_eps, ws_convention)
+    backend = validation.check_ws_backend(ws_backend)
+    name = _active_name_manager().get(name, 'convolution')
+    if weight is None:
+        weight = mx.sym.Variable(name + '_weight')
+    with _NamedAfter(name):
+        standardized = ws.standardize(mx.sym, weight, attrs, backend)
+        return mx.sym.Convolution(data=data, weight=standardized, name=name, **kwargs)

@@ -155,3 +155,55 @@ def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     return backend
+
+
+# ---- Weight Standardization (gn_mxnet/operator/weight_standardization.py) ------------------
+# The op WeightStandardization (operators/weight_standardization_op.cc) checks the same things
+# with the same words.
+
+WS_CONVENTIONS = ('qiao', 'timm')
+"""How a weight is standardized per output channel (weight_standardization.py's docstring
+gives both formulas): 'qiao' (Qiao et al.'s code, mmcv's ConvWS2d), 'timm' (timm's StdConv2d)."""
+WS_DEFAULT_EPS = {'qiao': 1e-5, 'timm': 1e-6}  # each convention's own default
+WS_BACKENDS = ('native', 'ops')
+"""The Weight Standardization backends: 'native' (the compiled op WeightStandardization),
+'ops' (stock MXNet ops, any device)."""
+
+
+class WSAttrs(NamedTuple):
+    eps: float
+    convention: str
+
+
+def parse_ws_attrs(eps=None, convention='qiao') -> WSAttrs:
+    """The convention and its eps (None: the convention's default); eps must be > 0 (with a
+    zero-variance channel, eps is all that keeps 'timm' finite)."""
+    if convention not in WS_CONVENTIONS:
+        raise ValueError(f"convention must be one of "
+                         f"{', '.join(repr(c) for c in WS_CONVENTIONS)}, got {convention!r}")
+    if eps is None:
+        eps = WS_DEFAULT_EPS[convention]
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise ValueError(f"eps must be a real number, got {eps!r}")
+    if not np.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be finite and > 0, got {eps}")
+    return WSAttrs(float(eps), convention)
+
+
+def check_ws_backend(backend: str) -> str:
+    if backend not in WS_BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(WS_BACKENDS)}, got {backend!r}")
+    return backend
+
+
+def check_weight(shape: Sequence[int], dtype) -> int:
+    """A weight to standardize: (O, ...) with ndim >= 2, non-empty, a float dtype. Returns K,
+    the number of weights per output channel."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) < 2:
+        raise ValueError(f"weight must have at least 2 dimensions (out_channels, ...), "
+                         f"got {len(shape)}")
+    if any(d <= 0 for d in shape):
+        raise ValueError(f"weight must be non-empty: shape {shape} has a zero-size dimension")
+    check_dtype(dtype, 'weight')
+    return int(np.prod(shape[1:], dtype=np.int64))
