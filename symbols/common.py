@@ -1,6 +1,8 @@
 """Pieces shared by the Symbol builders: input shape parsing, conv, dtype handling."""
 import mxnet as mx
 
+from gn_mxnet.models.convs import make_conv
+
 
 def parse_image_shape(image_shape):
     """(channels, height, width) from '3,224,224' (MXNet example style) or a sequence."""
@@ -12,11 +14,11 @@ def parse_image_shape(image_shape):
     return shape
 
 
-def conv(data, name, channels, kernel, stride=1, pad=0, no_bias=True):
-    """Square convolution named ``name`` (its weight is ``<name>_weight``)."""
-    return mx.sym.Convolution(data, num_filter=channels, kernel=(kernel, kernel),
-                              stride=(stride, stride), pad=(pad, pad), no_bias=no_bias,
-                              name=name)
+def conv_layer(data, name, channels, kernel, stride=1, pad=0, no_bias=True, kind='plain'):
+    """Square convolution named ``name`` (its weight is ``<name>_weight``); ``kind``: 'plain',
+    'ws' or a :class:`gn_mxnet.models.convs.Conv`."""
+    return make_conv(kind).symbol(data, name, num_filter=channels, kernel=(kernel, kernel),
+                                  stride=(stride, stride), pad=(pad, pad), no_bias=no_bias)
 
 
 def relu(data):

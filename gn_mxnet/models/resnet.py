@@ -13,12 +13,18 @@ every block's norm → add → relu is one fused GroupNorm call (docs/design.md 
 below subclass gluoncv's, keep its children and its name alias, so parameter names (structural
 and prefixed) are those of the unfused net and weights load either way. The downsample's norm
 stays plain (its output is the residual). ``fused=False`` builds gluoncv's blocks as before.
+
+``conv='ws'`` makes every convolution weight-standardized (:mod:`gn_mxnet.models.convs`): the
+net is built with gluoncv's ``nn.Conv2D`` and :meth:`Conv.apply` swaps each for a ``StdConv2D``
+sharing its Parameters, so the names are those of ``conv='plain'``; it combines with any norm
+and with ``fused``.
 """
 import functools
 
 from mxnet.gluon import nn
 from gluoncv.model_zoo.resnetv1b import BasicBlockV1b, BottleneckV1b, ResNetV1b
 
+from .convs import make_conv
 from .norms import make_norm
 
 # depth -> (block, units per stage); the ImageNet table of He et al.
@@ -139,10 +145,11 @@ def _check_widths(norm, widths):
 
 
 def resnet_v1b(depth, num_classes=1000, norm='gn', num_groups=32, backend='native',
-               last_gamma=True, fused=True, **kwargs):
-    """ImageNet ResNet-``depth`` (18/34/50/101/152), v1b, with the chosen norm.
+               last_gamma=True, fused=True, conv='plain', **kwargs):
+    """ImageNet ResNet-``depth`` (18/34/50/101/152), v1b, with the chosen norm and conv.
 
     ``fused``: fuse norm → relu and norm → add → relu where the norm is group-wise.
+    ``conv``: 'plain' | 'ws' (or a :class:`gn_mxnet.models.convs.Conv`).
     Extra ``kwargs`` go to gluoncv's ResNetV1b (e.g. ``dilated``, ``final_drop``).
     """
     if depth not in IMAGENET_RESNETS:
@@ -150,12 +157,14 @@ def resnet_v1b(depth, num_classes=1000, norm='gn', num_groups=32, backend='nativ
                          % (depth, sorted(IMAGENET_RESNETS)))
     block, units = IMAGENET_RESNETS[depth]
     norm_layer = make_norm(norm, num_groups, backend)
+    conv = make_conv(conv)
     _check_widths(norm_layer, [64] + [64 * 2 ** i * block.expansion for i in range(4)]
                   + [64 * 2 ** i for i in range(4)])
     kwargs.setdefault('name_prefix', 'resnetv1b_')
     net_class = FusedResNetV1b if fused and norm_layer.fuses else ResNetV1b
     net = net_class(block, units, classes=num_classes, norm_layer=norm_layer,
                     last_gamma=last_gamma, **kwargs)
+    conv.apply(net)
     return zero_last_gamma(net) if last_gamma else net
 
 
@@ -164,13 +173,15 @@ class SmallImageResNet(ResNetV1b):
 
     Subclasses ResNetV1b only to reuse its stage builder (``_make_layer``) and thus
     gluoncv's blocks; the ImageNet stem and the fourth stage are not built.
-    Parameter names: ``conv1``, ``bn1``, ``layer1..3``, ``fc``. ``fused`` as in
+    Parameter names: ``conv1``, ``bn1``, ``layer1..3``, ``fc``. ``fused`` and ``conv`` as in
     :func:`resnet_v1b`.
     """
 
     def __init__(self, depth, num_classes=10, norm='gn', num_groups=32, backend='native',
-                 last_gamma=True, name_prefix='resnetsmall_', fused=True, **kwargs):
+                 last_gamma=True, name_prefix='resnetsmall_', fused=True, conv='plain',
+                 **kwargs):
         bottleneck, units = small_image_layout(depth)
+        conv = make_conv(conv)
         block = BottleneckV1b if bottleneck else BasicBlockV1b
         norm_layer = make_norm(norm, num_groups, backend)
         self._fused = fused and norm_layer.fuses
@@ -185,8 +196,8 @@ class SmallImageResNet(ResNetV1b):
         self.norm_kwargs = {}
         self.depth = depth
         with self.name_scope():
-            self.conv1 = nn.Conv2D(stem_width, kernel_size=3, strides=1, padding=1,
-                                   use_bias=False)
+            self.conv1 = conv.layer(stem_width, kernel_size=3, strides=1, padding=1,
+                                    use_bias=False)
             self.bn1 = (_relu_norm(norm_layer) if self._fused else norm_layer)(
                 in_channels=stem_width)
             self.relu = nn.Activation('relu')
@@ -198,6 +209,7 @@ class SmallImageResNet(ResNetV1b):
             self.avgpool = nn.GlobalAvgPool2D()
             self.flat = nn.Flatten()
             self.fc = nn.Dense(num_classes, in_units=SMALL_IMAGE_PLANES[-1] * block.expansion)
+        conv.apply(self)   # the stages' convs, built by gluoncv's blocks
         if last_gamma:
             zero_last_gamma(self)
 

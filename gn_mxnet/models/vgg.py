@@ -4,10 +4,12 @@ Layout: ``features`` (a HybridSequential: conv3x3, norm, relu per layer; a 2x2 m
 after each stage) then ``classifier`` (4096-4096-classes, dropout 0.5). With a norm the convs
 have no bias (the norm's beta is the bias); with ``norm='none'`` they keep one.
 The Symbol builder ``symbols/vgg.py`` builds the same graph with the same names
-(``features.<i>.weight`` here is ``features_<i>_weight`` there).
+(``features.<i>.weight`` here is ``features_<i>_weight`` there). ``conv='ws'`` makes the
+convs weight-standardized (:mod:`gn_mxnet.models.convs`), names unchanged.
 """
 from mxnet.gluon import nn
 
+from .convs import make_conv
 from .norms import make_norm
 
 # depth -> convs per stage; the stages have 64, 128, 256, 512, 512 channels.
@@ -28,9 +30,10 @@ class VGG(nn.HybridBlock):
     """VGG-``depth``. Needs inputs of at least 32x32 (five 2x2 max-pools)."""
 
     def __init__(self, depth, num_classes=1000, norm='gn', num_groups=32, backend='native',
-                 dropout=0.5, **kwargs):
+                 dropout=0.5, conv='plain', **kwargs):
         super().__init__(**kwargs)
         norm_layer = make_norm(norm, num_groups, backend)
+        conv = make_conv(conv)
         stages = vgg_layout(depth)
         for width in VGG_WIDTHS:
             norm_layer.check_channels(width)
@@ -40,8 +43,8 @@ class VGG(nn.HybridBlock):
             with self.features.name_scope():
                 for stage in stages:
                     for width in stage:
-                        self.features.add(nn.Conv2D(width, kernel_size=3, padding=1,
-                                                    use_bias=not norm_layer.has_parameters))
+                        self.features.add(conv.layer(width, kernel_size=3, padding=1,
+                                                     use_bias=not norm_layer.has_parameters))
                         self.features.add(norm_layer(in_channels=width))
                         self.features.add(nn.Activation('relu'))
                     self.features.add(nn.MaxPool2D(pool_size=2, strides=2))
