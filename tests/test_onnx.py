@@ -249,13 +249,18 @@ def test_unknown_form_and_foreign_custom_ops_raise_clear_errors(tmp_path):
     (lambda x: mx.sym.mean(x, axis=-1, exclude=True), (2, 3, 4)),
     (lambda x: mx.sym.mean(x), (2, 3, 4)),
     (lambda x: mx.sym.mean(x, axis=1), (2, 3, 4)),
+    (lambda x: mx.sym.sum(x, axis=0, exclude=True, keepdims=True), (2, 3, 4, 5)),
+    (lambda x: mx.sym.sum(x, axis=(1, 2), exclude=True), (2, 3, 4)),
+    (lambda x: mx.sym.sum(x), (2, 3)),
+    (lambda x: mx.sym._internal._identity_with_attr_like_rhs(x * 2, x), (2, 3)),
     (lambda x: mx.sym.rsqrt(x + 1), (2, 3)),
     (lambda x: mx.sym.reshape(x, shape=(0, -4, 3, -1, -2)), (2, 6, 4, 5)),
     (lambda x: mx.sym.reshape(x, shape=(-3, -2)), (2, 6, 4)),
     (lambda x: mx.sym.reshape(x, shape=(0, -4, -1, 2, 0)), (2, 6, 4)),
 ])
 def test_repaired_stock_op_translations_match_mxnet(build, shape, tmp_path):
-    """The stock ops the 'ops' backend is made of, as MXNet computes them."""
+    """The stock ops the 'ops' backends (GroupNorm's, weight standardization's) are made of, as
+    MXNet computes them."""
     symbol = build(mx.sym.Variable('data'))
     x = np.random.RandomState(6).uniform(0, 2, shape).astype(np.float32)
     path = str(tmp_path / 'op.onnx')

@@ -30,6 +30,8 @@ def test_onednn_log_counts_reorders_by_direction():
 @pytest.mark.parametrize('op, row', [
     ('GroupNormalization', 'norm operators'), ('_backward_GroupNormalization', 'norm operators'),
     ('BatchNorm', 'norm operators'), ('_backward_BatchNorm', 'norm operators'),
+    ('WeightStandardization', 'weight standardization'),
+    ('_backward_WeightStandardization', 'weight standardization'),
     ('_copy', 'guards and copies'), ('_zeros_without_dtype', 'zero gradients of unused outputs'),
     ('_backward_Convolution', 'convolutions'), ('elemwise_add', 'other operators')])
 def test_each_operator_has_one_cause(op, row):
@@ -56,6 +58,16 @@ def test_attribution_takes_the_reorders_out_of_their_operators():
     assert causes['convolutions, the rest'] == -1.0
     # every millisecond of the excess is in exactly one cause
     assert sum(causes.values()) == pytest.approx(20.0 - 10.0)
+
+
+def test_ws_share_is_the_op_over_the_step_and_the_excess_over_the_plain_conv_arm():
+    found = {'gn': _result(20.0, 6.0, 10.0, 4.0, 3.0), 'gn+ws': _result(22.0, 6.0, 10.0, 4.0, 3.0),
+             'none': _result(10.0, 0.0, 8.0, 1.0, 0.0)}
+    found['gn+ws']['rows']['weight standardization'] = [4, 1.1]
+    assert step_profile.ws_shares(found) == {'gn+ws': (1.1, 22.0, 2.0)}
+    assert step_profile.ws_shares({'gn+ws': found['gn+ws']}) == {}   # no plain arm beside it
+    report = step_profile.format_report(found)
+    assert '| gn+ws | 1.10 | 22.00 | 5.0% | +2.00 | +9.1% |' in report
 
 
 def test_breakdown_of_a_tiny_run_shows_gn_conversions(native_library):

@@ -347,6 +347,20 @@ def test_bench_train_prints_the_paired_ratio(capsys):
     assert len(rates['gn']) == 2 and 'round by round: median' in out and '2 rounds' in out
 
 
+def test_bench_train_compares_gn_with_gn_ws(capsys):
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        'benchmarks', 'bench_train.py')
+    spec = importlib.util.spec_from_file_location('bench_train', path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rates = bench.main(['--conv', 'ws', '--ws-backend', 'ops', '--batch-size', '2', '--steps',
+                        '1', '--warmup', '0', '--rounds', '1'])
+    out = capsys.readouterr().out
+    assert set(rates) == {'gn', 'gn+ws'} and 'WS backend ops' in out
+    assert 'GN+WS / GN img/s ratio, round by round: median' in out
+
+
 def test_default_network_runs_the_native_operator_when_hybridized(tmp_path):
     """The default run must train with the C++ op, not silently with stock-op fallbacks
     (which are ~6x slower on CPU: the time budget of the default run depends on it)."""

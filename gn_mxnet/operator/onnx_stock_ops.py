@@ -1,12 +1,15 @@
 """Repairs to MXNet 1.9.1's ONNX translations of the stock ops the 'ops' backend is built from.
 
-Measured with the 'ops' backend's graphs, MXNet's exporter
-- has no translation for `rsqrt` nor `_linalg_det` (the 'ops' graphs' bind-time dtype check);
+Measured with the 'ops' backends' graphs (GroupNorm's and weight standardization's), MXNet's
+exporter
+- has no translation for `rsqrt`, `_linalg_det` (the 'ops' graphs' bind-time dtype check) nor
+  `_identity_with_attr_like_rhs` (the shape tie after a standardized weight);
 - refuses `Reshape` with -2 or -4 in general ((0, -4, G, -1, -2) splits the channels);
-- writes `mean(..., exclude=True)` as a mean over the listed axes, silently the wrong ones, and
-  writes ReduceMean's `axes` as an attribute, which opset 18 turned into an input.
+- writes `mean(..., exclude=True)` and `sum(..., exclude=True)` as reductions over the listed
+  axes, silently the wrong ones, and writes ReduceMean's `axes` as an attribute, which opset 18
+  turned into an input.
 The translations below add or replace those. `Reshape` is rank-free (built from Shape(x) at run
-time); `mean` needs the input's rank, which translations are not given, so `register` also
+time); `mean` and `sum` need the input's rank, which translations are not given, so `register` also
 wraps `MXNetGraph.create_onnx_graph_proto` to note, once per export, the graph, its input shapes
 (node output shapes are inferred from them on demand) and its heads (GroupNorm's translation
 asks whether mean/rstd are outputs).
@@ -23,7 +26,8 @@ from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph
 from mxnet.onnx.mx2onnx._op_translations._op_translations_opset12 import (
     convert_string_to_list, create_tensor, get_boolean_attribute_value, get_inputs)
 
-REDUCE_AXES_INPUT_OPSET = 18
+REDUCE_AXES_INPUT_OPSET = 18       # ReduceMean's axes: an attribute before, an input since
+REDUCE_SUM_AXES_INPUT_OPSET = 13   # ReduceSum's
 
 
 class ExportGraph(NamedTuple):
@@ -93,32 +97,48 @@ def _input_rank(node, kwargs):
     return len(shape)
 
 
-def convert_mean(node, **kwargs):
-    """mean(axis, keepdims, exclude) as ReduceMean, axes made explicit (and an input from
-    opset 18 on); reducing every axis without keepdims gives MXNet's shape (1,)."""
-    name, inputs, attrs = get_inputs(node, kwargs)
-    keepdims = get_boolean_attribute_value(attrs, 'keepdims')
-    exclude = get_boolean_attribute_value(attrs, 'exclude')
-    given = str(attrs.get('axis', 'None'))
-    axes = None if given in ('None', '()', '[]') else convert_string_to_list(given)
-    rank = _input_rank(node, kwargs) if exclude or axes is None or not keepdims else None
-    if axes is None:
-        axes = list(range(rank)) if not exclude else []
-    elif exclude:
-        kept = {a % rank for a in axes}
-        axes = [a for a in range(rank) if a not in kept]
-    out = name if keepdims or len(axes) < rank else name + '_scalar'
-    if kwargs.get('opset_version', 12) >= REDUCE_AXES_INPUT_OPSET:
-        create_tensor(axes, name + '_axes', kwargs['initializer'])
-        nodes = [helper.make_node('ReduceMean', [inputs[0], name + '_axes'], [out],
-                                  keepdims=keepdims)]
-    else:
-        nodes = [helper.make_node('ReduceMean', [inputs[0]], [out], axes=axes,
-                                  keepdims=keepdims)]
-    if out != name:
-        create_tensor([1], name + '_one', kwargs['initializer'])
-        nodes.append(helper.make_node('Reshape', [out, name + '_one'], [name], name=name))
-    return nodes
+def _convert_reduction(onnx_op, axes_input_opset):
+    """MXNet's mean or sum (axis, keepdims, exclude) as ReduceMean / ReduceSum, axes made
+    explicit (and an input from `axes_input_opset` on); reducing every axis without keepdims
+    gives MXNet's shape (1,)."""
+    def convert(node, **kwargs):
+        name, inputs, attrs = get_inputs(node, kwargs)
+        keepdims = get_boolean_attribute_value(attrs, 'keepdims')
+        exclude = get_boolean_attribute_value(attrs, 'exclude')
+        given = str(attrs.get('axis', 'None'))
+        axes = None if given in ('None', '()', '[]') else convert_string_to_list(given)
+        rank = _input_rank(node, kwargs) if exclude or axes is None or not keepdims else None
+        if axes is None:
+            axes = list(range(rank)) if not exclude else []
+        elif exclude:
+            kept = {a % rank for a in axes}
+            axes = [a for a in range(rank) if a not in kept]
+        out = name if keepdims or len(axes) < rank else name + '_scalar'
+        if kwargs.get('opset_version', 12) >= axes_input_opset:
+            create_tensor(axes, name + '_axes', kwargs['initializer'])
+            nodes = [helper.make_node(onnx_op, [inputs[0], name + '_axes'], [out],
+                                      keepdims=keepdims)]
+        else:
+            nodes = [helper.make_node(onnx_op, [inputs[0]], [out], axes=axes,
+                                      keepdims=keepdims)]
+        if out != name:
+            create_tensor([1], name + '_one', kwargs['initializer'])
+            nodes.append(helper.make_node('Reshape', [out, name + '_one'], [name], name=name))
+        return nodes
+
+    convert.__name__ = 'convert_' + onnx_op
+    return convert
+
+
+convert_mean = _convert_reduction('ReduceMean', REDUCE_AXES_INPUT_OPSET)
+convert_sum = _convert_reduction('ReduceSum', REDUCE_SUM_AXES_INPUT_OPSET)
+
+
+def convert_identity_like_rhs(node, **kwargs):
+    """_identity_with_attr_like_rhs(lhs, rhs): lhs (rhs only ties shapes and dtypes at graph
+    build time). The weight-standardized conv's Symbol passes w_hat through one."""
+    name, inputs, _ = get_inputs(node, kwargs)
+    return [helper.make_node('Identity', [inputs[0]], [name], name=name)]
 
 
 def convert_rsqrt(node, **kwargs):
@@ -224,8 +244,11 @@ def register():
     if getattr(MXNetGraph.create_onnx_graph_proto, 'gn_mxnet_export_graph', False):
         return
     MXNetGraph.create_onnx_graph_proto = _with_node_shapes(MXNetGraph.create_onnx_graph_proto)
-    for opset in (12, 13):  # MXNet registers mean at both; ours must shadow both
+    for opset in (12, 13):  # MXNet registers mean and sum at both; ours must shadow both
         MXNetGraph.register('mean', opset_version=opset)(convert_mean)
+        MXNetGraph.register('sum', opset_version=opset)(convert_sum)
+    MXNetGraph.register('_identity_with_attr_like_rhs', opset_version=12)(
+        convert_identity_like_rhs)
     MXNetGraph.register('rsqrt', opset_version=12)(convert_rsqrt)
     MXNetGraph.register('_linalg_det', opset_version=12)(convert_det)
     reshape = MXNetGraph.registry_[12]['Reshape']

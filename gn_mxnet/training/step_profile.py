@@ -20,8 +20,9 @@ from mxnet import profiler
 
 from ..operator import native
 from ..operator.op_inputs import OP_NAME
+from ..operator.weight_standardization import OP_NAME as WS_OP_NAME
 from .runtime import make_contexts
-from .throughput import build_step
+from .throughput import WS_SUFFIX, build_step
 
 # Read by MXNet when a hybridized graph is built: without bulking every operator is its own
 # profiler event (bulked segments are timed as one event named after all their ops).
@@ -30,6 +31,7 @@ _UNBULKED = {'MXNET_EXEC_BULK_EXEC_TRAIN': '0', 'MXNET_EXEC_BULK_EXEC_INFERENCE'
 _VERBOSE = {'DNNL_VERBOSE': '1', 'MKLDNN_VERBOSE': '1'}
 
 NORM_OPS = ('BatchNorm', OP_NAME)
+WS_OPS = (WS_OP_NAME,)  # the native backend's; the 'ops' backend's stock ops are not told apart
 # Operator name -> cause, for the operators that are not the norm itself.
 _CAUSES = {
     '_copy': 'guards and copies', '_backward_copy': 'guards and copies',
@@ -42,7 +44,7 @@ _CAUSES = {
     'Convolution': 'convolutions', '_backward_Convolution': 'convolutions',
     'Activation': 'activations', '_backward_Activation': 'activations',
 }
-ROWS = ('norm operators', 'guards and copies', 'zero gradients of unused outputs',
+ROWS = ('norm operators', 'weight standardization', 'guards and copies', 'zero gradients of unused outputs',
         'freeing memory (DeleteVariable)', 'convolutions', 'activations', 'other operators')
 REORDERS = ('to default layout', 'to blocked layout', 'weights', 'other reorders')
 # What the whole process spent per step beyond its operators' clocks (getrusage, all threads): a
@@ -52,8 +54,11 @@ PROCESS = ('minor page faults', 'system CPU ms')
 
 def cause(op_name):
     """The row of ROWS an operator's time is counted in."""
-    if op_name in NORM_OPS or op_name.replace('_backward_', '', 1) in NORM_OPS:
+    forward = op_name.replace('_backward_', '', 1)
+    if op_name in NORM_OPS or forward in NORM_OPS:
         return 'norm operators'
+    if forward in WS_OPS:
+        return 'weight standardization'
     return _CAUSES.get(op_name, 'other operators')
 
 
@@ -191,14 +196,17 @@ def _add(total, part):
 
 def profile_norms(network='resnet8_small', norms=('bn', 'gn', 'none'), batch_size=32,
                   data_shape=(1, 28, 28), num_classes=10, num_groups=8, backend='native',
-                  gpus='', steps=3, warmup=2, log=None, rounds=2, without_plain_copy=False):
-    """`profile_steps` of `network` built with each of `norms`; `without_plain_copy` adds GN
-    with the native front's plain-copy Reshape switched off, as 'gn, no plain copy'."""
+                  gpus='', steps=3, warmup=2, log=None, rounds=2, without_plain_copy=False,
+                  ws_backend=None):
+    """`profile_steps` of `network` built as each of `norms` (arms of
+    gn_mxnet.training.throughput: 'gn+ws' has weight-standardized convs, of `ws_backend`);
+    `without_plain_copy` adds GN with the native front's plain-copy Reshape switched off, as
+    'gn, no plain copy'."""
     contexts = make_contexts(gpus)
 
     def built(norm):
         return build_step(network, norm, batch_size, data_shape, num_classes, num_groups,
-                          backend, contexts)[0]
+                          backend, contexts, ws_backend=ws_backend)[0]
     steps_of = {norm: built(norm) for norm in norms}
     if without_plain_copy:
         native.PLAIN_COPY = False
@@ -311,6 +319,13 @@ def format_report(found, baseline='none', top=12):
                      ['per step'] + header[1:],
                      [[kind] + with_excess({n: found[n]['process'][kind] for n in norms})
                       for kind in PROCESS]))
+    shares = ws_shares(found)
+    if shares:
+        parts.append('weight standardization per step:\n' + _markdown(
+            ['arm', 'WS operators ms', 'step ms', 'WS share of the step',
+             'step - plain-conv step, ms', 'as a share of the step'],
+            [[arm, f'{ws:.2f}', f'{step:.2f}', f'{ws / step:.1%}', f'{extra:+.2f}',
+              f'{extra / step:+.1%}'] for arm, (ws, step, extra) in shares.items()]))
     for norm in others:
         ops = sorted(found[norm]['ops'].items(), key=lambda item: -item[1][1])[:top]
         base_ops = found[baseline]['ops']
@@ -319,6 +334,20 @@ def format_report(found, baseline='none', top=12):
             [[name, f'{count:.0f}', f'{ms:.2f}', f"{base_ops.get(name, [0, 0.0])[1]:.2f}"]
              for name, (count, ms) in ops]))
     return '\n\n'.join(parts)
+
+
+def ws_shares(found):
+    """{arm: (WS operators ms, step ms, step ms - the plain-conv arm's)} per step, for each
+    '+ws' arm of `found` whose plain-conv arm was profiled beside it. The first counts the
+    native op (forward and backward) only; the excess holds all the WS costs, layout
+    conversions of the standardized weights included."""
+    shares = {}
+    for arm, result in found.items():
+        plain = arm[:-len(WS_SUFFIX)]
+        if arm.endswith(WS_SUFFIX) and plain in found:
+            shares[arm] = (result['rows']['weight standardization'][1], result['step_ms'],
+                           result['step_ms'] - found[plain]['step_ms'])
+    return shares
 
 
 def environment_for_profiling():
