@@ -1,14 +1,17 @@
 """The models layer: the norm factory (norms), Gluon ResNet/VGG builders (resnet, vgg) with
 ``get_model(name, norm='gn', ...)`` and ``list_models()``, the Gluon-to-Symbol naming rule
-shared with the Symbol builders in symbols/ (symbol_names), and weight converters (convert).
+shared with the Symbol builders in symbols/ (symbol_names), BiT's pre-activation ResNetV2 with
+timm's parameter names (resnetv2), and weight converters (convert).
 
 Names: ``resnet{18,34,50,101,152}_v1b`` (ImageNet, gluoncv's ResNetV1b with our norm),
 ``resnet{depth}_small`` (small images: depth 6n+2 basic / 9n+2 bottleneck, any number of
-input channels, 28x28 and up), ``vgg{11,13,16,19}``.
+input channels, 28x28 and up), ``vgg{11,13,16,19}``, and BiT's
+``resnetv2_{50,101,152}x{wf}_bit`` (timm's names; GN(32) + WS always: norm 'gn', conv 'ws').
 """
 import re
 
 from .resnet import IMAGENET_RESNETS, SmallImageResNet, resnet_v1b, small_image_layout
+from .resnetv2 import ResNetV2, bit_model_names, parse_bit_name, resnetv2_bit
 from .symbol_names import from_symbol_params, symbol_name, to_symbol_params
 from .vgg import VGG, VGG_LAYERS
 
@@ -24,7 +27,7 @@ def list_models():
     """Model names that :func:`get_model` builds."""
     return (['resnet%d_v1b' % d for d in sorted(IMAGENET_RESNETS)]
             + ['resnet%d_small' % d for d in _LISTED_SMALL_DEPTHS]
-            + ['vgg%d' % d for d in sorted(VGG_LAYERS)])
+            + ['vgg%d' % d for d in sorted(VGG_LAYERS)] + bit_model_names())
 
 
 def get_model(name, num_classes=1000, norm='gn', num_groups=32, backend='native',
@@ -34,7 +37,9 @@ def get_model(name, num_classes=1000, norm='gn', num_groups=32, backend='native'
     norm: 'bn' | 'gn' | 'ln' | 'in' | 'none' (or a :class:`gn_mxnet.norms.Norm`);
     num_groups: GN groups, must divide every layer's width (small-image nets are 16/32/64
     wide, so use at most 16 there); backend: the GN backend 'native' | 'custom' | 'ops';
-    last_gamma: zero-init the last norm's gamma in each residual block (ignored by VGG).
+    last_gamma: zero-init the last norm's gamma in each residual block (ignored by VGG and
+    ResNetV2, whose blocks end in a conv). ResNetV2 takes ResNetV2's keywords too (``layers``,
+    ``channels``, ``stem_channels``: a reduced-size net; ``ws_backend``).
     """
     match = _IMAGENET_NAME.match(name)
     if match:
@@ -47,9 +52,17 @@ def get_model(name, num_classes=1000, norm='gn', num_groups=32, backend='native'
     match = _VGG_NAME.match(name)
     if match:
         return VGG(int(match.group(1)), num_classes, norm, num_groups, backend, **kwargs)
+    if parse_bit_name(name):
+        conv = kwargs.pop('conv', 'ws')
+        if norm != 'gn' or conv != 'ws':
+            raise ValueError("%s is GroupNorm + Weight Standardization by definition; got "
+                             "norm=%r, conv=%r (use norm='gn', conv='ws': --norm gn --conv ws)"
+                             % (name, norm, conv))
+        return resnetv2_bit(name, num_classes, num_groups, backend, **kwargs)
     raise ValueError("unknown model %r; known: %s (any resnet<6n+2 or 9n+2>_small works)"
                      % (name, ', '.join(list_models())))
 
 
 __all__ = ['get_model', 'list_models', 'resnet_v1b', 'SmallImageResNet', 'small_image_layout',
-           'VGG', 'symbol_name', 'to_symbol_params', 'from_symbol_params']
+           'VGG', 'ResNetV2', 'resnetv2_bit', 'symbol_name', 'to_symbol_params',
+           'from_symbol_params']

@@ -9,6 +9,10 @@ Formats (our own names are gluoncv's structural names, ``layer1.0.bn1.gamma``):
 - ``torchvision``: a PyTorch ResNet ``state_dict`` saved as ``.npz`` (``bn1.weight`` is gamma).
 - ``safetensors``: the same torchvision/timm state dict as a ``.safetensors`` file.
 
+timm's ResNetV2 (BiT, gn_mxnet.models.resnetv2) has timm's names in our nets too; only its
+GroupNorms' ``weight``/``bias`` become ``gamma``/``beta``, in the ``.npz`` and ``.safetensors``
+formats alike.
+
 Reading and writing the files (atomically; pickles restricted to NumPy arrays) is
 ``weight_files.py``; this module maps names and loads.
 
@@ -16,7 +20,8 @@ Loading is all or nothing: every tensor of the file must find a parameter of the
 and every parameter must be filled, else :class:`WeightMismatchError` counts the offending
 names (its attributes list them all) and the net is left untouched.
 
-Command line: ``python -m gn_mxnet.convert SRC DST [--model resnet50_v1b] [--norm gn]``.
+Command line: ``python -m gn_mxnet.convert SRC DST [--model resnet50_v1b] [--norm gn]``; a
+ResNetV2 state dict builds the ResNetV2 its tensors' shapes describe.
 """
 import argparse
 import re
@@ -26,6 +31,7 @@ import mxnet as mx
 import numpy as np
 
 from ..utils import cli
+from . import resnetv2
 from .norms import NORMS
 from .weight_files import (FORMATS, NAMING, UnsafePickleError, WeightFileError,
                            WeightMismatchError, check_format, guess_format, read_tensors,
@@ -51,8 +57,10 @@ _DETECTRON_STEM = {'conv1_w': 'conv1.weight', 'conv1_gn_s': 'bn1.gamma',
                    'conv1_gn_b': 'bn1.beta', 'pred_w': 'fc.weight', 'pred_b': 'fc.bias'}
 _DETECTRON_SUFFIX = {'w': 'weight', 'gn_s': 'gamma', 'gn_b': 'beta'}
 _OURS_BLOCK = re.compile(r'^layer(\d+)\.(\d+)\.(conv(\d+)|bn(\d+)|downsample\.([01]))\.(\w+)$')
-# torchvision names norm parameters weight/bias; norm layers are bn<k> and downsample.1.
-_TORCH_NORM = re.compile(r'^(bn\d+|layer\d+\.\d+\.(bn\d+|downsample\.1))\.(weight|bias)$')
+# PyTorch names norm parameters weight/bias. Norm layers: torchvision's ResNet bn<k> and
+# downsample.1; timm's ResNetV2 (models/resnetv2.py) stages.<i>.blocks.<j>.norm<k> and norm.
+_TORCH_NORM = re.compile(r'^(bn\d+|layer\d+\.\d+\.(bn\d+|downsample\.1)'
+                         r'|norm|stages\.\d+\.blocks\.\d+\.norm\d)\.(?P<kind>weight|bias)$')
 
 
 def detectron_to_ours(name):
@@ -95,7 +103,8 @@ def ours_to_detectron(name):
 def torchvision_to_ours(name):
     match = _TORCH_NORM.match(name)
     if match:
-        return name[:-len(match.group(3))] + ('gamma' if match.group(3) == 'weight' else 'beta')
+        kind = match.group('kind')
+        return name[:-len(kind)] + ('gamma' if kind == 'weight' else 'beta')
     return name
 
 
@@ -193,7 +202,8 @@ def load_weights(net, path, fmt=None, skip=(), ctx=None):
     return load_tensors(net, read_tensors(path, fmt), fmt, source=path, skip=skip, ctx=ctx)
 
 
-STEM_WEIGHT = 'conv1.weight'
+# The first convolution's weight: ResNet v1b's, ResNetV2's.
+STEM_WEIGHTS = ('conv1.weight', resnetv2.STEM_WEIGHT)
 
 
 def spread_input_channels(tensors, fmt, channels, net=None):
@@ -202,17 +212,18 @@ def spread_input_channels(tensors, fmt, channels, net=None):
     the grey values in every channel (the embedded detection sets) gives the grey net's
     outputs, up to rounding. A stem that already has ``channels`` inputs is kept."""
     ours, source_of, _ = to_our_names(tensors, fmt, net)
-    if STEM_WEIGHT not in ours:
+    stem = next((name for name in STEM_WEIGHTS if name in ours), None)
+    if stem is None:
         raise WeightMismatchError("no stem convolution (%s) in the weights to spread over %d "
-                                  "input channels" % (STEM_WEIGHT, channels))
-    weight = ours[STEM_WEIGHT]
+                                  "input channels" % (' or '.join(STEM_WEIGHTS), channels))
+    weight = ours[stem]
     if weight.shape[1] == channels:
         return dict(tensors)
     if weight.shape[1] != 1:
         raise WeightMismatchError("--input-channels spreads a 1-channel (grey) stem; %s has %d "
-                                  "input channels" % (source_of[STEM_WEIGHT], weight.shape[1]))
+                                  "input channels" % (source_of[stem], weight.shape[1]))
     spread = dict(tensors)
-    spread[source_of[STEM_WEIGHT]] = np.repeat(weight / channels, channels, axis=1)
+    spread[source_of[stem]] = np.repeat(weight / channels, channels, axis=1)
     return spread
 
 
@@ -279,7 +290,8 @@ def main(argv=None):
         prog='python -m gn_mxnet.convert',
         description="Convert ResNet weights between Detectron (.pkl), gluoncv/gn_mxnet "
                     "(.params) and torchvision/timm state dicts (.npz, .safetensors) through "
-                    "a gn_mxnet net; fails, naming the tensors, unless every weight fits.")
+                    "a gn_mxnet net; fails, naming the tensors, unless every weight fits. "
+                    "timm's ResNetV2 (BiT) state dicts are recognized by their names.")
     parser.add_argument('source', type=cli.existing_file, help='weight file to read')
     parser.add_argument('destination', help='weight file to write')
     parser.add_argument('--from', dest='source_format', choices=FORMATS,
@@ -306,6 +318,8 @@ def _convert(args):
     from . import get_model
     source_format = args.source_format or guess_format(args.source)
     tensors = read_tensors(args.source, source_format)
+    if resnetv2.is_resnetv2(tensors):
+        return _write(args, *_resnetv2_net(tensors, source_format, args))
     if args.model and args.num_classes:
         # Given explicitly: old prefix-named .params cannot be described before a net exists.
         model, num_classes, norm = args.model, args.num_classes, args.norm or 'gn'
@@ -318,6 +332,38 @@ def _convert(args):
                     backend='ops', last_gamma=False)
     if args.input_channels:
         tensors = spread_input_channels(tensors, source_format, args.input_channels, net)
+    return _write(args, net, tensors, model, norm, num_classes)
+
+
+def _resnetv2_net(tensors, fmt, args):
+    """(net, tensors, model, norm, num_classes) for a ResNetV2 state dict: the ResNetV2 that
+    its shapes describe (named after timm's model when they are one), or --model's."""
+    if args.norm not in (None, 'gn'):
+        raise ValueError("a ResNetV2 (BiT) is GroupNorm + Weight Standardization; --norm %s "
+                         "does not apply" % args.norm)
+    if args.model and not resnetv2.parse_bit_name(args.model):
+        raise ValueError("%s holds a ResNetV2 state dict; --model must be a BiT name such as "
+                         "resnetv2_50x1_bit, not %r" % (args.source, args.model))
+    if args.input_channels:
+        tensors = spread_input_channels(tensors, fmt, args.input_channels)
+    layout, name = resnetv2.layout_of({n: tuple(a.shape) for n, a in tensors.items()})
+    layout['num_classes'] = args.num_classes or layout['num_classes']
+    # The 'ops' backends need no compiled library and give the same weights.
+    ops = dict(num_groups=args.num_groups, backend='ops', ws_backend='ops')
+    if args.model:
+        from . import get_model
+        net = get_model(args.model, num_classes=layout['num_classes'],
+                        in_channels=layout['in_channels'], **ops)
+        name = args.model
+    else:
+        net = resnetv2.ResNetV2(**layout, **ops)
+        name = name or 'ResNetV2(layers=%s, channels=%s, stem_channels=%d)' % (
+            layout['layers'], layout['channels'], layout['stem_channels'])
+    return net, tensors, name, 'gn', layout['num_classes']
+
+
+def _write(args, net, tensors, model, norm, num_classes):
+    source_format = args.source_format or guess_format(args.source)
     load_tensors(net, tensors, source_format, source=args.source)
     save_weights(net, args.destination, args.destination_format)
     count = sum(int(np.prod(p.shape)) for p in net.collect_params().values())
