@@ -11,6 +11,7 @@ half-done study (finished runs are skipped).
 
 The study logic (grid, runs, resume, tables, plots) lives in the gn_mxnet.study package.
 """
+import argparse
 import os
 import sys
 import time
@@ -83,6 +84,9 @@ def parse_args(argv=None):
     p.add_argument('--quick', action='store_true',
                    help=f'smoke version: the --quick values above, validated on '
                         f'{QUICK_VAL_SUBSET} images (options given win)')
+    cli.add_preset(p, '--ws-arm', PROTOCOL, 'DATASET_DEFAULTS', 'ws_arm',
+                   action=argparse.BooleanOptionalAction, default=None,
+                   help="Table 2's GN+WS row: GN with weight-standardized convs at every batch")
     p.add_argument('--no-bn-statistics', dest='bn_statistics', action='store_false',
                    help='skip the BN diagnostic (the study\'s BN nets measured with moving, '
                         're-estimated and per-batch statistics)')
@@ -115,7 +119,7 @@ def main(argv=None):
             batch_sizes=args.batch_sizes, groups=args.groups, group_sizes=args.group_sizes,
             jobs=args.jobs, threads=args.threads, resume=args.resume,
             val_subset=QUICK_VAL_SUBSET if args.quick else None,
-            bn_diagnostic_images=200 if args.quick else 2000,
+            bn_diagnostic_images=200 if args.quick else 2000, ws_arm=args.ws_arm,
             bn_diagnostic_batches=None if args.bn_statistics else ())
     except ValueError as e:
         return cli.fail(e, 2)   # a setting the protocol refuses: a usage error

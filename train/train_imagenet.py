@@ -63,6 +63,8 @@ def make_parser():
     n.add_argument('--num-layers', type=cli.positive_int,
                    help='--symbolic depth (default: from --network)')
     cli.add_choice(n, '--norm', CONFIG, 'TRAIN_NORMS', default='gn')
+    cli.add_choice(n, '--conv', 'gn_mxnet.models.convs', 'CONVS', default='plain',
+                   help="ws: weight-standardized convs (Qiao et al.'s convention, eps 1e-5)")
     preset(n, '--num-groups', 'num_groups', type=cli.positive_int, help='GN groups')
     cli.add_choice(n, '--gn-backend', 'gn_mxnet.operator.validation', 'BACKENDS', default='native')
     n.add_argument('--last-gamma', action='store_true',
@@ -127,7 +129,8 @@ def config_from_args(args):
     from gn_mxnet.training.config import TrainConfig
     return TrainConfig(
         dataset=args.dataset, network=args.network, norm=args.norm, num_groups=args.num_groups,
-        gn_backend=args.gn_backend, last_gamma=args.last_gamma, rec_train=args.rec_train,
+        gn_backend=args.gn_backend, conv=args.conv, last_gamma=args.last_gamma,
+        rec_train=args.rec_train,
         rec_val=args.rec_val, data_dir=args.data_dir, num_classes=args.num_classes,
         data_shape=args.data_shape, data_threads=args.data_threads,
         train_subset=args.train_subset, val_subset=args.val_subset, epochs=args.epochs,
@@ -157,7 +160,8 @@ def symbol_factory(cfg, num_layers):
         return module.get_symbol(num_classes=num_classes, num_layers=depth,
                                  image_shape=','.join(str(s) for s in data_shape),
                                  norm=cfg.norm, num_groups=cfg.num_groups,
-                                 last_gamma=cfg.last_gamma, backend=cfg.gn_backend)
+                                 last_gamma=cfg.last_gamma, backend=cfg.gn_backend,
+                                 conv=cfg.conv)
     return build
 
 

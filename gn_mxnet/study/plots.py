@@ -29,11 +29,11 @@ def plot_batch(s, stats, data_name):
     plt = pyplot()
     fig, (ours, paper) = plt.subplots(1, 2, figsize=(9, 3.4))
     sizes = list(s.batch_sizes)
-    for norm, marker in (('BN', 'o-'), ('GN', 's-')):
-        cells = [protocol.Cell(norm.lower(), n, num_groups=s.gn_groups if norm == 'GN' else None)
-                 for n in sizes]
+    for label, marker in zip(protocol.table2_labels(s), ('o-', 's-', '^-')):
+        cells = [protocol.batch_cell(s, label, n) for n in sizes]
         _errorbar(ours, [(n, stats[c.key]) for n, c in zip(sizes, cells) if c.key in stats],
-                  marker, label=norm)
+                  marker, label=label)
+    for norm, marker in (('BN', 'o-'), ('GN', 's-')):
         table = protocol.PAPER_TABLE2[norm]
         paper.plot([n for n in sizes if n in table], [table[n] for n in sizes if n in table],
                    marker, label=norm)
@@ -51,15 +51,14 @@ def plot_batch(s, stats, data_name):
 
 
 def plot_epochs(s, rows, data_name):
-    """Mean val error per epoch (band: ± std over seeds) of BN and GN at the largest batch and
-    at batch 2 (the paper's Figure 5 compares 32 and 2)."""
+    """Mean val error per epoch (band: ± std over seeds) of Table 2's rows (BN, GN, GN+WS) at
+    the largest batch and at batch 2 (the paper's Figure 5 compares 32 and 2)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     batches = [b for b in (max(s.batch_sizes), 2) if b in s.batch_sizes]
-    for norm, color in (('bn', 'tab:blue'), ('gn', 'tab:orange')):
+    for norm, color in zip(protocol.table2_labels(s), ('tab:blue', 'tab:orange', 'tab:green')):
         for batch, style in zip(batches, ('-', '--')):
-            key = protocol.Cell(norm, batch,
-                                num_groups=s.gn_groups if norm == 'gn' else None).key
+            key = protocol.batch_cell(s, norm, batch).key
             curves = [[float(v) for v in r['val_errors'].split()] for r in rows
                       if r['cell'] == key and r.get('val_errors')]
             if not curves or len({len(c) for c in curves}) != 1:
@@ -68,7 +67,7 @@ def plot_epochs(s, rows, data_name):
             epochs = np.arange(1, curves.shape[1] + 1)
             mean, std = curves.mean(axis=0), curves.std(axis=0)
             ax.plot(epochs, mean, style, color=color,
-                    label=f'{norm.upper()}, batch {batch} ({len(curves)} seeds)')
+                    label=f'{norm}, batch {batch} ({len(curves)} seeds)')
             ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15)
     ax.set(title=f'{s.network}, {data_name}: val error per epoch', xlabel='epoch',
            ylabel='val error (%)')

@@ -17,6 +17,11 @@ the paper does; BN is evaluated in inference mode with its moving statistics. La
 16/32/64 channels wide, so G = 64 and 32 are impossible; G in {16, 8, 4, 2, 1} is the largest
 set the widths allow, and channels-per-group variants fix D = C / G in every layer instead.
 The defaults of each data set are in DATASET_DEFAULTS; results/*/PROTOCOL.md say why.
+
+The GN+WS arm (``ws_arm``; the Fashion-MNIST study's amendment of 2026-12-06) adds a Table 2 row:
+GN (G as GN's) with weight-standardized convs (gn_mxnet.models.convs, Qiao et al.'s convention,
+eps 1e-5) at every batch size. Its cells are GN cells with ``conv='ws'``; every other run's
+identity and fingerprint are what they were before the arm existed.
 """
 import dataclasses
 import json
@@ -52,27 +57,31 @@ RUN_IDENTITY = ('cell', 'seed', 'settings')
 # Per data set: the protocol's defaults (results/<folder>/PROTOCOL.md gives the reasons).
 DATASET_DEFAULTS = {
     'mnist5k': dict(epochs=3, train_subset=None, wd=5e-4, batch_sizes=(32, 16, 8, 4, 2),
-                    bn_diagnostic_batches=(32, 2)),
+                    bn_diagnostic_batches=(32, 2), ws_arm=False),
     'fashion-mnist': dict(epochs=12, train_subset=4000, wd=1e-4,
                           batch_sizes=(32, 16, 8, 4, 2, 1),
-                          bn_diagnostic_batches=(32, 16, 8, 4, 2, 1)),
+                          bn_diagnostic_batches=(32, 16, 8, 4, 2, 1), ws_arm=True),
 }
+WS_LABEL = 'GN+WS'   # Table 2's row of the GN+WS arm
 
 
 @dataclass(frozen=True)
 class Cell:
-    """norm 'bn' or 'gn'; a GN cell has either num_groups (G) or group_size (channels/group)."""
+    """norm 'bn' or 'gn'; a GN cell has either num_groups (G) or group_size (channels/group);
+    conv 'plain' or 'ws' (gn_mxnet.models.convs)."""
     norm: str
     batch_size: int
     num_groups: Optional[int] = None
     group_size: Optional[int] = None
+    conv: str = 'plain'
 
     @property
     def key(self):
+        conv = '' if self.conv == 'plain' else f'{self.conv}_'
         if self.norm == 'bn':
-            return f'bn_b{self.batch_size}'
+            return f'bn_{conv}b{self.batch_size}'
         spec = f'g{self.num_groups}' if self.num_groups else f'c{self.group_size}'
-        return f'gn_{spec}_b{self.batch_size}'
+        return f'gn_{conv}{spec}_b{self.batch_size}'
 
 
 @dataclass
@@ -102,6 +111,7 @@ class StudySettings:
     bn_diagnostic_batches: Optional[tuple] = None
     bn_diagnostic_eval_batches: tuple = (1, 2, 8, 32)
     bn_diagnostic_images: int = 2000
+    ws_arm: Optional[bool] = None   # Table 2's GN+WS row; None: the data set's default
     extra: dict = field(default_factory=dict)   # more TrainConfig fields for every run
 
     def __post_init__(self):
@@ -133,7 +143,7 @@ class StudySettings:
 def train_config(cell, seed, s, work_dir='unused'):
     """The TrainConfig of one run (the runner trains it, the fingerprint hashes it)."""
     return TrainConfig(dataset=s.dataset, network=s.network, norm=cell.norm,
-                       num_groups=cell.num_groups or 1, epochs=s.epochs,
+                       num_groups=cell.num_groups or 1, conv=cell.conv, epochs=s.epochs,
                        batch_size=cell.batch_size, base_lr=s.base_lr, wd=s.wd,
                        train_subset=s.train_subset, val_subset=s.val_subset, seed=seed,
                        out_dir=work_dir, progress=False, **s.extra)
@@ -150,11 +160,27 @@ def run_settings(cell, seed, s):
 
 
 def fingerprint(cell, seed, s):
-    """A short hash of run_settings minus the cell and seed (so one study's runs share it)."""
+    """A short hash of run_settings minus the cell and seed (so one study's runs share it).
+    A plain conv is not in run_settings at all (training.rundir.LATER_SETTINGS), so runs of
+    before the GN+WS arm keep their fingerprint."""
     values = run_settings(cell, seed, s)
     for key in ('norm', 'num_groups', 'group_size', 'batch_size', 'seed'):
         values.pop(key)
+    values.pop('conv', None)
     return settings_fingerprint(values)
+
+
+def table2_labels(s):
+    """The row labels of Table 2: BN, GN and, with the arm, GN+WS."""
+    return ('BN', 'GN') + ((WS_LABEL,) if s.ws_arm else ())
+
+
+def batch_cell(s, label, batch_size):
+    """The Table 2 cell of row ``label`` (see table2_labels) at ``batch_size``."""
+    if label == 'BN':
+        return Cell('bn', batch_size)
+    return Cell('gn', batch_size, num_groups=s.gn_groups,
+                conv='ws' if label == WS_LABEL else 'plain')
 
 
 def table_cells(s):
@@ -163,8 +189,8 @@ def table_cells(s):
     cells = {
         1: {'BN': Cell('bn', b), 'LN': Cell('gn', b, num_groups=1),
             'IN': Cell('gn', b, group_size=1), 'GN': Cell('gn', b, num_groups=g)},
-        2: {**{('BN', n): Cell('bn', n) for n in s.batch_sizes},
-            **{('GN', n): Cell('gn', n, num_groups=g) for n in s.batch_sizes}},
+        2: {(label, n): batch_cell(s, label, n) for label in table2_labels(s)
+            for n in s.batch_sizes},
         3: {**{('G', n): Cell('gn', b, num_groups=n) for n in s.groups},
             **{('D', n): Cell('gn', b, group_size=n) for n in s.group_sizes}},
     }

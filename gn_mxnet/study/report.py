@@ -38,32 +38,38 @@ def _header(first, columns):
             '|' + '---|' * (len(columns) + 1)]
 
 
-def _batch_cell(s, norm, n):
-    return protocol.Cell(norm.lower(), n, num_groups=s.gn_groups if norm == 'GN' else None)
-
-
 def table2_lines(s, stats):
     sizes = list(s.batch_sizes)
-    get = {norm: [stats.get(_batch_cell(s, norm, n).key) for n in sizes]
-           for norm in ('BN', 'GN')}
+    labels = protocol.table2_labels(s)
+    get = {label: [stats.get(protocol.batch_cell(s, label, n).key) for n in sizes]
+           for label in labels}
     paper = protocol.PAPER_TABLE2
+    ws = protocol.WS_LABEL in labels
     lines = ['### Table 2: sensitivity to the per-device batch size', '',
              f'Val error (%), mean ± std over seeds; GN has G = {s.gn_groups}; '
              f'lr = {s.base_lr} · B / 256.'
-             + (' The paper has no batch 1.' if 1 in sizes else ''), '']
+             + (' The paper has no batch 1.' if 1 in sizes else '')
+             + (f' {protocol.WS_LABEL}: GN with weight-standardized convs (Qiao et al.\'s '
+                '(w − mean) / (std + 1e-5)); the paper has no such row.' if ws else ''), '']
     lines += _header('batch size', sizes)
-    for norm in ('BN', 'GN'):
-        lines.append(_row(f'{norm} (ours)', [_fmt(v) for v in get[norm]]))
+    for label in labels:
+        lines.append(_row(f'{label} (ours)', [_fmt(v) for v in get[label]]))
     for norm in ('BN', 'GN'):
         lines.append(_row(f'{norm} (paper, ImageNet)',
                           [str(paper[norm].get(n, '–')) for n in sizes]))
-    diff = [f'{g[0] - b[0]:+.2f}' if g and b else '–' for b, g in zip(get['BN'], get['GN'])]
-    lines.append(_row('GN − BN (ours)', diff))
+    for label in labels[1:]:
+        lines.append(_row(f'{label} − BN (ours)',
+                          [f'{g[0] - b[0]:+.2f}' if g and b else '–'
+                           for b, g in zip(get['BN'], get[label])]))
     lines.append(_row('GN − BN (paper)', [f"{paper['GN'][n] - paper['BN'][n]:+.1f}"
                                           if n in paper['BN'] else '–' for n in sizes]))
+    if ws:
+        lines.append(_row(f'{protocol.WS_LABEL} − GN (ours)',
+                          [f'{w[0] - g[0]:+.2f}' if w and g else '–'
+                           for g, w in zip(get['GN'], get[protocol.WS_LABEL])]))
     lines += ['', 'Error at each batch minus error at the largest batch (points):', '']
     lines += _header('batch size', sizes[1:])
-    for norm in ('BN', 'GN'):
+    for norm in labels:
         if get[norm][0]:
             lines.append(_row(f'{norm} (ours)', [f'{v[0] - get[norm][0][0]:+.2f}' if v else '–'
                                                  for v in get[norm][1:]]))

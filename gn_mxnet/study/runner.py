@@ -54,7 +54,7 @@ def train_cell(cell, seed, s, work_dir):
     cfg.overwrite = not cfg.resume
     norm = ChannelsPerGroupNorm(cell.group_size) if cell.group_size else cell.norm
     net = get_model(s.network, num_classes=10, norm=norm, num_groups=cell.num_groups or 1,
-                    last_gamma=cfg.resolved().last_gamma)
+                    last_gamma=cfg.resolved().last_gamma, conv=cell.conv)
     data = make_data(s, cell.batch_size, seed)
     summary = train(cfg, net=net, data=data)
     if not summary['finished']:

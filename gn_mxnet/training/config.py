@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..models.convs import CONVS
 from ..models.norms import NORMS
 from ..operator.validation import BACKENDS
 from .rundir import config_identity
@@ -55,6 +56,7 @@ class TrainConfig:
     norm: str = 'gn'
     num_groups: Optional[int] = None
     gn_backend: str = 'native'
+    conv: str = 'plain'                 # 'ws': weight-standardized convs (models.convs)
     last_gamma: bool = False           # gluoncv's --last-gamma: zero-init last gamma
     model_kwargs: dict = field(default_factory=dict)
     # data: no dataset, rec or data_dir -> MNIST-5k
@@ -123,7 +125,7 @@ class TrainConfig:
             if value not in allowed:
                 raise ValueError(f"unknown {name.replace('_', '-')} {value!r}; choose one of "
                                  f"{', '.join(allowed)}")
-        for name, allowed in (('norm', TRAIN_NORMS), ('gn_backend', BACKENDS),
+        for name, allowed in (('norm', TRAIN_NORMS), ('conv', CONVS), ('gn_backend', BACKENDS),
                               ('kv_store', KV_STORES), ('optimizer', OPTIMIZERS),
                               ('lr_mode', LR_MODES), ('dtype', DTYPES)):
             one_of(name, allowed)
@@ -185,7 +187,7 @@ def check_network(cfg):
     try:
         get_model(cfg.network, num_classes=cfg.num_classes, norm=cfg.norm,
                   num_groups=cfg.num_groups, backend=cfg.gn_backend,
-                  last_gamma=cfg.last_gamma, **cfg.model_kwargs)
+                  last_gamma=cfg.last_gamma, conv=cfg.conv, **cfg.model_kwargs)
     except ValueError as error:
         if 'num_groups' in str(error):
             raise ValueError(f"--num-groups {cfg.num_groups} does not fit --network "

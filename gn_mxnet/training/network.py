@@ -51,7 +51,7 @@ def make_network(cfg, num_classes, net=None, symbol=None):
         return net
     return get_model(cfg.network, num_classes=num_classes, norm=cfg.norm,
                      num_groups=cfg.num_groups, backend=cfg.gn_backend,
-                     last_gamma=cfg.last_gamma, **cfg.model_kwargs)
+                     last_gamma=cfg.last_gamma, conv=cfg.conv, **cfg.model_kwargs)
 
 
 def prepare_network(cfg, net, data_shape, contexts):

@@ -28,6 +28,11 @@ _MANIFEST_KIND = 'gn-mxnet run'
 # What require_same_run tells the user to do: the trainers' flags by default.
 RESUME_REMEDY = "Resume with the saved settings, or start a new run (another --out-dir, or " \
                 "--overwrite)"
+# Settings added to the configs after runs were recorded, with the value every recorded run had:
+# an identity leaves such a setting out while it has that value, so the identities and
+# fingerprints recorded before it existed (checkpoints, the rows of results/*/runs.csv) still
+# match, and require_same_run reads a setting missing on either side as that value.
+LATER_SETTINGS = {'conv': 'plain'}
 
 
 def worker_dir(out_dir, rank, num_workers):
@@ -40,10 +45,11 @@ def config_identity(cfg, bookkeeping):
     `bookkeeping` ones, so a field added later is compared on resume unless declared harmless.
 
     `gpus` counts devices (0: CPU): the count sets the total batch, which GPUs does not.
+    A LATER_SETTINGS setting at its old value is left out.
     """
     values = {}
     for key, value in dataclasses.asdict(cfg).items():
-        if key in bookkeeping:
+        if key in bookkeeping or LATER_SETTINGS.get(key, _NOT_SAVED) == value:
             continue
         if key == 'gpus':
             value = len(parse_gpus(value))
@@ -197,11 +203,17 @@ def run_identity(cfg, num_workers):
     return cfg.identity() | {'num_workers': num_workers}
 
 
+def _setting(identity, key):
+    """A setting of an identity; a LATER_SETTINGS one left out has its old value."""
+    return identity.get(key, LATER_SETTINGS.get(key, _NOT_SAVED))
+
+
 def require_same_run(saved, identity, out_dir, remedy=RESUME_REMEDY):
     """Raises ValueError naming each setting whose saved value differs from the new one;
     `remedy` is what the message tells the user to do (the caller's own options)."""
-    changed = [(key, saved.get(key, _NOT_SAVED), value) for key, value in identity.items()
-               if saved.get(key, _NOT_SAVED) != value]
+    keys = list(identity) + [key for key in saved if key in LATER_SETTINGS and key not in identity]
+    changed = [(key, _setting(saved, key), _setting(identity, key)) for key in keys
+               if _setting(saved, key) != _setting(identity, key)]
     if changed:
         listed = '; '.join(f'{key}: saved {old!r}, now {new!r}' for key, old, new in changed)
         raise ValueError(f"{out_dir} holds a run of a different configuration than this "
