@@ -35,10 +35,11 @@ def reference():
         return {name: archive[name] for name in archive.files}
 
 
-def tiny_net(**backends):
+def tiny_net(**kwargs):
     tiny = TIMM['tiny']
-    return ResNetV2(tiny['layers'], tiny['channels'], num_classes=tiny['num_classes'],
-                    stem_channels=tiny['stem_chs'], in_channels=tiny['in_chans'], **backends)
+    kwargs.setdefault('num_classes', tiny['num_classes'])
+    return ResNetV2(tiny['layers'], tiny['channels'], stem_channels=tiny['stem_chs'],
+                    in_channels=tiny['in_chans'], **kwargs)
 
 
 def relative_error(ours, theirs):
@@ -152,3 +153,22 @@ def test_a_wrong_file_is_one_line_naming_the_tensors(tmp_path, capsys):
     assert 'stages.1.blocks.0.conv2.weight' in result.stderr
     assert not os.path.exists(out)
 
+
+
+def test_a_file_of_another_size_is_refused_by_a_named_model(tmp_path, capsys):
+    out = str(tmp_path / 'never.params')
+    assert cli.run(convert.main, [WEIGHTS, out, '--model', 'resnetv2_50x1_bit']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1, err
+    assert 'missing' in err and 'of the wrong shape' in err   # a cut list of names follows
+    assert not os.path.exists(out)
+
+
+def test_skip_keeps_a_new_head_for_fine_tuning():
+    # BiT's in21k weights have 21843 classes; a fine-tuned net keeps its own head.
+    net = tiny_net(backend='ops', num_classes=5)
+    convert.load_weights(net, WEIGHTS, skip=('head.fc.',))
+    source = convert.read_tensors(WEIGHTS)
+    assert np.array_equal(net.stem.conv.weight.data().asnumpy(), source['stem.conv.weight'])
+    with pytest.raises(RuntimeError, match='not been initialized'):
+        net.head.fc.weight.data()   # left to the caller's initializer
