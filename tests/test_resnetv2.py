@@ -172,3 +172,15 @@ def test_skip_keeps_a_new_head_for_fine_tuning():
     assert np.array_equal(net.stem.conv.weight.data().asnumpy(), source['stem.conv.weight'])
     with pytest.raises(RuntimeError, match='not been initialized'):
         net.head.fc.weight.data()   # left to the caller's initializer
+
+
+def test_every_parameter_gets_a_gradient_hybridized(reference):
+    net = tiny_net(backend='ops')
+    convert.load_weights(net, WEIGHTS)
+    net.hybridize()
+    with mx.autograd.record():
+        loss = net(mx.nd.array(reference['input'])).square().sum()
+    loss.backward()
+    for name, param in net._collect_params_with_prefix().items():
+        grad = param.grad().asnumpy()
+        assert np.isfinite(grad).all() and np.abs(grad).max() > 0, name
