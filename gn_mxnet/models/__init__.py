@@ -38,8 +38,10 @@ def get_model(name, num_classes=1000, norm='gn', num_groups=32, backend='native'
     num_groups: GN groups, must divide every layer's width (small-image nets are 16/32/64
     wide, so use at most 16 there); backend: the GN backend 'native' | 'custom' | 'ops';
     last_gamma: zero-init the last norm's gamma in each residual block (ignored by VGG and
-    ResNetV2, whose blocks end in a conv). ResNetV2 takes ResNetV2's keywords too (``layers``,
-    ``channels``, ``stem_channels``: a reduced-size net; ``ws_backend``).
+    ResNetV2, whose blocks end in a conv); conv: 'plain' | 'ws' (weight-standardized convs,
+    :mod:`gn_mxnet.models.convs`, names unchanged; ResNetV2 is 'ws' only). ResNetV2 takes
+    ResNetV2's keywords too (``layers``, ``channels``, ``stem_channels``: a reduced-size net;
+    ``ws_backend``).
     """
     match = _IMAGENET_NAME.match(name)
     if match:
