@@ -1,4 +1,5 @@
-"""The models layer: the norm factory (norms), Gluon ResNet/VGG builders (resnet, vgg) with
+"""The models layer: the norm factory (norms), the conv factory (convs: ``make_conv('ws')``,
+weight-standardized convs), Gluon ResNet/VGG builders (resnet, vgg) with
 ``get_model(name, norm='gn', ...)`` and ``list_models()``, the Gluon-to-Symbol naming rule
 shared with the Symbol builders in symbols/ (symbol_names), BiT's pre-activation ResNetV2 with
 timm's parameter names (resnetv2), and weight converters (convert).
@@ -10,6 +11,7 @@ input channels, 28x28 and up), ``vgg{11,13,16,19}``, and BiT's
 """
 import re
 
+from .convs import CONVS, Conv, make_conv
 from .resnet import IMAGENET_RESNETS, SmallImageResNet, resnet_v1b, small_image_layout
 from .resnetv2 import ResNetV2, bit_model_names, parse_bit_name, resnetv2_bit
 from .symbol_names import from_symbol_params, symbol_name, to_symbol_params
@@ -67,4 +69,4 @@ def get_model(name, num_classes=1000, norm='gn', num_groups=32, backend='native'
 
 __all__ = ['get_model', 'list_models', 'resnet_v1b', 'SmallImageResNet', 'small_image_layout',
            'VGG', 'ResNetV2', 'resnetv2_bit', 'symbol_name', 'to_symbol_params',
-           'from_symbol_params']
+           'from_symbol_params', 'CONVS', 'Conv', 'make_conv']
