@@ -35,7 +35,8 @@ from mxnet.onnx.mx2onnx._op_translations._op_translations_opset12 import (
 from . import onnx_stock_ops
 from .custom_op import OP_TYPE
 from .op_inputs import OP_NAME
-from .validation import parse_has_residual
+from .validation import parse_has_residual, parse_ws_attrs
+from .weight_standardization import OP_NAME as WS_OP_NAME
 
 GROUP_NORM_FORMS = ('instance_norm', 'onnx')
 """How ONNX export writes GroupNorm (`group_norm=`): 'instance_norm' (the default: Reshape,
@@ -218,6 +219,80 @@ def convert_group_normalization(node, **kwargs):
     nodes = _group_norm_with_tail(name, inputs, attrs, dtype, kwargs, name + '0',
                                   (name + '1', name + '2'))
     return nodes, (dtype, acc, acc)
+
+
+def _reduce_mean_last(x, out, kwargs):
+    """ReduceMean over axis 1 of a 2-D tensor, keepdims; axes an input from opset 18 on."""
+    if kwargs.get('opset_version', 12) >= onnx_stock_ops.REDUCE_AXES_INPUT_OPSET:
+        create_tensor([1], out + '_axes', kwargs['initializer'])
+        return helper.make_node('ReduceMean', [x, out + '_axes'], [out], keepdims=1)
+    return helper.make_node('ReduceMean', [x], [out], axes=[1], keepdims=1)
+
+
+def weight_standardization_nodes(name, weight, attrs, dtype, kwargs, out_name):
+    """ONNX nodes standardizing `weight` per output channel (axis 0) over all other axes, as
+    the compiled op does (docs/onnx_amp.md): w viewed as (O, K), centered by its row means, then
+    divided by sqrt(var + eps) ('timm', biased variance) or by std + eps ('qiao', std the
+    unbiased one: the biased variance times K / (K - 1), K read from the shape at run time).
+    A float16 weight is standardized in float32 and cast back, as the 'ops' backend does."""
+    make = helper.make_node
+    # The one validator: its error for a bad convention or eps; a missing attr its default.
+    eps, convention = parse_ws_attrs(float(attrs['eps']) if 'eps' in attrs else None,
+                                     attrs.get('convention', 'qiao'))
+    init = kwargs['initializer']
+    n = name + '_ws_'
+    acc = _accumulation_dtype(dtype)
+    create_tensor([0, -1], n + 'rows_shape', init)
+    nodes = [make('Shape', [weight], [n + 'w_shape'])]
+    if acc != np.dtype(dtype):
+        nodes.append(make('Cast', [weight], [n + 'w_acc'],
+                          to=int(onnx.helper.np_dtype_to_tensor_dtype(acc))))
+        weight = n + 'w_acc'
+    nodes += [make('Reshape', [weight, n + 'rows_shape'], [n + 'rows']),
+             _reduce_mean_last(n + 'rows', n + 'mean', kwargs),
+             make('Sub', [n + 'rows', n + 'mean'], [n + 'centered']),
+             make('Mul', [n + 'centered', n + 'centered'], [n + 'squares']),
+             _reduce_mean_last(n + 'squares', n + 'var', kwargs)]
+    _float_constant(init, n + 'eps', [eps], acc)
+    if convention == 'timm':
+        nodes += [make('Add', [n + 'var', n + 'eps'], [n + 'var_eps']),
+                  make('Sqrt', [n + 'var_eps'], [n + 'denominator'])]
+    else:
+        nodes += _unbiased_std_nodes(n, acc, init) + [
+            make('Add', [n + 'std', n + 'eps'], [n + 'denominator'])]
+    nodes.append(make('Div', [n + 'centered', n + 'denominator'], [n + 'standardized']))
+    if acc == np.dtype(dtype):
+        return nodes + [make('Reshape', [n + 'standardized', n + 'w_shape'], [out_name],
+                             name=name)]
+    return nodes + [make('Reshape', [n + 'standardized', n + 'w_shape'], [n + 'shaped']),
+                    make('Cast', [n + 'shaped'], [out_name], name=name,
+                         to=int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))))]
+
+
+def _unbiased_std_nodes(n, dtype, init):
+    """sqrt(var * K / max(K - 1, 1)) from the biased variance n+'var' of the (O, K) view
+    n+'rows': the unbiased std, and 0 for K = 1 (var is 0 there), as the op defines it."""
+    make = helper.make_node
+    create_tensor([1], n + 'k_begin', init)
+    create_tensor([2], n + 'k_end', init)
+    _float_constant(init, n + 'one', [1], dtype)
+    return [make('Shape', [n + 'rows'], [n + 'rows_dims']),
+            make('Slice', [n + 'rows_dims', n + 'k_begin', n + 'k_end'], [n + 'k_int']),
+            make('Cast', [n + 'k_int'], [n + 'k'],
+                 to=int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))),
+            make('Sub', [n + 'k', n + 'one'], [n + 'k_less_one']),
+            make('Max', [n + 'k_less_one', n + 'one'], [n + 'degrees']),
+            make('Div', [n + 'k', n + 'degrees'], [n + 'bessel']),
+            make('Mul', [n + 'var', n + 'bessel'], [n + 'var_unbiased']),
+            make('Sqrt', [n + 'var_unbiased'], [n + 'std'])]
+
+
+@MXNetGraph.register(WS_OP_NAME, opset_version=12)
+def convert_weight_standardization(node, **kwargs):
+    """The compiled WeightStandardization op (one input, attrs eps and convention)."""
+    name, inputs, attrs = get_inputs(node, kwargs)
+    dtype = get_input_dtypes(node, kwargs)[0]
+    return weight_standardization_nodes(name, inputs[0], attrs, dtype, kwargs, name)
 
 
 _previous_custom = MXNetGraph.registry_.get(12, {}).get('Custom')
