@@ -111,3 +111,49 @@ def test_comparison_refuses_a_run_dir_of_other_settings_naming_its_own_remedy(tm
     with pytest.raises(ValueError, match='holds a run of 5 epochs, this comparison trains 3'):
         comparison.run_comparison(s, log=lambda *_: None)
     assert calls == []
+
+
+# --- the GN+WS arm --------------------------------------------------------------------------
+COMMITTED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         'results', 'coco_comparison', comparison.CSV_NAME)
+
+
+def test_committed_rows_keep_their_fingerprint_under_todays_settings():
+    """The committed rows are this comparison's: new settings (conv, each arm's own) left the
+    default comparison's fingerprint as it was, so adding an arm retrains none of them."""
+    with open(COMMITTED) as f:
+        rows = list(csv.DictReader(f))
+    s = comparison.ComparisonSettings()
+    assert comparison.rows_of(s, rows) == rows
+    assert {'gn', 'bn_star', 'gn_scratch'} <= {r['arm'] for r in rows}
+    assert comparison.fingerprint(replace(s, arms=('gn_ws',))) == comparison.fingerprint(s)
+
+
+def test_gn_ws_arm_pretrains_with_ws_fine_tunes_with_ws_and_retrains_nothing_else(
+        tmp_path, monkeypatch):
+    calls = []
+
+    def fake_pretrain(s, pretraining):
+        calls.append(('pretrain', pretraining))
+        return 'backbone-%s.params' % pretraining, 0.8
+
+    def fake_run(cfg):
+        calls.append((cfg.norm, cfg.conv, cfg.seed, cfg.pretrained_backbone))
+        return {'final': {k: 0.1 + 0.01 * cfg.seed + 0.05 * (cfg.conv == 'ws')
+                          for k in comparison.AP_COLUMNS}}
+    monkeypatch.setattr(comparison, 'pretrain', fake_pretrain)
+    monkeypatch.setattr(comparison, 'run', fake_run)
+    s = comparison.ComparisonSettings(root=str(tmp_path), arms=('gn',), seeds=(0, 1))
+    comparison.run_comparison(s, log=lambda *_: None)
+    calls.clear()
+    rows = comparison.run_comparison(replace(s, arms=('gn', 'gn_ws')), log=lambda *_: None)
+    assert calls == [('pretrain', 'gn_ws')] + [('gn', 'ws', k, 'backbone-gn_ws.params')
+                                               for k in (0, 1)]
+    assert sorted((r['arm'], int(r['seed'])) for r in rows) == [
+        ('gn', 0), ('gn', 1), ('gn_ws', 0), ('gn_ws', 1)]
+    report = (tmp_path / comparison.REPORT_NAME).read_text()
+    assert 'GN+WS - GN bbox_AP: +5.0 (per seed +5.0, +5.0; 2 seeds)' in report
+    assert '| gn_ws | 2 | 15.5 (15.0-16.0)' in report and 'mmdetection' in report
+    cmd = comparison.pretrain_command(s, 'gn_ws')
+    assert cmd[cmd.index('--conv') + 1] == 'ws' and cmd[-1].endswith('pretrain/gn_ws')
+    assert comparison.pretrain_config(s, 'gn_ws').conv == 'ws'

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""GN vs BN* Mask R-CNN on the embedded garments: pretrain ResNet-50-GN and its BN twin on
-Fashion-MNIST, convert them, fine-tune GN, BN* (frozen) and GN from scratch per seed, and write
-COCO AP to OUT_DIR/runs.csv and OUT_DIR/comparison.md. Stopped, the same command resumes.
+"""GN vs BN* Mask R-CNN on the embedded garments: pretrain ResNet-50-GN, its BN twin and its
+GN+WS twin on Fashion-MNIST, convert them, fine-tune GN, BN* (frozen), GN from scratch and GN+WS
+per seed, and write COCO AP to OUT_DIR/runs.csv and OUT_DIR/comparison.md. Stopped, the same
+command resumes; rows already in runs.csv with the same settings are not trained again.
 
     python train/coco_comparison.py                      # everything, 2 seeds
-    python train/coco_comparison.py --stage pretrain     # only the two pretrained backbones
+    python train/coco_comparison.py --stage pretrain     # only the pretrained backbones
+    python train/coco_comparison.py --arms gn_ws         # one arm (and its pretraining)
 
 The library code is gn_mxnet.detection.comparison; this script only parses arguments.
 """
@@ -29,7 +31,7 @@ def parse_args(argv=None):
                    help='the pretrained backbones, the fine-tuned runs, runs.csv and '
                         'comparison.md')
     p.add_argument('--stage', default='all', choices=('all', 'pretrain'),
-                   help='pretrain: only the two pretrained backbones')
+                   help="pretrain: only the pretrained backbones of --arms' arms")
     p.add_argument('--arms', default=','.join(d.arms),
                    help='comma-separated, from %s' % ', '.join(ARMS))
     p.add_argument('--seeds', type=cli.int_list(cli.non_negative_int), default=d.seeds,

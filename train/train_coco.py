@@ -21,7 +21,8 @@ use_every_core()   # before MXNet starts: it fixes its thread count then (gn_mxn
 from gn_mxnet.detection.coco_data import EMBEDDED_SOURCES
 from gn_mxnet.detection.comparison import resolve_backbone
 from gn_mxnet.detection.engine import EVALUATE, KV_STORES, DetectionConfig, run
-from gn_mxnet.detection.model import DETECTION_NORMS
+from gn_mxnet.detection.model import DETECTION_NORMS, check_conv
+from gn_mxnet.models.convs import CONVS
 from gn_mxnet.operator.validation import BACKENDS
 from gn_mxnet.training.schedule import parse_decay_epochs
 from gn_mxnet.utils import cli
@@ -56,14 +57,17 @@ def parse_args(argv=None):
     model.add_argument('--norm', default=d.norm, choices=DETECTION_NORMS,
                        help='gn: GroupNorm in backbone, FPN, 4conv1fc box head and mask head; '
                             'bn: frozen BatchNorm (BN*) backbone, no norm in FPN/heads')
+    model.add_argument('--conv', default=d.conv, choices=CONVS,
+                       help='ws: weight-standardized convs wherever a GN follows (backbone, '
+                            "FPN, box and mask head convs: mmdetection's GN+WS); needs --norm gn")
     model.add_argument('--num-groups', type=cli.positive_int, default=d.num_groups)
     model.add_argument('--gn-backend', default=d.backend, choices=BACKENDS,
                        help='GroupNorm implementation')
     model.add_argument('--pretrained-backbone', default='auto',
                        help='backbone weights gn_mxnet.convert reads, e.g. Detectron '
                             'R-50-GN.pkl (nothing is downloaded); auto: the Fashion-MNIST '
-                            'pretraining of train/coco_comparison.py for --norm, when it is '
-                            'there; none: from scratch')
+                            'pretraining of train/coco_comparison.py for --norm and --conv, '
+                            'when it is there; none: from scratch')
     model.add_argument('--image-short', type=cli.positive_int, default=d.image_short)
     model.add_argument('--image-max-size', type=cli.positive_int, default=d.image_max_size)
     model.add_argument('--full-budgets', action='store_true',
@@ -109,6 +113,7 @@ def parse_args(argv=None):
     with cli.usage_errors(p):
         parse_decay_epochs(args.lr_decay_epochs, allow_empty=True)
         cli.output_folder(args.out_dir, '--out-dir')
+        check_conv(args.norm, args.conv)
         if args.pretrained_backbone not in ('auto', 'none'):
             cli.existing_file(args.pretrained_backbone, '--pretrained-backbone')
     return args
@@ -120,7 +125,7 @@ def backbone_from_args(args):
     if args.pretrained_backbone == 'auto' and (args.coco_root or args.embedded != 'fashion'
                                                or args.depth != 50):
         return '', 'backbone from scratch (auto: no pretraining for this data or depth)'
-    return resolve_backbone(args.pretrained_backbone, args.norm)
+    return resolve_backbone(args.pretrained_backbone, args.norm, conv=args.conv)
 
 
 def config_from_args(args, backbone=None):
@@ -130,6 +135,7 @@ def config_from_args(args, backbone=None):
     return DetectionConfig(
         coco_root=args.coco_root, embedded=args.embedded, cache_dir=args.cache_dir,
         num_train=args.num_train, num_val=args.num_val, depth=args.depth, norm=args.norm,
+        conv=args.conv,
         num_groups=args.num_groups, backend=args.gn_backend, pretrained_backbone=backbone,
         image_short=args.image_short, image_max_size=args.image_max_size,
         small=not args.full_budgets, gpus=args.gpus, kv_store=args.kv_store,

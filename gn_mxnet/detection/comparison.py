@@ -8,10 +8,14 @@ The arms (Wu & He 2018, Table 4's COCO comparison at toy scale):
   FPN, 4conv1fc box head and mask head;
 - ``bn_star``: the BN twin, pretrained the same way, frozen in the detector (statistics and
   affine fixed: Detectron's AffineChannel) with the 2fc box head;
-- ``gn_scratch``: the GN recipe with the backbone from scratch.
+- ``gn_scratch``: the GN recipe with the backbone from scratch;
+- ``gn_ws``: GN+WS (Qiao et al. 2019, mmdetection's gn+ws configs): the ``gn`` arm with every
+  conv that a GN follows weight-standardized, in its own classifier pretraining
+  (``--conv ws``) and in the detector (``conv='ws'``, see :mod:`gn_mxnet.detection.model`).
 
-Every arm fine-tunes with the same schedule, once per seed. ``root`` holds ``pretrain/<norm>/``
-(the classifier run) and its ``backbone.params``, ``finetune/<arm>_seed<k>/`` (the detector run),
+Every arm fine-tunes with the same schedule, once per seed. ``root`` holds
+``pretrain/<pretraining>/`` (the classifier run: ``gn``, ``bn``, ``gn_ws``) and its
+``backbone.params``, ``finetune/<arm>_seed<k>/`` (the detector run),
 ``runs.csv`` (one row per finished fine-tune, rewritten atomically) and ``comparison.md``.
 Stopped, it resumes: finished rows are kept, a half-done run continues from its checkpoint.
 
@@ -37,6 +41,7 @@ from ..training.rundir import (add_to_manifest, adopt_legacy_table, claim_out_di
 from ..utils.files import atomic_write_text
 from ..utils.tables import read_csv, write_csv
 from .engine import DetectionConfig, run
+from .model import check_conv
 
 DEFAULT_ROOT = os.path.join('runs', 'coco_comparison')
 BACKBONE_NAME = 'backbone.params'
@@ -44,15 +49,18 @@ CSV_NAME, REPORT_NAME = 'runs.csv', 'comparison.md'
 ROOT_FILES = (CSV_NAME, REPORT_NAME)   # the root's own files, in its manifest (training.rundir)
 BACKBONE_DEPTH = 50
 NUM_GROUPS = 32
-# arm -> (detector norm, backbone pretraining norm or None for from scratch)
-ARMS = {'gn': ('gn', 'gn'), 'bn_star': ('bn', 'bn'), 'gn_scratch': ('gn', None)}
+# pretraining -> (norm, conv) of its classifier; its folder is pretrain/<pretraining>/
+PRETRAININGS = {'gn': ('gn', 'plain'), 'bn': ('bn', 'plain'), 'gn_ws': ('gn', 'ws')}
+# arm -> (detector norm, detector conv, its backbone's pretraining or None for from scratch)
+ARMS = {'gn': ('gn', 'plain', 'gn'), 'bn_star': ('bn', 'plain', 'bn'),
+        'gn_scratch': ('gn', 'plain', None), 'gn_ws': ('gn', 'ws', 'gn_ws')}
 AP_COLUMNS = ('bbox_AP', 'bbox_AP50', 'bbox_AP75', 'segm_AP', 'segm_AP50', 'segm_AP75')
 CSV_COLUMNS = (('arm', 'norm', 'pretrained', 'seed', 'settings') + AP_COLUMNS
                + ('pretrain_val_top1', 'epochs', 'num_train', 'seconds'))
 # The fine-tune fields that name where a run writes or what it shows (not what it computes),
-# and those each row sets itself (its arm's norm, its seed, its backbone's path).
-_NOT_SETTINGS = ('out_dir', 'cache_dir', 'resume', 'overwrite', 'progress', 'norm', 'seed',
-                 'pretrained_backbone')
+# and those each row sets itself (its arm's norm and conv, its seed, its backbone's path).
+_NOT_SETTINGS = ('out_dir', 'cache_dir', 'resume', 'overwrite', 'progress', 'norm', 'conv',
+                 'seed', 'pretrained_backbone')
 
 
 @dataclass
@@ -73,62 +81,79 @@ class ComparisonSettings:
     progress: bool = True
 
 
-def pretrain_dir(root, norm):
-    return os.path.join(root, 'pretrain', norm)
+def pretraining_of(norm, conv='plain'):
+    """The pretraining (PRETRAININGS' key) whose classifier has ``norm`` and ``conv``."""
+    return norm if conv == 'plain' else '%s_%s' % (norm, conv)
 
 
-def backbone_path(root, norm):
-    """Where the comparison leaves the converted ResNet-50 backbone pretrained with ``norm``."""
-    return os.path.join(pretrain_dir(root, norm), BACKBONE_NAME)
+def pretrain_dir(root, pretraining):
+    return os.path.join(root, 'pretrain', pretraining)
 
 
-def pretrain_command(s, norm):
-    """The train/train_imagenet.py command line that pretrains the ``norm`` backbone."""
-    return ['python', 'train/train_imagenet.py', '--dataset', 'fashion-mnist',
-            '--network', 'resnet%d_v1b' % BACKBONE_DEPTH, '--norm', norm,
-            '--num-groups', str(NUM_GROUPS), '--last-gamma', '--epochs', str(s.pretrain_epochs),
-            '--batch-size', str(s.pretrain_batch), '--train-subset', str(s.pretrain_subset),
-            '--val-subset', str(s.pretrain_val_subset), '--seed', str(s.pretrain_seed),
-            '--out-dir', pretrain_dir(s.root, norm)]
+def backbone_path(root, pretraining):
+    """Where the comparison leaves the converted ResNet-50 backbone of ``pretraining``."""
+    return os.path.join(pretrain_dir(root, pretraining), BACKBONE_NAME)
 
 
-def convert_command(s, norm):
-    """The gn_mxnet.convert command line that makes the detector's backbone file."""
+def pretrain_command(s, pretraining):
+    """The train/train_imagenet.py command line that pretrains the ``pretraining`` backbone."""
+    norm, conv = PRETRAININGS[pretraining]
+    return (['python', 'train/train_imagenet.py', '--dataset', 'fashion-mnist',
+             '--network', 'resnet%d_v1b' % BACKBONE_DEPTH, '--norm', norm]
+            + (['--conv', conv] if conv != 'plain' else [])
+            + ['--num-groups', str(NUM_GROUPS), '--last-gamma', '--epochs',
+               str(s.pretrain_epochs), '--batch-size', str(s.pretrain_batch),
+               '--train-subset', str(s.pretrain_subset), '--val-subset',
+               str(s.pretrain_val_subset), '--seed', str(s.pretrain_seed),
+               '--out-dir', pretrain_dir(s.root, pretraining)])
+
+
+def convert_command(s, pretraining):
+    """The gn_mxnet.convert command line that makes the detector's backbone file (a WS
+    classifier's weights have the plain names, and convert the same way)."""
     return ['python', '-m', 'gn_mxnet.convert',
-            os.path.join(pretrain_dir(s.root, norm), 'last.params'), backbone_path(s.root, norm),
+            os.path.join(pretrain_dir(s.root, pretraining), 'last.params'),
+            backbone_path(s.root, pretraining),
             '--num-groups', str(NUM_GROUPS), '--input-channels', '3']
 
 
-def pretrain_config(s, norm):
+def pretrain_config(s, pretraining):
     """The TrainConfig that pretrain_command's arguments give (tests check they agree)."""
+    norm, conv = PRETRAININGS[pretraining]
     return TrainConfig(dataset='fashion-mnist', network='resnet%d_v1b' % BACKBONE_DEPTH,
-                       norm=norm, num_groups=NUM_GROUPS, last_gamma=True,
+                       norm=norm, conv=conv, num_groups=NUM_GROUPS, last_gamma=True,
                        epochs=s.pretrain_epochs, batch_size=s.pretrain_batch,
                        train_subset=s.pretrain_subset, val_subset=s.pretrain_val_subset,
-                       seed=s.pretrain_seed, out_dir=pretrain_dir(s.root, norm),
+                       seed=s.pretrain_seed, out_dir=pretrain_dir(s.root, pretraining),
                        progress=s.progress)
 
 
-def how_to_pretrain(root=DEFAULT_ROOT, norm='gn'):
-    """The commands that make backbone_path(root, norm), as text for a message."""
+def how_to_pretrain(root=DEFAULT_ROOT, pretraining='gn'):
+    """The commands that make backbone_path(root, pretraining), as text for a message."""
     s = ComparisonSettings(root=root)
-    return ('python train/coco_comparison.py --stage pretrain --out-dir %s\n'
-            '  (that is: %s\n   then: %s)' % (root, ' '.join(pretrain_command(s, norm)),
-                                              ' '.join(convert_command(s, norm))))
+    arm = next(a for a, (_, _, p) in ARMS.items() if p == pretraining)
+    return ('python train/coco_comparison.py --stage pretrain --arms %s --out-dir %s\n'
+            '  (that is: %s\n   then: %s)'
+            % (arm, root, ' '.join(pretrain_command(s, pretraining)),
+               ' '.join(convert_command(s, pretraining))))
 
 
-def resolve_backbone(value, norm, root=DEFAULT_ROOT):
+def resolve_backbone(value, norm, root=DEFAULT_ROOT, conv='plain'):
     """(path or '', message) for train_coco.py's --pretrained-backbone: 'auto' takes the
-    comparison's pretrained backbone for ``norm`` when it exists, 'none' trains from scratch."""
+    comparison's pretrained backbone for ``norm`` and ``conv`` when it exists, 'none' trains
+    from scratch."""
     if value == 'none':
         return '', 'backbone from scratch (--pretrained-backbone none)'
     if value != 'auto':
         return value, 'backbone from %s' % value
-    path = backbone_path(root, norm)
+    check_conv(norm, conv)   # a pairing no pretraining is made for
+    pretraining = pretraining_of(norm, conv)
+    path = backbone_path(root, pretraining)
     if os.path.isfile(path):
         return path, 'backbone pretrained on Fashion-MNIST: %s' % path
     return '', ('no pretrained %s backbone at %s: training the backbone from scratch. Make it '
-                'with\n  %s' % (norm.upper(), path, how_to_pretrain(root, norm)))
+                'with\n  %s' % (pretraining.upper().replace('_', '+'), path,
+                                 how_to_pretrain(root, pretraining)))
 
 
 def fingerprint(s):
@@ -137,6 +162,7 @@ def fingerprint(s):
     DetectionConfig but where it writes and what each row sets itself)."""
     pretraining = pretrain_config(s, 'gn').resolved().identity()
     pretraining.pop('norm')
+    pretraining.pop('conv', None)   # each arm's, as norm (and left out at 'plain' anyway)
     finetune = asdict(DetectionConfig(**{'evaluate': 'last', **s.finetune}))
     finetune = {k: v for k, v in finetune.items() if k not in _NOT_SETTINGS}
     return settings_fingerprint(dict(pretraining=pretraining, finetune=finetune,
@@ -164,12 +190,12 @@ def check_run_dir(out, cfg, identity):
     return state
 
 
-def pretrain(s, norm):
-    """Pretrain (or finish pretraining) the ``norm`` backbone and convert it; returns
+def pretrain(s, pretraining):
+    """Pretrain (or finish pretraining) the ``pretraining`` backbone and convert it; returns
     (backbone path, final val top-1)."""
-    cfg = pretrain_config(s, norm)
+    cfg = pretrain_config(s, pretraining)
     out = cfg.out_dir
-    path = backbone_path(s.root, norm)
+    path = backbone_path(s.root, pretraining)
     refuse_foreign(out, [BACKBONE_NAME])   # a backbone file there that no run of ours wrote
     # another pretraining there (other images, epochs) must not pass for this one
     state = check_run_dir(out, cfg, run_identity(cfg.resolved(), 1))
@@ -180,22 +206,22 @@ def pretrain(s, norm):
         cfg.overwrite = not cfg.resume
         summary = train(cfg)
         if not summary['finished']:
-            raise RuntimeError('pretraining %s in %s did not finish' % (norm, out))
+            raise RuntimeError('pretraining %s in %s did not finish' % (pretraining, out))
     top1 = ckpt.load_checkpoint(out)['history'][-1]['val_top1']
     if not done or not os.path.isfile(path):   # weights trained now: never an older backbone
         add_to_manifest(out, [BACKBONE_NAME])
-        if convert.main(convert_command(s, norm)[3:]) != 0:
+        if convert.main(convert_command(s, pretraining)[3:]) != 0:
             raise RuntimeError('converting %s failed' % out)
     return path, top1
 
 
 def finetune_config(s, arm, seed, backbone):
-    norm = ARMS[arm][0]
+    norm, conv, _ = ARMS[arm]
     out = os.path.join(s.root, 'finetune', '%s_seed%d' % (arm, seed))
     # COCOeval once, after the last epoch (evaluate='every' trains the same weights, slower).
-    cfg = replace(DetectionConfig(**{'evaluate': 'last', **s.finetune}), norm=norm, seed=seed, out_dir=out,
-                  pretrained_backbone=backbone, progress=s.progress, num_groups=NUM_GROUPS,
-                  depth=BACKBONE_DEPTH)
+    cfg = replace(DetectionConfig(**{'evaluate': 'last', **s.finetune}), norm=norm, conv=conv,
+                  seed=seed, out_dir=out, pretrained_backbone=backbone, progress=s.progress,
+                  num_groups=NUM_GROUPS, depth=BACKBONE_DEPTH)
     cfg.resume = ckpt.has_checkpoint(out)
     cfg.overwrite = not cfg.resume
     return cfg
@@ -234,8 +260,9 @@ def run_comparison(s, stage='all', log=print):
         log('runs.csv rows of %s were made with other settings: kept there, not reported; '
             'these runs train again' % ', '.join('%s seed %s' % o for o in other))
     arms = s.arms if stage == 'pretrain' else {arm for arm, _ in todo}
-    for norm in sorted({ARMS[arm][1] for arm in arms} - {None}):
-        cfg = pretrain_config(s, norm)
+    pretrainings = sorted({ARMS[arm][2] for arm in arms} - {None})
+    for pretraining in pretrainings:
+        cfg = pretrain_config(s, pretraining)
         refuse_foreign(cfg.out_dir, [BACKBONE_NAME])
         check_run_dir(cfg.out_dir, cfg, run_identity(cfg.resolved(), 1))
     if stage != 'pretrain':
@@ -244,17 +271,17 @@ def run_comparison(s, stage='all', log=print):
             check_run_dir(cfg.out_dir, cfg, _finetune_identity(cfg, s, arm))
     claim_out_dir(s.root, ROOT_FILES, overwrite=False)
     backbones = {}
-    for norm in sorted({ARMS[arm][1] for arm in arms} - {None}):
+    for pretraining in pretrainings:
         tic = time.time()
-        backbones[norm] = pretrain(s, norm)
+        backbones[pretraining] = pretrain(s, pretraining)
         log('pretrained %s backbone: val top-1 %.4f (%s, %.0f s)'
-            % (norm, backbones[norm][1], backbones[norm][0], time.time() - tic))
+            % (pretraining, backbones[pretraining][1], backbones[pretraining][0],
+               time.time() - tic))
     if stage == 'pretrain':
         return rows
     for arm, seed in todo:
         tic = time.time()
-        norm_of_pretraining = ARMS[arm][1]
-        path, top1 = backbones.get(norm_of_pretraining, ('', ''))
+        path, top1 = backbones.get(ARMS[arm][2], ('', ''))
         cfg = finetune_config(s, arm, seed, path)
         summary = run(cfg)
         row = dict(arm=arm, norm=cfg.norm, pretrained=path, seed=seed, settings=fingerprint(s),
@@ -272,7 +299,7 @@ def run_comparison(s, stage='all', log=print):
 def _finetune_identity(cfg, s, arm):
     """The identity the fine-tune's checkpoint records: its backbone path is the one pretrain
     returns, backbone_path (or '' from scratch)."""
-    backbone = backbone_path(s.root, ARMS[arm][1]) if ARMS[arm][1] else ''
+    backbone = backbone_path(s.root, ARMS[arm][2]) if ARMS[arm][2] else ''
     return run_identity(replace(cfg, pretrained_backbone=backbone), 1)
 
 
@@ -298,11 +325,16 @@ def _spread(values):
 # Detectron's COCO figures for the same comparison (Wu & He 2018, Table 4: Mask R-CNN
 # R-50-FPN, 2x schedule, ImageNet-pretrained backbones): arm -> (box AP, mask AP).
 DETECTRON_COCO = {'bn_star': (38.6, 34.5), 'gn': (40.3, 35.7)}
+# mmdetection's, GN against GN+WS (configs/gn/README.md: R-50-FPN (d) 2x; configs/gn+ws/
+# README.md: mask_rcnn_r50_fpn_gn_ws-all_2x_coco): arm -> (box AP, mask AP).
+MMDETECTION_COCO = {'gn': (40.2, 36.4), 'gn_ws': (40.6, 36.6)}
+# The report's per-seed differences: (arm, arm it is compared with, label).
+DIFFERENCES = (('gn', 'bn_star', 'GN - BN*'), ('gn_ws', 'gn', 'GN+WS - GN'))
 
 
 def write_report(root, rows):
-    """comparison.md: AP per arm (mean, min-max over seeds), GN - BN* per seed pair, and
-    Detectron's COCO figures for the same arms."""
+    """comparison.md: AP per arm (mean, min-max over seeds), GN - BN* and GN+WS - GN per seed
+    pair, and Detectron's and mmdetection's COCO figures for the same arms."""
     table = summarize(rows)
     lines = ['| arm | seeds | bbox AP | bbox AP50 | segm AP | segm AP50 | backbone val top-1 '
              '| min per fine-tune |', '|---|---|---|---|---|---|---|---|']
@@ -314,19 +346,25 @@ def write_report(root, rows):
         lines.append('| %s | %d | %s | %s | %.1f |' % (arm, stats['bbox_AP'][3], ' | '.join(cells),
                                                         pretrained, stats['minutes'][0]))
     by_seed = {(r['arm'], int(r['seed'])): r for r in rows}
-    diffs = {c: [100 * (float(by_seed['gn', k][c]) - float(by_seed['bn_star', k][c]))
-                 for a, k in by_seed if a == 'gn' and ('bn_star', k) in by_seed]
-             for c in ('bbox_AP', 'segm_AP')}
-    if diffs['bbox_AP']:
-        lines.append('')
-        for c, values in diffs.items():
-            mean, low, high, n = _spread(values)
-            lines.append('GN - BN* %s: %+.1f (per seed %s; %d seeds)'
-                         % (c, mean, ', '.join('%+.1f' % v for v in values), n))
+    for arm, other, label in DIFFERENCES:
+        diffs = {c: [100 * (float(by_seed[arm, k][c]) - float(by_seed[other, k][c]))
+                     for a, k in by_seed if a == arm and (other, k) in by_seed]
+                 for c in ('bbox_AP', 'segm_AP')}
+        if diffs['bbox_AP']:
+            lines.append('')
+            for c, values in diffs.items():
+                mean, low, high, n = _spread(values)
+                lines.append('%s %s: %+.1f (per seed %s; %d seeds)'
+                             % (label, c, mean, ', '.join('%+.1f' % v for v in values), n))
     (bn_box, bn_mask), (gn_box, gn_mask) = DETECTRON_COCO['bn_star'], DETECTRON_COCO['gn']
     lines += ['', "Detectron on COCO (R-50-FPN Mask R-CNN, 2x, ImageNet-pretrained): BN* %.1f box "
               "/ %.1f mask AP, GN %.1f / %.1f (GN - BN* %+.1f / %+.1f)."
               % (bn_box, bn_mask, gn_box, gn_mask, gn_box - bn_box, gn_mask - bn_mask)]
+    if 'gn_ws' in table:
+        (gn_box, gn_mask), (ws_box, ws_mask) = MMDETECTION_COCO['gn'], MMDETECTION_COCO['gn_ws']
+        lines += ['', "mmdetection on COCO (R-50-FPN Mask R-CNN, 2x, ImageNet-pretrained): GN "
+                  "%.1f box / %.1f mask AP, GN+WS %.1f / %.1f (GN+WS - GN %+.1f / %+.1f)."
+                  % (gn_box, gn_mask, ws_box, ws_mask, ws_box - gn_box, ws_mask - gn_mask)]
     text = '\n'.join(lines) + '\n'
     atomic_write_text(os.path.join(root, REPORT_NAME), text)
     return text

@@ -34,7 +34,7 @@ from ..training.schedule import scheduled_lr
 from ..utils.progress import progress
 from . import coco_data, evaluation, report
 from .losses import MaskRCNNLoss
-from .model import build_mask_rcnn, trainable_parameters
+from .model import build_mask_rcnn, check_conv, trainable_parameters
 
 
 # The detector's kvstores: the classifier's and NCCL (one machine, several GPUs).
@@ -50,6 +50,7 @@ class DetectionConfig:
     num_val: int = 40
     depth: int = 50
     norm: str = 'gn'             # 'gn' (Detectron GN recipe) or 'bn' (frozen BN*)
+    conv: str = 'plain'          # 'ws': weight-standardized convs where a GN follows (GN+WS)
     num_groups: int = 32
     backend: str = 'native'
     pretrained_backbone: str = ''
@@ -81,9 +82,11 @@ class DetectionConfig:
     def __post_init__(self):
         if self.evaluate not in EVALUATE:
             raise ValueError('evaluate=%r: choose from %s' % (self.evaluate, ', '.join(EVALUATE)))
+        check_conv(self.norm, self.conv)   # before the data set is made
 
     def identity(self):
-        """The settings compared on resume: all but BOOKKEEPING (see config_identity)."""
+        """The settings compared on resume: all but BOOKKEEPING (see config_identity; conv
+        only where it is not 'plain', rundir.LATER_SETTINGS)."""
         return config_identity(self, BOOKKEEPING)
 
 
@@ -236,7 +239,7 @@ def run(cfg: DetectionConfig) -> dict:
     net = build_mask_rcnn(classes, depth=cfg.depth, norm=cfg.norm, num_groups=cfg.num_groups,
                           backend=cfg.backend, pretrained_backbone=cfg.pretrained_backbone,
                           per_device_batch_size=cfg.batch_size, image_short=cfg.image_short,
-                          image_max_size=cfg.image_max_size, small=cfg.small)
+                          image_max_size=cfg.image_max_size, small=cfg.small, conv=cfg.conv)
     trainer, dist_sync = _make_trainer(cfg, net, kv)
     lr0 = base_lr(cfg, len(contexts) * num_workers)
     history, start_epoch, best = [], 0, {'bbox_AP': -1.0, 'epoch': 0}
@@ -287,7 +290,8 @@ def run(cfg: DetectionConfig) -> dict:
         ckpt.save_checkpoint(out_dir, net=net, trainer=trainer, epoch=epoch, best=best,
                              history=history, config=identity)
     report.write_log(out_dir, history)
-    report.plot(out_dir, history, title='Mask R-CNN R-%d-FPN, %s' % (cfg.depth, cfg.norm))
+    report.plot(out_dir, history, title='Mask R-CNN R-%d-FPN, %s%s'
+                % (cfg.depth, cfg.norm, '+' + cfg.conv if cfg.conv != 'plain' else ''))
     summary = report.summary(cfg, history, best, len(train_set), len(val_set), contexts,
                              time.time() - wall_start)
     summary.update(config=asdict(cfg), out_dir=out_dir, lr0=lr0, num_workers=num_workers,

@@ -7,23 +7,32 @@
   (``use_global_stats``, gamma/beta not trained), no norm in FPN/heads, a 2fc box head, and
   stem + first stage frozen: gluoncv's own ``mask_rcnn_fpn_resnet50_v1b_coco`` recipe.
 
+``conv='ws'`` (GN+WS, mmdetection's ``mask_rcnn_r50_fpn_gn_ws-all_2x_coco``: ``conv_cfg=ConvWS``
+  in backbone, neck, box head and mask head) weight-standardizes every conv that a GN follows:
+  all of the backbone's (stem, bottlenecks, shortcuts), the FPN's 9 (laterals, outputs, P6) and
+  the 4+4 head convs. The convs no norm follows stay plain, as mmdetection's do: the RPN's 3x3
+  and its 1x1 predictors, the mask head's 2x deconv and 1x1 predictor (and the box head's fc
+  layers are no convs). WS is paired with GN only (:func:`check_conv`).
+
 gluoncv cannot build the GN variant itself in MXNet 1.x: its Mask head only inserts a norm
 when it is SyncBatchNorm, its FPN calls the norm as a *Symbol* function, and MXNet's own
 GroupNorm has per-group gamma. Here the backbone and box head take our Gluon ``GroupNorm``
-(per-channel gamma/beta) through gn_mxnet's norm factory, the FPN gets :class:`FPNSymbolNorm`,
-and the mask head's conv tower is rebuilt with GN after construction.
+(per-channel gamma/beta) through gn_mxnet's norm factory, the FPN (gluoncv's graph, built by
+:class:`~gn_mxnet.detection.fpn.FPNFeatures` so that its convs can be WS) gets
+:class:`FPNSymbolNorm`, and the mask head's conv tower is rebuilt with GN after construction.
 """
 import warnings
 
 import mxnet as mx
 from mxnet.gluon import nn
 from gluoncv.model_zoo.rcnn.mask_rcnn import MaskRCNN as GluonCVMaskRCNN
-from gluoncv.nn.feature import FPNFeatureExpander
 
 from ..models.convert import load_weights
+from ..models.convs import CONVS, make_conv
 from ..models.norms import make_norm
 from ..models.resnet import IMAGENET_RESNETS, resnet_v1b
 from ..operator.library import load_library
+from .fpn import FPNFeatures
 
 DETECTION_NORMS = ('gn', 'bn')
 FPN_CHANNELS = 256
@@ -92,17 +101,30 @@ def fpn_output_names(depth):
             for stage, count in enumerate(units)]
 
 
-def _conv_norm_relu_tower(norm, channels, count, weight_init=None):
+def check_conv(norm, conv):
+    """Refuses a conv the detector does not build, and WS without GN: mmdetection pairs WS
+    with GN only, and under BN* no conv is followed by a norm that normalizes (the backbone's
+    BN is a frozen affine layer, the FPN and heads have none)."""
+    if conv not in CONVS:
+        raise ValueError('unknown --conv %r for the detector; choose %s'
+                         % (conv, ', '.join(CONVS)))
+    if conv == 'ws' and norm != 'gn':
+        raise ValueError("--conv ws needs --norm gn: weight standardization is paired with "
+                         "GroupNorm (mmdetection's gn+ws); BN* freezes its norm and has none in "
+                         "the FPN and heads")
+
+
+def _conv_norm_relu_tower(norm, conv, channels, count, weight_init=None):
     tower = nn.HybridSequential()
     for _ in range(count):
         # A norm follows, so a conv bias would be cancelled by its mean subtraction.
-        tower.add(nn.Conv2D(channels, 3, padding=1, use_bias=False,
-                            weight_initializer=weight_init),
+        tower.add(conv.layer(channels, 3, padding=1, use_bias=False,
+                             weight_initializer=weight_init),
                   norm(in_channels=channels), nn.Activation('relu'))
     return tower
 
 
-def _box_head(norm):
+def _box_head(norm, conv):
     head = nn.HybridSequential()
     # gluoncv pools RoIs to 14x14 (shared with the mask head); the box head works at 7x7.
     head.add(nn.AvgPool2D(pool_size=(3, 3), strides=2, padding=1))
@@ -111,18 +133,19 @@ def _box_head(norm):
             head.add(nn.Dense(BOX_HEAD_FC, weight_initializer=mx.init.Normal(0.01)),
                      nn.Activation('relu'))
         return head
-    head.add(_conv_norm_relu_tower(norm, HEAD_CHANNELS, NUM_HEAD_CONVS))
+    head.add(_conv_norm_relu_tower(norm, conv, HEAD_CHANNELS, NUM_HEAD_CONVS))
     head.add(nn.Dense(BOX_HEAD_FC, weight_initializer=mx.init.Normal(0.01)),
              nn.Activation('relu'))
     return head
 
 
-def _put_gn_into_mask_head(net, norm):
+def _put_gn_into_mask_head(net, norm, conv):
     """Replace gluoncv's mask conv tower (no norm) by convs + GN + ReLU, then the 2x deconv."""
     mask = net.mask
     init = mx.init.Xavier(rnd_type='gaussian', factor_type='out', magnitude=2)
     with mask.name_scope():
-        deconv = _conv_norm_relu_tower(norm, HEAD_CHANNELS, NUM_HEAD_CONVS, weight_init=init)
+        deconv = _conv_norm_relu_tower(norm, conv, HEAD_CHANNELS, NUM_HEAD_CONVS,
+                                       weight_init=init)
         deconv.add(nn.Conv2DTranspose(HEAD_CHANNELS, kernel_size=(2, 2), strides=(2, 2),
                                       padding=(0, 0), weight_initializer=init))
     mask.deconv = deconv
@@ -150,8 +173,9 @@ def detector_settings(image_short, image_max_size, small=False):
     return settings
 
 
-def build_backbone(depth, norm, num_groups, backend, pretrained_backbone=None):
-    """ResNet-``depth`` v1b with GN or frozen BN; loads ``pretrained_backbone`` if given."""
+def build_backbone(depth, norm, num_groups, backend, pretrained_backbone=None, conv='plain'):
+    """ResNet-``depth`` v1b with GN or frozen BN, every conv ``conv``; loads
+    ``pretrained_backbone`` if given."""
     if depth not in (50, 101):
         raise ValueError('Mask R-CNN FPN is built for ResNet-50 or ResNet-101, got depth %r'
                          % (depth,))
@@ -159,7 +183,7 @@ def build_backbone(depth, norm, num_groups, backend, pretrained_backbone=None):
         # Unfused: gluoncv's FPN takes the stage outputs by their relu nodes' names
         # (stage_output_names), which the fused form has no longer.
         backbone = resnet_v1b(depth, norm='gn', num_groups=num_groups, backend=backend,
-                              last_gamma=False, fused=False)
+                              last_gamma=False, fused=False, conv=conv)
     else:
         # use_global_stats freezes mean/var: Detectron's BN* (an affine layer).
         backbone = resnet_v1b(depth, norm='bn', last_gamma=False, use_global_stats=True)
@@ -172,8 +196,11 @@ def build_backbone(depth, norm, num_groups, backend, pretrained_backbone=None):
 
 def build_mask_rcnn(classes, depth=50, norm='gn', num_groups=32, backend='native',
                     pretrained_backbone=None, per_device_batch_size=1, image_short=800,
-                    image_max_size=1333, small=False):
+                    image_max_size=1333, small=False, conv='plain'):
     """Mask R-CNN ResNet-``depth``-FPN for ``classes`` (foreground names), initialized.
+
+    ``conv='ws'``: every conv that a GN follows is weight-standardized (module docstring);
+    the parameter names are those of ``conv='plain'``.
 
     ``pretrained_backbone``: a weight file gn_mxnet.convert reads (Detectron ``R-50-GN.pkl``,
     gluoncv ``.params``, torchvision ``.npz``); without it the backbone starts from scratch.
@@ -183,22 +210,23 @@ def build_mask_rcnn(classes, depth=50, norm='gn', num_groups=32, backend='native
                          'or bn (frozen BatchNorm, BN*)' % (norm,))
     if not classes:
         raise ValueError('the detector needs at least one class')
+    check_conv(norm, conv)
     if norm == 'gn' and backend == 'native':
         load_library()
-    backbone = build_backbone(depth, norm, num_groups, backend, pretrained_backbone)
+    backbone = build_backbone(depth, norm, num_groups, backend, pretrained_backbone, conv)
     gn = make_norm('gn', num_groups, backend) if norm == 'gn' else None
-    features = FPNFeatureExpander(
-        network=backbone, outputs=fpn_output_names(depth), num_filters=[FPN_CHANNELS] * 4,
-        use_1x1=True, use_upsample=True, use_elewadd=True, use_p6=True,
+    conv = make_conv(conv)
+    features = FPNFeatures(
+        backbone, fpn_output_names(depth), FPN_CHANNELS, conv,
+        norm_layer=FPNSymbolNorm(gn, FPN_CHANNELS) if gn is not None else None,
         # A norm after the conv makes its bias redundant.
-        no_bias=gn is not None, pretrained=bool(pretrained_backbone),
-        norm_layer=FPNSymbolNorm(gn, FPN_CHANNELS) if gn is not None else None)
-    net = MaskRCNN(features, None, list(classes), box_features=_box_head(gn),
+        no_bias=gn is not None, pretrained=bool(pretrained_backbone))
+    net = MaskRCNN(features, None, list(classes), box_features=_box_head(gn, conv),
                    train_patterns=None if gn is not None else BN_TRAIN_PATTERNS,
                    per_device_batch_size=per_device_batch_size,
                    **detector_settings(image_short, image_max_size, small))
     if gn is not None:
-        _put_gn_into_mask_head(net, gn)
+        _put_gn_into_mask_head(net, gn, conv)
     # The backbone's parameters are already initialized (or loaded): initialize only the rest
     # (Gluon would warn once per backbone parameter).
     with warnings.catch_warnings():
