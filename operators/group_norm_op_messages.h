@@ -1,5 +1,7 @@
-// The operator's error messages, per thread: what group_norm_op.cc reports and MXNet reads
-// back through its _msgSize/_msgGet. Included by that one file only.
+// The operators' error messages, per thread: what group_norm_op.cc and
+// weight_standardization_op.cc report and MXNet reads back through the library's one
+// _msgSize/_msgGet (group_norm_op.cc's). The list itself is one C++17 inline variable shared by
+// both files; the helpers below are each file's own.
 #ifndef GN_MXNET_GROUP_NORM_OP_MESSAGES_H_
 #define GN_MXNET_GROUP_NORM_OP_MESSAGES_H_
 
@@ -7,8 +9,7 @@
 #include <string>
 #include <vector>
 
-namespace {
-
+namespace gn_op_messages {
 // Error messages. lib_api's MX_ERROR_MSG appends to one process-wide list, unlocked, that no
 // one clears, and MXNet reads it through this library's _msgSize/_msgGet after every call into
 // the library (successes included), on the thread that made the call. Engine threads
@@ -20,7 +21,12 @@ namespace {
 // compiles lib_api.cc with its two renamed away). lib_api itself appends to its global list
 // only in its JSON parser (partitioners, graph passes) and in the default Backward of a
 // stateful op: this library registers none of those, and such messages would not be shown.
-thread_local std::vector<std::string> thread_messages;
+inline thread_local std::vector<std::string> thread_messages;
+}  // namespace gn_op_messages
+
+namespace {
+
+using gn_op_messages::thread_messages;
 
 // error() << ...: one message of this thread's current call, kept when the statement ends.
 class Message {

@@ -1,5 +1,5 @@
-"""The one recipe that compiles operators/ into a GroupNorm library: source lists, g++ and nvcc
-flags, the CUDA arch policy and the link step.
+"""The one recipe that compiles operators/ into the operator library (GroupNormalization and
+WeightStandardization): source lists, g++ and nvcc flags, the CUDA arch policy and the link step.
 
 setup.py builds the shipped libgn_mxnet.so with library_plan(); tests/test_cuda_build.py and
 benchmarks/gpu_check.py build the CUDA kernels alone with cuda_library_plan(), whose compile
@@ -77,7 +77,7 @@ CXX_FLAGS = ('-std=c++17', '-O3', '-fPIC', '-fopenmp', '-Wall', '-Wextra', '-DND
 # picks one at run time (group_norm_cpu.cc). AVX2 + FMA doubles the vector width of the
 # generic x86-64 build, which is what makes the kernels memory-bound rather than compute-bound.
 CPU_KERNEL_SOURCES = ('group_norm_cpu_forward.cc', 'group_norm_cpu_backward.cc',
-                      'group_norm_cpu_entry.cc')
+                      'group_norm_cpu_entry.cc', 'weight_standardization_cpu.cc')
 
 
 # lib_api.cc's message readers, renamed: operators/group_norm_op.cc defines its own.

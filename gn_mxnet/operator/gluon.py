@@ -1,5 +1,6 @@
 """Gluon layers: `GroupNorm` (per-channel gamma/beta, any backend, a drop-in `norm_layer`) and
 `StdConv2D` (nn.Conv2D with Weight Standardization)."""
+from mxnet import ndarray
 from mxnet.gluon import HybridBlock, nn
 
 from . import weight_standardization as ws
@@ -90,7 +91,12 @@ class StdConv2D(nn.Conv2D):
         return self._ws_backend
 
     def hybrid_forward(self, F, x, weight, bias=None):
-        weight = ws.standardize(F, weight, self._ws_attrs, self._ws_backend)
+        like = None
+        if F is not ndarray and self._ws_backend == 'native' and 0 in self.weight.shape:
+            k = self._kwargs  # in_channels unknown: the native op needs it from x
+            like = ws.weight_shape_like(F, x, k['num_filter'], k['kernel'], k['num_group'],
+                                        k['layout'])
+        weight = ws.standardize(F, weight, self._ws_attrs, self._ws_backend, like=like)
         return super().hybrid_forward(F, x, weight, bias)
 
     def __repr__(self):

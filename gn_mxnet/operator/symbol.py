@@ -84,5 +84,10 @@ def std_convolution(data=None, name=None, ws_eps=None, ws_convention=ws.DEFAULT_
     if weight is None:
         weight = mx.sym.Variable(name + '_weight')
     with _NamedAfter(name):
-        standardized = ws.standardize(mx.sym, weight, attrs, backend)
+        like = None
+        if backend == 'native':  # the op needs weight's shape before the convolution gives it
+            like = ws.weight_shape_like(mx.sym, data, kwargs.get('num_filter'),
+                                        kwargs.get('kernel', ()), kwargs.get('num_group', 1),
+                                        kwargs.get('layout'))
+        standardized = ws.standardize(mx.sym, weight, attrs, backend, like=like)
         return mx.sym.Convolution(data=data, weight=standardized, name=name, **kwargs)

@@ -28,10 +28,12 @@ import mxnet as mx
 import numpy as np
 
 from . import validation
+from .library import load_library
+from .native import _may_accumulate
 from .validation import WS_BACKENDS, WS_CONVENTIONS, WS_DEFAULT_EPS  # noqa: F401 (re-exported)
 
 DEFAULT_CONVENTION = 'qiao'
-DEFAULT_BACKEND = 'ops'
+DEFAULT_BACKEND = 'native'
 OP_NAME = 'WeightStandardization'
 # Below this (unbiased) variance the 'ops' backend takes std from TINY_VAR instead, so that the
 # gradient of sqrt at 0 (infinite, times a zero) gives no NaN: std changes by <= 1e-15, far
@@ -57,28 +59,52 @@ def standardize_weight(weight, eps=None, convention=DEFAULT_CONVENTION, backend=
                        validation.check_ws_backend(backend))
 
 
-def standardize(F, weight, attrs, backend, name=None):
+def standardize(F, weight, attrs, backend, name=None, like=None):
     """Runs `backend` on validated `attrs` in namespace F; StdConv2D and std_convolution call
-    this too. `name` names the node that computes w_hat."""
+    this too. `name` names the node that computes w_hat. `like`: None, or a Symbol of weight's
+    shape computed from the convolution's data (`weight_shape_like`), which the native op
+    needs where weight's shape is unknown while the graph is inferred."""
     if F is mx.nd:
         validation.check_weight(weight.shape, weight.dtype)
+    elif backend == 'native' and like is not None:
+        # A lib_api op sees only its input shapes, and cannot say "unknown" back to MXNet; so
+        # the weight's shape comes from the data, upstream of the op (nnvm infers in graph
+        # order): this identity makes weight's and like's shapes and dtypes one.
+        weight = F._internal._identity_with_attr_like_rhs(weight, like)
     if backend == 'native':
         out = _native(F, weight, attrs, None if F is mx.sym else name)
     else:
         out = _stock_ops(F, weight, attrs, None if F is mx.sym else name)
     if F is mx.sym:
-        # Neither backend infers weight's shape back from w_hat's (a lib_api op sees only its
-        # input shapes), and a convolution's weight is usually sized by the convolution (Gluon's
-        # deferred init, simple_bind with the data shape alone). This identity (w_hat, gradient
-        # untouched; a zero gradient to weight, which MXNet's gradient pass drops) makes w_hat's
-        # and weight's shapes and dtypes one, in both directions.
+        # Neither backend infers weight's shape or dtype back from w_hat's, and a convolution's
+        # weight is usually sized by the convolution (Gluon's deferred init, simple_bind with
+        # the data shape alone). This identity (w_hat; a zero gradient to weight, which
+        # MXNet's gradient pass drops) makes w_hat's and weight's shapes and dtypes one.
         out = F._internal._identity_with_attr_like_rhs(out, weight, name=name)
     return out
 
 
+def weight_shape_like(F, data, num_filter, kernel, num_group=1, layout=None):
+    """Zeros of a convolution's weight shape, computed from its data forward (no gradient):
+    (num_filter, C_in / num_group, *kernel), or (num_filter, *kernel, C_in / num_group) for a
+    channels-last layout ('NWC', 'NHWC', 'NDHWC')."""
+    kernel = tuple(int(k) for k in kernel)
+    channels_last = bool(layout) and layout.endswith('C')
+    ones = (1,) * len(kernel)
+    # One pixel of one sample, all channels: the only part of the data this needs.
+    end = (1,) + ones + (None,) if channels_last else (1, None) + ones
+    first = F.slice(data, begin=(0,) * (len(kernel) + 2), end=end)
+    per_group = F.slice_axis(F.reshape(first, shape=(int(num_group), -1)),
+                             axis=0, begin=0, end=1)                   # (1, C_in / groups)
+    zeros = F.zeros_like(F.BlockGrad(per_group))
+    if channels_last:
+        column = F.reshape(zeros, shape=(1,) + ones + (-1,))
+        return F.broadcast_to(column, shape=(int(num_filter),) + kernel + (0,))
+    column = F.reshape(zeros, shape=(1, -1) + ones)
+    return F.broadcast_to(column, shape=(int(num_filter), 0) + kernel)
+
+
 def _native(F, weight, attrs, name):
-    from .library import load_library
-    from .native import _may_accumulate
     load_library()
     if _may_accumulate(F, weight):  # the op writes its gradient: see native.native_group_norm
         weight = F.identity(weight)

@@ -1,0 +1,202 @@
+// Registers the Weight Standardization kernels with MXNet's lib_api as the operator
+// `WeightStandardization`: one input (the weight, (O, ...) with ndim >= 2), one output (w_hat,
+// same shape and dtype), attrs `convention` ('qiao' or 'timm', default 'qiao') and `eps` (> 0,
+// default the convention's: 1e-5 / 1e-6). The backward recomputes the per-channel moments from
+// the weight. Messages match gn_mxnet/operator/validation.py word for word where the check is
+// the same; errors go to the library's per-thread list (group_norm_op_messages.h).
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "group_norm_kernels.h"
+#include "group_norm_op_messages.h"
+#include "mxnet/lib_api.h"
+#include "weight_standardization_kernels.h"
+
+using namespace mxnet::ext;  // lib_api's registration macros and MX_SUCCESS/MX_FAIL expect it
+using AttrMap = std::unordered_map<std::string, std::string>;
+
+namespace {
+
+constexpr char kOp[] = "WeightStandardization: ";
+
+struct Attrs {
+  int convention;
+  double eps;
+};
+
+bool parse_attrs(const AttrMap& attrs, Attrs* out) {
+  const auto convention = attrs.find("convention");
+  const std::string name = convention == attrs.end() ? "qiao" : convention->second;
+  if (name == "qiao") {
+    *out = Attrs{WS_CONVENTION_QIAO, 1e-5};
+  } else if (name == "timm") {
+    *out = Attrs{WS_CONVENTION_TIMM, 1e-6};
+  } else {
+    error() << kOp << "convention must be one of 'qiao', 'timm', got '" << name << "'";
+    return false;
+  }
+  const auto eps = attrs.find("eps");
+  if (eps != attrs.end()) {
+    char* end = nullptr;
+    out->eps = std::strtod(eps->second.c_str(), &end);
+    if (eps->second.empty() || *end != '\0') {
+      error() << kOp << "eps must be a real number, got '" << eps->second << "'";
+      return false;
+    }
+  }
+  if (!std::isfinite(out->eps) || out->eps <= 0) {
+    error() << kOp << "eps must be finite and > 0, got " << out->eps;
+    return false;
+  }
+  return true;
+}
+
+MXReturnValue parseAttrs(const AttrMap& attrs, int* num_in, int* num_out) {
+  start_call();
+  Attrs parsed;
+  if (!parse_attrs(attrs, &parsed)) return MX_FAIL;
+  *num_in = 1;
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+const char* dtype_name(int dtype) {
+  switch (dtype) {
+    case GN_DTYPE_FLOAT32: return "float32";
+    case GN_DTYPE_FLOAT64: return "float64";
+    case GN_DTYPE_FLOAT16: return "float16";
+    default: return "a non-float type";
+  }
+}
+
+// An unknown input dtype (-1) is left to MXNet's inference: the fronts tie w_hat to the weight
+// (weight_standardization.py), which gives the weight the dtype the convolution wants.
+MXReturnValue inferType(const AttrMap& /*attrs*/, std::vector<int>* in_types,
+                        std::vector<int>* out_types) {
+  start_call();
+  const int w = (*in_types)[0];
+  if (w != -1 && w != GN_DTYPE_FLOAT32 && w != GN_DTYPE_FLOAT64 && w != GN_DTYPE_FLOAT16) {
+    error() << kOp << "weight dtype must be one of float16, float32, float64, got "
+            << dtype_name(w);
+    return MX_FAIL;
+  }
+  *out_types = {w};
+  return MX_SUCCESS;
+}
+
+// MXNet hands an unknown dimension to lib_api as (unsigned)-1 (or 0 in legacy shape mode).
+bool known(const std::vector<unsigned int>& shape) {
+  if (shape.empty()) return false;
+  for (const unsigned int d : shape) {
+    if (d == 0u || d == static_cast<unsigned int>(-1)) return false;
+  }
+  return true;
+}
+
+// A lib_api op sees its input shapes only. An unknown weight (deferred init, simple_bind with
+// the data shape alone) is passed through unknown: the fronts' tie of w_hat to the weight lets
+// MXNet fill it from the convolution, and this runs again with it known.
+MXReturnValue inferShape(const AttrMap& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
+                         std::vector<std::vector<unsigned int>>* out_shapes) {
+  start_call();
+  Attrs parsed;
+  if (!parse_attrs(attrs, &parsed)) return MX_FAIL;
+  const std::vector<unsigned int>& shape = (*in_shapes)[0];
+  if (known(shape) && shape.size() < 2) {
+    error() << kOp << "weight must have at least 2 dimensions (out_channels, ...), got "
+            << shape.size();
+    return MX_FAIL;
+  }
+  *out_shapes = {known(shape) ? shape : std::vector<unsigned int>{}};
+  return MX_SUCCESS;
+}
+
+// (O, K) of a weight tensor, or false (with a message) for a shape the op refuses.
+bool rows(const MXTensor& w, int64_t* O, int64_t* K) {
+  if (w.shape.size() < 2) {
+    error() << kOp << "weight must have at least 2 dimensions (out_channels, ...), got "
+            << w.shape.size();
+    return false;
+  }
+  *O = w.shape[0];
+  *K = 1;
+  for (size_t i = 1; i < w.shape.size(); ++i) *K *= w.shape[i];
+  if (*O <= 0 || *K <= 0) {
+    error() << kOp << "weight must be non-empty: its shape has a zero-size dimension";
+    return false;
+  }
+  return true;
+}
+
+// A kernel call's outcome; a failed CUDA call also says which CUDA error it was.
+MXReturnValue report(int status, bool gpu) {
+  if (status == GN_STATUS_OK) return MX_SUCCESS;
+  Message message = error();
+  message << kOp << gn_status_string(status);
+#ifdef GN_MXNET_WITH_CUDA
+  if (gpu && status == GN_STATUS_DEVICE_ERROR) message << ": " << gn_cuda_last_error();
+#else
+  (void)gpu;
+#endif
+  return MX_FAIL;
+}
+
+template <bool kGpu>
+MXReturnValue forward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
+                      std::vector<MXTensor>* outputs, const OpResource& res) {
+  start_call();
+  Attrs a;
+  int64_t O, K;
+  const MXTensor& w = (*inputs)[0];
+  void* w_hat = (*outputs)[0].data_ptr;
+  if (!parse_attrs(attrs, &a) || !rows(w, &O, &K)) return MX_FAIL;
+#ifdef GN_MXNET_WITH_CUDA
+  if (kGpu) {
+    return report(ws_cuda_forward(w.dtype, w.data_ptr, w_hat, O, K, a.convention, a.eps,
+                                  res.get_cuda_stream()), true);
+  }
+#else
+  (void)res;
+#endif
+  return report(ws_cpu_forward(w.dtype, w.data_ptr, w_hat, O, K, a.convention, a.eps), false);
+}
+
+// inputs: [dy, w, w_hat]; outputs: [dw], written.
+template <bool kGpu>
+MXReturnValue backward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
+                       std::vector<MXTensor>* outputs, const OpResource& res) {
+  start_call();
+  Attrs a;
+  int64_t O, K;
+  const MXTensor &dy = (*inputs)[0], &w = (*inputs)[1];
+  void* dw = (*outputs)[0].data_ptr;
+  if (!parse_attrs(attrs, &a) || !rows(w, &O, &K)) return MX_FAIL;
+#ifdef GN_MXNET_WITH_CUDA
+  if (kGpu) {
+    return report(ws_cuda_backward(w.dtype, dy.data_ptr, w.data_ptr, dw, O, K, a.convention,
+                                   a.eps, res.get_cuda_stream()), true);
+  }
+#else
+  (void)res;
+#endif
+  return report(ws_cpu_backward(w.dtype, dy.data_ptr, w.data_ptr, dw, O, K, a.convention,
+                                a.eps), false);
+}
+
+}  // namespace
+
+REGISTER_OP(WeightStandardization)
+    .setParseAttrs(parseAttrs)
+    .setInferType(inferType)
+    .setInferShape(inferShape)
+    .setForward(forward<false>, "cpu")
+    .setBackward(backward<false>, "cpu")
+#ifdef GN_MXNET_WITH_CUDA
+    .setForward(forward<true>, "gpu")
+    .setBackward(backward<true>, "gpu")
+#endif
+    ;
