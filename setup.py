@@ -78,6 +78,10 @@ class BuildOperatorLibrary(build_ext):
 
 # Versions that install beside numpy < 1.24 on Python 3.11.
 ONNX_REQUIREMENTS = ['onnx==1.16.2', 'onnxruntime==1.32.0']
+# Horovod's runtime dependencies (horovodrun, horovod.mxnet), at the releases its tests ran with.
+# Horovod itself is built against the installed mxnet by tools/install_horovod.sh, which a pip
+# extra cannot do (no build isolation, build switches in the environment).
+HOROVOD_REQUIREMENTS = ['cloudpickle==3.1.3', 'psutil==7.2.2', 'pyyaml==6.0.4', 'packaging==26.4']
 # The documentation site (mkdocs.yml): the releases tests/test_docs.py builds it with.
 DOCS_REQUIREMENTS = ['mkdocs==1.6.1', 'mkdocs-material==9.8.2', 'mkdocstrings[python]==1.0.8',
                      'mkdocstrings-python==2.0.11']
@@ -126,9 +130,12 @@ setup(
     # numpy<1.24 on Python 3.11. onnx >= 1.16 has GroupNormalization-21, and MXNet 1.9.1's
     # exporter needs the (deprecated) onnx.mapping module that 1.16 still has.
     # The tests run the ONNX export through onnxruntime, so the test extra includes it; they
-    # also build the documentation site in strict mode (tests/test_docs.py), so it has docs too.
-    extras_require={'test': ['pytest', 'hypothesis', *ONNX_REQUIREMENTS, *DOCS_REQUIREMENTS],
+    # also build the documentation site in strict mode (tests/test_docs.py), so it has docs too,
+    # and start Horovod jobs (tests/test_horovod.py), so it has horovod's runtime too.
+    extras_require={'test': ['pytest', 'hypothesis', *ONNX_REQUIREMENTS, *DOCS_REQUIREMENTS,
+                             *HOROVOD_REQUIREMENTS],
                     'onnx': ONNX_REQUIREMENTS,
-                    'docs': DOCS_REQUIREMENTS},
+                    'docs': DOCS_REQUIREMENTS,
+                    'horovod': HOROVOD_REQUIREMENTS},
     zip_safe=False,
 )

@@ -4,7 +4,6 @@ import dataclasses
 import json
 import os
 import pickle
-import sys
 import warnings
 from dataclasses import replace
 
@@ -262,71 +261,4 @@ def test_frozen_bn_variant_trains_and_keeps_its_statistics(embedded, tmp_path):
     params = ckpt.load_checkpoint(cfg.out_dir)['params']
     means = [v for k, v in params.items() if k.endswith('running_mean')]
     assert means and all(np.all(m == 0) for m in means)   # BN*: statistics never updated
-
-
-# --- several workers (ps-lite dist kvstore) -------------------------------------------------
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COCO_SCRIPT = os.path.join(REPO, 'train', 'train_coco.py')
-# One worker of a real dist_sync job builds the detector's trainer and saves its states, which
-# MXNet refuses when the optimizer runs on the kvstore's servers (update_on_kvstore).
-DIST_TRAINER = """
-import warnings
-warnings.filterwarnings('ignore')
-from gn_mxnet.detection import engine
-from gn_mxnet.detection.model import build_mask_rcnn
-from gn_mxnet.training import checkpoint as ckpt
-from gn_mxnet.training.distributed import connect
-cfg = engine.DetectionConfig(kv_store='dist_sync')
-kv, rank, num_workers = connect(cfg.kv_store)
-net = build_mask_rcnn(['a', 'b'], small=True)
-trainer, dist_sync = engine._make_trainer(cfg, net, kv)
-ckpt.optimizer_state.restore_trainer_state(
-    trainer, *ckpt.optimizer_state.trainer_state(trainer))
-assert dist_sync is not None and not trainer._update_on_kvstore
-print('states saved on worker', rank, 'of', num_workers)
-"""
-
-
-def test_detector_trainer_saves_its_states_on_a_dist_kvstore(tmp_path, native_library):
-    from gn_mxnet.training import launcher
-    job = launcher.run([sys.executable, '-c', DIST_TRAINER], num_workers=1, num_servers=1,
-                       cwd=REPO, log_dir=str(tmp_path), timeout=300)
-    assert [node.returncode for node in job.nodes] == [0, 0, 0]
-    assert 'states saved on worker 0 of 1' in (tmp_path / 'worker0.log').read_text()
-
-
-def _params(path):
-    return {k: v.asnumpy() for k, v in mx.nd.load(str(path)).items()}
-
-
-@pytest.mark.slow
-def test_two_workers_train_in_step_scale_the_lr_and_resume(embedded, tmp_path, native_library):
-    """2 workers + 1 server on loopback, 1 epoch then resumed to 2 (2 min on 2 busy cores)."""
-    from gn_mxnet.training import launcher
-    cache, _, _ = embedded
-    out = tmp_path / 'run'
-    command = [sys.executable, COCO_SCRIPT, '--kv-store', 'dist_sync', '--cache-dir', cache,
-               '--num-train', str(SMALL_SPEC.num_train), '--num-val', str(SMALL_SPEC.num_val),
-               '--train-limit', '8', '--val-limit', '1', '--lr', '0', '--warmup-iters', '0',
-               '--pretrained-backbone', 'none', '--no-progress', '--out-dir', str(out)]
-    for epochs, extra in ((1, []), (2, ['--resume'])):
-        job = launcher.run(command + ['--epochs', str(epochs)] + extra, num_workers=2,
-                           num_servers=1, cwd=REPO, log_dir=str(tmp_path / f'logs{epochs}'),
-                           timeout=1200)
-        assert [node.returncode for node in job.nodes] == [0, 0, 0, 0]
-        summaries = [json.loads((out / f'worker{r}' / 'summary.json').read_text())
-                     for r in (0, 1)]
-        assert [(s['rank'], s['num_workers']) for s in summaries] == [(0, 2), (1, 2)]
-        # Detectron's linear rule over the total batch: 0.00125 x 2 images x 2 workers.
-        assert [s['lr0'] for s in summaries] == pytest.approx([0.005, 0.005])
-        assert all(s['final_epoch'] == epochs for s in summaries)
-        weights = [_params(out / f'worker{r}' / 'last.params') for r in (0, 1)]
-        for name in weights[0]:
-            np.testing.assert_array_equal(weights[0][name], weights[1][name], err_msg=name)
-        states = [ckpt.load_checkpoint(str(out / f'worker{r}')) for r in (0, 1)]
-        assert [s['epoch'] for s in states] == [epochs, epochs]
-        assert all(s['trainer'] and s['config']['num_workers'] == 2 for s in states)
-        with open(out / 'worker0' / 'coco_log.csv') as f:
-            rows = list(csv.DictReader(f))
-        assert [float(r['lr']) for r in rows] == pytest.approx([0.0] + [0.005] * epochs)
 

@@ -28,7 +28,7 @@ SCRIPTS = sorted(os.path.relpath(path, REPO)
 MODULES = ['gn_mxnet.convert', 'gn_mxnet.migrate']
 # The scripts that write files, and so take --out-dir (convert writes the file it is given).
 WRITERS = {'train/train_imagenet.py', 'train/train_coco.py', 'train/coco_comparison.py',
-           'train/reproduce_paper.py', 'train/launch.py', 'benchmarks/gpu_check.py'}
+           'train/reproduce_paper.py', 'benchmarks/gpu_check.py'}
 # Names of an output folder, the GN backend or the decay epochs that no script may use.
 RETIRED = {'--out', '--output', '--log-dir', '--backend', '--out-file'}
 # gluoncv's spellings, accepted after the canonical name: alias -> canonical.
@@ -191,16 +191,15 @@ COMMAND_FILES = sorted(
 
 def written_commands(text):
     """(script, options) of each `python train/x.py ...` or `python benchmarks/x.py ...` in
-    `text`, continuation lines joined; a launched command (after ` -- `) is its own."""
+    `text`, continuation lines joined; what starts it (horovodrun, mpirun) is not read."""
     text = re.sub(r'\\\n', ' ', text)
     for line in text.splitlines():
         line = line.split(' #')[0]
-        for part in line.split(' -- '):
-            found = re.search(r'python3? ((?:train|benchmarks)/\w+\.py)((?:\s+[^\s`|;&)]+)*)', part)
-            if found:
-                flags = [t.split('=')[0] for t in found.group(2).split()
-                         if re.fullmatch(r'--?[a-zA-Z][\w-]*(=.*)?', t)]
-                yield found.group(1), flags
+        found = re.search(r'python3? ((?:train|benchmarks)/\w+\.py)((?:\s+[^\s`|;&)]+)*)', line)
+        if found:
+            flags = [t.split('=')[0] for t in found.group(2).split()
+                     if re.fullmatch(r'--?[a-zA-Z][\w-]*(=.*)?', t)]
+            yield found.group(1), flags
 
 
 @pytest.mark.parametrize('path', COMMAND_FILES)
@@ -216,10 +215,9 @@ def test_written_commands_use_existing_options(path, parsers):
 
 
 def test_written_commands_are_read_whole():
-    text = ('    python train/launch.py -n 2 --out-dir logs -- \\\n'
+    text = ('    horovodrun -np 2 -H localhost:2 \\\n'
             '        python train/train_imagenet.py --num-epochs=3 -j 4  # --not-an-option\n'
             'see `python benchmarks/bench_ops.py --repeat 9` and train/train_coco.py --no\n')
     assert list(written_commands(text)) == [
-        ('train/launch.py', ['-n', '--out-dir']),
         ('train/train_imagenet.py', ['--num-epochs', '-j']),
         ('benchmarks/bench_ops.py', ['--repeat'])]

@@ -11,13 +11,14 @@ PROBE = ("import os, sys; from gn_mxnet.utils.threads import use_every_core; "
          "print(use_every_core(), os.environ.get('OMP_NUM_THREADS'))")
 
 
-def _probe(env_threads=None, import_mxnet_first=False, workers_on_host=None):
+def _probe(env_threads=None, import_mxnet_first=False, workers_on_host=None,
+           variable=threads.LOCAL_SIZE_VARIABLES[0]):
     env = {k: v for k, v in os.environ.items()
-           if k not in ('OMP_NUM_THREADS', threads.WORKERS_ON_HOST)}
+           if k not in ('OMP_NUM_THREADS', *threads.LOCAL_SIZE_VARIABLES)}
     if env_threads is not None:
         env['OMP_NUM_THREADS'] = env_threads
     if workers_on_host is not None:
-        env[threads.WORKERS_ON_HOST] = workers_on_host
+        env[variable] = workers_on_host
     code = ('import mxnet; ' if import_mxnet_first else '') + PROBE
     return subprocess.run([sys.executable, '-c', code], env=env, check=True,
                           capture_output=True, text=True).stdout.split()
@@ -46,14 +47,19 @@ def test_the_training_scripts_set_it_before_mxnet_starts():
         assert out[-1:] == [str(threads.physical_cores())], script
 
 
-def test_workers_on_one_host_share_its_cores(monkeypatch):
+def test_ranks_on_one_host_share_its_cores(monkeypatch):
+    """horovodrun's HOROVOD_LOCAL_SIZE (tests/test_horovod.py sees it set in a real job) or
+    Open MPI's OMPI_COMM_WORLD_LOCAL_SIZE."""
     cores = threads.physical_cores()
     share = str(max(1, cores // 2))
-    assert _probe(workers_on_host='2') == [share, share]
+    for variable in threads.LOCAL_SIZE_VARIABLES:
+        assert _probe(workers_on_host='2', variable=variable) == [share, share]
     assert _probe(workers_on_host=str(cores + 5)) == ['1', '1']    # never below one
     assert _probe('3', workers_on_host='2') == ['3', '3']          # the user's value is kept
+    for variable in threads.LOCAL_SIZE_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
     for bad in ('0', 'two', '-1'):
-        monkeypatch.setenv(threads.WORKERS_ON_HOST, bad)
-        with pytest.raises(ValueError, match=f"{threads.WORKERS_ON_HOST} must be a positive "
+        monkeypatch.setenv('HOROVOD_LOCAL_SIZE', bad)
+        with pytest.raises(ValueError, match=f"HOROVOD_LOCAL_SIZE must be a positive "
                                              f"integer, got '{bad}'"):
             threads.cores_per_worker()

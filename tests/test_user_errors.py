@@ -275,7 +275,6 @@ ENTRY_POINTS = [
     (['train/coco_comparison.py', '--out-dir', 'afile'], 2),
     (['train/reproduce_paper.py', '--quick', '--tables', '1', '--image-size', '100',
       '--out-dir', 'o'], 1),
-    (['train/launch.py', '-n', '1', '-H', 'afile', '--', 'true'], 2),
     (['benchmarks/bench_train.py', '--network', 'resnet7_wide', '--steps', '1', '--rounds', '1',
       '--warmup', '0'], 1),
     (['-m', 'gn_mxnet.convert', 'afile.pkl', 'out.params'], 1),

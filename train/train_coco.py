@@ -24,6 +24,7 @@ from gn_mxnet.detection.engine import EVALUATE, KV_STORES, DetectionConfig, run
 from gn_mxnet.detection.model import DETECTION_NORMS, check_conv
 from gn_mxnet.models.convs import CONVS
 from gn_mxnet.operator.validation import BACKENDS
+from gn_mxnet.training.distributed import check_horovod
 from gn_mxnet.training.schedule import parse_decay_epochs
 from gn_mxnet.utils import cli
 
@@ -74,8 +75,12 @@ def parse_args(argv=None):
                        help="Detectron's proposal/RoI budgets (2000 proposals, 512 RoIs per "
                             'image); default: reduced budgets for small CPU runs')
     opt = p.add_argument_group('training')
-    opt.add_argument('--gpus', default=d.gpus, help="GPU ids, e.g. 0,1,2,3; none ('') = CPU")
-    opt.add_argument('--kv-store', default=d.kv_store, choices=KV_STORES)
+    opt.add_argument('--gpus', default=d.gpus, help="GPU ids, e.g. 0,1,2,3; none ('') = CPU; "
+                                                    "horovod: each host's GPUs, one per rank")
+    opt.add_argument('--kv-store', default=d.kv_store, choices=KV_STORES,
+                     help='horovod: this process is one rank of a job started by horovodrun '
+                          'or mpirun (docs/multi_machine.md), gradients averaged over the '
+                          'ranks, rank 0 writes the out-dir')
     # -j as gluoncv's train_mask_rcnn.py (-j/--num-workers): data-loading workers.
     opt.add_argument('-j', '--loader-processes', type=cli.non_negative_int,
                      default=d.loader_processes,
@@ -87,7 +92,7 @@ def parse_args(argv=None):
     # 0 is allowed: it asks for Detectron's linear rule, 0.00125 x the total batch.
     opt.add_argument('--lr', type=cli.non_negative_float, default=d.lr,
                      help="learning rate (Detectron's 0.02 is for a total batch of 16 images); "
-                          "0 = 0.00125 x total batch")
+                          "0 = 0.00125 x total batch (batch-size x devices x Horovod ranks)")
     opt.add_argument('--lr-decay', type=cli.positive_float, default=d.lr_decay)
     # --lr-decay-epoch: gluoncv's spelling.
     opt.add_argument('--lr-decay-epochs', '--lr-decay-epoch', dest='lr_decay_epochs',
@@ -114,6 +119,7 @@ def parse_args(argv=None):
         parse_decay_epochs(args.lr_decay_epochs, allow_empty=True)
         cli.output_folder(args.out_dir, '--out-dir')
         check_conv(args.norm, args.conv)
+        check_horovod(args.kv_store)   # installed, and started by horovodrun or mpirun
         if args.pretrained_backbone not in ('auto', 'none'):
             cli.existing_file(args.pretrained_backbone, '--pretrained-backbone')
     return args
@@ -155,6 +161,8 @@ def main(argv=None):
     backbone, message = backbone_from_args(args)
     print(message, flush=True)
     summary = run(config_from_args(args, backbone))
+    if summary['rank'] != 0:   # rank 0 reports for the whole job
+        return summary
     for name in ('untrained', 'final'):
         ap = summary[name]
         if ap is None:   # --evaluate last

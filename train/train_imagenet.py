@@ -75,7 +75,8 @@ def make_parser():
     preset(o, '--batch-size', 'batch_size', type=cli.positive_int, help='images per device')
     cli.add_choice(o, '--optimizer', CONFIG, 'OPTIMIZERS', default='sgd')
     preset(o, '--base-lr', 'base_lr', type=cli.positive_float,
-           help='lr for a total batch of 256')
+           help='lr for a total batch of 256; the lr is base-lr·B/256 with B the global batch, '
+                'batch-size × devices × Horovod ranks')
     o.add_argument('--lr', type=cli.positive_float, help='absolute lr, overrides base-lr·B/256')
     o.add_argument('--momentum', type=cli.fraction, default=0.9)
     preset(o, '--wd', 'wd', type=cli.non_negative_float, help='weight decay')
@@ -94,8 +95,13 @@ def make_parser():
     o.add_argument('--mixup-alpha', type=cli.positive_float, default=0.2)
     o.add_argument('--mixup-off-epoch', type=cli.non_negative_int, default=0)
     r = p.add_argument_group('devices and bookkeeping')
-    r.add_argument('--gpus', default='', help="GPU ids, e.g. 0,1,2,3; none ('') = CPU")
-    cli.add_choice(r, '--kv-store', CONFIG, 'KV_STORES', default='device')
+    r.add_argument('--gpus', default='', help="GPU ids, e.g. 0,1,2,3; none ('') = CPU; "
+                                              "horovod: each host's GPUs, one per rank")
+    cli.add_choice(r, '--kv-store', CONFIG, 'KV_STORES', default='device',
+                   help='horovod: this process is one rank of a job started by horovodrun or '
+                        'mpirun (docs/multi_machine.md): one device per rank (the '
+                        'local-rank-th of --gpus), gradients averaged over the ranks, rank 0 '
+                        'writes the out-dir')
     cli.add_choice(r, '--dtype', CONFIG, 'DTYPES', help='float16: multi-precision',
                    default='float32')
     r.add_argument('--no-hybridize', action='store_true')
@@ -116,6 +122,8 @@ def parse_args(argv=None, parser=None):
     from gn_mxnet.training.config import check_network
     with cli.usage_errors(parser):  # TrainConfig's own rules, e.g. warm-up within the epochs
         cli.output_folder(args.out_dir, '--out-dir')
+        from gn_mxnet.training.distributed import check_horovod
+        check_horovod(args.kv_store)   # installed, and started by horovodrun or mpirun
         config = config_from_args(args).resolved()
         if not args.symbolic:   # a Symbol net is built from symbols/, not gn_mxnet.models
             check_network(config)
@@ -175,6 +183,8 @@ def main(argv=None):
         symbol = symbol_factory(config.resolved(), args.num_layers) if args.symbolic else None
     with cli.usage_errors(parser, DataError):  # e.g. labels beyond --num-classes
         summary = train(config, symbol=symbol)
+    if summary['rank'] != 0:   # rank 0 reports for the whole job
+        return summary
     final = summary['final']
     print(json.dumps({'best_val_top1': summary['best_val_top1'],
                       'final_val_top1': final.get('val_top1'),

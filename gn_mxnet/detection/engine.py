@@ -16,7 +16,7 @@ depended on scheduling (the same command gave other losses and AP). The network'
 import random
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from mxnet import autograd, gluon
@@ -25,11 +25,11 @@ from gluoncv.data.transforms.presets.rcnn import MaskRCNNDefaultTrainTransform
 
 from ..training import checkpoint as ckpt
 from ..training.config import KV_STORES as CLASSIFIER_KV_STORES
-from ..training.distributed import connect, make_trainer
+from ..training.distributed import (broadcast_parameters, connect, local_first, make_trainer,
+                                    share_state)
 from ..training.reporting import SUMMARY_NAME, write_summary
-from ..training.rundir import (claim_out_dir, config_identity, run_identity, start_run,
-                               worker_dir)
-from ..training.runtime import epoch_seed, make_contexts, seed_everything
+from ..training.rundir import claim_out_dir, config_identity, run_identity, start_run
+from ..training.runtime import epoch_seed, seed_everything
 from ..training.schedule import scheduled_lr
 from ..utils.progress import progress
 from . import coco_data, evaluation, report
@@ -130,10 +130,11 @@ def lr_at(cfg, lr0, iteration, iters_per_epoch):
 
 
 def epoch_batches(num_images, images_per_batch, seed, epoch, limit=0, num_workers=1, rank=0):
-    """This worker's index lists of one epoch; the order is a function of (seed, epoch) only.
+    """This process's index lists of one epoch; the order is a function of (seed, epoch) only.
 
-    With several workers (dist kvstore) each takes every num_workers-th batch, and all take the
-    same number of batches (dist_sync waits for every worker at each step).
+    With several processes (Horovod ranks) each takes every num_workers-th batch, so step i of
+    the job covers the images of one process's step i with num_workers times the batch; all
+    take the same number of batches (each step's allreduce waits for every rank).
     """
     count = min(limit, num_images) if limit else num_images
     order = np.random.RandomState([seed, epoch]).permutation(num_images)[:count]
@@ -170,19 +171,18 @@ class SeededSamples(gluon.data.Dataset):
         return self._transform(*self._dataset[index])
 
 
-def _make_trainer(cfg, net, kv):
-    """(trainer, dist_sync) over the trainable parameters, the classifier's way (states kept
-    in this process, so checkpoints save them; gradients summed over a dist kvstore)."""
+def _make_trainer(cfg, net, job):
+    """The trainer of the trainable parameters, the classifier's way (states kept in this
+    process, so checkpoints save them; gradients averaged over the Horovod ranks)."""
     params = trainable_parameters(net)
     for param in net.collect_params().values():
         if param.name not in params:
             param.grad_req = 'null'
     return make_trainer(params, 'sgd', {'learning_rate': 0.0, 'wd': cfg.wd,
-                                        'momentum': cfg.momentum}, kv)
+                                        'momentum': cfg.momentum}, cfg.kv_store, job)
 
 
-def train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn, lr0, epoch,
-                dist_sync=None, num_workers=1):
+def train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn, lr0, epoch):
     sums, steps = {}, 0
     iteration = (epoch - 1) * len(batches)
     for batch in progress(loader, cfg.progress, total=len(batches), desc='epoch %d' % epoch):
@@ -194,10 +194,9 @@ def train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn, lr0, epoc
         with autograd.record():
             losses = [loss_fn(net, *shard) for shard in shards]
         autograd.backward([parts['total'] for parts in losses])
-        if dist_sync is not None:   # summed over every worker's devices
-            dist_sync.allreduce()
-        # Each device's loss is already a mean over its samples; average all devices.
-        trainer.step(len(contexts) * num_workers)
+        # Each device's loss is already a mean over its samples; average all devices (and,
+        # in the trainer, all Horovod ranks).
+        trainer.step(len(contexts))
         for parts in losses:
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + float(value.asscalar()) / len(contexts)
@@ -228,35 +227,43 @@ def _evaluate(cfg, net, val_set, contexts, epoch):
 
 def run(cfg: DetectionConfig) -> dict:
     wall_start = time.time()
-    contexts = make_contexts(cfg.gpus)
-    kv, rank, num_workers = connect(cfg.kv_store)
-    out_dir = worker_dir(cfg.out_dir, rank, num_workers)
+    job = connect(cfg.kv_store)
+    contexts = job.contexts(cfg.gpus)
+    out_dir, rank, num_workers = cfg.out_dir, job.rank, job.size
+    if not job.writes:   # one terminal shows rank 0's bars
+        cfg = replace(cfg, progress=False)
     identity = run_identity(cfg, num_workers)
-    state = start_run(out_dir, RUN_FILES, identity, resume=cfg.resume, overwrite=cfg.overwrite)
+    state = None
+    if job.writes:   # rank 0 alone reads and writes the out-dir
+        state = start_run(out_dir, RUN_FILES, identity, resume=cfg.resume,
+                          overwrite=cfg.overwrite)
     seed_everything(cfg.seed)
-    train_set, val_set = load_datasets(cfg)
+    # The embedded set is generated into the cache by one process per host, read by the others.
+    train_set, val_set = local_first(job, lambda: load_datasets(cfg))
     classes = list(train_set.classes)
     net = build_mask_rcnn(classes, depth=cfg.depth, norm=cfg.norm, num_groups=cfg.num_groups,
                           backend=cfg.backend, pretrained_backbone=cfg.pretrained_backbone,
                           per_device_batch_size=cfg.batch_size, image_short=cfg.image_short,
                           image_max_size=cfg.image_max_size, small=cfg.small, conv=cfg.conv)
-    trainer, dist_sync = _make_trainer(cfg, net, kv)
+    trainer = _make_trainer(cfg, net, job)
     lr0 = base_lr(cfg, len(contexts) * num_workers)
     history, start_epoch, best = [], 0, {'bbox_AP': -1.0, 'epoch': 0}
+    state = share_state(job, state)
     if state is not None:
         start_epoch = ckpt.restore_checkpoint(state, net=net, trainer=trainer)
         history, best = state['history'], state['best']
     net.collect_params().reset_ctx(contexts)
-    if dist_sync is not None:   # rank 0's weights, before any forward pass
-        dist_sync.broadcast_parameters()
+    broadcast_parameters(job, net.collect_params())   # rank 0's, before any forward pass
     # Both deep-copy parts of the net (anchor generator, features): before hybridize.
     transform = MaskRCNNDefaultTrainTransform(net.short, net.max_size, net, ashape=net.ashape,
                                               multi_stage=True, mean=train_set.MEAN,
                                               std=train_set.STD)
     batchify = MaskRCNNTrainBatchify(net, len(contexts))
-    claim_out_dir(out_dir, RUN_FILES, overwrite=cfg.overwrite)   # built: now it may write
+    if job.writes:
+        claim_out_dir(out_dir, RUN_FILES, overwrite=cfg.overwrite)   # built: now it may write
 
-    if start_epoch == 0 and cfg.evaluate == 'every':  # the untrained model's figures
+    # Rank 0 evaluates and writes; the other ranks hold the same weights.
+    if start_epoch == 0 and cfg.evaluate == 'every' and job.writes:  # the untrained model
         result = _evaluate(cfg, net, val_set, contexts, 0)
         history.append(report.epoch_row(0, 0.0, {}, result, 0.0))
         print(result['report'])
@@ -273,15 +280,17 @@ def run(cfg: DetectionConfig) -> dict:
                                        batchify_fn=batchify,
                                        num_workers=cfg.loader_processes)
         losses, iteration = train_epoch(cfg, net, trainer, loader, batches, contexts, loss_fn,
-                                        lr0, epoch, dist_sync, num_workers)
+                                        lr0, epoch)
         train_seconds = time.time() - tic
         ckpt.require_finite(net, 'after epoch %d' % epoch)
         result = None
-        if cfg.evaluate == 'every' or epoch == cfg.epochs:
+        if job.writes and (cfg.evaluate == 'every' or epoch == cfg.epochs):
             result = _evaluate(cfg, net, val_set, contexts, epoch)
             print(result['report'])
         history.append(report.epoch_row(epoch, lr_at(cfg, lr0, iteration - 1, len(batches)), losses,
                                         result, train_seconds))
+        if not job.writes:
+            continue
         if result is not None and result['bbox']['AP'] > best['bbox_AP']:
             best = {'bbox_AP': result['bbox']['AP'], 'epoch': epoch}
             ckpt.save_parameters(net, os.path.join(out_dir, BEST_PARAMS))
@@ -289,12 +298,13 @@ def run(cfg: DetectionConfig) -> dict:
         report.write_log(out_dir, history)
         ckpt.save_checkpoint(out_dir, net=net, trainer=trainer, epoch=epoch, best=best,
                              history=history, config=identity)
-    report.write_log(out_dir, history)
-    report.plot(out_dir, history, title='Mask R-CNN R-%d-FPN, %s%s'
-                % (cfg.depth, cfg.norm, '+' + cfg.conv if cfg.conv != 'plain' else ''))
     summary = report.summary(cfg, history, best, len(train_set), len(val_set), contexts,
                              time.time() - wall_start)
     summary.update(config=asdict(cfg), out_dir=out_dir, lr0=lr0, num_workers=num_workers,
                    rank=rank)
-    write_summary(out_dir, summary)
+    if job.writes:
+        report.write_log(out_dir, history)
+        report.plot(out_dir, history, title='Mask R-CNN R-%d-FPN, %s%s'
+                    % (cfg.depth, cfg.norm, '+' + cfg.conv if cfg.conv != 'plain' else ''))
+        write_summary(out_dir, summary)
     return summary

@@ -246,7 +246,13 @@ def link_command(output, objects, openmp, cuda_library=None):
     # helpers), the linker keeps the first copy, which must run on any x86-64 CPU.
     objects = sorted(objects, key=lambda path: path.endswith('.avx2.o'))
     cuda = ['-L%s' % cuda_library, *CUDA_LINK_LIBRARIES] if cuda_library else []
-    return ['g++', '-shared', *(['-fopenmp'] if openmp else []), '-o', output, *objects, *cuda]
+    # -Bsymbolic: the library's own copies of lib_api.h's functions and its std:: templates
+    # serve its calls. libmxnet.so exports copies of them too, which the dynamic linker would
+    # otherwise pick once something puts libmxnet.so in the global scope: Horovod's MXNet
+    # module is loaded RTLD_GLOBAL, and loading this library after it then died of SIGFPE in
+    # its static initialisers (tests/test_horovod.py trains GN nets under Horovod).
+    return ['g++', '-shared', '-Wl,-Bsymbolic', *(['-fopenmp'] if openmp else []), '-o', output,
+            *objects, *cuda]
 
 
 def _objects(commands):

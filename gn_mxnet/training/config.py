@@ -18,7 +18,8 @@ from .schedule import LR_MODES, parse_decay_epochs
 
 # The norms a classifier trains with: every norm but 'none' (a net without norm layers).
 TRAIN_NORMS = tuple(norm for norm in NORMS if norm != 'none')
-KV_STORES = ('local', 'device', 'dist_sync', 'dist_device_sync')
+# 'horovod': one rank of a job that horovodrun or mpirun started (training.distributed).
+KV_STORES = ('local', 'device', 'horovod')
 OPTIMIZERS = ('sgd', 'nag')
 DTYPES = ('float32', 'float16')
 # Data sets a run can name; with none named, .rec files or an image folder mean ImageNet-style

@@ -1,98 +1,162 @@
-"""Training on several machines: gradients summed over MXNet's ps-lite kvstore. (Starting the
-machines' processes is gn_mxnet.training.launcher, which needs no MXNet.)
+"""Training in several processes, on one machine or many, over Horovod (`--kv-store horovod`).
 
-A worker that fails must also *exit*: at interpreter shutdown MXNet frees the dist kvstore, whose
-ps::Finalize waits in a barrier for every other worker, and they wait for this one's gradients,
-so a worker that raised would never end and the launcher would never learn of it. In a ps-lite
-worker process (DMLC_ROLE=worker) importing this module therefore makes an uncaught exception,
-and a non-zero sys.exit (argparse's usage errors), end the process at once.
+horovodrun (or mpirun, with an MPI build of Horovod) starts one process per device; each is a
+rank of one job. The classifier and the detector both train this way:
+
+- every rank starts from rank 0's weights: `broadcast_parameters` after the network is built,
+  and at resume after rank 0's checkpoint is restored on every rank (`share_state`);
+- each rank reads its own part of the data, and Horovod's DistributedTrainer averages the
+  gradients over the ranks before every update, so `trainer.step(batch of this rank)` makes
+  the update of one process stepping over the global batch (the lr follows the global batch:
+  the caller scales it by `size`);
+- rank 0 alone writes (`Job.writes`): checkpoint, logs, curves and run record go to the
+  out-dir as in a one-process run; the other ranks write nothing;
+- BatchNorm statistics stay per rank (nothing synchronises them; GroupNorm has none).
+
+A rank that raises ends its process; Horovod shuts down on the others (their next collective
+raises) and horovodrun ends every process of the job and exits non-zero.
 """
+import io
 import os
-import sys
-import threading
-import traceback
+from dataclasses import dataclass
+from typing import Any
 
 import mxnet as mx
+import numpy as np
 from mxnet import gluon
+
+from . import checkpoint as ckpt
+from .runtime import make_contexts, parse_gpus
+
+HOROVOD = 'horovod'
+INSTALL_COMMAND = 'bash tools/install_horovod.sh'
+# What horovodrun (Gloo), Open MPI's mpirun and PMI launchers (MPICH, Slurm) set in the
+# processes they start: without one, horovod.init() would quietly make a job of one process.
+LAUNCHER_VARIABLES = ('HOROVOD_RANK', 'OMPI_COMM_WORLD_RANK', 'PMI_RANK')
+
+
+class DistributedError(ValueError):
+    """--kv-store horovod cannot run here (a usage error: the scripts exit 2 with it)."""
+
+
+@dataclass
+class Job:
+    """This process's place in its job; one process alone is rank 0 of size 1."""
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+    hvd: Any = None           # horovod.mxnet, once initialised; None: one process
+
+    @property
+    def writes(self):
+        """Whether this process writes the run's files (rank 0 only)."""
+        return self.rank == 0
+
+    def contexts(self, gpus):
+        """The devices of this process: all of --gpus alone, or under Horovod one per rank,
+        the local_rank-th of --gpus (the GPUs of each host), or the CPU."""
+        if self.hvd is None:
+            return make_contexts(gpus)
+        ids = parse_gpus(gpus)
+        if not ids:
+            return [mx.cpu()]
+        if len(ids) < self.local_size:
+            raise DistributedError(f"--gpus {gpus} lists {len(ids)} GPU(s) for the "
+                                   f"{self.local_size} ranks on this host; list one per rank")
+        return make_contexts(str(ids[self.local_rank]))
+
+
+def require_horovod():
+    """Raises DistributedError unless Horovod is installed with its MXNet part."""
+    try:
+        import horovod.mxnet  # noqa: F401  (fails when built without MXNet)
+    except ImportError as error:
+        raise DistributedError(f"--kv-store horovod: Horovod for MXNet is not installed "
+                               f"({error}); install it with `{INSTALL_COMMAND}`") from None
+
+
+def check_horovod(kv_store):
+    """Raises DistributedError unless `kv_store` is not Horovod's, or Horovod is installed
+    with its MXNet part and this process was started by horovodrun or mpirun."""
+    if kv_store != HOROVOD:
+        return
+    require_horovod()
+    if not any(name in os.environ for name in LAUNCHER_VARIABLES):
+        raise DistributedError("--kv-store horovod: start this script with horovodrun, e.g. "
+                               "`horovodrun -np 2 -H localhost:2 python SCRIPT --kv-store "
+                               "horovod ...`, or with mpirun (docs/multi_machine.md)")
 
 
 def connect(kv_store):
-    """(kvstore, rank, num_workers). A dist kvstore joins its job here (every worker needs its
-    rank before it loads its part of the data); any other stays a name for gluon.Trainer."""
-    if 'dist' in kv_store:
-        kv = mx.kv.create(kv_store)
-        return kv, kv.rank, kv.num_workers
-    return kv_store, 0, 1
+    """The Job of this process: Horovod's ranks for 'horovod', else one process."""
+    if kv_store != HOROVOD:
+        return Job()
+    check_horovod(kv_store)
+    import horovod.mxnet as hvd
+    hvd.init()
+    return Job(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
+               local_size=hvd.local_size(), hvd=hvd)
 
 
-def make_trainer(params, optimizer, optimizer_params, kv):
-    """(trainer, sync): a Trainer whose optimizer states stay in this process, so checkpoints
-    can save them (with a dist kvstore Gluon would update on its servers, and MXNet refuses to
-    save states held there), and for a dist kvstore the DistributedGradients to call between
-    backward and step (None otherwise). The classifier and the detector both train this way.
-    """
-    if isinstance(kv, mx.kvstore.KVStore) and 'dist' in kv.type:
-        trainer = gluon.Trainer(params, optimizer, optimizer_params, kvstore=None,
-                                update_on_kvstore=False)
-        return trainer, DistributedGradients(kv, params)
-    return gluon.Trainer(params, optimizer, optimizer_params, kvstore=kv,
-                         update_on_kvstore=False), None
+def local_first(job, make):
+    """make() on the host's local rank 0 first and then on its other ranks: for what the first
+    call writes into a cache that the others then read (the embedded COCO set)."""
+    if job.local_rank == 0:
+        made = make()
+    _barrier(job)
+    if job.local_rank != 0:
+        made = make()
+    return made
 
 
-def _end_now(code):
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)   # no interpreter shutdown, so no kvstore barrier
+def _barrier(job):
+    if job.size > 1:
+        job.hvd.allreduce(mx.nd.zeros((1,)), name='barrier').wait_to_read()
 
 
-def guard_worker_exit():
-    """Make failures end this process at once (see the module docstring)."""
-    normal_exit = sys.exit
-
-    def excepthook(kind, value, tb):
-        traceback.print_exception(kind, value, tb)
-        _end_now(1)
-
-    def failing_exit(code=None):
-        if code not in (None, 0) and threading.current_thread() is threading.main_thread():
-            if not isinstance(code, int):
-                print(code, file=sys.stderr)
-                code = 1
-            _end_now(code)
-        normal_exit(code)
-
-    sys.excepthook, sys.exit = excepthook, failing_exit
+def make_trainer(params, optimizer, optimizer_params, kv_store, job):
+    """A Trainer whose optimizer states stay in this process (checkpoints save them); step it
+    with the batch of this process. Under Horovod it averages the gradients over the ranks
+    first, so every rank applies the same update."""
+    if job.hvd is not None:
+        return job.hvd.DistributedTrainer(params, optimizer, optimizer_params)
+    return gluon.Trainer(params, optimizer, optimizer_params, kvstore=kv_store,
+                         update_on_kvstore=False)
 
 
-if os.environ.get('DMLC_ROLE') == 'worker':
-    guard_worker_exit()
-
-
-class DistributedGradients:
-    """Gradient all-reduce over a dist kvstore, with the weight updates kept on the workers.
-
-    Gluon's Trainer can do this itself (update_on_kvstore=False), but it broadcasts the initial
-    weights lazily inside the first step(), after a forward pass; on MKLDNN CPUs that pull was
-    seen to race with the weights' re-layout, and two workers started from different weights.
-    Here rank 0's weights are broadcast up front, before any forward pass, and the Trainer
-    (created without a kvstore) only applies the summed gradients, so its optimizer states stay
-    local and go into checkpoints.
-    """
-
-    def __init__(self, kv, params):
-        self.kv = kv
-        self.params = [p for p in params.values() if p.grad_req != 'null']
-
-    def broadcast_parameters(self):
-        for key, param in enumerate(self.params):
-            self.kv.init(key, param.list_data()[0])
-        mx.nd.waitall()
-        self.kv._barrier()   # every worker has seen rank 0's values stored before pulling
-        for key, param in enumerate(self.params):
-            self.kv.pull(key, out=param.list_data(), priority=-key)
+def broadcast_parameters(job, params):
+    """Rank 0's values of `params` (a ParameterDict) on every rank, before any forward pass."""
+    if job.size > 1:
+        job.hvd.broadcast_parameters(params, root_rank=0)
         mx.nd.waitall()
 
-    def allreduce(self):
-        """Sum every gradient over devices and workers, in place."""
-        for key, param in enumerate(self.params):
-            self.kv.pushpull(key, param.list_grad(), out=param.list_grad(), priority=-key)
+
+def _broadcast_bytes(job, data):
+    """Rank 0's `data` (bytes; ignored elsewhere) on every rank."""
+    length = mx.nd.array([len(data) if job.rank == 0 else 0], dtype='int64')
+    length = int(job.hvd.broadcast(length, root_rank=0, name='state_length').asscalar())
+    if length == 0:
+        return b''
+    buffer = mx.nd.zeros((length,), dtype='uint8')
+    if job.rank == 0:
+        buffer[:] = np.frombuffer(data, dtype=np.uint8)
+    return job.hvd.broadcast(buffer, root_rank=0, name='state_bytes').asnumpy().tobytes()
+
+
+def share_state(job, state):
+    """Rank 0's checkpoint state (or None: a new run) on every rank, as data (the checkpoint's
+    own .npz encoding, never a pickle): only rank 0 reads the out-dir, which the other hosts
+    need not see."""
+    if job.size == 1:
+        return state
+    data = b''
+    if job.rank == 0 and state is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **ckpt.encode(state))
+        data = buffer.getvalue()
+    data = _broadcast_bytes(job, data)
+    if not data:
+        return None
+    with np.load(io.BytesIO(data), allow_pickle=False) as loaded:
+        return ckpt.decode({key: loaded[key] for key in loaded.files})

@@ -18,11 +18,11 @@ from . import checkpoint as ckpt
 from . import reporting
 from .config import TrainConfig
 from .data import make_data_source
-from .distributed import connect, make_trainer
+from .distributed import broadcast_parameters, connect, make_trainer, share_state
 from .metrics import EpochMeter, soft_targets
 from .network import make_network, prepare_network
-from .rundir import claim_out_dir, run_identity, start_run, worker_dir
-from .runtime import epoch_seed, make_contexts, seed_everything
+from .rundir import claim_out_dir, run_identity, start_run
+from .runtime import epoch_seed, seed_everything
 from .schedule import learning_rate
 from .source import epoch_rng
 
@@ -44,14 +44,13 @@ def evaluate(net, data, contexts, dtype):
     return meter.result('val')
 
 
-def train_one_epoch(net, trainer, data, epoch, cfg, contexts, num_workers, total_lr,
-                    dist_sync=None):
-    """One pass over this worker's data; returns the epoch's train metrics and timing."""
+def train_one_epoch(net, trainer, data, epoch, cfg, contexts, num_workers, total_lr):
+    """One pass over this process's data; returns the epoch's train metrics and timing (img/s
+    of all `num_workers` processes)."""
     smoothing = cfg.label_smoothing
     use_mixup = cfg.mixup and epoch < cfg.epochs - cfg.mixup_off_epoch
     soft = use_mixup or smoothing > 0
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=not soft)
-    global_batch = data.batch_size * num_workers
     iters = data.num_train // data.batch_size
     mixup_rng = epoch_rng(cfg.seed, epoch, salt=1)
     meter, lr, start = EpochMeter(), 0.0, time.time()
@@ -72,9 +71,9 @@ def train_one_epoch(net, trainer, data, epoch, cfg, contexts, num_workers, total
             outputs = [net(xi.astype(cfg.dtype)).astype('float32') for xi in xs]
             losses = [loss_fn(out, ti) for out, ti in zip(outputs, ts)]
         autograd.backward(losses)
-        if dist_sync is not None:
-            dist_sync.allreduce()
-        trainer.step(global_batch)
+        # Over Horovod the trainer averages the gradients of the ranks first: this is the
+        # step of one process over the global batch.
+        trainer.step(data.batch_size)
         for out, yi, li in zip(outputs, ys, losses):
             meter.update(out, yi, li)
         # The meter has the loss on the host already; a diverged run stops in this epoch,
@@ -102,32 +101,38 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
     wall_start = time.time()
     cfg = config.resolved()
     seed_everything(cfg.seed)
-    contexts = make_contexts(cfg.gpus)
+    job = connect(cfg.kv_store)
+    contexts = job.contexts(cfg.gpus)
     if cfg.dtype == 'float16' and contexts[0].device_type == 'cpu':
         raise ValueError("--dtype float16 needs --gpus: MXNet 1.9 has no float16 GEMM or "
                          "convolution on CPU")
-    kv, rank, num_workers = connect(cfg.kv_store)
-    out_dir = worker_dir(cfg.out_dir, rank, num_workers)
+    out_dir, num_workers = cfg.out_dir, job.size
+    if not job.writes:   # one terminal shows rank 0's bars
+        cfg = dataclasses.replace(cfg, progress=False)
     identity = run_identity(cfg, num_workers)
-    state = start_run(out_dir, RUN_FILES, identity, resume=cfg.resume, overwrite=cfg.overwrite)
+    state = None
+    if job.writes:   # rank 0 alone reads and writes the out-dir
+        state = start_run(out_dir, RUN_FILES, identity, resume=cfg.resume,
+                          overwrite=cfg.overwrite)
 
-    data = data or make_data_source(cfg, len(contexts), rank, num_workers)
+    data = data or make_data_source(cfg, len(contexts), job.rank, num_workers)
     net = prepare_network(cfg, make_network(cfg, data.num_classes, net, symbol),
                           data.data_shape, contexts)
     total_batch = cfg.batch_size * len(contexts) * num_workers
     total_lr = cfg.lr if cfg.lr is not None else cfg.base_lr * total_batch / 256.0
     optimizer_params = {'learning_rate': total_lr, 'wd': cfg.wd, 'momentum': cfg.momentum,
                         'multi_precision': cfg.dtype == 'float16'}
-    trainer, dist_sync = make_trainer(net.collect_params(), cfg.optimizer, optimizer_params, kv)
+    trainer = make_trainer(net.collect_params(), cfg.optimizer, optimizer_params, cfg.kv_store,
+                           job)
 
     history, best, start_epoch = [], {'val_top1': -1.0, 'epoch': 0}, 0
+    state = share_state(job, state)
     if state is not None:
         start_epoch = ckpt.restore_checkpoint(state, net=net, trainer=trainer)
         history, best = state['history'], state['best']
-
-    if dist_sync is not None:
-        dist_sync.broadcast_parameters()
-    claim_out_dir(out_dir, RUN_FILES, overwrite=cfg.overwrite)   # built: now it may write
+    broadcast_parameters(job, net.collect_params())   # rank 0's, restored or initialised
+    if job.writes:
+        claim_out_dir(out_dir, RUN_FILES, overwrite=cfg.overwrite)   # built: now it may write
     last_epoch = cfg.epochs if cfg.stop_after_epochs is None else min(cfg.epochs,
                                                                       cfg.stop_after_epochs)
     epochs_bar = progress(range(start_epoch, last_epoch), cfg.progress, desc='epochs', unit='epoch',
@@ -136,10 +141,13 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
         seed_everything(epoch_seed(cfg.seed, epoch))
         row = {'epoch': epoch + 1}
         row.update(train_one_epoch(net, trainer, data, epoch, cfg, contexts, num_workers,
-                                   total_lr, dist_sync))
-        row.update(evaluate(net, data, contexts, cfg.dtype))
+                                   total_lr))
         ckpt.require_finite(net, f'after epoch {epoch + 1}')
+        if job.writes:   # the other ranks hold the same weights; rank 0 evaluates, records
+            row.update(evaluate(net, data, contexts, cfg.dtype))
         history.append(row)
+        if not job.writes:
+            continue
         ckpt.save_parameters(net, os.path.join(out_dir, LAST_PARAMS))
         if row['val_top1'] > best['val_top1']:
             best = {'val_top1': row['val_top1'], 'val_top5': row['val_top5'], 'epoch': epoch + 1}
@@ -155,9 +163,10 @@ def train(config: TrainConfig, net=None, symbol=None, data=None) -> dict:
         if cfg.progress:
             epochs_bar.write(message)
 
-    summary = make_summary(cfg, data, net, history, best, out_dir, num_workers, rank,
+    summary = make_summary(cfg, data, net, history, best, out_dir, num_workers, job.rank,
                            time.time() - wall_start, finished=len(history) == cfg.epochs)
-    reporting.write_summary(out_dir, summary)
+    if job.writes:
+        reporting.write_summary(out_dir, summary)
     return summary
 
 

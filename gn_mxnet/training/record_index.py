@@ -3,7 +3,7 @@
 
 Without an index, ImageRecordIter's ``num_parts`` cuts the file into parts of equal *bytes*;
 with images of uneven sizes the parts hold different numbers of records, a worker with a short
-part ends its epoch early, and the others wait for it in ``dist_sync`` forever. Given the index
+part ends its epoch early, and the others wait for it in their next allreduce. Given the index
 (``path_imgidx``), dmlc-core's indexed splitter cuts by *records* instead: part k holds records
 [k·s, (k+1)·s) of the file's order with s = ceil(n / parts), so only the last part is shorter.
 """

@@ -35,11 +35,6 @@ RESUME_REMEDY = "Resume with the saved settings, or start a new run (another --o
 LATER_SETTINGS = {'conv': 'plain'}
 
 
-def worker_dir(out_dir, rank, num_workers):
-    """Each worker of a multi-machine job writes its own files, in out_dir/worker<rank>."""
-    return out_dir if num_workers == 1 else os.path.join(out_dir, f'worker{rank}')
-
-
 def config_identity(cfg, bookkeeping):
     """The settings of dataclass `cfg` that decide what a run computes: every field except the
     `bookkeeping` ones, so a field added later is compared on resume unless declared harmless.

@@ -20,7 +20,8 @@ class DataSource:
     """Yields ``(data, label)`` NDArray batches from ``train_batches(epoch)`` and
     ``val_batches()``. Training order depends only on ``(seed, epoch)``, never on what ran
     before. With several workers (``num_parts``) each worker reads a disjoint part of equal
-    size, so every worker runs the same number of steps (``dist_sync`` hangs otherwise)."""
+    size, so every worker runs the same number of steps (each step's Horovod allreduce waits
+    for every rank: a worker that ran out of data early would leave the others waiting)."""
     num_classes: int
     data_shape: tuple          # (C, H, W) of one sample
     num_train: int             # training samples this worker sees per epoch

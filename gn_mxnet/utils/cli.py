@@ -16,7 +16,7 @@ writes, ``--gn-backend``, ``--epochs``, ``--lr-decay-epochs``, and ``-j`` only f
 data-loading workers (tests/test_script_options.py).
 
 Standard library only, and the choices are read lazily, so a bad number is refused before MXNet
-is imported (instantly, and where MXNet cannot be imported at all, as for train/launch.py).
+is imported (instantly).
 """
 import argparse
 import contextlib

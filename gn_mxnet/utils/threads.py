@@ -5,10 +5,10 @@ half of omp_get_num_procs() on x86 (src/engine/openmp.cc), assuming two hyperthr
 On a machine whose cores run one thread each that leaves half of them idle: on this project's
 2-core machines a Mask R-CNN training step and a ResNet-50 classifier epoch ran 1.3x faster
 with 2 threads than with MXNet's 1 (results/threads/). The training scripts call
-use_every_core() before they import MXNet; a value the user set is kept. Workers that share a
-machine share its cores: the distributed launcher (training.launcher) tells each process it
-starts how many workers run on its host, and each takes its part, so two workers on two cores
-run one thread each instead of two threads each, whose teams would wait on each other.
+use_every_core() before they import MXNet; a value the user set is kept. Processes that share a
+machine share its cores: horovodrun (and mpirun) tell each process it starts how many of the
+job's processes run on its host, and each takes its part, so two ranks on two cores run one
+thread each instead of two threads each, whose teams would wait on each other.
 """
 import os
 import sys
@@ -27,15 +27,19 @@ def physical_cores():
     return max(1, len(cores))
 
 
-# Set by training.launcher on every process it starts: the number of workers on that host.
-WORKERS_ON_HOST = 'GN_MXNET_WORKERS_ON_HOST'
+# The number of the job's processes on this host, as horovodrun (Gloo) and Open MPI's mpirun
+# set it in every process they start; the first one set counts.
+LOCAL_SIZE_VARIABLES = ('HOROVOD_LOCAL_SIZE', 'OMPI_COMM_WORLD_LOCAL_SIZE')
 
 
 def workers_on_host():
-    value = os.environ.get(WORKERS_ON_HOST, '1')
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{WORKERS_ON_HOST} must be a positive integer, got {value!r}")
-    return int(value)
+    for name in LOCAL_SIZE_VARIABLES:
+        value = os.environ.get(name)
+        if value is not None:
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            return int(value)
+    return 1
 
 
 def cores_per_worker():
