@@ -97,21 +97,30 @@ bool known(const std::vector<unsigned int>& shape) {
   return true;
 }
 
-// A lib_api op sees its input shapes only. An unknown weight (deferred init, simple_bind with
-// the data shape alone) is passed through unknown: the fronts' tie of w_hat to the weight lets
-// MXNet fill it from the convolution, and this runs again with it known.
+// A lib_api op sees its input shapes only, and has no way to report an output shape as unknown:
+// a weight whose shape is unknown when the op is reached (nnvm infers in graph order) cannot
+// wait for the convolution to size it. The fronts that build the convolution tie the weight to
+// a shape computed from the data upstream of the op (weight_standardization.weight_shape_like).
 MXReturnValue inferShape(const AttrMap& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
                          std::vector<std::vector<unsigned int>>* out_shapes) {
   start_call();
   Attrs parsed;
   if (!parse_attrs(attrs, &parsed)) return MX_FAIL;
   const std::vector<unsigned int>& shape = (*in_shapes)[0];
-  if (known(shape) && shape.size() < 2) {
+  if (!known(shape)) {
+    error() << kOp << "the shape of the weight is not known when the graph is inferred, and this "
+            << "op cannot take it from the convolution: give the weight variable its shape "
+            << "(mx.sym.var(name, shape=...)), or build the convolution with "
+            << "gn_mxnet.sym.std_convolution or gn_mxnet.gluon.StdConv2D, which take it from "
+            << "the data";
+    return MX_FAIL;
+  }
+  if (shape.size() < 2) {
     error() << kOp << "weight must have at least 2 dimensions (out_channels, ...), got "
             << shape.size();
     return MX_FAIL;
   }
-  *out_shapes = {known(shape) ? shape : std::vector<unsigned int>{}};
+  *out_shapes = {shape};
   return MX_SUCCESS;
 }
 

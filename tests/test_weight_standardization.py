@@ -219,6 +219,23 @@ def test_compiled_op_refuses_with_the_same_words(native_library):
         mx.nd.WeightStandardization(mx.nd.ones((4,))).wait_to_read()
 
 
+def test_native_symbol_weight_needs_its_shape(native_library):
+    """The compiled op cannot take the weight's shape from the convolution: a partly known one
+    is refused in words that name the fixes; a shaped variable, or a shape given at bind time,
+    binds (std_convolution and StdConv2D supply it from the data: tests below)."""
+    def conv(weight):
+        w_hat = gn_mxnet.standardize_weight(weight, backend='native')
+        return mx.sym.Convolution(mx.sym.var('data'), w_hat, kernel=(3, 3), num_filter=4,
+                                  no_bias=True)
+    with pytest.raises(mx.base.MXNetError, match='shape of the weight is not known.*'
+                                                 'gn_mxnet.sym.std_convolution'):
+        conv(mx.sym.var('w', shape=(4, 0, 3, 3))).infer_shape(data=(2, 3, 5, 5))
+    for weight, given in ((mx.sym.var('w', shape=(4, 3, 3, 3)), {}),
+                          (mx.sym.var('w'), {'w': (4, 3, 3, 3)})):
+        bound = conv(weight).simple_bind(mx.cpu(), data=(2, 3, 5, 5), **given)
+        assert bound.arg_dict['w'].shape == (4, 3, 3, 3)
+
+
 @pytest.mark.parametrize('backend', WS_BACKENDS)
 def test_symbol_std_convolution_equals_gluon(native_library, backend):
     """Bound from the data shape alone (the weight is sized by the convolution), named as

@@ -12,7 +12,7 @@ With K the number of weights per output channel, m their mean and c = w - m:
   1e-6 by default (BiT passes 1e-8). This is timm's ``StdConv2d`` (timm/layers/std_conv.py:
   ``F.batch_norm(weight.reshape(1, O, -1), None, None, training=True, eps=eps)``, whose
   training-mode batch norm divides by sqrt(biased variance + eps)). Older timm releases wrote
-  ``(w - mean) / (std_biased + eps)``; the current form is the one BiT's weights are used with.
+  ``(w - mean) / (std_biased + eps)``; this follows the current one.
 
 Defined where the sources are not: K = 1 (a 1x1 conv with one input channel) has no unbiased
 std (torch gives NaN); here its std is 0, so 'qiao' gives w_hat = 0 and a zero gradient. A
@@ -53,7 +53,12 @@ def standardize_weight(weight, eps=None, convention=DEFAULT_CONVENTION, backend=
     """Weight Standardization of `weight` (NDArray or Symbol, (out_channels, ...), ndim >= 2):
     per output channel over all other axes, by `convention` ('qiao' or 'timm', formulas in this
     module's docstring) with `eps` (None: 1e-5 for 'qiao', 1e-6 for 'timm'). Differentiable;
-    returns w_hat of weight's shape and dtype."""
+    returns w_hat of weight's shape and dtype.
+
+    With backend 'native', a Symbol weight's shape must be known when the graph is bound (a
+    variable with shape=, or its shape given to simple_bind): the compiled op cannot take it from
+    the convolution (MXNetError naming the fix; a weight of unknown ndim fails inside lib_api
+    with std::bad_alloc). StdConv2D and sym.std_convolution take it from the data."""
     F = _namespace(weight)
     return standardize(F, weight, validation.parse_ws_attrs(eps, convention),
                        validation.check_ws_backend(backend))
