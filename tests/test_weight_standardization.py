@@ -6,6 +6,7 @@ process; one clear ValueError for bad input."""
 import os
 import subprocess
 import sys
+import threading
 
 import mxnet as mx
 import numpy as np
@@ -234,6 +235,40 @@ def test_native_symbol_weight_needs_its_shape(native_library):
                           (mx.sym.var('w'), {'w': (4, 3, 3, 3)})):
         bound = conv(weight).simple_bind(mx.cpu(), data=(2, 3, 5, 5), **given)
         assert bound.arg_dict['w'].shape == (4, 3, 3, 3)
+
+
+def test_messages_stay_with_their_call_across_threads_and_ops(native_library):
+    """Both ops of the library report through one per-thread message list
+    (operators/group_norm_op_messages.h): failing calls of each, made at once from several
+    threads between good ones, each raise their own words only."""
+    problems = []
+    w = np.random.default_rng(2).standard_normal((6, 3, 3, 3))
+    want = reference(w, 'qiao', 1e-5)
+
+    def worker():
+        for _ in range(10):
+            for call, own, other in (
+                    (lambda: mx.nd.WeightStandardization(mx.nd.ones((4, 3)), convention='x'),
+                     "convention must be one of 'qiao', 'timm'", 'num_groups'),
+                    (lambda: mx.nd.GroupNormalization(mx.nd.ones((2, 6, 4)), mx.nd.ones(6),
+                                                      mx.nd.zeros(6), num_groups=4),
+                     'num_groups (4) must divide', 'convention')):
+                try:
+                    call()[0].wait_to_read()
+                    problems.append('no error: ' + own)
+                except mx.base.MXNetError as error:
+                    if own not in str(error) or other in str(error):
+                        problems.append(str(error)[-300:])
+            got = mx.nd.WeightStandardization(mx.nd.array(w, dtype='float64')).asnumpy()
+            if np.abs(got - want).max() > 1e-12:
+                problems.append('wrong result')
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not problems, problems[:3]
 
 
 @pytest.mark.parametrize('backend', WS_BACKENDS)
