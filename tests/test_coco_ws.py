@@ -162,3 +162,26 @@ def test_train_coco_conv_ws_takes_the_gn_ws_pretraining(tmp_path, monkeypatch, c
         train_coco.parse_args(['--norm', 'bn', '--conv', 'ws'])
     assert refused.value.code == 2
     assert 'error: --conv ws needs --norm gn' in capsys.readouterr().err
+
+
+def test_a_spread_grey_ws_stem_feeds_its_gn_what_the_grey_classifier_did(native_library):
+    """The comparison spreads the grey classifier's stem over 3 identical channels (w/3 each,
+    gn_mxnet.convert --input-channels 3). Standardized over (3, 7, 7), each copy is the whole
+    standardized filter again (x sqrt(146/144): the unbiased std's n-1), so a WS stem's output
+    is 3 sqrt(146/144) times the classifier's; the GN after it removes that scale."""
+    from gn_mxnet.gluon import GroupNorm, StdConv2D
+    rng = np.random.RandomState(0)
+    grey = (rng.randn(64, 1, 7, 7) * 0.05).astype(np.float32)
+    image = rng.rand(2, 1, 32, 32).astype(np.float32)
+    convs, normed = [], []
+    for weight, x in ((grey, image), (np.repeat(grey / 3, 3, axis=1), np.repeat(image, 3, 1))):
+        conv = StdConv2D(64, 7, strides=2, padding=3, use_bias=False, in_channels=len(x[0]))
+        norm = GroupNorm(32, in_channels=64)
+        conv.initialize()
+        norm.initialize()
+        conv.weight.set_data(mx.nd.array(weight))
+        convs.append(conv(mx.nd.array(x)))
+        normed.append(norm(convs[-1]).asnumpy())
+    ratio = convs[1].asnumpy() / convs[0].asnumpy()
+    assert np.median(ratio) == pytest.approx(3 * np.sqrt(146 / 144), rel=1e-3)
+    np.testing.assert_allclose(normed[1], normed[0], rtol=1e-3, atol=1e-4)

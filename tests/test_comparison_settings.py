@@ -44,7 +44,7 @@ def test_comparison_reuses_a_row_only_for_the_same_settings(tmp_path, monkeypatc
     logs = []
     rows = comparison.run_comparison(s, log=logs.append)
     assert sorted(c for c in calls if c[0] != 'pretrain') == [('gn', 0, 3), ('gn', 0, 3)]
-    assert [r['epochs'] for r in rows] == [3, 3] and 'gn seed 0' in logs[0]
+    assert [int(r['epochs']) for r in rows] == [3, 3] and 'gn seed 0' in logs[0]
     assert '99.0' not in (tmp_path / comparison.REPORT_NAME).read_text()
     with open(tmp_path / comparison.CSV_NAME) as f:
         on_disk = list(csv.DictReader(f))
@@ -157,3 +157,24 @@ def test_gn_ws_arm_pretrains_with_ws_fine_tunes_with_ws_and_retrains_nothing_els
     cmd = comparison.pretrain_command(s, 'gn_ws')
     assert cmd[cmd.index('--conv') + 1] == 'ws' and cmd[-1].endswith('pretrain/gn_ws')
     assert comparison.pretrain_config(s, 'gn_ws').conv == 'ws'
+
+
+def test_rows_another_process_added_meanwhile_are_kept(tmp_path, monkeypatch):
+    """Two processes on one root (seeds side by side once the backbones exist): each reads
+    runs.csv again before adding its row, so neither drops the other's."""
+    calls = []
+    comparison = _fake_comparison(monkeypatch, calls)
+    s = comparison.ComparisonSettings(root=str(tmp_path), arms=('gn_scratch',), seeds=(0,),
+                                      finetune={'epochs': 3})
+    other = dict(arm='gn_scratch', norm='gn', pretrained='', seed=1,
+                 settings=comparison.fingerprint(s), pretrain_val_top1='', epochs=3,
+                 num_train=160, seconds=1, **{k: 0.5 for k in comparison.AP_COLUMNS})
+    fake_run = comparison.run
+
+    def run_while_another_process_writes(cfg):
+        write_csv(str(tmp_path / comparison.CSV_NAME), [other], comparison.CSV_COLUMNS)
+        return fake_run(cfg)
+    monkeypatch.setattr(comparison, 'run', run_while_another_process_writes)
+    rows = comparison.run_comparison(s, log=lambda *_: None)
+    assert sorted(int(r['seed']) for r in rows) == [0, 1]
+    assert '| gn_scratch | 2 |' in (tmp_path / comparison.REPORT_NAME).read_text()

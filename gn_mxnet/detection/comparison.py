@@ -18,6 +18,8 @@ Every arm fine-tunes with the same schedule, once per seed. ``root`` holds
 ``backbone.params``, ``finetune/<arm>_seed<k>/`` (the detector run),
 ``runs.csv`` (one row per finished fine-tune, rewritten atomically) and ``comparison.md``.
 Stopped, it resumes: finished rows are kept, a half-done run continues from its checkpoint.
+Once the backbones exist (``stage='pretrain'``), processes running other arms or seeds on the
+same root may run side by side: each reads ``runs.csv`` again before adding its row.
 
 Every row carries the fingerprint of every setting of the comparison (``settings``: the
 pretrainings', the fine-tune's and the converter's), and only rows with this comparison's
@@ -287,7 +289,9 @@ def run_comparison(s, stage='all', log=print):
         row = dict(arm=arm, norm=cfg.norm, pretrained=path, seed=seed, settings=fingerprint(s),
                    pretrain_val_top1=top1, epochs=cfg.epochs, num_train=cfg.num_train,
                    seconds=round(time.time() - tic, 1), **summary['final'])
-        rows.append(row)
+        # Read again: a second process on this root (other arms or seeds, started once the
+        # backbones exist) may have added rows since; they stay.
+        rows = (read_csv(csv_path) if os.path.isfile(csv_path) else []) + [row]
         write_csv(csv_path, rows, CSV_COLUMNS, fill_missing=True)   # older rows: no settings
         log('%s seed %d: bbox AP %.4f segm AP %.4f (%.0f s)'
             % (arm, seed, row['bbox_AP'], row['segm_AP'], row['seconds']))
