@@ -163,13 +163,19 @@ def test_resume_after_stop_equals_uninterrupted(uninterrupted, tmp_path):
 
 
 def test_resume_identity_is_every_field_but_bookkeeping():
+    """...and but a setting added later while it has the value every earlier run had
+    (rundir.LATER_SETTINGS: conv 'plain'), which joins the identity at any other value."""
     from gn_mxnet.training.config import BOOKKEEPING
+    from gn_mxnet.training.rundir import LATER_SETTINGS
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert set(BOOKKEEPING) < fields
+    assert set(BOOKKEEPING) < fields and set(LATER_SETTINGS) < fields
     rec = TrainConfig(rec_train='t.rec', rec_val='v.rec', gpus='0,1').identity()
-    assert set(rec) == fields - set(BOOKKEEPING)
+    assert set(rec) == fields - set(BOOKKEEPING) - set(LATER_SETTINGS)
     assert rec['gpus'] == 2   # the device count (total batch), not which devices
-    assert set(TrainConfig().identity()) == fields - set(BOOKKEEPING) - {'data_threads'}
+    assert set(TrainConfig().identity()) == (fields - set(BOOKKEEPING) - set(LATER_SETTINGS)
+                                             - {'data_threads'})
+    assert set(TrainConfig(conv='ws').identity()) == (fields - set(BOOKKEEPING)
+                                                      - {'data_threads'})
 
 
 # Runs a script whose second checkpoint write SIGKILLs its own process half-way through the
