@@ -129,6 +129,19 @@ def test_horovod_is_refused_outside_a_job_with_one_line(tmp_path, monkeypatch):
     assert not (tmp_path / 'run').exists()
 
 
+def test_each_rank_takes_its_hosts_gpu_by_local_rank():
+    """--gpus lists a host's GPUs; rank k of the host takes the k-th (this machine has none,
+    so the error names the GPU it took); without --gpus every rank runs on the CPU."""
+    import mxnet as mx
+    job = distributed.Job(rank=3, size=4, local_rank=1, local_size=2, hvd=object())
+    assert job.contexts('') == [mx.cpu()]
+    with pytest.raises(ValueError, match=r'GPU\(s\) 5,'):
+        job.contexts('3,5')
+    with pytest.raises(distributed.DistributedError, match='lists 1 GPU.* for the 2 ranks'):
+        job.contexts('0')
+    assert not job.writes and distributed.Job().writes
+
+
 def classifier_job(tmp, name, kv_store='horovod', batch='4', mode=()):
     return [JOB, 'classifier', str(tmp / name), str(tmp / f'{name}_weights'), kv_store, batch,
             *mode]
