@@ -15,7 +15,7 @@ ort = pytest.importorskip('onnxruntime', reason='the onnx extra is not installed
 
 import gn_mxnet  # noqa: E402
 import gn_mxnet.onnx as gn_onnx  # noqa: E402
-from gn_mxnet.models import get_model, to_symbol_params  # noqa: E402
+from gn_mxnet.models import get_model, make_conv, to_symbol_params  # noqa: E402
 from gn_mxnet.gluon import StdConv2D  # noqa: E402
 from gn_mxnet.operator.validation import WS_BACKENDS, WS_CONVENTIONS  # noqa: E402
 from gn_mxnet.sym import GroupNorm  # noqa: E402
@@ -43,6 +43,14 @@ def relative_error(got, want):
 
 def op_types(path):
     return [node.op_type for node in onnx.load(path).graph.node]
+
+
+def export_hybridized(block, tmp_path, shape, name):
+    """block.export's files, exported to ONNX by gn_mxnet.onnx; returns the .onnx path."""
+    block.export(str(tmp_path / name))
+    return gn_onnx.export_model(str(tmp_path / (name + '-symbol.json')),
+                                str(tmp_path / (name + '-0000.params')), [shape], np.float32,
+                                str(tmp_path / (name + '.onnx')))
 
 
 def gn_params(prefix, channels, rng):
@@ -157,10 +165,7 @@ def test_exported_gluoncv_resnet_with_gn_matches_mxnet(model, tmp_path):
     randomize_norms(net, rng)
     net.hybridize()
     want = net(x).asnumpy()
-    net.export(str(tmp_path / model))
-    path = gn_onnx.export_model(str(tmp_path / (model + '-symbol.json')),
-                                str(tmp_path / (model + '-0000.params')), [x.shape],
-                                np.float32, str(tmp_path / (model + '.onnx')))
+    path = export_hybridized(net, tmp_path, x.shape, model)
     assert op_types(path).count('InstanceNormalization') == (20 if model == 'resnet18_v1b'
                                                               else 53)
     _, (got,) = run_onnxruntime(path, {'data': x.asnumpy()})
@@ -354,15 +359,10 @@ def test_std_conv2d_exported_from_gluon_matches_mxnet(backend, convention, use_b
     conv.hybridize()
     x = rng.normal(0, 1, (2, 4, 7, 7)).astype(np.float32)
     want = conv(mx.nd.array(x)).asnumpy()
-    conv.export(str(tmp_path / 'ws'))
-    path = gn_onnx.export_model(str(tmp_path / 'ws-symbol.json'),
-                                str(tmp_path / 'ws-0000.params'), [x.shape], np.float32,
-                                str(tmp_path / 'ws.onnx'))
-    _, (got,) = run_onnxruntime(path, {'data': x})
+    _, (got,) = run_onnxruntime(export_hybridized(conv, tmp_path, x.shape, 'ws'), {'data': x})
     error = relative_error(got, want)
     print('StdConv2D %s %s bias=%s groups=%d: onnxruntime vs MXNet, max |difference| %.2g, '
-          'relative %.2g' % (backend, convention, use_bias, groups, np.abs(got - want).max(),
-                             error))
+          'relative %.2g' % (backend, convention, use_bias, groups, abs(got - want).max(), error))
     assert error <= WS_TOLERANCE
 
 
@@ -372,7 +372,6 @@ def test_exported_ws_resnet_matches_mxnet(convention, tmp_path):
     (the 'ops' backends), random norms, exported and run in onnxruntime. The GN after each
     conv would hide a wrong per-layer scale of w_hat (a missing K / (K - 1)): the tests above
     check w_hat and a lone conv for that; this one checks whole graphs export and agree."""
-    from gn_mxnet.models.convs import make_conv
     mx.random.seed(10)
     rng = np.random.RandomState(10)
     net = get_model('resnet8_small', num_classes=10, norm='gn', num_groups=8,
@@ -383,12 +382,9 @@ def test_exported_ws_resnet_matches_mxnet(convention, tmp_path):
     randomize_norms(net, rng)
     net.hybridize()
     want = net(mx.nd.array(x)).asnumpy()
-    net.export(str(tmp_path / 'net'))
+    path = export_hybridized(net, tmp_path, x.shape, 'net')
     with open(tmp_path / 'net-symbol.json') as f:
         assert 'WeightStandardization' in {node['op'] for node in json.load(f)['nodes']}
-    path = gn_onnx.export_model(str(tmp_path / 'net-symbol.json'),
-                                str(tmp_path / 'net-0000.params'), [x.shape], np.float32,
-                                str(tmp_path / 'net.onnx'))
     _, (got,) = run_onnxruntime(path, {'data': x})
     errors = {'gluon, native': relative_error(got, want)}
     arg_params, aux_params = to_symbol_params(net)
