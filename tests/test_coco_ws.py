@@ -15,6 +15,7 @@ from gluoncv.nn.feature import FPNFeatureExpander
 from gn_mxnet.detection import model
 from gn_mxnet.detection.engine import DetectionConfig, run
 from gn_mxnet.detection.fpn import FPNFeatures
+from gn_mxnet.models.convs import make_conv
 from gn_mxnet.models.norms import make_norm
 from gn_mxnet.training import checkpoint as ckpt
 from test_coco import SMALL_SPEC, embedded  # noqa: F401 (the module's fixture, reused)
@@ -77,30 +78,34 @@ def test_ws_standardizes_every_conv_a_gn_follows_under_plain_names(detectors):
     assert [type(c) for c in convs(ws.rpn)] == [mx.gluon.nn.Conv2D] * 3
 
 
-def test_each_standardized_weight_is_qiaos(detectors):
-    """The WS convs of the FPN (Symbol) and the backbone's stem and shortcuts (Gluon) convolve
-    Qiao et al.'s standardization of their own weight (mmcv's ConvWS2d: unbiased std, eps
-    1e-5): the Convolution node's weight input, evaluated from a random weight, against float64
-    NumPy. (That every conv there has a computed weight input, the test above checks.)"""
-    _, ws = detectors
-    symbol = ws.features._cached_graph[1]
-    nodes = json.loads(symbol.tojson())['nodes']
-    internals, rng, checked = symbol.get_internals(), np.random.RandomState(0), 0
-    outputs, params = internals.list_outputs(), ws.features.collect_params()
-    for node in nodes:
-        if node['op'] != 'Convolution' or not (node['name'].startswith(('P', 'resnetv1b_conv0'))
-                                               or '_down' in node['name']):
-            continue
-        source = nodes[node['inputs'][1][0]]
-        weight = internals[outputs.index(source['name'] + '_output')]
-        name, = weight.list_arguments()   # computed from the conv's own weight only
-        assert name == node['name'].replace('_fwd', '') + '_weight'
-        shape = params[name].shape
-        value = rng.randn(*shape).astype(np.float32) * 0.1 + 0.02
-        ours = weight.eval(**{name: mx.nd.array(value)})[0].asnumpy()
-        np.testing.assert_allclose(ours, _qiao(value), rtol=1e-4, atol=1e-5, err_msg=name)
-        checked += 1
-    assert checked == 9 + 1 + 4
+def test_ws_fpn_convolves_qiaos_standardized_weights(native_library):
+    """The WS FPN (Symbol convs) computes the plain FPN of each weight standardized as Qiao et
+    al. do (mmcv's ConvWS2d: unbiased std, eps 1e-5), on a small stand-in for the backbone's
+    C2..C5; the head convs (Gluon) likewise."""
+    data = mx.sym.var('data')
+    stages, x = [], data
+    for k in (2, 3, 4, 5):
+        x = mx.sym.Pooling(x, kernel=(2, 2), stride=(2, 2), pool_type='avg', name='c%d' % k)
+        stages.append('c%d' % k)
+    nets = [FPNFeatures(x, stages, 8, conv) for conv in ('plain', 'ws')]
+    for net in nets:
+        net.initialize()
+    image = mx.nd.array(np.random.RandomState(0).rand(1, 8, 64, 64))
+    nets[0](image)   # shapes, then the plain FPN gets the WS one's weights, standardized
+    nets[1](image)
+    ws_params = nets[1].collect_params()
+    for name, param in nets[0].collect_params().items():
+        param.set_data(mx.nd.array(_qiao(ws_params[name].data().asnumpy())))
+    for plain, ws in zip(nets[0](image), nets[1](image)):
+        np.testing.assert_allclose(ws.asnumpy(), plain.asnumpy(), rtol=1e-4, atol=1e-5)
+    conv = model._box_head(make_norm('gn', 32, 'native'), make_conv('ws'))[1][0]
+    conv.initialize()
+    feature = mx.nd.array(np.random.RandomState(1).rand(1, 256, 7, 7))
+    ours = conv(feature).asnumpy()
+    weight = _qiao(conv.weight.data().asnumpy())
+    theirs = mx.nd.Convolution(feature, mx.nd.array(weight), kernel=(3, 3), pad=(1, 1),
+                               num_filter=256, no_bias=True).asnumpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize('norm', ['gn', 'bn'])
