@@ -5,8 +5,6 @@ Skipped where Horovod is not installed (tools/install_horovod.sh), except under 
 where its absence fails: the README's test command installs it.
 """
 import csv
-import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,19 +24,7 @@ HOROVODRUN = os.path.join(os.path.dirname(sys.executable), 'horovodrun')
 FAILURE_SECONDS = 60
 
 
-def _horovod_missing():
-    """Why Horovod for MXNet cannot run here, or None. Looked up without importing it: its
-    MXNet module would put libmxnet.so into the global symbol scope of the whole test run."""
-    spec = importlib.util.find_spec('horovod')
-    if spec is None:
-        return 'no horovod package'
-    folder = os.path.join(list(spec.submodule_search_locations)[0], 'mxnet')
-    if not glob.glob(os.path.join(folder, 'mpi_lib*.so')):
-        return 'horovod was built without MXNet'
-    return None if os.path.isfile(HOROVODRUN) else f'{HOROVODRUN} is missing'
-
-
-MISSING = _horovod_missing()
+MISSING = distributed.horovod_missing()   # looked up without importing horovod.mxnet
 # The README's test command installs Horovod: under CI its absence fails these tests.
 needs_horovod = pytest.mark.skipif(bool(MISSING) and not os.environ.get('CI'),
                                    reason=f'Horovod not installed ({MISSING}); '
@@ -112,9 +98,12 @@ def weights(path):
 
 def test_horovod_is_refused_outside_a_job_with_one_line(tmp_path, monkeypatch):
     """Not installed, or not started by horovodrun/mpirun: a usage error naming the fix."""
-    monkeypatch.setitem(sys.modules, 'horovod.mxnet', None)   # importing it now fails
-    with pytest.raises(distributed.DistributedError, match='tools/install_horovod.sh'):
+    monkeypatch.setattr(distributed, 'find_spec', lambda name: None)   # no horovod package
+    with pytest.raises(distributed.DistributedError,
+                       match=r'not installed \(no horovod package\); install it with '
+                             r'`bash tools/install_horovod.sh`'):
         distributed.check_horovod('horovod')
+    monkeypatch.undo()
     distributed.check_horovod('device')   # other kvstores need nothing
     if MISSING:
         return

@@ -16,9 +16,12 @@ rank of one job. The classifier and the detector both train this way:
 A rank that raises ends its process; Horovod shuts down on the others (their next collective
 raises) and horovodrun ends every process of the job and exits non-zero.
 """
+import glob
 import io
 import os
+import sys
 from dataclasses import dataclass
+from importlib.util import find_spec
 from typing import Any
 
 import mxnet as mx
@@ -67,13 +70,26 @@ class Job:
         return make_contexts(str(ids[self.local_rank]))
 
 
+def horovod_missing():
+    """Why Horovod for MXNet is not installed here, or None. Looked up in its files, as
+    horovod's own check_extension does, not imported: importing horovod.mxnet loads libmxnet.so
+    into the global symbol scope of the whole process."""
+    spec = find_spec('horovod')
+    if spec is None or not spec.submodule_search_locations:
+        return 'no horovod package'
+    folder = os.path.join(list(spec.submodule_search_locations)[0], 'mxnet')
+    if not glob.glob(os.path.join(folder, 'mpi_lib*.so')):
+        return 'horovod was built without MXNet'
+    horovodrun = os.path.join(os.path.dirname(sys.executable), 'horovodrun')
+    return None if os.path.isfile(horovodrun) else f'{horovodrun} is missing'
+
+
 def require_horovod():
     """Raises DistributedError unless Horovod is installed with its MXNet part."""
-    try:
-        import horovod.mxnet  # noqa: F401  (fails when built without MXNet)
-    except ImportError as error:
+    missing = horovod_missing()
+    if missing:
         raise DistributedError(f"--kv-store horovod: Horovod for MXNet is not installed "
-                               f"({error}); install it with `{INSTALL_COMMAND}`") from None
+                               f"({missing}); install it with `{INSTALL_COMMAND}`")
 
 
 def check_horovod(kv_store):
