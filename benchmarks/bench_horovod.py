@@ -35,8 +35,9 @@ def command(processes, batch, epochs, out_dir):
     if processes == 1:
         return train
     horovodrun = os.path.join(os.path.dirname(sys.executable), 'horovodrun')
-    return [horovodrun, '--gloo', '-np', str(processes), '-H', f'localhost:{processes}',
-            *train, '--kv-store', 'horovod']
+    # A loaded machine can start one rank over Gloo's default 30 s after the other.
+    return [horovodrun, '--gloo', '--gloo-timeout-seconds', '300', '-np', str(processes),
+            '-H', f'localhost:{processes}', *train, '--kv-store', 'horovod']
 
 
 def run_one(processes, threads, global_batch, epochs, out_dir):

@@ -22,6 +22,10 @@ IMAGENET = os.path.join(REPO, 'train', 'train_imagenet.py')
 HOROVODRUN = os.path.join(os.path.dirname(sys.executable), 'horovodrun')
 # How long a failed job may take to end, all its processes gone.
 FAILURE_SECONDS = 60
+# Horovod's Gloo rendezvous fails when a rank reaches hvd.init() over 30 s (its default) after
+# another: measured with a rank that sleeps 40 s first. On a loaded machine importing gluoncv
+# can take that long, so the jobs here wait longer; a rank that fails still ends the job at once.
+GLOO_TIMEOUT = ['--gloo-timeout-seconds', '300']
 
 
 # Looked up without importing horovod.mxnet (see horovod_missing).
@@ -43,7 +47,7 @@ def _start_job(command, ranks=2):
     if MISSING:   # only under CI: elsewhere the tests that start jobs are skipped
         pytest.fail(f"Horovod is not installed ({MISSING}); the README's test command "
                     f"installs it with tools/install_horovod.sh")
-    argv = [HOROVODRUN, '--gloo', '-np', str(ranks), '-H', f'localhost:{ranks}',
+    argv = [HOROVODRUN, '--gloo', *GLOO_TIMEOUT, '-np', str(ranks), '-H', f'localhost:{ranks}',
             sys.executable, *command]
     return subprocess.Popen(argv, cwd=REPO, env=_environment(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
