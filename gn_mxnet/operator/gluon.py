@@ -1,7 +1,10 @@
 """Gluon layers: `GroupNorm` (per-channel gamma/beta, any backend, a drop-in `norm_layer`) and
 `StdConv2D` (nn.Conv2D with Weight Standardization)."""
+import sys
+import weakref
+
 from mxnet import ndarray
-from mxnet.gluon import HybridBlock, nn
+from mxnet.gluon import HybridBlock, Parameter, nn
 
 from . import weight_standardization as ws
 from .front import normalize
@@ -91,14 +94,54 @@ class StdConv2D(nn.Conv2D):
         return self._ws_backend
 
     def hybrid_forward(self, F, x, weight, bias=None):
+        # The native op writes its gradient; a guard copy lets MXNet add it where asked. Only
+        # a weight whose grad_req is 'add' needs it (in ResNet-50 the copies cost as much as
+        # the op: docs/benchmarks.md), and a graph traced without it is dropped when that
+        # changes (_GradReqWatched).
+        added = self.weight.grad_req == 'add'
+        if F is not ndarray:
+            _GradReqWatched.watch(self.weight)
         like = None
         if F is not ndarray and self._ws_backend == 'native' and 0 in self.weight.shape:
             k = self._kwargs  # in_channels unknown: the native op needs it from x
             like = ws.weight_shape_like(F, x, k['num_filter'], k['kernel'], k['num_group'],
                                         k['layout'])
-        weight = ws.standardize(F, weight, self._ws_attrs, self._ws_backend, like=like)
+        weight = ws.standardize(F, weight, self._ws_attrs, self._ws_backend, like=like,
+                                grad_added=added)
         return super().hybrid_forward(F, x, weight, bias)
 
     def __repr__(self):
         return (f"{super().__repr__()[:-1]}, ws_convention={self.ws_convention!r}, "
                 f"ws_eps={self.ws_eps}, ws_backend={self.ws_backend!r})")
+
+
+class _GradReqWatched(Parameter):
+    """A StdConv2D weight: when its grad_req turns to or from 'add', every hybridized block
+    that traced a graph with it drops that graph, whose guard was chosen for the old req (the
+    next call traces again). The tracers are the HybridBlocks building a graph (MXNet's
+    HybridBlock._get_graph) on the stack while StdConv2D traces; weakly held."""
+
+    @classmethod
+    def watch(cls, param):
+        if not isinstance(param, cls):
+            param.__class__ = cls   # the same Parameter, shared with any plain twin
+        tracers = param.__dict__.setdefault('_ws_tracers', weakref.WeakSet())
+        frame = sys._getframe(1)
+        while frame is not None:
+            block = frame.f_locals.get('self')
+            if frame.f_code.co_name == '_get_graph' and isinstance(block, HybridBlock):
+                tracers.add(block)
+            frame = frame.f_back
+
+    @property
+    def grad_req(self):
+        return self._grad_req
+
+    @grad_req.setter
+    def grad_req(self, req):
+        added = self._grad_req == 'add'
+        Parameter.grad_req.fset(self, req)
+        if (self._grad_req == 'add') != added:
+            for block in list(self.__dict__.get('_ws_tracers', ())):
+                block._clear_cached_op()
+            self.__dict__['_ws_tracers'] = weakref.WeakSet()

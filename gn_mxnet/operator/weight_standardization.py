@@ -24,6 +24,8 @@ Backends: 'native', the compiled op ``WeightStandardization`` (operators/weight_
 one input, attrs ``eps`` and ``convention``, one output; its backward recomputes the per-channel
 moments), and 'ops', stock MXNet ops (any device).
 """
+import os
+
 import mxnet as mx
 import numpy as np
 
@@ -64,11 +66,13 @@ def standardize_weight(weight, eps=None, convention=DEFAULT_CONVENTION, backend=
                        validation.check_ws_backend(backend))
 
 
-def standardize(F, weight, attrs, backend, name=None, like=None):
+def standardize(F, weight, attrs, backend, name=None, like=None, grad_added=True):
     """Runs `backend` on validated `attrs` in namespace F; StdConv2D and std_convolution call
     this too. `name` names the node that computes w_hat. `like`: None, or a Symbol of weight's
     shape computed from the convolution's data (`weight_shape_like`), which the native op
-    needs where weight's shape is unknown while the graph is inferred."""
+    needs where weight's shape is unknown while the graph is inferred. `grad_added`: whether
+    weight's gradient may be added rather than written (grad_req 'add'); False drops the
+    native op's guard copy, which only an added gradient needs."""
     if F is mx.nd:
         validation.check_weight(weight.shape, weight.dtype)
     elif backend == 'native' and like is not None:
@@ -77,7 +81,7 @@ def standardize(F, weight, attrs, backend, name=None, like=None):
         # order): this identity makes weight's and like's shapes and dtypes one.
         weight = F._internal._identity_with_attr_like_rhs(weight, like)
     if backend == 'native':
-        out = _native(F, weight, attrs, None if F is mx.sym else name)
+        out = _native(F, weight, attrs, None if F is mx.sym else name, grad_added)
     else:
         out = _stock_ops(F, weight, attrs, None if F is mx.sym else name)
     if F is mx.sym:
@@ -109,9 +113,13 @@ def weight_shape_like(F, data, num_filter, kernel, num_group=1, layout=None):
     return F.broadcast_to(column, shape=(int(num_filter), 0) + kernel)
 
 
-def _native(F, weight, attrs, name):
+def _native(F, weight, attrs, name, grad_added=True):
     load_library()
-    if _may_accumulate(F, weight):  # the op writes its gradient: see native.native_group_norm
+    # The op writes its gradient: where MXNet may ask to add it, an identity in front turns
+    # that into a write into a temporary, which the identity's backward adds (see
+    # native.native_group_norm). MXNET_EXEC_ENABLE_ADDTO=1 adds whatever the grad_req.
+    if (grad_added or os.environ.get('MXNET_EXEC_ENABLE_ADDTO', '0') == '1') \
+            and _may_accumulate(F, weight):
         weight = F.identity(weight)
     return getattr(F, OP_NAME)(weight, eps=repr(attrs.eps), convention=attrs.convention,
                                name=name)
