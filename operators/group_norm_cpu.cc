@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "cpu_isa.h"
 #include "group_norm_activation.h"
 #include "group_norm_cpu_entries.h"
 #include "group_norm_kernels.h"
@@ -14,6 +15,9 @@ bool valid_shape(int64_t N, int64_t C, int64_t S, int64_t G) {
   return N >= 0 && C > 0 && S >= 0 && G > 0 && C % G == 0;
 }
 
+}  // namespace
+
+namespace gn {
 
 // GN_MXNET_CPU_ISA=generic forces the generic build (to compare or test both).
 bool use_avx2() {
@@ -31,7 +35,7 @@ bool use_avx2() {
 #endif
 }
 
-}  // namespace
+}  // namespace gn
 
 extern "C" {
 
@@ -46,7 +50,7 @@ const char* gn_status_string(int status) {
   }
 }
 
-const char* gn_cpu_isa() { return use_avx2() ? "avx2" : "generic"; }
+const char* gn_cpu_isa() { return gn::use_avx2() ? "avx2" : "generic"; }
 
 size_t gn_cpu_forward_workspace_bytes(int64_t N, int64_t C, int64_t S, int64_t G,
                                       int channels_last) {
@@ -66,14 +70,8 @@ int gn_cpu_forward(int dtype, int param_dtype, const void* x, const void* gamma,
                    double eps, void* workspace) {
   if (!valid_shape(N, C, S, G)) return GN_STATUS_BAD_SHAPE;
   if (!gn_act::valid(act)) return GN_STATUS_BAD_ARGUMENT;
-#ifdef GN_MXNET_WITH_AVX2
-  if (use_avx2()) {
-    return gn::avx2::forward_entry(dtype, param_dtype, x, gamma, beta, residual, y, mean, rstd,
-                                   N, C, S, G, channels_last, act, eps, workspace);
-  }
-#endif
-  return gn::generic::forward_entry(dtype, param_dtype, x, gamma, beta, residual, y, mean,
-                                    rstd, N, C, S, G, channels_last, act, eps, workspace);
+  return GN_CPU_DISPATCH(forward_entry, dtype, param_dtype, x, gamma, beta, residual, y, mean,
+                         rstd, N, C, S, G, channels_last, act, eps, workspace);
 }
 
 int gn_cpu_backward(int dtype, int param_dtype, const void* dy, const void* x,
@@ -83,16 +81,9 @@ int gn_cpu_backward(int dtype, int param_dtype, const void* dy, const void* x,
                     int channels_last, int act, void* workspace) {
   if (!valid_shape(N, C, S, G)) return GN_STATUS_BAD_SHAPE;
   if (!gn_act::valid(act)) return GN_STATUS_BAD_ARGUMENT;
-#ifdef GN_MXNET_WITH_AVX2
-  if (use_avx2()) {
-    return gn::avx2::backward_entry(dtype, param_dtype, dy, x, gamma, beta, residual, mean,
-                                    rstd, dx, dgamma, dbeta, dresidual, N, C, S, G,
-                                    channels_last, act, workspace);
-  }
-#endif
-  return gn::generic::backward_entry(dtype, param_dtype, dy, x, gamma, beta, residual, mean,
-                                     rstd, dx, dgamma, dbeta, dresidual, N, C, S, G,
-                                     channels_last, act, workspace);
+  return GN_CPU_DISPATCH(backward_entry, dtype, param_dtype, dy, x, gamma, beta, residual,
+                         mean, rstd, dx, dgamma, dbeta, dresidual, N, C, S, G, channels_last,
+                         act, workspace);
 }
 
 }  // extern "C"

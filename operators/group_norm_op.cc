@@ -5,21 +5,17 @@
 // Messages match gn_mxnet/operator/validation.py word for word where the check is the same.
 #include <cerrno>
 #include <climits>
-#include <cmath>
 #include <cstdlib>
 #include <memory>
 #include <new>
-#include <sstream>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
-#include "group_norm_kernels.h"
-#include "group_norm_op_messages.h"
 #include "mxnet/lib_api.h"
+#include "op_adapter.h"
 
 using namespace mxnet::ext;  // lib_api's registration macros and MX_SUCCESS/MX_FAIL expect it
-using AttrMap = std::unordered_map<std::string, std::string>;
 
 namespace {
 
@@ -79,19 +75,7 @@ bool parse_attrs(const AttrMap& attrs, Attrs* out) {
     error() << kOp << "num_groups must be >= 1, got " << out->num_groups;
     return false;
   }
-  const auto eps = attrs.find("eps");
-  if (eps != attrs.end()) {
-    char* end = nullptr;
-    out->eps = std::strtod(eps->second.c_str(), &end);
-    if (eps->second.empty() || *end != '\0') {
-      error() << kOp << "eps must be a real number, got '" << eps->second << "'";
-      return false;
-    }
-  }
-  if (!std::isfinite(out->eps) || out->eps < 0) {
-    error() << kOp << "eps must be finite and >= 0, got " << out->eps;
-    return false;
-  }
+  if (!parse_eps(kOp, attrs, true, &out->eps)) return false;
   const auto axis = attrs.find("axis");
   if (axis != attrs.end() && !parse_integer(axis->second, &out->axis)) {
     error() << kOp << "axis must be an integer, got '" << axis->second << "'";
@@ -155,29 +139,11 @@ MXReturnValue parseAttrs(const AttrMap& attrs, int* num_in, int* num_out) {
   return MX_SUCCESS;
 }
 
-// MXNet's dtype codes reach the kernels unchanged.
-static_assert(int{GN_DTYPE_FLOAT32} == int{kFloat32} && int{GN_DTYPE_FLOAT64} == int{kFloat64} &&
-                  int{GN_DTYPE_FLOAT16} == int{kFloat16},
-              "group_norm_kernels.h's GN_DTYPE_* codes must be MXNet's MXDType codes");
-
-const char* dtype_name(int dtype) {
-  switch (dtype) {
-    case GN_DTYPE_FLOAT32: return "float32";
-    case GN_DTYPE_FLOAT64: return "float64";
-    case GN_DTYPE_FLOAT16: return "float16";
-    default: return "a non-float type";
-  }
-}
-
 MXReturnValue inferType(const AttrMap& /*attrs*/, std::vector<int>* in_types,
                         std::vector<int>* out_types) {
   start_call();
   const int data = (*in_types)[0];
-  if (data != GN_DTYPE_FLOAT32 && data != GN_DTYPE_FLOAT64 && data != GN_DTYPE_FLOAT16) {
-    error() << kOp << "data dtype must be one of float16, float32, float64, got "
-            << dtype_name(data);
-    return MX_FAIL;
-  }
+  if (!check_float_dtype(kOp, "data", data)) return MX_FAIL;
   const char* names[] = {"gamma", "beta"};
   for (int i = 1; i <= 2; ++i) {
     int& param = (*in_types)[i];
@@ -205,15 +171,6 @@ MXReturnValue inferType(const AttrMap& /*attrs*/, std::vector<int>* in_types,
   const int accumulation = data == GN_DTYPE_FLOAT64 ? GN_DTYPE_FLOAT64 : GN_DTYPE_FLOAT32;
   *out_types = {data, accumulation, accumulation};
   return MX_SUCCESS;
-}
-
-// MXNet hands an unknown dimension to lib_api as (unsigned)-1 (or 0 in legacy shape mode).
-bool known(const std::vector<unsigned int>& shape) {
-  if (shape.empty()) return false;
-  for (const unsigned int d : shape) {
-    if (d == 0u || d == static_cast<unsigned int>(-1)) return false;
-  }
-  return true;
 }
 
 std::string shape_text(const std::vector<unsigned int>& shape) {
@@ -265,19 +222,6 @@ bool tensor_layout(const AttrMap& attrs, const MXTensor& data, Attrs* parsed, La
   return parse_attrs(attrs, parsed) && resolve_layout(*parsed, data.shape, layout);
 }
 
-// A kernel call's outcome; a failed CUDA call also says which CUDA error it was.
-MXReturnValue report(int status, bool gpu) {
-  if (status == GN_STATUS_OK) return MX_SUCCESS;
-  Message message = error();
-  message << kOp << gn_status_string(status);
-#ifdef GN_MXNET_WITH_CUDA
-  if (gpu && status == GN_STATUS_DEVICE_ERROR) message << ": " << gn_cuda_last_error();
-#else
-  (void)gpu;
-#endif
-  return MX_FAIL;
-}
-
 // Workspace through MXNet's allocator, which takes an int. A CPU workspace beyond that is the
 // library's own, in `owned`, freed when the call returns (the CPU kernels are synchronous):
 // refusing it would fail the op after MXNet queued it, and MXNet 1.9 hands such a failure to
@@ -314,18 +258,18 @@ MXReturnValue forward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
 #ifdef GN_MXNET_WITH_CUDA
   if (kGpu) {
     if (!workspace(res, gn_cuda_forward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), true, &ws, &owned)) return MX_FAIL;
-    return report(gn_cuda_forward(x.dtype, gamma.dtype, x.data_ptr, gamma.data_ptr, beta.data_ptr,
-                                  residual, (*outputs)[0].data_ptr, (*outputs)[1].data_ptr,
-                                  (*outputs)[2].data_ptr, l.N, l.C, l.S, a.num_groups,
-                                  l.channels_last, a.act, a.eps, ws, res.get_cuda_stream()), true);
+    return report(kOp, gn_cuda_forward(x.dtype, gamma.dtype, x.data_ptr, gamma.data_ptr, beta.data_ptr,
+                                       residual, (*outputs)[0].data_ptr, (*outputs)[1].data_ptr,
+                                       (*outputs)[2].data_ptr, l.N, l.C, l.S, a.num_groups,
+                                       l.channels_last, a.act, a.eps, ws, res.get_cuda_stream()), true);
   }
 #endif
   if (!workspace(res, gn_cpu_forward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), false, &ws, &owned)) return MX_FAIL;
-  return report(gn_cpu_forward(x.dtype, gamma.dtype, x.data_ptr, gamma.data_ptr, beta.data_ptr,
-                               residual, (*outputs)[0].data_ptr, (*outputs)[1].data_ptr,
-                               (*outputs)[2].data_ptr, l.N, l.C, l.S, a.num_groups,
-                               l.channels_last, a.act, a.eps, ws),
-                false);
+  return report(kOp, gn_cpu_forward(x.dtype, gamma.dtype, x.data_ptr, gamma.data_ptr, beta.data_ptr,
+                                    residual, (*outputs)[0].data_ptr, (*outputs)[1].data_ptr,
+                                    (*outputs)[2].data_ptr, l.N, l.C, l.S, a.num_groups,
+                                    l.channels_last, a.act, a.eps, ws),
+                     false);
 }
 
 // inputs: [dy, dmean, drstd, data, gamma, beta, (residual,) y, mean, rstd]; outputs: [ddata,
@@ -349,22 +293,22 @@ MXReturnValue backward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
 #ifdef GN_MXNET_WITH_CUDA
   if (kGpu) {
     if (!workspace(res, gn_cuda_backward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), true, &ws, &owned)) return MX_FAIL;
-    return report(gn_cuda_backward(x.dtype, gamma.dtype, dy.data_ptr, x.data_ptr, gamma.data_ptr,
-                                   beta.data_ptr, residual, mean.data_ptr, rstd.data_ptr,
-                                   (*outputs)[0].data_ptr, (*outputs)[1].data_ptr,
-                                   (*outputs)[2].data_ptr, dresidual, l.N, l.C, l.S,
-                                   a.num_groups, l.channels_last, a.act, ws,
-                                   res.get_cuda_stream()),
-                  true);
+    return report(kOp, gn_cuda_backward(x.dtype, gamma.dtype, dy.data_ptr, x.data_ptr, gamma.data_ptr,
+                                        beta.data_ptr, residual, mean.data_ptr, rstd.data_ptr,
+                                        (*outputs)[0].data_ptr, (*outputs)[1].data_ptr,
+                                        (*outputs)[2].data_ptr, dresidual, l.N, l.C, l.S,
+                                        a.num_groups, l.channels_last, a.act, ws,
+                                        res.get_cuda_stream()),
+                       true);
   }
 #endif
   if (!workspace(res, gn_cpu_backward_workspace_bytes(l.N, l.C, l.S, a.num_groups, l.channels_last), false, &ws, &owned)) return MX_FAIL;
-  return report(gn_cpu_backward(x.dtype, gamma.dtype, dy.data_ptr, x.data_ptr, gamma.data_ptr,
-                                beta.data_ptr, residual, mean.data_ptr, rstd.data_ptr,
-                                (*outputs)[0].data_ptr, (*outputs)[1].data_ptr,
-                                (*outputs)[2].data_ptr, dresidual, l.N, l.C, l.S, a.num_groups,
-                                l.channels_last, a.act, ws),
-                false);
+  return report(kOp, gn_cpu_backward(x.dtype, gamma.dtype, dy.data_ptr, x.data_ptr, gamma.data_ptr,
+                                     beta.data_ptr, residual, mean.data_ptr, rstd.data_ptr,
+                                     (*outputs)[0].data_ptr, (*outputs)[1].data_ptr,
+                                     (*outputs)[2].data_ptr, dresidual, l.N, l.C, l.S, a.num_groups,
+                                     l.channels_last, a.act, ws),
+                     false);
 }
 
 }  // namespace

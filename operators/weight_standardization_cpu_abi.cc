@@ -1,9 +1,9 @@
 // The C ABI of the Weight Standardization CPU kernels: checks arguments, then runs the build
-// of the kernels the GroupNorm ABI runs (gn_cpu_isa: AVX2 + FMA + F16C where the CPU has them
+// of the kernels the GroupNorm ABI runs (cpu_isa.h: AVX2 + FMA + F16C where the CPU has them
 // and GN_MXNET_CPU_ISA does not say generic).
 #include <cmath>
-#include <cstring>
 
+#include "cpu_isa.h"
 #include "weight_standardization_cpu.h"
 #include "weight_standardization_kernels.h"
 
@@ -14,15 +14,6 @@ bool valid(int64_t O, int64_t K, int convention, double eps) {
          std::isfinite(eps) && eps > 0.0;
 }
 
-bool use_avx2() {
-#ifdef GN_MXNET_WITH_AVX2
-  static const bool avx2 = std::strcmp(gn_cpu_isa(), "avx2") == 0;
-  return avx2;
-#else
-  return false;
-#endif
-}
-
 }  // namespace
 
 extern "C" {
@@ -30,19 +21,13 @@ extern "C" {
 int ws_cpu_forward(int dtype, const void* w, void* w_hat, int64_t O, int64_t K,
                    int convention, double eps) {
   if (!valid(O, K, convention, eps)) return GN_STATUS_BAD_ARGUMENT;
-#ifdef GN_MXNET_WITH_AVX2
-  if (use_avx2()) return gn::avx2::ws_forward_entry(dtype, w, w_hat, O, K, convention, eps);
-#endif
-  return gn::generic::ws_forward_entry(dtype, w, w_hat, O, K, convention, eps);
+  return GN_CPU_DISPATCH(ws_forward_entry, dtype, w, w_hat, O, K, convention, eps);
 }
 
 int ws_cpu_backward(int dtype, const void* dy, const void* w, void* dw, int64_t O, int64_t K,
                     int convention, double eps) {
   if (!valid(O, K, convention, eps)) return GN_STATUS_BAD_ARGUMENT;
-#ifdef GN_MXNET_WITH_AVX2
-  if (use_avx2()) return gn::avx2::ws_backward_entry(dtype, dy, w, dw, O, K, convention, eps);
-#endif
-  return gn::generic::ws_backward_entry(dtype, dy, w, dw, O, K, convention, eps);
+  return GN_CPU_DISPATCH(ws_backward_entry, dtype, dy, w, dw, O, K, convention, eps);
 }
 
 }  // extern "C"

@@ -29,6 +29,22 @@ __device__ __forceinline__ double qiao_std(double m2, int64_t K) {
   return K > 1 ? sqrt(m2 / static_cast<double>(K - 1)) : 0.0;
 }
 
+// The row's mean and sum of squared deviations, from the sums of d = w - mean0 and d^2 (thread
+// 0's block_reduce result): the mean re-centred by d's sum, m2 clamped at 0 (NaN stays NaN).
+struct RowMoments {
+  double correction, shift, m2;
+};
+
+__device__ __forceinline__ RowMoments row_moments(double mean0, double sum_d,
+                                                  double sum_d2, int64_t K) {
+  RowMoments m;
+  m.correction = sum_d / static_cast<double>(K);
+  const double m2_raw = sum_d2 - sum_d * m.correction;
+  m.m2 = m2_raw < 0.0 ? 0.0 : m2_raw;
+  m.shift = mean0 + m.correction;
+  return m;
+}
+
 // The row's first-pass mean, in every thread.
 template <typename T>
 __device__ double row_mean0(const T* x, int64_t K) {
@@ -58,12 +74,10 @@ __global__ void __launch_bounds__(kWsThreads)
   }
   s = block_reduce(s, scratch);
   if (threadIdx.x == 0) {
-    const double kd = static_cast<double>(K), correction = s.v[0] / kd;
-    const double m2_raw = s.v[1] - s.v[0] * correction;
-    const double m2 = m2_raw < 0.0 ? 0.0 : m2_raw;  // NaN stays NaN
-    shift = mean0 + correction;
-    inv = convention == WS_CONVENTION_TIMM ? 1.0 / sqrt(m2 / kd + eps)
-                                           : 1.0 / (qiao_std(m2, K) + eps);
+    const RowMoments m = row_moments(mean0, s.v[0], s.v[1], K);
+    shift = m.shift;
+    inv = convention == WS_CONVENTION_TIMM ? 1.0 / sqrt(m.m2 / static_cast<double>(K) + eps)
+                                           : 1.0 / (qiao_std(m.m2, K) + eps);
   }
   __syncthreads();
   for (int64_t i = threadIdx.x; i < K; i += blockDim.x) {
@@ -91,17 +105,16 @@ __global__ void __launch_bounds__(kWsThreads)
   }
   s = block_reduce(s, scratch);
   if (threadIdx.x == 0) {
-    const double kd = static_cast<double>(K), correction = s.v[0] / kd;
-    const double m2_raw = s.v[1] - s.v[0] * correction;
-    const double m2 = m2_raw < 0.0 ? 0.0 : m2_raw;  // NaN stays NaN
-    const double sum_dy_c = s.v[3] - correction * s.v[2];
-    shift = mean0 + correction;
+    const double kd = static_cast<double>(K);
+    const RowMoments m = row_moments(mean0, s.v[0], s.v[1], K);
+    const double sum_dy_c = s.v[3] - m.correction * s.v[2];
+    shift = m.shift;
     mean_dy = s.v[2] / kd;
     if (convention == WS_CONVENTION_TIMM) {
-      a = 1.0 / sqrt(m2 / kd + eps);
+      a = 1.0 / sqrt(m.m2 / kd + eps);
       b = a * a * a * sum_dy_c / kd;
     } else {
-      const double std_u = qiao_std(m2, K), scale = std_u + eps;
+      const double std_u = qiao_std(m.m2, K), scale = std_u + eps;
       a = 1.0 / scale;
       b = std_u > 0.0 ? sum_dy_c / (scale * scale * static_cast<double>(K - 1) * std_u) : 0.0;
     }
@@ -112,10 +125,34 @@ __global__ void __launch_bounds__(kWsThreads)
   }
 }
 
+// The element type a GN_DTYPE_* code names, for launch_rows's callbacks.
+template <typename T>
+struct Type {
+  using type = T;
+};
+
 bool valid(int64_t O, int64_t K, int convention, double eps) {
   return O > 0 && K > 0 && O <= 2147483647 && (K * O) / O == K &&
          (convention == WS_CONVENTION_QIAO || convention == WS_CONVENTION_TIMM) &&
          std::isfinite(eps) && eps > 0.0;
+}
+
+// Checks the arguments, then runs launch(Type<T>{}, grid, block, stream) for dtype's T (its
+// kernel launches: one block of kWsThreads per output channel) and reports the launch; a dtype
+// the kernels lack launches nothing.
+template <typename Launch>
+int launch_rows(int dtype, int64_t O, int64_t K, int convention, double eps, void* stream,
+                Launch&& launch) {
+  if (!valid(O, K, convention, eps)) return GN_STATUS_BAD_ARGUMENT;
+  const dim3 grid(static_cast<unsigned>(O)), block(kWsThreads);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case GN_DTYPE_FLOAT32: launch(Type<float>{}, grid, block, s); break;
+    case GN_DTYPE_FLOAT64: launch(Type<double>{}, grid, block, s); break;
+    case GN_DTYPE_FLOAT16: launch(Type<__half>{}, grid, block, s); break;
+    default: return GN_STATUS_BAD_DTYPE;
+  }
+  return launch_status();
 }
 
 }  // namespace
@@ -124,43 +161,19 @@ bool valid(int64_t O, int64_t K, int convention, double eps) {
 extern "C" int ws_cuda_forward(int dtype, const void* w, void* w_hat, int64_t O, int64_t K,
                                int convention, double eps, void* stream) {
   using namespace gn_cuda;
-  if (!valid(O, K, convention, eps)) return GN_STATUS_BAD_ARGUMENT;
-  const dim3 grid(static_cast<unsigned>(O)), block(kWsThreads);
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case GN_DTYPE_FLOAT32:
-      ws_forward_kernel<float><<<grid, block, 0, s>>>(static_cast<const float*>(w), static_cast<float*>(w_hat), K, convention, eps);
-      break;
-    case GN_DTYPE_FLOAT64:
-      ws_forward_kernel<double><<<grid, block, 0, s>>>(static_cast<const double*>(w), static_cast<double*>(w_hat), K, convention, eps);
-      break;
-    case GN_DTYPE_FLOAT16:
-      ws_forward_kernel<__half><<<grid, block, 0, s>>>(static_cast<const __half*>(w), static_cast<__half*>(w_hat), K, convention, eps);
-      break;
-    default:
-      return GN_STATUS_BAD_DTYPE;
-  }
-  return launch_status();
+  return launch_rows(dtype, O, K, convention, eps, stream,
+                     [&](auto type, dim3 grid, dim3 block, cudaStream_t s) {
+    using T = typename decltype(type)::type;
+    ws_forward_kernel<T><<<grid, block, 0, s>>>(static_cast<const T*>(w), static_cast<T*>(w_hat), K, convention, eps);
+  });
 }
 
 extern "C" int ws_cuda_backward(int dtype, const void* dy, const void* w, void* dw, int64_t O,
                                 int64_t K, int convention, double eps, void* stream) {
   using namespace gn_cuda;
-  if (!valid(O, K, convention, eps)) return GN_STATUS_BAD_ARGUMENT;
-  const dim3 grid(static_cast<unsigned>(O)), block(kWsThreads);
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case GN_DTYPE_FLOAT32:
-      ws_backward_kernel<float><<<grid, block, 0, s>>>(static_cast<const float*>(dy), static_cast<const float*>(w), static_cast<float*>(dw), K, convention, eps);
-      break;
-    case GN_DTYPE_FLOAT64:
-      ws_backward_kernel<double><<<grid, block, 0, s>>>(static_cast<const double*>(dy), static_cast<const double*>(w), static_cast<double*>(dw), K, convention, eps);
-      break;
-    case GN_DTYPE_FLOAT16:
-      ws_backward_kernel<__half><<<grid, block, 0, s>>>(static_cast<const __half*>(dy), static_cast<const __half*>(w), static_cast<__half*>(dw), K, convention, eps);
-      break;
-    default:
-      return GN_STATUS_BAD_DTYPE;
-  }
-  return launch_status();
+  return launch_rows(dtype, O, K, convention, eps, stream,
+                     [&](auto type, dim3 grid, dim3 block, cudaStream_t s) {
+    using T = typename decltype(type)::type;
+    ws_backward_kernel<T><<<grid, block, 0, s>>>(static_cast<const T*>(dy), static_cast<const T*>(w), static_cast<T*>(dw), K, convention, eps);
+  });
 }

@@ -4,20 +4,15 @@
 // default the convention's: 1e-5 / 1e-6). The backward recomputes the per-channel moments from
 // the weight. Messages match gn_mxnet/operator/validation.py word for word where the check is
 // the same; errors go to the library's per-thread list (group_norm_op_messages.h).
-#include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
-#include "group_norm_kernels.h"
-#include "group_norm_op_messages.h"
 #include "mxnet/lib_api.h"
+#include "op_adapter.h"
 #include "weight_standardization_kernels.h"
 
 using namespace mxnet::ext;  // lib_api's registration macros and MX_SUCCESS/MX_FAIL expect it
-using AttrMap = std::unordered_map<std::string, std::string>;
 
 namespace {
 
@@ -39,20 +34,7 @@ bool parse_attrs(const AttrMap& attrs, Attrs* out) {
     error() << kOp << "convention must be one of 'qiao', 'timm', got '" << name << "'";
     return false;
   }
-  const auto eps = attrs.find("eps");
-  if (eps != attrs.end()) {
-    char* end = nullptr;
-    out->eps = std::strtod(eps->second.c_str(), &end);
-    if (eps->second.empty() || *end != '\0') {
-      error() << kOp << "eps must be a real number, got '" << eps->second << "'";
-      return false;
-    }
-  }
-  if (!std::isfinite(out->eps) || out->eps <= 0) {
-    error() << kOp << "eps must be finite and > 0, got " << out->eps;
-    return false;
-  }
-  return true;
+  return parse_eps(kOp, attrs, false, &out->eps);
 }
 
 MXReturnValue parseAttrs(const AttrMap& attrs, int* num_in, int* num_out) {
@@ -64,37 +46,15 @@ MXReturnValue parseAttrs(const AttrMap& attrs, int* num_in, int* num_out) {
   return MX_SUCCESS;
 }
 
-const char* dtype_name(int dtype) {
-  switch (dtype) {
-    case GN_DTYPE_FLOAT32: return "float32";
-    case GN_DTYPE_FLOAT64: return "float64";
-    case GN_DTYPE_FLOAT16: return "float16";
-    default: return "a non-float type";
-  }
-}
-
 // An unknown input dtype (-1) is left to MXNet's inference: the fronts tie w_hat to the weight
 // (weight_standardization.py), which gives the weight the dtype the convolution wants.
 MXReturnValue inferType(const AttrMap& /*attrs*/, std::vector<int>* in_types,
                         std::vector<int>* out_types) {
   start_call();
   const int w = (*in_types)[0];
-  if (w != -1 && w != GN_DTYPE_FLOAT32 && w != GN_DTYPE_FLOAT64 && w != GN_DTYPE_FLOAT16) {
-    error() << kOp << "weight dtype must be one of float16, float32, float64, got "
-            << dtype_name(w);
-    return MX_FAIL;
-  }
+  if (w != -1 && !check_float_dtype(kOp, "weight", w)) return MX_FAIL;
   *out_types = {w};
   return MX_SUCCESS;
-}
-
-// MXNet hands an unknown dimension to lib_api as (unsigned)-1 (or 0 in legacy shape mode).
-bool known(const std::vector<unsigned int>& shape) {
-  if (shape.empty()) return false;
-  for (const unsigned int d : shape) {
-    if (d == 0u || d == static_cast<unsigned int>(-1)) return false;
-  }
-  return true;
 }
 
 // A lib_api op sees its input shapes only, and has no way to report an output shape as unknown:
@@ -141,59 +101,30 @@ bool rows(const MXTensor& w, int64_t* O, int64_t* K) {
   return true;
 }
 
-// A kernel call's outcome; a failed CUDA call also says which CUDA error it was.
-MXReturnValue report(int status, bool gpu) {
-  if (status == GN_STATUS_OK) return MX_SUCCESS;
-  Message message = error();
-  message << kOp << gn_status_string(status);
-#ifdef GN_MXNET_WITH_CUDA
-  if (gpu && status == GN_STATUS_DEVICE_ERROR) message << ": " << gn_cuda_last_error();
-#else
-  (void)gpu;
-#endif
-  return MX_FAIL;
-}
-
-template <bool kGpu>
-MXReturnValue forward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
-                      std::vector<MXTensor>* outputs, const OpResource& res) {
+// forward: inputs [w], outputs [w_hat]; backward: inputs [dy, w, w_hat], outputs [dw], written.
+template <bool kGpu, bool kBackward>
+MXReturnValue run(const AttrMap& attrs, std::vector<MXTensor>* inputs,
+                  std::vector<MXTensor>* outputs, const OpResource& res) {
   start_call();
   Attrs a;
   int64_t O, K;
-  const MXTensor& w = (*inputs)[0];
-  void* w_hat = (*outputs)[0].data_ptr;
+  const MXTensor& w = (*inputs)[kBackward ? 1 : 0];
+  const void* dy = kBackward ? (*inputs)[0].data_ptr : nullptr;
+  void* out = (*outputs)[0].data_ptr;
   if (!parse_attrs(attrs, &a) || !rows(w, &O, &K)) return MX_FAIL;
-#ifdef GN_MXNET_WITH_CUDA
-  if (kGpu) {
-    return report(ws_cuda_forward(w.dtype, w.data_ptr, w_hat, O, K, a.convention, a.eps,
-                                  res.get_cuda_stream()), true);
+  int status;
+  if constexpr (kGpu) {
+    void* stream = res.get_cuda_stream();
+    status = kBackward ? ws_cuda_backward(w.dtype, dy, w.data_ptr, out, O, K, a.convention,
+                                          a.eps, stream)
+                       : ws_cuda_forward(w.dtype, w.data_ptr, out, O, K, a.convention, a.eps,
+                                         stream);
+  } else {
+    (void)res;
+    status = kBackward ? ws_cpu_backward(w.dtype, dy, w.data_ptr, out, O, K, a.convention, a.eps)
+                       : ws_cpu_forward(w.dtype, w.data_ptr, out, O, K, a.convention, a.eps);
   }
-#else
-  (void)res;
-#endif
-  return report(ws_cpu_forward(w.dtype, w.data_ptr, w_hat, O, K, a.convention, a.eps), false);
-}
-
-// inputs: [dy, w, w_hat]; outputs: [dw], written.
-template <bool kGpu>
-MXReturnValue backward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
-                       std::vector<MXTensor>* outputs, const OpResource& res) {
-  start_call();
-  Attrs a;
-  int64_t O, K;
-  const MXTensor &dy = (*inputs)[0], &w = (*inputs)[1];
-  void* dw = (*outputs)[0].data_ptr;
-  if (!parse_attrs(attrs, &a) || !rows(w, &O, &K)) return MX_FAIL;
-#ifdef GN_MXNET_WITH_CUDA
-  if (kGpu) {
-    return report(ws_cuda_backward(w.dtype, dy.data_ptr, w.data_ptr, dw, O, K, a.convention,
-                                   a.eps, res.get_cuda_stream()), true);
-  }
-#else
-  (void)res;
-#endif
-  return report(ws_cpu_backward(w.dtype, dy.data_ptr, w.data_ptr, dw, O, K, a.convention,
-                                a.eps), false);
+  return report(kOp, status, kGpu);
 }
 
 }  // namespace
@@ -202,10 +133,10 @@ REGISTER_OP(WeightStandardization)
     .setParseAttrs(parseAttrs)
     .setInferType(inferType)
     .setInferShape(inferShape)
-    .setForward(forward<false>, "cpu")
-    .setBackward(backward<false>, "cpu")
+    .setForward((run<false, false>), "cpu")
+    .setBackward((run<false, true>), "cpu")
 #ifdef GN_MXNET_WITH_CUDA
-    .setForward(forward<true>, "gpu")
-    .setBackward(backward<true>, "gpu")
+    .setForward((run<true, false>), "gpu")
+    .setBackward((run<true, true>), "gpu")
 #endif
     ;
