@@ -99,19 +99,12 @@ def op_vs_builtin():
     rows = _numbers_after(_read(rel), 'bound graph (simple_bind', 15)
     fwd = [float(r[7]) for r in rows]
     fb = [float(r[13]) for r in rows]
-    return ('GN op vs MXNet 1.9.1\'s built-in `GroupNorm`, bound graph, '
-            f'{len(rows)} ResNet-50 shapes, float32',
-            f'built-in takes {_span(fwd)}× our time forward, {_span(fb)}× forward+backward',
-            machine_of_output(rel), rel)
-
-
-def op_vs_batchnorm():
-    rel = 'results/speed_tables/bench_ops.txt'
-    rows = _numbers_after(_read(rel), 'bound graph (simple_bind', 15)
-    fwd = [float(r[8]) for r in rows]
-    fb = [float(r[14]) for r in rows]
-    return ('GN op vs MXNet `BatchNorm` (training mode), same run',
-            f'BatchNorm takes {_span(fwd)}× our time forward, {_span(fb)}× forward+backward',
+    bn_fwd = [float(r[8]) for r in rows]
+    bn_fb = [float(r[14]) for r in rows]
+    return ('GN op vs MXNet 1.9.1\'s built-in `GroupNorm` and its `BatchNorm` (training mode), '
+            f'bound graph, {len(rows)} ResNet-50 shapes, float32',
+            f'built-in GroupNorm takes {_span(fwd)}× our time forward, {_span(fb)}× '
+            f'forward+backward; BatchNorm {_span(bn_fwd)}× and {_span(bn_fb)}×',
             machine_of_output(rel), rel)
 
 
@@ -123,15 +116,17 @@ def kernels_vs_torch():
     fwd = [float(r[4]) for r in rows]
     fb = [float(r[8]) for r in rows]
     wins = sum(v > 1 for v in fwd + fb)
-    return (f'CPU kernels vs PyTorch {torch} `F.group_norm`, {len(rows)} shapes',
+    ours, theirs = float32_errors(text)
+    return (f'CPU kernels vs PyTorch {torch} `F.group_norm`, {len(rows)} shapes; float32 '
+            'forward error vs float64 where rounding the mean shows',
             f'torch takes {_span(fwd)}× our time forward, {_span(fb)}× forward+backward '
-            f'(ours faster in {wins} of {len(fwd + fb)})',
+            f'(ours faster in {wins} of {len(fwd + fb)}); error: ours ≤ {max(ours):.1e}, '
+            f'torch up to {max(theirs):.1e}',
             machine_of_output(rel), rel)
 
 
-def precision_vs_torch():
-    rel = 'results/speed_tables/bench_torch.txt'
-    text = _read(rel)
+def float32_errors(text):
+    """(ours, torch's) float32 forward errors of bench_torch's precision table."""
     lines = text.split('float32 forward, max', 1)[1].splitlines()[2:]
     ours, torch = [], []
     for line in lines:
@@ -140,9 +135,7 @@ def precision_vs_torch():
             break
         ours.append(float(tokens[-2]))
         torch.append(float(tokens[-1]))
-    return ('float32 forward error vs float64, inputs where rounding the mean shows',
-            f'ours ≤ {max(ours):.1e}, torch up to {max(torch):.1e}',
-            machine_of_output(rel), rel)
+    return ours, torch
 
 
 def train_speed(rel, label):
@@ -192,14 +185,14 @@ def study_batch():
         s, read_csv(os.path.join(folder, protocol.CSV_NAME))))
     sizes = (max(s.batch_sizes), 2, min(s.batch_sizes))
 
-    def errors(norm):
-        cell = [protocol.Cell(norm, n, num_groups=s.gn_groups if norm == 'gn' else None)
-                for n in sizes]
+    def errors(norm, conv='plain'):
+        cell = [protocol.Cell(norm, n, num_groups=s.gn_groups if norm == 'gn' else None,
+                              conv=conv) for n in sizes]
         return ' → '.join(f'{stats[c.key][0]:.2f}' for c in cell)
     seeds = len(s.seeds)
     return (f'Paper Table 2 on Fashion-MNIST ({s.network}, {s.epochs} epochs, {seeds} seeds): '
             f'val error % at batch {" → ".join(str(n) for n in sizes)}',
-            f'GN {errors("gn")}; BN {errors("bn")}',
+            f'GN {errors("gn")}; GN+WS {errors("gn", "ws")} (Xeon); BN {errors("bn")}',
             machine_of_folder('results/fashion_mnist_study/PROTOCOL.md'),
             'results/fashion_mnist_study/runs.csv')
 
@@ -218,12 +211,39 @@ def coco_comparison():
             machine_of_folder('results/coco_comparison/README.md'), rel)
 
 
-ROWS = (op_vs_builtin, op_vs_batchnorm, kernels_vs_torch, precision_vs_torch,
+def ws_speed():
+    rels = ('results/ws_speed/resnet50_v1b_b8_ws_native_1.txt',
+            'results/ws_speed/resnet50_v1b_b8_ws_native_2.txt',
+            'results/ws_speed/resnet8_small_ws_native_1.txt',
+            'results/ws_speed/resnet8_small_ws_native_2.txt')
+    medians = [float(re.search(r'GN\+WS / GN img/s ratio, round by round: median ([\d.]+)',
+                               _read(rel)).group(1)) for rel in rels]
+    return ('Training img/s, GN+WS / GN (native WS op), two runs each, one thread',
+            f'median {medians[0]:.2f} and {medians[1]:.2f} (ResNet-50, batch 8), '
+            f'{medians[2]:.2f} and {medians[3]:.2f} (resnet8_small, batch 32)',
+            machine_of_output(rels[0]), rels[0])
+
+
+def bit_vs_timm():
+    rel = 'results/resnetv2_timm/test_output.txt'
+    text = _read(rel)
+    m = re.search(r'^CPU: (?P<cpu>[^,]+), (?P<cores>\d+) cores; load average: (?P<load>[\d.]+)',
+                  text, re.M)
+    errors = [float(e) for e in re.findall(r'max \|ours - timm float64\| / max \|timm\| = (\S+)',
+                                           text)]
+    timm = re.search(r"timm's own float32: (\S+)\)", text).group(1)
+    return ("BiT ResNetV2 (reduced size, timm's names) vs timm 1.0.31's logits, float32",
+            f'largest error / largest logit ≤ {max(errors):.2e} (timm\'s own float32: '
+            f'{float(timm):.2e})',
+            f"{m['cpu']}, {m['cores']} cores, load {m['load']} at the start", rel)
+
+
+ROWS = (op_vs_builtin, kernels_vs_torch,
         lambda: train_speed('results/train_speed/resnet8_small_omp2.txt',
                             'resnet8_small, batch 32'),
         lambda: train_speed('results/train_speed/resnet50_v1b_b8_omp2.txt',
                             'ResNet-50, batch 8'),
-        main_job, fashion_preset, study_batch, coco_comparison)
+        ws_speed, main_job, fashion_preset, study_batch, bit_vs_timm, coco_comparison)
 
 
 def glance_table(up=''):
