@@ -6,12 +6,13 @@ from .native import native_group_norm
 from .stock_ops import stock_ops_group_norm
 
 
-def _namespace(data):
-    if isinstance(data, mx.nd.NDArray):
+def namespace_of(value, what='data'):
+    """mx.nd or mx.sym, whichever `value` (the argument called `what`) belongs to."""
+    if isinstance(value, mx.nd.NDArray):
         return mx.nd
-    if isinstance(data, mx.sym.Symbol):
+    if isinstance(value, mx.sym.Symbol):
         return mx.sym
-    raise TypeError(f"data must be an mxnet NDArray or Symbol, got {type(data).__name__}")
+    raise TypeError(f"{what} must be an mxnet NDArray or Symbol, got {type(value).__name__}")
 
 
 def group_norm(data, gamma, beta, num_groups, eps=1e-5, axis=1, backend='native',
@@ -28,7 +29,7 @@ def group_norm(data, gamma, beta, num_groups, eps=1e-5, axis=1, backend='native'
     ndim is unknown until bind time: such a spelling names one ndim only (-2 is 3-D, 3 is
     4-D), and data of any other ndim is refused with MXNetError when the graph is bound.
     """
-    F = _namespace(data)
+    F = namespace_of(data)
     return normalize(F, data, gamma, beta,
                      validation.parse_attrs(num_groups, eps, axis, act_type),
                      validation.check_backend(backend), residual=residual)

@@ -30,6 +30,7 @@ import mxnet as mx
 import numpy as np
 
 from . import validation
+from .front import namespace_of
 from .library import load_library
 from .native import _may_accumulate
 from .validation import WS_BACKENDS, WS_CONVENTIONS, WS_DEFAULT_EPS  # noqa: F401 (re-exported)
@@ -43,14 +44,6 @@ OP_NAME = 'WeightStandardization'
 TINY_VAR = 1e-30
 
 
-def _namespace(weight):
-    if isinstance(weight, mx.nd.NDArray):
-        return mx.nd
-    if isinstance(weight, mx.sym.Symbol):
-        return mx.sym
-    raise TypeError(f"weight must be an mxnet NDArray or Symbol, got {type(weight).__name__}")
-
-
 def standardize_weight(weight, eps=None, convention=DEFAULT_CONVENTION, backend=DEFAULT_BACKEND):
     """Weight Standardization of `weight` (NDArray or Symbol, (out_channels, ...), ndim >= 2):
     per output channel over all other axes, by `convention` ('qiao' or 'timm', formulas in this
@@ -61,7 +54,7 @@ def standardize_weight(weight, eps=None, convention=DEFAULT_CONVENTION, backend=
     variable with shape=, or its shape given to simple_bind): the compiled op cannot take it from
     the convolution (MXNetError naming the fix; a weight of unknown ndim fails inside lib_api
     with std::bad_alloc). StdConv2D and sym.std_convolution take it from the data."""
-    F = _namespace(weight)
+    F = namespace_of(weight, 'weight')
     return standardize(F, weight, validation.parse_ws_attrs(eps, convention),
                        validation.check_ws_backend(backend))
 
