@@ -213,8 +213,7 @@ def spread_input_channels(tensors, fmt, channels, net=None):
     outputs, up to rounding. A weight-standardized stem is the exception: standardization
     sees the spread weight's statistics, not the grey one's, so its output is scaled
     (3·sqrt(146/144) for a 7x7 Qiao-standardized stem over 3 channels, docs/detection.md) and
-    the norm after it
-    removes the scale. A stem that already has ``channels`` inputs is kept."""
+    the norm after it removes the scale. A stem that already has ``channels`` inputs is kept."""
     ours, source_of, _ = to_our_names(tensors, fmt, net)
     stem = next((name for name in STEM_WEIGHTS if name in ours), None)
     if stem is None:
