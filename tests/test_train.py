@@ -341,25 +341,26 @@ def test_paired_ratio_is_taken_round_by_round():
     assert ratio.quartiles == (0.5, 0.55)
 
 
-def test_bench_train_prints_the_paired_ratio(capsys):
+def _bench_train():
+    """benchmarks/bench_train.py as a module (benchmarks/ is not a package)."""
     import importlib.util
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         'benchmarks', 'bench_train.py')
     spec = importlib.util.spec_from_file_location('bench_train', path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_train_prints_the_paired_ratio(capsys):
+    bench = _bench_train()
     rates = bench.main(['--batch-size', '4', '--steps', '1', '--warmup', '0', '--rounds', '2'])
     out = capsys.readouterr().out
     assert len(rates['gn']) == 2 and 'round by round: median' in out and '2 rounds' in out
 
 
 def test_bench_train_compares_gn_with_gn_ws(capsys):
-    import importlib.util
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        'benchmarks', 'bench_train.py')
-    spec = importlib.util.spec_from_file_location('bench_train', path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_train()
     rates = bench.main(['--conv', 'ws', '--ws-backend', 'ops', '--batch-size', '2', '--steps',
                         '1', '--warmup', '0', '--rounds', '1'])
     out = capsys.readouterr().out
